@@ -1,0 +1,309 @@
+"""The one config tree: a YAML file validated by pydantic, failing fast.
+
+Every later stage (app builder, comparator, sinks, CLI) takes a
+``ShadowdConfig``; nothing reads YAML or environment variables on its own.
+Errors name the file, the key path and what was expected, e.g.::
+
+    shadowd.yaml: shadow.sample_share: got 1.5; must be <= 1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+
+from shadowd.errors import ConfigError
+
+__all__ = [
+    "ShadowdConfig",
+    "ModelConfig",
+    "ShadowConfig",
+    "ServingConfig",
+    "SliceConfig",
+    "DivergenceConfig",
+    "AnnotationConfig",
+    "KafkaConfig",
+    "MetricsConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """How to load one model and what its inputs and outputs look like."""
+
+    name: str = Field(description="Model name shown in reports and metrics labels' help.", min_length=1)
+    kind: Literal["torchscript", "python"] = Field(
+        description="torchscript: a file saved with torch.jit.save; python: an import path 'module:attr'."
+    )
+    path: Path | None = Field(None, description="TorchScript file; relative paths are relative to the config file.")
+    target: str | None = Field(
+        None,
+        description="Import path 'package.module:attr' of a class or factory returning an object with "
+        "predict(batch: numpy array) -> numpy array, or of such a callable itself.",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a python target.")
+    input_shape: list[Annotated[int, Field(gt=0)]] = Field(
+        description="Shape of one example's inputs, e.g. [64]; requests with another shape get a 422."
+    )
+    output: Literal["probabilities", "logits", "values"] = Field(
+        "probabilities",
+        description="What the model returns per example: class probabilities, logits (softmaxed by shadowd), "
+        "or regression values.",
+    )
+    max_batch_size: int = Field(1, ge=1, le=1024, description="Ray Serve batching: examples per model call.")
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0, le=1, description="Ray Serve batching: longest wait to fill a batch."
+    )
+
+    @model_validator(mode="after")
+    def _source_matches_kind(self) -> "ModelConfig":
+        if self.kind == "torchscript" and self.path is None:
+            raise ValueError("kind 'torchscript' needs 'path'")
+        if self.kind == "python" and self.target is None:
+            raise ValueError("kind 'python' needs 'target' (an import path 'module:attr')")
+        return self
+
+
+class ModelsConfig(_Strict):
+    production: ModelConfig = Field(description="The model whose answers clients get.")
+    candidate: ModelConfig | None = Field(None, description="The model under test; none means shadowing off.")
+
+
+class ShadowConfig(_Strict):
+    """The shadow path beside production: sampling, timeouts, bounds."""
+
+    sample_share: float = Field(
+        1.0, ge=0, le=1, description="Share of requests mirrored to the candidate, decided by a hash of the request id."
+    )
+    noise_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of mirrored requests on which production is run a second time to measure its own noise.",
+    )
+    candidate_timeout_s: float = Field(1.0, gt=0, le=600, description="Longest wait for one candidate batch.")
+    max_in_flight: int = Field(
+        2000, ge=1, description="Pairs buffered or in flight to the shadow worker; beyond this, pairs are dropped and counted."
+    )
+    flush_interval_ms: float = Field(20.0, gt=0, le=10_000, description="How often buffered pairs are sent to the shadow worker.")
+    max_flush_size: int = Field(256, ge=1, description="Most pairs sent in one call to the shadow worker.")
+    store_inputs: bool = Field(True, description="Keep request inputs on pairs (needed for annotation items and replay).")
+
+
+class ServingConfig(_Strict):
+    host: str = Field("127.0.0.1", description="HTTP host of the Ray Serve proxy.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Ray Serve proxy.")
+    route_prefix: str = Field("/", description="Route prefix of the shadowd application.")
+    max_body_bytes: int = Field(1_000_000, ge=64, description="Larger request bodies get a 413.")
+    ingress_replicas: int = Field(1, ge=1, description="Replicas of the ingress (which also runs production).")
+    ingress_cpus: float = Field(0.5, gt=0, description="CPUs reserved per ingress replica.")
+    worker_replicas: int = Field(1, ge=1, description="Replicas of the shadow worker (candidate).")
+    worker_cpus: float = Field(0.25, gt=0, description="CPUs reserved per shadow worker replica.")
+    comparator_cpus: float = Field(0.25, gt=0, description="CPUs reserved for the comparator.")
+    torch_threads: int = Field(1, ge=1, description="torch threads per replica; keep 1 on small machines.")
+
+
+# --- slices: a small declarative predicate language, never code ---
+
+Scalar = Union[str, int, float, bool, None]
+
+
+class Condition(_Strict):
+    field: str = Field(description="Request feature name.", min_length=1)
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "exists", "missing"] = Field(
+        description="Comparison; a missing feature makes every op false except 'missing'."
+    )
+    value: Scalar | list[Scalar] = Field(None, description="Right-hand side; a list for 'in' / 'not_in'.")
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> "Condition":
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"op '{self.op}' needs a list value, got {self.value!r}")
+        if self.op in ("lt", "le", "gt", "ge") and not isinstance(self.value, (int, float)):
+            raise ValueError(f"op '{self.op}' needs a number value, got {self.value!r}")
+        return self
+
+
+class AllOf(_Strict):
+    all: list["Predicate"] = Field(min_length=1, description="True when every predicate is.")
+
+
+class AnyOf(_Strict):
+    any: list["Predicate"] = Field(min_length=1, description="True when one predicate is.")
+
+
+class NotOf(_Strict):
+    not_: "Predicate" = Field(alias="not", description="True when the predicate is not.")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _predicate_kind(value: Any) -> str | None:
+    keys = value.keys() if isinstance(value, dict) else vars(value).keys() if isinstance(value, BaseModel) else ()
+    for key, tag in (("field", "condition"), ("all", "all"), ("any", "any"), ("not", "not"), ("not_", "not")):
+        if key in keys:
+            return tag
+    return None
+
+
+Predicate = Annotated[
+    Union[
+        Annotated[Condition, Tag("condition")],
+        Annotated[AllOf, Tag("all")],
+        Annotated[AnyOf, Tag("any")],
+        Annotated[NotOf, Tag("not")],
+    ],
+    Discriminator(
+        _predicate_kind,
+        custom_error_type="predicate",
+        custom_error_message="a predicate is {field, op, value} or one of {all: [...]}, {any: [...]}, {not: ...}",
+    ),
+]
+AllOf.model_rebuild()
+AnyOf.model_rebuild()
+NotOf.model_rebuild()
+
+
+class SliceConfig(_Strict):
+    name: str = Field(
+        description="Slice name: used in reports and as a metrics label.", pattern=r"^[a-z][a-z0-9_]{0,39}$"
+    )
+    where: Predicate = Field(description="Which requests belong to the slice.")
+
+
+class DivergenceConfig(_Strict):
+    """When a pair counts as divergent (and becomes an annotation item)."""
+
+    tvd_threshold: float = Field(
+        0.3, ge=0, le=1, description="Classification: total variation distance above which a pair is divergent."
+    )
+    flip_is_divergent: bool = Field(True, description="Classification: a changed top label is always divergent.")
+    abs_threshold: float = Field(1.0, ge=0, description="Regression: |candidate - production| above this is divergent.")
+    rel_threshold: float = Field(
+        0.2, ge=0, description="Regression: |candidate - production| / max(|production|, eps) above this is divergent."
+    )
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: list[str] = Field(min_length=1, description="host:port of the brokers.")
+    annotations_topic: str = Field("shadowd.annotations", description="Topic annotation items are produced to.")
+    labels_topic: str = Field("shadowd.labels", description="Topic annotators' labels are produced to.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None)
+    sasl_username_env: str | None = Field(None, description="Environment variable holding the SASL user name.")
+    sasl_password_env: str | None = Field(None, description="Environment variable holding the SASL password.")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+    delivery_timeout_ms: int = Field(30_000, gt=0, description="Give up on a send after this long; the item stays in the spool.")
+
+
+class AnnotationConfig(_Strict):
+    kafka: KafkaConfig | None = Field(None, description="Produce items to Kafka; without it the local spool alone holds them.")
+    max_buffered_items: int = Field(10_000, ge=1, description="Items held in memory before the spool takes them.")
+
+
+class MetricsConfig(_Strict):
+    port: int = Field(9100, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off.")
+    host: str = Field("0.0.0.0", description="Host the metrics endpoint binds.")
+
+
+class ShadowdConfig(_Strict):
+    """The whole daemon."""
+
+    task: Literal["classification", "regression"] = Field(description="What the models predict.")
+    data_dir: Path = Field(Path("shadowd-data"), description="State that survives restarts: spool, pair store, gate state.")
+    models: ModelsConfig
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    slices: list[SliceConfig] = Field(default_factory=list, description="Named slices, reported and checked on their own.")
+    divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
+    annotations: AnnotationConfig = Field(default_factory=AnnotationConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ShadowdConfig":
+        names = [s.name for s in self.slices]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"slice names must be unique; repeated: {', '.join(dupes)}")
+        if "overall" in names:
+            raise ValueError("'overall' is reserved for the whole traffic; pick another slice name")
+        cand = self.models.candidate
+        if cand is not None and cand.input_shape != self.models.production.input_shape:
+            raise ValueError(
+                f"models.candidate.input_shape {cand.input_shape} differs from "
+                f"models.production.input_shape {self.models.production.input_shape}"
+            )
+        if self.task == "regression" and self.models.production.output != "values":
+            raise ValueError("task 'regression' needs models.production.output 'values'")
+        return self
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("condition", "all", "any", "not") and parts and parts[-1].lstrip(".") == item:
+            continue  # the union's tag repeats the key
+        elif item == "condition":
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors(include_url=False):
+        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {_loc(e['loc'])}: {msg}{got}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p).resolve()
+
+    models = {}
+    for role in ("production", "candidate"):
+        m = getattr(cfg.models, role)
+        models[role] = None if m is None else m.model_copy(update={"path": fix(m.path)})
+    return cfg.model_copy(
+        update={"data_dir": fix(cfg.data_dir), "models": cfg.models.model_copy(update=models)}
+    )
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> ShadowdConfig:
+    """Validate an already-parsed mapping; relative paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        cfg = ShadowdConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+    return _resolve_paths(cfg, base_dir or Path.cwd())
+
+
+def load_config(path: str | Path) -> ShadowdConfig:
+    """Read and validate a YAML config file; ConfigError names the file and key on failure."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return parse_config(data, str(path), path.parent.resolve())

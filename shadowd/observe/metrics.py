@@ -1,0 +1,114 @@
+"""Every Prometheus metric shadowd exports, declared once.
+
+Owners (ingress, shadow worker, comparator, sinks) build a ``ShadowdMetrics``
+on a registry they are given, so tests build their own. In the daemon the
+Ray replicas live in separate processes: they write through prometheus
+client's multiprocess mode into ``<data_dir>/metrics`` and the daemon's
+``/metrics`` endpoint aggregates them (see ``serve_metrics``).
+
+Labels are bounded: role, outcome, reason, configured slice names, check
+names. Never request ids or feature values.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import multiprocess
+
+__all__ = ["ShadowdMetrics", "MULTIPROC_ENV", "prepare_multiprocess_dir", "serve_metrics"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_DIVERGENCE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+
+class ShadowdMetrics:
+    """The metric families; one instance per process (or per test registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.registry = reg
+        self.requests = Counter(
+            "shadowd_requests_total",
+            "Model calls by role (production, candidate, noise) and outcome (ok, error, timeout, nan, bad_shape).",
+            ["role", "outcome"],
+            registry=reg,
+        )
+        self.bad_requests = Counter(
+            "shadowd_bad_requests_total", "Client requests refused with a 4xx, by HTTP status.", ["status"], registry=reg
+        )
+        self.latency = Histogram(
+            "shadowd_model_latency_seconds",
+            "Model call latency per example, by role.",
+            ["role"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=reg,
+        )
+        self.request_latency = Histogram(
+            "shadowd_request_latency_seconds",
+            "Time from request parsed to production answer ready, in the ingress.",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=reg,
+        )
+        self.pairs_sampled = Counter(
+            "shadowd_pairs_sampled_total", "Requests chosen for shadowing by the sampler.", registry=reg
+        )
+        self.pairs_dropped = Counter(
+            "shadowd_pairs_dropped_total",
+            "Pairs dropped before comparison, by reason (budget: in-flight budget full; worker: shadow worker call failed).",
+            ["reason"],
+            registry=reg,
+        )
+        self.pairs_compared = Counter(
+            "shadowd_pairs_compared_total", "Pairs compared, by slice ('overall' for all).", ["slice"], registry=reg
+        )
+        self.pairs_divergent = Counter(
+            "shadowd_pairs_divergent_total", "Pairs over the divergence threshold, by slice.", ["slice"], registry=reg
+        )
+        self.label_flips = Counter(
+            "shadowd_label_flips_total", "Classification pairs whose top label differs, by slice.", ["slice"], registry=reg
+        )
+        self.divergence = Histogram(
+            "shadowd_pair_divergence",
+            "Divergence per pair (total variation distance, or relative difference for regression), by slice.",
+            ["slice"],
+            buckets=_DIVERGENCE_BUCKETS,
+            registry=reg,
+        )
+        self.annotation_items = Counter(
+            "shadowd_annotation_items_total",
+            "Annotation items by outcome (queued, held_back, spooled, delivered, failed).",
+            ["outcome"],
+            registry=reg,
+        )
+        self.spool_items = Gauge(
+            "shadowd_spool_items",
+            "Annotation items in the local spool not yet delivered to Kafka (all of them without Kafka).",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+
+
+def prepare_multiprocess_dir(data_dir: Path) -> Path:
+    """Empty ``<data_dir>/metrics`` for a new daemon run and return it."""
+    path = Path(data_dir) / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def serve_metrics(port: int, host: str, multiproc_dir: Path) -> CollectorRegistry:
+    """Serve the aggregate of every shadowd process's metrics on ``host:port/metrics``."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))
+    start_http_server(port, addr=host, registry=registry)
+    return registry
+
+
+def in_multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))

@@ -1,0 +1,82 @@
+"""Records that cross process boundaries: the ingress, the shadow worker, the
+comparator, the annotation queue (Kafka) and the on-disk stores.
+
+Each carries ``schema_version`` so a reader can refuse what it does not know.
+``values`` are plain lists: class probabilities (classification) or output
+values (regression), one entry per output unit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["SCHEMA_VERSION", "Role", "Outcome", "ModelOutput", "Pair", "AnnotationItem", "Label"]
+
+SCHEMA_VERSION = 1
+
+Role = Literal["production", "candidate", "noise"]
+# ok, or why a model's output cannot be compared.
+Outcome = Literal["ok", "error", "timeout", "nan", "bad_shape"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = Field(SCHEMA_VERSION, description="Record schema version.")
+
+
+class ModelOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    model: str = Field(description="Model name from the config.")
+    outcome: Outcome = "ok"
+    values: list[float] | None = Field(None, description="Probabilities or values; None unless outcome is ok.")
+    latency_s: float = Field(0.0, ge=0, description="Model call latency; per example for batched calls.")
+    detail: str | None = Field(None, description="One line on what went wrong, when outcome is not ok.")
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+class Pair(_Record):
+    """One mirrored request: production's answer next to the candidate's (and noise's)."""
+
+    request_id: str
+    ts: float = Field(description="Unix time the request arrived, seconds.")
+    features: dict[str, Any] = Field(default_factory=dict, description="Request features used for slicing.")
+    inputs: Any = Field(None, description="The request inputs, when shadow.store_inputs is on.")
+    production: ModelOutput
+    candidate: ModelOutput | None = None
+    noise: ModelOutput | None = Field(None, description="Production run a second time, for the noise floor.")
+
+
+AnnotationReason = Literal["divergent", "high_loss", "expectation_violation", "uncertain"]
+
+
+class AnnotationItem(_Record):
+    """An input worth a human label; Kafka key and dedup key = request_id."""
+
+    request_id: str
+    reason: AnnotationReason
+    priority: float = Field(description="Higher is more urgent (divergence, loss or violation size).")
+    slices: list[str] = Field(default_factory=list)
+    features: dict[str, Any] = Field(default_factory=dict)
+    inputs: Any = None
+    production: ModelOutput | None = None
+    candidate: ModelOutput | None = None
+    detail: str | None = Field(None, description="Why it was queued, in one line.")
+    created_ts: float
+    assignee: str | None = Field(None, description="On-call annotator at the time it was queued.")
+
+
+class Label(_Record):
+    """Ground truth for a request, from product systems (feedback) or annotators."""
+
+    request_id: str
+    label: float | int | list[float] | None = Field(description="Class index or target value; None for skip / bad data.")
+    source: Literal["feedback", "annotator"] = "feedback"
+    verdict: Literal["label", "skip", "bad_data"] = "label"
+    annotator: str | None = None
+    ts: float
