@@ -1,0 +1,3 @@
+from shadowd.cli import main
+
+main()

@@ -1,0 +1,6 @@
+"""Shared fixtures. Unit tests (tests/unit) start no Ray, no broker, no server;
+integration tests (tests/integration) use the real ones, started once per session."""
+
+pytest_plugins = [
+    "tests.fixtures.services",
+]
