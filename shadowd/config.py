@@ -27,6 +27,11 @@ __all__ = [
     "AnnotationConfig",
     "KafkaConfig",
     "MetricsConfig",
+    "ExpectationsConfig",
+    "FeatureExpectation",
+    "InputsExpectation",
+    "OutputsExpectation",
+    "DriftConfig",
     "load_config",
     "parse_config",
 ]
@@ -214,6 +219,125 @@ class MetricsConfig(_Strict):
     host: str = Field("0.0.0.0", description="Host the metrics endpoint binds.")
 
 
+# --- expectations (issue 7): data invariants on live traffic, drift vs a training profile ---
+
+FeatureType = Literal["number", "integer", "string", "boolean", "list", "any"]
+
+
+def _check_range(lo: float | None, hi: float | None) -> None:
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"min {lo} is greater than max {hi}")
+
+
+class FeatureExpectation(_Strict):
+    """What one request feature must look like; each rule is one named expectation."""
+
+    type: FeatureType = Field("any", description="JSON type the value must have; 'number' accepts integers too.")
+    required: bool = Field(False, description="The feature must be present in every request.")
+    not_null: bool = Field(False, description="When present, the value must not be null (or NaN).")
+    finite: bool = Field(True, description="A numeric value must not be NaN or +-inf.")
+    min: float | None = Field(None, description="Smallest allowed numeric value (inclusive).")
+    max: float | None = Field(None, description="Largest allowed numeric value (inclusive).")
+    allowed: list[Scalar] | None = Field(None, min_length=1, description="The only values allowed (categorical).")
+    shape: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="Shape of a list value, e.g. [3] or [2, 2]; needs type 'list'."
+    )
+
+    @model_validator(mode="after")
+    def _rules_fit_type(self) -> "FeatureExpectation":
+        _check_range(self.min, self.max)
+        if (self.min is not None or self.max is not None) and self.type not in ("number", "integer", "any"):
+            raise ValueError(f"min/max need type 'number', 'integer' or 'any', got type '{self.type}'")
+        if self.shape is not None and self.type != "list":
+            raise ValueError(f"shape needs type 'list', got type '{self.type}'")
+        return self
+
+
+class InputsExpectation(_Strict):
+    """What the ``inputs`` array of every request must look like (checked vectorised)."""
+
+    shape: list[Annotated[int, Field(gt=0)]] | None = Field(
+        None, description="Exact shape of one request's inputs; none means any shape."
+    )
+    finite: bool = Field(True, description="No NaN or +-inf anywhere in the inputs.")
+    min: float | None = Field(None, description="Smallest allowed element (inclusive).")
+    max: float | None = Field(None, description="Largest allowed element (inclusive).")
+
+    @model_validator(mode="after")
+    def _range(self) -> "InputsExpectation":
+        _check_range(self.min, self.max)
+        return self
+
+
+class OutputsExpectation(_Strict):
+    """What every model output (production, candidate, noise) must look like: numerical stability."""
+
+    finite: bool = Field(True, description="No NaN or +-inf in an output; counted per role in shadowd_nonfinite_outputs_total.")
+    min: float | None = Field(None, description="Smallest allowed output value (inclusive), e.g. 0 for probabilities.")
+    max: float | None = Field(None, description="Largest allowed output value (inclusive), e.g. 1 for probabilities.")
+    sum_to_one: bool = Field(False, description="Each output row must sum to 1 (class probabilities).")
+    sum_tolerance: float = Field(1e-3, gt=0, le=0.5, description="Allowed |sum - 1| when sum_to_one is on.")
+    shape: list[Annotated[int, Field(gt=0)]] | None = Field(
+        None, description="Shape of one example's output, e.g. [10]; none means any."
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> "OutputsExpectation":
+        _check_range(self.min, self.max)
+        return self
+
+
+class DriftConfig(_Strict):
+    """Drift of live inputs and of both models' outputs against a reference profile of training data."""
+
+    profile: Path = Field(
+        description="Reference profile JSON written by 'shadowd profile build'; relative to the config file."
+    )
+    window_size: int = Field(1000, ge=10, description="A tumbling window closes after this many requests ...")
+    window_s: float | None = Field(
+        300.0, gt=0, description="... or this many seconds after it opened, whichever comes first; none: count only."
+    )
+    psi_threshold: float = Field(
+        0.1, ge=0, description="Smallest population stability index that counts as drift (effect size floor)."
+    )
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="False discovery rate per window across every feature x slice test."
+    )
+    correction: Literal["bh", "by", "holm"] = Field(
+        "bh", description="Multiple-comparison correction: Benjamini-Hochberg, Benjamini-Yekutieli or Holm."
+    )
+    min_samples: int = Field(
+        100, ge=5, description="A feature x slice with fewer values in a window is reported inconclusive."
+    )
+    features: list[str] = Field(
+        default_factory=list,
+        description="Profile features to monitor (request feature names or 'inputs[i]'); empty means all in the profile.",
+    )
+    outputs: bool = Field(True, description="Also check each model's output distribution against the profile's.")
+    history_windows: int = Field(50, ge=1, description="Closed windows kept for the report.")
+
+
+class ExpectationsConfig(_Strict):
+    """Data expectations checked on every request, numerical stability of outputs, and drift."""
+
+    on_violation: Literal["answer", "reject"] = Field(
+        "answer",
+        description="answer: production still answers a violating request (violations are counted and queued); "
+        "reject: the ingress answers 422 naming the failed expectation.",
+    )
+    features: dict[Annotated[str, Field(min_length=1, max_length=64)], FeatureExpectation] = Field(
+        default_factory=dict, description="Expectations per request feature name."
+    )
+    inputs: InputsExpectation | None = Field(None, description="Expectations on the request's inputs array.")
+    outputs: OutputsExpectation = Field(
+        default_factory=OutputsExpectation, description="Expectations on every model output (finite by default)."
+    )
+    annotate_share: float = Field(
+        1.0, ge=0, le=1, description="Share of violating requests sent to the annotation queue (hash of request id)."
+    )
+    drift: DriftConfig | None = Field(None, description="Drift checks against a training profile; none turns them off.")
+
+
 class ShadowdConfig(_Strict):
     """The whole daemon."""
 
@@ -226,6 +350,9 @@ class ShadowdConfig(_Strict):
     divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
     annotations: AnnotationConfig = Field(default_factory=AnnotationConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    expectations: ExpectationsConfig = Field(
+        default_factory=ExpectationsConfig, description="Data expectations, output stability and drift checks."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "ShadowdConfig":
@@ -277,8 +404,11 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
     for role in ("production", "candidate"):
         m = getattr(cfg.models, role)
         models[role] = None if m is None else m.model_copy(update={"path": fix(m.path)})
+    exp = cfg.expectations
+    if exp.drift is not None:
+        exp = exp.model_copy(update={"drift": exp.drift.model_copy(update={"profile": fix(exp.drift.profile)})})
     return cfg.model_copy(
-        update={"data_dir": fix(cfg.data_dir), "models": cfg.models.model_copy(update=models)}
+        update={"data_dir": fix(cfg.data_dir), "models": cfg.models.model_copy(update=models), "expectations": exp}
     )
 
 

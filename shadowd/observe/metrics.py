@@ -92,6 +92,26 @@ class ShadowdMetrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        # issue 7: expectations, numerical stability, drift (shadowd/expect/)
+        self.expectation_violations = Counter(
+            "shadowd_expectation_violations_total",
+            "Failed data expectations, by expectation ('<field>.<rule>', named in the config).",
+            ["expectation"],
+            registry=reg,
+        )
+        self.nonfinite_outputs = Counter(
+            "shadowd_nonfinite_outputs_total",
+            "Model outputs (examples) holding NaN or +-inf, by role (production, candidate, noise).",
+            ["role"],
+            registry=reg,
+        )
+        self.drift_status = Gauge(
+            "shadowd_drift_status",
+            "Drift check of the last closed window per monitored feature and slice: 0 ok, 1 drift, 2 inconclusive.",
+            ["feature", "slice"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
 
 
 def prepare_multiprocess_dir(data_dir: Path) -> Path:
