@@ -50,6 +50,43 @@ def validate_config(config: Path = typer.Argument(..., help="YAML config file.")
     )
 
 
+@app.command("run")
+def run(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config file."),
+) -> None:
+    """Start the daemon (Ray, Ray Serve app, comparator, sinks, metrics) and serve until SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    cfg = _load(config)
+    from shadowd.serving.daemon import start_daemon
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    daemon = start_daemon(cfg)
+    metrics = f", metrics on :{cfg.metrics.port}/metrics" if cfg.metrics.port else ""
+    typer.echo(f"shadowd serving at {daemon.url} (POST /predict){metrics}; Ctrl-C to stop", err=True)
+    stop.wait()
+    typer.echo("shadowd: stopping (flushing comparator state and annotation queue) ...", err=True)
+    daemon.stop()
+    typer.echo("shadowd: stopped", err=True)
+
+
+@app.command("demo")
+def demo(
+    data_dir: Path = typer.Option(Path("shadowd-data"), help="Where models, spool and state go."),
+    requests: int = typer.Option(1500, min=1, help="Live requests to send."),
+    port: int = typer.Option(8000, help="HTTP port for Ray Serve."),
+    metrics_port: int = typer.Option(9100, help="Port of /metrics; 0 turns it off."),
+    feedback_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of requests that get delayed ground truth."),
+) -> None:
+    """Train two real models, shadow one behind the other on live HTTP traffic, print the report."""
+    from shadowd.demo.run import run_demo
+
+    run_demo(data_dir, requests, port, metrics_port, feedback_share, typer.echo)
+
+
 def main() -> None:
     app()
 

@@ -3,4 +3,5 @@ integration tests (tests/integration) use the real ones, started once per sessio
 
 pytest_plugins = [
     "tests.fixtures.services",
+    "tests.fixtures.ray_serve",
 ]

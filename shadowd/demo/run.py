@@ -1,0 +1,91 @@
+"""``shadowd demo``: the main job end to end on embedded defaults.
+
+Trains (or reuses) the demo models, starts shadowd on them, drives live HTTP
+traffic with a progress bar, sends delayed ground truth for a share of the
+requests, waits for the shadow path to drain, and prints the per-slice
+shadow report and where the annotation items went.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from shadowd.config import ShadowdConfig, parse_config
+from shadowd.demo.models import train_demo_models
+from shadowd.demo.traffic import DEMO_SLICES, DemoRequest, demo_requests
+
+__all__ = ["demo_config_dict", "run_demo"]
+
+
+def demo_config_dict(data_dir: Path, model_paths: dict[str, Path], port: int, metrics_port: int) -> dict[str, Any]:
+    def model(role: str, name: str) -> dict[str, Any]:
+        return {"name": name, "kind": "torchscript", "path": str(model_paths[role]), "input_shape": [64], "output": "logits"}
+
+    return {
+        "task": "classification",
+        "data_dir": str(data_dir),
+        "models": {"production": model("production", "digits-mlp-v1"), "candidate": model("candidate", "digits-bgsub-v2")},
+        "shadow": {"sample_share": 1.0, "candidate_timeout_s": 2.0},
+        "serving": {"port": port},
+        "slices": DEMO_SLICES,
+        "divergence": {"tvd_threshold": 0.3},
+        "metrics": {"port": metrics_port},
+    }
+
+
+def _send(session: requests.Session, url: str, req: DemoRequest) -> tuple[DemoRequest, int]:
+    r = session.post(f"{url}/predict", json=req.body, headers={"X-Request-ID": req.request_id}, timeout=30)
+    return req, r.status_code
+
+
+def _wait_drained(url: str, expected_pairs: int, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = requests.get(f"{url}/shadow/report", timeout=30).json()
+        if report["overall"]["pairs"] >= expected_pairs or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
+
+
+def run_demo(data_dir: Path, n_requests: int, port: int, metrics_port: int, feedback_share: float, echo) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from shadowd.compare.report import render_report
+    from shadowd.serving.daemon import start_daemon
+
+    data_dir = data_dir.resolve()
+    echo(f"shadowd demo: data dir {data_dir}")
+    paths = train_demo_models(data_dir / "demo" / "models")
+    echo(f"models: {(data_dir / 'demo' / 'models' / 'models.json').read_text().strip()}")
+    raw = demo_config_dict(data_dir, paths, port, metrics_port)
+    config_path = data_dir / "demo" / "shadowd.yaml"
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg: ShadowdConfig = parse_config(raw, str(config_path))
+    echo(f"config written to {config_path} (run it yourself with: shadowd run -c {config_path})")
+    echo("starting Ray Serve ...")
+    daemon = start_daemon(cfg, num_cpus=2)
+    try:
+        reqs = list(demo_requests(n_requests))
+        statuses: dict[int, int] = {}
+        with requests.Session() as session, ThreadPoolExecutor(4) as pool:
+            for req, status in tqdm(
+                pool.map(lambda r: _send(session, daemon.url, r), reqs), total=len(reqs), desc="live traffic", unit="req"
+            ):
+                statuses[status] = statuses.get(status, 0) + 1
+        echo(f"responses by HTTP status: {statuses}")
+        _wait_drained(daemon.url, len(reqs), timeout_s=60)  # labels join pairs the hub already holds
+        labelled = reqs[: int(len(reqs) * feedback_share)]
+        with requests.Session() as session:
+            for req in tqdm(labelled, desc="delayed ground truth", unit="label"):
+                session.post(f"{daemon.url}/feedback", json={"request_id": req.request_id, "label": req.label}, timeout=30)
+        report = requests.get(f"{daemon.url}/shadow/report", timeout=30).json()
+        echo(render_report(report, "table"))
+        return report
+    finally:
+        daemon.stop()

@@ -1,0 +1,49 @@
+"""Demo traffic: held-out digits as live requests, a share of them in dim
+light at night, with the features slices are defined on, and the true label
+kept aside for delayed feedback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from shadowd.demo.models import DEMO_SEED, darken, load_demo_data
+
+__all__ = ["DemoRequest", "demo_requests", "DEMO_SLICES"]
+
+# The demo config's slices, in the config's own declarative form.
+DEMO_SLICES = [
+    {"name": "dark", "where": {"field": "brightness", "op": "lt", "value": 0.13}},
+    {"name": "night", "where": {"any": [{"field": "hour", "op": "ge", "value": 21}, {"field": "hour", "op": "lt", "value": 6}]}},
+    {"name": "new_users", "where": {"field": "new_user", "op": "eq", "value": True}},
+]
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    request_id: str
+    body: dict
+    label: int
+
+
+def demo_requests(n: int, dark_share: float = 0.3, seed: int = DEMO_SEED + 100) -> Iterator[DemoRequest]:
+    data = load_demo_data()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        k = int(rng.integers(len(data.x_test)))
+        x = data.x_test[k : k + 1]
+        dark = rng.random() < dark_share
+        if dark:
+            x = darken(x, rng)
+            hour = int(rng.choice([21, 22, 23, 0, 1, 2, 3, 4, 5]))
+        else:
+            hour = int(rng.integers(6, 21))
+        features = {
+            "brightness": round(float(x.mean()), 4),
+            "hour": hour,
+            "new_user": bool(rng.random() < 0.2),
+        }
+        body = {"inputs": np.round(x[0], 4).tolist(), "features": features}
+        yield DemoRequest(f"demo-{seed}-{i:06d}", body, int(data.y_test[k]))

@@ -1,0 +1,88 @@
+"""Start and stop a whole shadowd: local (or given) Ray, Serve's HTTP proxy,
+the app from ``build_app``, and the metrics folder. Used by ``shadowd run``,
+``shadowd demo``, the integration tests and the benchmark."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import requests
+
+from shadowd.config import ShadowdConfig
+from shadowd.errors import ShadowdError
+
+__all__ = ["Daemon", "start_daemon", "APP_NAME"]
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "shadowd"
+
+
+@dataclass
+class Daemon:
+    config: ShadowdConfig
+    url: str
+    owns_ray: bool
+
+    def stop(self) -> None:
+        """Graceful: Serve calls each replica's shutdown hook (the hub saves state and flushes its sink)."""
+        import ray
+        from ray import serve
+
+        try:
+            serve.delete(APP_NAME)
+        finally:
+            if self.owns_ray:
+                serve.shutdown()
+                ray.shutdown()
+
+
+def ensure_ray(num_cpus: int | None = None) -> bool:
+    """Connect to RAY_ADDRESS if set, else start a local Ray; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS"),
+        num_cpus=None if os.environ.get("RAY_ADDRESS") else num_cpus,
+        include_dashboard=False,
+        log_to_driver=bool(os.environ.get("SHADOWD_RAY_LOGS")),
+        configure_logging=False,
+    )
+    return True
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(f"{url}/healthz", timeout=2)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except requests.RequestException as err:
+            last = type(err).__name__
+        time.sleep(0.2)
+    raise ShadowdError(f"shadowd did not become healthy at {url} within {timeout_s} s ({last})")
+
+
+def start_daemon(config: ShadowdConfig, num_cpus: int | None = None, timeout_s: float = 120.0) -> Daemon:
+    from ray import serve
+
+    from shadowd.app import build_app
+    from shadowd.observe.metrics import prepare_multiprocess_dir
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_multiprocess_dir(config.data_dir)
+    owns_ray = ensure_ray(num_cpus)
+    serve.start(http_options={"host": config.serving.host, "port": config.serving.port})
+    serve.run(build_app(config), name=APP_NAME, route_prefix=config.serving.route_prefix, blocking=False)
+    host = "127.0.0.1" if config.serving.host in ("0.0.0.0", "::") else config.serving.host
+    url = f"http://{host}:{config.serving.port}{config.serving.route_prefix.rstrip('/')}"
+    wait_healthy(url, timeout_s)
+    return Daemon(config, url, owns_ray)

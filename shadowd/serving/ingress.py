@@ -1,0 +1,164 @@
+"""ShadowIngress: the HTTP front of shadowd and the production path.
+
+The production model runs inside this replica (no extra hop). A request is
+parsed, answered from production, and, if sampled, production's side of the
+pair is offered to the ``ShadowBuffer`` (O(1), never blocks). Everything else
+(candidate, comparison, annotation) happens in other deployments.
+
+Routes: POST /predict, POST /feedback, GET /shadow/report, POST /shadow/reset,
+GET /healthz.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from shadowd.config import ShadowdConfig
+from shadowd.errors import BadRequest
+from shadowd.serving.models import check_rows, load_model
+from shadowd.serving.protocol import parse_feedback, parse_predict, read_json, request_id_from
+from shadowd.serving.runtime import process_metrics
+from shadowd.serving.sampling import is_sampled
+from shadowd.serving.shadow_buffer import ShadowBuffer
+from shadowd.serving.worker import Mirrored
+
+__all__ = ["ShadowIngress"]
+
+log = logging.getLogger(__name__)
+
+_FEEDBACK_STATUS = {"joined": 200, "unknown": 404, "expired": 410}
+
+
+@serve.deployment
+class ShadowIngress:
+    def __init__(self, config: ShadowdConfig, worker: Any, hub: Any):
+        self._cfg = config
+        self._hub = hub
+        self._metrics = process_metrics()
+        prod = config.models.production
+        self._model = load_model(prod, config.serving.torch_threads)
+        self._input_shape = tuple(prod.input_shape)
+        self._classification = config.task == "classification"
+        self._prefix = config.serving.route_prefix.rstrip("/")
+        if prod.max_batch_size > 1:
+            self._predict_batch.set_max_batch_size(prod.max_batch_size)
+            self._predict_batch.set_batch_wait_timeout_s(prod.batch_wait_timeout_s)
+        self._batching = prod.max_batch_size > 1
+        self._buffer = None
+        if worker is not None and config.shadow.sample_share > 0:
+            self._buffer = ShadowBuffer(
+                send=lambda batch: worker.process.remote(batch),
+                max_in_flight=config.shadow.max_in_flight,
+                flush_interval_s=config.shadow.flush_interval_ms / 1000,
+                max_flush_size=config.shadow.max_flush_size,
+                on_drop=lambda reason, n: self._metrics.pairs_dropped.labels(reason).inc(n),
+            )
+        self._routes = {
+            ("POST", "/predict"): self._predict,
+            ("POST", "/feedback"): self._feedback,
+            ("GET", "/shadow/report"): self._report,
+            ("POST", "/shadow/reset"): self._reset,
+            ("GET", "/healthz"): self._healthz,
+        }
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
+        if self._prefix and path.startswith(self._prefix):
+            path = path[len(self._prefix):] or "/"
+        handler = self._routes.get((request.method, path))
+        try:
+            if handler is None:
+                known = [p for (m, p) in self._routes if p == path]
+                if known:
+                    raise BadRequest(f"{request.method} is not allowed on {path}", 405)
+                raise BadRequest(f"no route {path}; see /predict, /feedback, /shadow/report, /healthz", 404)
+            return await handler(request)
+        except BadRequest as err:
+            self._metrics.bad_requests.labels(str(err.http_status)).inc()
+            return JSONResponse({"error": err.reason}, status_code=err.http_status)
+
+    async def _json(self, request: Request) -> dict[str, Any]:
+        limit = self._cfg.serving.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BadRequest(f"request body is {declared} bytes; the limit is {limit}", 413)
+        return read_json(await request.body(), limit)
+
+    @serve.batch(max_batch_size=1)
+    async def _predict_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self._model.predict(np.stack(xs)))
+
+    async def _run_production(self, x: np.ndarray) -> np.ndarray:
+        if self._batching:
+            return await self._predict_batch(x)
+        return self._model.predict(x[None])[0]
+
+    async def _predict(self, request: Request) -> Response:
+        request_id = request_id_from(request.headers)
+        req = parse_predict(await self._json(request), request_id, self._input_shape)
+        ts = time.time()
+        t0 = time.perf_counter()
+        try:
+            out = await self._run_production(req.inputs)
+        except Exception as err:
+            self._metrics.requests.labels("production", "error").inc()
+            log.exception("production model failed on request %s", request_id)
+            return JSONResponse(
+                {"error": f"production model failed: {type(err).__name__}: {err}"[:500], "request_id": request_id},
+                status_code=500,
+                headers={"X-Request-ID": request_id},
+            )
+        latency_s = time.perf_counter() - t0
+        values = np.asarray(out, dtype=np.float64).reshape(-1)
+        outcome = check_rows(values[None], 1, None)[0][0]
+        self._metrics.requests.labels("production", outcome).inc()
+        self._metrics.latency.labels("production").observe(latency_s)
+        self._metrics.request_latency.observe(latency_s)
+        # JSON has no NaN: a non-finite production output goes out as null.
+        listed = values.tolist() if outcome == "ok" else [v if np.isfinite(v) else None for v in values.tolist()]
+        body: dict[str, Any] = {"request_id": request_id, "model": self._model.name, "outputs": listed}
+        if outcome == "ok":
+            body["prediction"] = int(values.argmax()) if self._classification else (listed[0] if len(listed) == 1 else listed)
+        if self._buffer is not None and is_sampled(request_id, self._cfg.shadow.sample_share):
+            self._metrics.pairs_sampled.inc()
+            self._buffer.offer(
+                Mirrored(
+                    request_id=request_id,
+                    ts=ts,
+                    features=req.features,
+                    raw_inputs=req.raw_inputs if self._cfg.shadow.store_inputs else None,
+                    x=req.inputs,
+                    production_values=listed if outcome == "ok" else None,
+                    production_outcome=outcome,
+                    production_latency_s=latency_s,
+                )
+            )
+        return JSONResponse(body, headers={"X-Request-ID": request_id})
+
+    async def _feedback(self, request: Request) -> Response:
+        label = parse_feedback(await self._json(request), time.time())
+        result = await self._hub.feedback.remote(label)
+        return JSONResponse(result, status_code=_FEEDBACK_STATUS.get(result.get("status"), 200))
+
+    async def _report(self, request: Request) -> Response:
+        return JSONResponse(await self._hub.report.remote())
+
+    async def _reset(self, request: Request) -> Response:
+        return JSONResponse(await self._hub.reset.remote())
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "production": self._model.name,
+                "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
+                "shadow_outstanding": self._buffer.outstanding if self._buffer else 0,
+            }
+        )

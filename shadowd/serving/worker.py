@@ -1,0 +1,157 @@
+"""ShadowWorker: runs the candidate (and the noise replica) on mirrored
+requests in batches, isolated from production, and hands finished ``Pair``s
+to the hub.
+
+Fault isolation: the candidate runs in a small thread pool under a timeout.
+A call that raises, hangs past ``candidate_timeout_s``, or returns NaN/inf or
+the wrong shape is recorded as that outcome on its pairs; nothing here can
+reach a production answer, which was sent before the pair was even queued.
+A candidate that hangs keeps its thread; once every thread is stuck, further
+batches are marked as timeouts at once instead of piling up behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from shadowd.config import ShadowdConfig
+from shadowd.records import ModelOutput, Pair
+from shadowd.serving.models import LoadedModel, check_rows, load_model
+from shadowd.serving.runtime import process_metrics
+from shadowd.serving.sampling import is_sampled
+
+__all__ = ["Mirrored", "ShadowWorker", "run_role"]
+
+log = logging.getLogger(__name__)
+
+_POOL_THREADS = 2
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """What the ingress sends per sampled request: production's side of a pair."""
+
+    request_id: str
+    ts: float
+    features: dict[str, Any]
+    raw_inputs: Any
+    x: np.ndarray
+    production_values: list[float] | None
+    production_outcome: str
+    production_latency_s: float
+
+
+class _Runner:
+    """Calls one model in a bounded thread pool with a timeout."""
+
+    def __init__(self, model: LoadedModel, timeout_s: float):
+        self.model = model
+        self._timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(max_workers=_POOL_THREADS, thread_name_prefix=f"shadow-{model.name}")
+        # Free threads; released by the thread itself, so a hung call keeps its slot.
+        self._slots = threading.Semaphore(_POOL_THREADS)
+
+    def _call(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        try:
+            return self.model.predict(x), time.perf_counter() - t0
+        finally:
+            self._slots.release()
+
+    async def __call__(self, x: np.ndarray) -> tuple[str | np.ndarray, float, str | None]:
+        """(output array | failed outcome, seconds per example, reason)."""
+        if not self._slots.acquire(blocking=False):
+            return "timeout", 0.0, f"all {_POOL_THREADS} model threads are still busy with earlier calls"
+        loop = asyncio.get_running_loop()
+        try:
+            out, elapsed_s = await asyncio.wait_for(
+                loop.run_in_executor(self._pool, self._call, x), self._timeout_s
+            )
+        except asyncio.TimeoutError:
+            return "timeout", self._timeout_s / len(x), f"no answer within {self._timeout_s} s"
+        except Exception as err:  # the model's own failure, whatever it is
+            return "error", 0.0, f"{type(err).__name__}: {err}"[:300]
+        return out, elapsed_s / len(x), None
+
+
+async def run_role(runner: _Runner, role: str, x: np.ndarray, width: int | None) -> list[ModelOutput]:
+    """One ModelOutput per row of ``x``; failures become outcomes, never exceptions."""
+    out, per_example_s, reason = await runner(x)
+    n = len(x)
+    name = runner.model.name
+    if isinstance(out, str):
+        return [ModelOutput(role=role, model=name, outcome=out, latency_s=per_example_s, detail=reason)] * n
+    outcomes, reason = check_rows(out, n, width)
+    return [
+        ModelOutput(
+            role=role,
+            model=name,
+            outcome=oc,
+            values=out[i].tolist() if oc == "ok" else None,
+            latency_s=per_example_s,
+            detail=None if oc == "ok" else reason,
+        )
+        for i, oc in enumerate(outcomes)
+    ]
+
+
+@serve.deployment
+class ShadowWorker:
+    def __init__(self, config: ShadowdConfig, hub: Any):
+        self._cfg = config
+        self._hub = hub
+        self._metrics = process_metrics()
+        timeout_s = config.shadow.candidate_timeout_s
+        assert config.models.candidate is not None, "the app builder adds a worker only with a candidate"
+        self._candidate = _Runner(load_model(config.models.candidate, config.serving.torch_threads), timeout_s)
+        self._noise = None
+        if config.shadow.noise_share > 0:
+            self._noise = _Runner(load_model(config.models.production, config.serving.torch_threads), timeout_s)
+
+    async def process(self, batch: list[Mirrored]) -> int:
+        """Run the candidate (and noise) on a batch, send the pairs to the hub; returns pairs sent."""
+        x = np.stack([m.x for m in batch])
+        width = next((len(m.production_values) for m in batch if m.production_values), None)
+        candidates = await run_role(self._candidate, "candidate", x, width)
+        noise: list[ModelOutput | None] = [None] * len(batch)
+        if self._noise is not None:
+            idx = [i for i, m in enumerate(batch) if is_sampled(m.request_id, self._cfg.shadow.noise_share, "noise")]
+            if idx:
+                for i, out in zip(idx, await run_role(self._noise, "noise", x[idx], width)):
+                    noise[i] = out
+        pairs = []
+        for m, cand, nz in zip(batch, candidates, noise):
+            for out in (cand, nz):
+                if out is not None:
+                    self._metrics.requests.labels(out.role, out.outcome).inc()
+                    if out.outcome in ("ok", "nan"):
+                        self._metrics.latency.labels(out.role).observe(out.latency_s)
+            prod = ModelOutput(
+                role="production",
+                model=self._cfg.models.production.name,
+                outcome=m.production_outcome,
+                values=m.production_values,
+                latency_s=m.production_latency_s,
+            )
+            pairs.append(
+                Pair(
+                    request_id=m.request_id,
+                    ts=m.ts,
+                    features=m.features,
+                    inputs=m.raw_inputs,
+                    production=prod,
+                    candidate=cand,
+                    noise=nz,
+                )
+            )
+        await self._hub.add_pairs.remote(pairs)
+        return len(pairs)

@@ -1,0 +1,74 @@
+"""Small models for trying a shadowd setup: a deterministic toy classifier,
+a sleepy one (latency without CPU), and a faulty candidate that raises,
+hangs, returns NaN or the wrong shape. Reference them from a config as
+``shadowd.testing:ToyClassifier`` etc.; the test suite and the benchmark do.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+__all__ = ["ToyClassifier", "ToyRegressor", "FaultyModel", "SleepyModel"]
+
+
+class ToyClassifier:
+    """softmax(x @ W) with W fixed by ``seed``: deterministic, cheap, real probabilities."""
+
+    def __init__(self, n_features: int = 8, n_classes: int = 4, seed: int = 0, temperature: float = 1.0):
+        self.w = np.random.default_rng(seed).normal(size=(n_features, n_classes)) / temperature
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        z = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1) @ self.w
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+class ToyRegressor:
+    def __init__(self, n_features: int = 8, seed: int = 0):
+        self.w = np.random.default_rng(seed).normal(size=(n_features, 1))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(batch, dtype=np.float64).reshape(len(batch), -1) @ self.w
+
+
+class SleepyModel(ToyClassifier):
+    """A ToyClassifier that takes ``latency_ms`` per call without using CPU (``busy=False``) or with it."""
+
+    def __init__(self, latency_ms: float = 5.0, busy: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.latency_s = latency_ms / 1000
+        self.busy = busy
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if self.busy:
+            end = time.perf_counter() + self.latency_s
+            while time.perf_counter() < end:
+                pass
+        else:
+            time.sleep(self.latency_s)
+        return super().predict(batch)
+
+
+class FaultyModel(ToyClassifier):
+    """A candidate that misbehaves on every call: mode raise | hang | nan | wrong_shape | none."""
+
+    def __init__(self, mode: str, hang_s: float = 30.0, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("raise", "hang", "nan", "wrong_shape", "none"):
+            raise ValueError(f"unknown FaultyModel mode {mode!r}")
+        self.mode = mode
+        self.hang_s = hang_s
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = super().predict(batch)
+        if self.mode == "raise":
+            raise RuntimeError("candidate exploded (FaultyModel)")
+        if self.mode == "hang":
+            time.sleep(self.hang_s)
+        if self.mode == "nan":
+            out[:, 0] = np.nan
+        if self.mode == "wrong_shape":
+            out = out[:, :-1]
+        return out

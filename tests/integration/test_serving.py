@@ -1,0 +1,151 @@
+"""shadowd on real Ray Serve over HTTP: production answers are exactly what
+production alone returns whatever the candidate does, counts are exact, and
+bad requests get a 4xx while the daemon keeps serving."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from shadowd.serving.sampling import is_sampled
+from shadowd.testing import ToyClassifier
+from tests.fixtures.ray_serve import toy_model
+
+pytestmark = pytest.mark.integration
+
+N = 40
+SLICES = [{"name": "high_x0", "where": {"field": "x0", "op": "gt", "value": 0.0}}]
+
+
+def _requests(n: int = N, seed: int = 1) -> list[tuple[str, dict]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        x = rng.normal(size=8).round(4)
+        out.append((f"req-{seed}-{i}", {"inputs": x.tolist(), "features": {"x0": float(x[0])}}))
+    return out
+
+
+def _config(candidate: dict | None, **shadow) -> dict:
+    return {
+        "task": "classification",
+        "models": {"production": toy_model("prod", seed=0), "candidate": candidate},
+        "shadow": {"sample_share": 1.0, "candidate_timeout_s": 0.5, **shadow},
+        "slices": SLICES,
+    }
+
+
+def _send_all(url: str, reqs: list[tuple[str, dict]]) -> dict[str, dict]:
+    answers = {}
+    with requests.Session() as s:
+        for rid, body in reqs:
+            r = s.post(f"{url}/predict", json=body, headers={"X-Request-ID": rid}, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.headers["X-Request-ID"] == rid
+            answers[rid] = r.json()
+    return answers
+
+
+def _report_when(url: str, pairs: int, timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = requests.get(f"{url}/shadow/report", timeout=30).json()
+        if report["overall"]["pairs"] >= pairs or time.monotonic() > deadline:
+            return report
+        time.sleep(0.2)
+
+
+def _production_alone(reqs) -> dict[str, list[float]]:
+    model = ToyClassifier(seed=0)
+    return {rid: model.predict(np.asarray([body["inputs"]], dtype=np.float32))[0].tolist() for rid, body in reqs}
+
+
+@pytest.mark.parametrize(
+    "mode, outcome",
+    [("none", "ok"), ("raise", "error"), ("hang", "timeout"), ("nan", "nan"), ("wrong_shape", "bad_shape")],
+)
+def test_production_answers_unchanged_whatever_the_candidate_does(shadowd_app, mode, outcome):
+    reqs = _requests()
+    candidate = toy_model("cand", "shadowd.testing:FaultyModel", mode=mode, hang_s=3.0, seed=1)
+    daemon = shadowd_app(_config(candidate))
+    t0 = time.perf_counter()
+    answers = _send_all(daemon.url, reqs)
+    elapsed_s = time.perf_counter() - t0
+
+    expected = _production_alone(reqs)
+    for rid, _ in reqs:
+        assert answers[rid]["model"] == "prod"
+        assert np.allclose(answers[rid]["outputs"], expected[rid], rtol=1e-6, atol=1e-9)
+        assert answers[rid]["prediction"] == int(np.argmax(expected[rid]))
+    if mode == "hang":
+        # 40 requests answered while the candidate hangs 3 s per call: nobody waited for it.
+        assert elapsed_s < 3.0
+
+    report = _report_when(daemon.url, N)
+    overall = report["overall"]
+    assert overall["pairs"] == N
+    assert overall["candidate_outcomes"][outcome] == N
+    assert sum(overall["candidate_outcomes"].values()) == N
+    n_high = sum(1 for _, b in reqs if b["features"]["x0"] > 0)
+    assert report["slices"]["high_x0"]["pairs"] == n_high
+
+
+def test_report_counts_flips_exactly(shadowd_app):
+    reqs = _requests(60, seed=2)
+    daemon = shadowd_app(_config(toy_model("cand", seed=5)))
+    _send_all(daemon.url, reqs)
+    report = _report_when(daemon.url, 60)
+    prod, cand = ToyClassifier(seed=0), ToyClassifier(seed=5)
+    x = np.asarray([b["inputs"] for _, b in reqs], dtype=np.float32)
+    flips = int((prod.predict(x).argmax(1) != cand.predict(x).argmax(1)).sum())
+    assert 0 < flips < 60
+    assert report["overall"]["compared"] == 60
+    assert report["overall"]["flips"] == flips
+    high = x[:, 0] > 0
+    assert report["slices"]["high_x0"]["flips"] == int((prod.predict(x[high]).argmax(1) != cand.predict(x[high]).argmax(1)).sum())
+
+
+def test_sampling_is_by_request_id_hash(shadowd_app):
+    reqs = _requests(80, seed=3)
+    daemon = shadowd_app(_config(toy_model("cand", seed=1), sample_share=0.5))
+    _send_all(daemon.url, reqs)
+    expected = sum(is_sampled(rid, 0.5) for rid, _ in reqs)
+    assert 20 < expected < 60
+    report = _report_when(daemon.url, expected)
+    time.sleep(0.5)  # nothing more should arrive
+    assert requests.get(f"{daemon.url}/shadow/report", timeout=10).json()["overall"]["pairs"] == expected
+
+
+def test_bad_requests_get_4xx_and_daemon_keeps_serving(shadowd_app):
+    daemon = shadowd_app({**_config(toy_model("cand", seed=1)), "serving": {"max_body_bytes": 2048}})
+    url = daemon.url
+    good = {"inputs": [0.1] * 8}
+    cases = [
+        (dict(data=b"{not json", headers={"Content-Type": "application/json"}), 400, "not valid JSON"),
+        (dict(json=[1, 2, 3]), 422, "JSON object"),
+        (dict(json={"features": {}}), 422, "missing 'inputs'"),
+        (dict(json={"inputs": [0.1] * 3}), 422, "shape [3]"),
+        (dict(json={"inputs": [[0.1] * 8]}), 422, "shape [1, 8]"),
+        (dict(json={"inputs": ["a"] * 8}), 422, "must be numbers"),
+        (dict(json={"inputs": [0.1] * 8, "features": [1]}), 422, "'features' must be an object"),
+        (dict(json={"inputs": [0.1] * 8, "extra": 1}), 422, "unknown field"),
+        (dict(data=json.dumps({"inputs": [0.1] * 8, "pad": "x" * 4000})), 413, "limit is 2048"),
+        (dict(json=good, headers={"X-Request-ID": "bad id with spaces"}), 400, "X-Request-ID"),
+    ]
+    for kwargs, status, reason in cases:
+        r = requests.post(f"{url}/predict", timeout=10, **kwargs)
+        assert r.status_code == status, (kwargs, r.status_code, r.text)
+        assert reason in r.json()["error"], r.text
+    assert requests.get(f"{url}/predict", timeout=10).status_code == 405
+    assert requests.get(f"{url}/nope", timeout=10).status_code == 404
+    fb = requests.post(f"{url}/feedback", json={"request_id": "x"}, timeout=10)
+    assert fb.status_code == 422 and "label" in fb.json()["error"]
+
+    r = requests.post(f"{url}/predict", json=good, timeout=10)
+    assert r.status_code == 200
+    assert len(r.headers["X-Request-ID"]) == 32  # generated when not sent
+    assert r.json()["request_id"] == r.headers["X-Request-ID"]
