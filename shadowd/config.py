@@ -9,6 +9,7 @@ Errors name the file, the key path and what was expected, e.g.::
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -27,6 +28,11 @@ __all__ = [
     "AnnotationConfig",
     "KafkaConfig",
     "MetricsConfig",
+    "AnnotationPolicyConfig",
+    "RedactionConfig",
+    "RotationConfig",
+    "LabelsConfig",
+    "SuiteThresholds",
     "ExpectationsConfig",
     "FeatureExpectation",
     "InputsExpectation",
@@ -191,9 +197,9 @@ class DivergenceConfig(_Strict):
         0.3, ge=0, le=1, description="Classification: total variation distance above which a pair is divergent."
     )
     flip_is_divergent: bool = Field(True, description="Classification: a changed top label is always divergent.")
-    abs_threshold: float = Field(1.0, ge=0, description="Regression: |candidate - production| above this is divergent.")
+    abs_threshold: float = Field(1.0, ge=0, description="Regression: |candidate - production| above this (and rel_threshold exceeded too) is divergent.")
     rel_threshold: float = Field(
-        0.2, ge=0, description="Regression: |candidate - production| / max(|production|, eps) above this is divergent."
+        0.2, ge=0, description="Regression: |candidate - production| / max(|production|, eps) above this (and abs_threshold exceeded too) is divergent."
     )
 
 
@@ -209,9 +215,106 @@ class KafkaConfig(_Strict):
     delivery_timeout_ms: int = Field(30_000, gt=0, description="Give up on a send after this long; the item stays in the spool.")
 
 
+class AnnotationPolicyConfig(_Strict):
+    """Budget and fairness before the sink, so a flood of divergences does not bury the annotators."""
+
+    dedup_window_items: int = Field(
+        10_000, ge=0, description="How many recent item fingerprints are remembered for dedup; 0 turns dedup off."
+    )
+    dedup_decimals: int = Field(
+        2, ge=0, le=12, description="Numbers in inputs and features are rounded to this many decimals before "
+        "fingerprinting, so near-identical items count as the same."
+    )
+    rate_per_s: float = Field(10.0, gt=0, description="Global rate limit (token bucket refill), items per second.")
+    burst_items: int = Field(100, ge=1, description="Token bucket size: items let through in one burst.")
+    quota_window_s: float = Field(3600.0, gt=0, description="Window over which per-slice quotas are counted.")
+    slice_quotas: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="Most items per slice name (or 'overall' for items in no slice) per window."
+    )
+    default_slice_quota: int | None = Field(
+        None, ge=0, description="Quota for slices not named in slice_quotas; none means unlimited."
+    )
+
+
+class RedactionConfig(_Strict):
+    """Fields removed or hashed before an item leaves the process (spool, Kafka)."""
+
+    drop: list[str] = Field(
+        default_factory=list,
+        description="Dotted item paths removed, e.g. 'features.user_id' or 'inputs'.",
+    )
+    hash: list[str] = Field(
+        default_factory=list,
+        description="Dotted item paths replaced by 'sha256:<hex>' of their JSON value (salted), so equal values "
+        "still match.",
+    )
+    salt_env: str | None = Field(None, description="Environment variable holding the hash salt; none means unsalted.")
+
+    @model_validator(mode="after")
+    def _paths_ok(self) -> "RedactionConfig":
+        allowed = ("features", "inputs", "detail")
+        for path in [*self.drop, *self.hash]:
+            if path.split(".")[0] not in allowed:
+                raise ValueError(f"redaction path {path!r} must start with one of {', '.join(allowed)}")
+        both = sorted(set(self.drop) & set(self.hash))
+        if both:
+            raise ValueError(f"paths both dropped and hashed: {', '.join(both)}")
+        return self
+
+
+class RotationConfig(_Strict):
+    """The on-call annotation rotation: who labels the queue right now."""
+
+    name: str = Field(
+        "default", description="Rotation name; the Kafka consumer group is 'shadowd.annotate.<name>'.",
+        pattern=r"^[A-Za-z0-9_.-]{1,60}$",
+    )
+    annotators: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, description="Annotators in shift order; the rotation wraps around."
+    )
+    shift_s: float = Field(8 * 3600.0, gt=0, description="Length of one shift.")
+    start: datetime = Field(description="When the first annotator's first shift began (ISO 8601 with time zone).")
+
+    @model_validator(mode="after")
+    def _aware(self) -> "RotationConfig":
+        if self.start.tzinfo is None:
+            raise ValueError(f"start {self.start.isoformat()} needs a time zone, e.g. '2026-01-05T09:00:00Z'")
+        return self
+
+
 class AnnotationConfig(_Strict):
     kafka: KafkaConfig | None = Field(None, description="Produce items to Kafka; without it the local spool alone holds them.")
     max_buffered_items: int = Field(10_000, ge=1, description="Items held in memory before the spool takes them.")
+    batch_items: int = Field(500, ge=1, le=100_000, description="Most items per spool write (one fsync) and per Kafka send.")
+    spool_segment_items: int = Field(1000, ge=1, description="Items per spool segment file; delivered segments are deleted.")
+    policy: AnnotationPolicyConfig = Field(default_factory=AnnotationPolicyConfig, description="Dedup, quotas, rate limit.")
+    redaction: RedactionConfig = Field(default_factory=RedactionConfig, description="Fields dropped or hashed.")
+    rotation: RotationConfig | None = Field(None, description="On-call rotation; none leaves items unassigned.")
+
+
+class SuiteThresholds(_Strict):
+    min_accuracy: float = Field(0.9, ge=0, le=1, description="Classification: a suite fails below this accuracy.")
+    max_mean_loss: float | None = Field(None, gt=0, description="A suite fails above this mean loss; none: not checked.")
+    max_mae: float | None = Field(None, gt=0, description="Regression: a suite fails above this mean absolute error.")
+
+
+class LabelsConfig(_Strict):
+    """Labels back: the pair store they are joined against, high-loss queueing, hard-example suites."""
+
+    pair_retention_s: float = Field(7 * 86400.0, gt=0, description="Pairs older than this can no longer be labelled.")
+    max_pairs: int = Field(200_000, ge=1, description="Most pairs kept for label joins; the oldest go first.")
+    high_loss_threshold: float | None = Field(
+        None, gt=0, description="Queue a labelled input (reason high_loss) when a model's loss is above this."
+    )
+    high_loss_quantile: float = Field(
+        0.95, gt=0, lt=1, description="Also queue inputs whose loss is above this quantile of recent losses."
+    )
+    high_loss_window: int = Field(1000, ge=10, description="Recent losses the quantile is taken over.")
+    high_loss_min_labels: int = Field(50, ge=1, description="No quantile-based queueing before this many labels.")
+    suites_dir: Path | None = Field(None, description="Where hard-example suites are written; default <data_dir>/suites.")
+    suite_thresholds: SuiteThresholds = Field(
+        default_factory=SuiteThresholds, description="Pass/fail thresholds for `shadowd replay`."
+    )
 
 
 class MetricsConfig(_Strict):
@@ -349,6 +452,9 @@ class ShadowdConfig(_Strict):
     slices: list[SliceConfig] = Field(default_factory=list, description="Named slices, reported and checked on their own.")
     divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
     annotations: AnnotationConfig = Field(default_factory=AnnotationConfig)
+    labels: LabelsConfig = Field(
+        default_factory=LabelsConfig, description="Label joins, high-loss queueing and hard-example suites."
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     expectations: ExpectationsConfig = Field(
         default_factory=ExpectationsConfig, description="Data expectations, output stability and drift checks."
@@ -407,8 +513,14 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
     exp = cfg.expectations
     if exp.drift is not None:
         exp = exp.model_copy(update={"drift": exp.drift.model_copy(update={"profile": fix(exp.drift.profile)})})
+    labels = cfg.labels.model_copy(update={"suites_dir": fix(cfg.labels.suites_dir)})
     return cfg.model_copy(
-        update={"data_dir": fix(cfg.data_dir), "models": cfg.models.model_copy(update=models), "expectations": exp}
+        update={
+            "data_dir": fix(cfg.data_dir),
+            "models": cfg.models.model_copy(update=models),
+            "expectations": exp,
+            "labels": labels,
+        }
     )
 
 

@@ -1,0 +1,360 @@
+"""The comparator: finished pairs in; aggregates, metrics, report and annotation items out.
+
+Sits after the shadow worker (which sends every finished ``Pair``) and before
+the annotation sink (which takes the ``AnnotationItem``s that ``add`` returns)
+and the report (``GET /shadow/report``, ``shadowd report``). The Comparator
+deployment ("hub") holds one ``Comparator``; the flywheel joins labels to
+pairs and calls ``add_labelled``.
+
+Per pair: divergence (candidate vs production, and noise vs production when
+present), the slices it belongs to, then running tallies for "overall" and
+every matching slice. The tallies are mergeable (``merge``) and persisted as
+JSON under the data dir (``save`` / ``load``); ``reset`` starts a new window.
+The statistical checks and the gate verdict are computed from the tallies
+whenever a report is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from shadowd.compare.divergence import Divergence, pair_divergence, top_class
+from shadowd.compare.loss import example_loss
+from shadowd.compare.slices import SliceMatcher
+from shadowd.compare.tally import SliceTally
+from shadowd.config import ShadowdConfig
+from shadowd.errors import BadRequest, ShadowdError
+from shadowd.observe.metrics import ShadowdMetrics
+from shadowd.records import AnnotationItem, Label, ModelOutput, Pair
+
+__all__ = ["Comparator", "OVERALL", "STATE_SCHEMA_VERSION", "REPORT_SCHEMA_VERSION", "state_path"]
+
+log = logging.getLogger(__name__)
+
+OVERALL = "overall"
+STATE_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 1
+_STATE_KIND = "shadowd.comparator.state"
+
+
+def state_path(data_dir: Path) -> Path:
+    """Where the comparator persists its window under the data dir."""
+    return Path(data_dir) / "comparator" / "state.json"
+
+
+def _rate(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def _quantiles(hist) -> dict[str, Any]:
+    return {"n": hist.n, "p50": hist.quantile(0.5), "p99": hist.quantile(0.99)}
+
+
+class Comparator:
+    """Running comparison of candidate (and noise) against production, overall and per slice."""
+
+    def __init__(
+        self,
+        config: ShadowdConfig,
+        metrics: ShadowdMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        seed: int = 0,
+    ):
+        self._cfg = config
+        self._task = config.task
+        self._matcher = SliceMatcher(config.slices)
+        self._metrics = metrics
+        self._clock = clock
+        # Only the loss-difference reservoir draws from it; seeded so runs repeat.
+        self._rng = random.Random(seed)
+        self.reset()
+
+    # --- window ---
+
+    def reset(self) -> None:
+        """Start a new test window (e.g. a new candidate): every tally back to zero."""
+        self._window_started_ts = self._clock()
+        self._tallies: dict[str, SliceTally] = {name: SliceTally() for name in [OVERALL, *self._matcher.names]}
+
+    @property
+    def window_started_ts(self) -> float:
+        return self._window_started_ts
+
+    def tally(self, slice_name: str = OVERALL) -> SliceTally:
+        """The live tally of one slice (read it, do not change it)."""
+        return self._tallies[slice_name]
+
+    # --- pairs in ---
+
+    def _compare(self, production: ModelOutput, other: ModelOutput) -> tuple[str, Divergence | None]:
+        """(outcome, divergence); outcome is the other model's, or why its values could not be compared."""
+        if not other.ok:
+            return other.outcome, None
+        if other.values is None:
+            return "bad_shape", None
+        try:
+            return "ok", pair_divergence(self._task, production.values or [], other.values, self._cfg.divergence)
+        except ValueError:
+            finite = all(math.isfinite(v) for v in other.values)
+            return ("bad_shape" if finite else "nan"), None
+
+    def add(self, pair: Pair) -> list[AnnotationItem]:
+        """Count one pair overall and in its slices; return annotation items for a divergent one."""
+        names = [OVERALL, *self._matcher.match(pair.features)]
+        tallies = [self._tallies.setdefault(n, SliceTally()) for n in names]
+        prod = pair.production
+        for t in tallies:
+            t.pairs += 1
+        if not prod.ok or not prod.values:
+            # Nothing to compare against; the ingress already counted production's failure.
+            for t in tallies:
+                t.production_failed += 1
+            return []
+        for t in tallies:
+            t.add_latency("production", prod.latency_s)
+
+        if pair.noise is not None:
+            outcome, div = self._compare(prod, pair.noise)
+            for t in tallies:
+                t.noise.outcomes[outcome] = t.noise.outcomes.get(outcome, 0) + 1
+                if div is not None:
+                    t.noise.add(div.score, div.divergent, div.flip)
+                    t.add_latency("noise", pair.noise.latency_s)
+
+        cand = pair.candidate
+        if cand is None:
+            for t in tallies:
+                t.production_only += 1
+            return []
+        outcome, div = self._compare(prod, cand)
+        for t in tallies:
+            t.candidate_outcomes[outcome] = t.candidate_outcomes.get(outcome, 0) + 1
+        if div is None:
+            return []
+        classes = None
+        if self._task == "classification":
+            classes = (top_class(prod.values), top_class(cand.values or []))
+        for t in tallies:
+            t.add_latency("candidate", cand.latency_s)
+            t.candidate.add(div.score, div.divergent, div.flip)
+            if classes is not None:
+                t.candidate.add_classes(*classes)
+        if self._metrics is not None:
+            for n in names:
+                self._metrics.pairs_compared.labels(slice=n).inc()
+                self._metrics.divergence.labels(slice=n).observe(div.score)
+                if div.divergent:
+                    self._metrics.pairs_divergent.labels(slice=n).inc()
+                if div.flip:
+                    self._metrics.label_flips.labels(slice=n).inc()
+        if not div.divergent:
+            return []
+        if div.flip:
+            detail = f"top class {classes[0]} -> {classes[1]}, tvd {div.tvd:.3f}"  # type: ignore[index]
+        elif div.tvd is not None:
+            detail = f"tvd {div.tvd:.3f} over {self._cfg.divergence.tvd_threshold}"
+        else:
+            detail = f"abs diff {div.abs_diff:.4g}, rel diff {div.rel_diff:.4g}"
+        item = AnnotationItem(
+            request_id=pair.request_id,
+            reason="divergent",
+            priority=div.score,
+            slices=names[1:],
+            features=pair.features,
+            inputs=pair.inputs,
+            production=prod,
+            candidate=cand,
+            detail=detail,
+            created_ts=self._clock(),
+        )
+        return [item]
+
+    def add_many(self, pairs: Iterable[Pair]) -> list[AnnotationItem]:
+        items: list[AnnotationItem] = []
+        for pair in pairs:
+            items.extend(self.add(pair))
+        return items
+
+    def add_labelled(self, pair: Pair, label: Label) -> dict[str, float]:
+        """Loss per role for a pair whose ground truth arrived; paired ones feed the label-based checks.
+
+        Returns ``{}`` for skipped / bad-data labels and when production has no
+        output; ``{"production": x}`` alone when the candidate had none (not
+        counted: the label-based checks are paired). Raises BadRequest when the
+        label does not fit the task (e.g. class 12 of 10).
+        """
+        if label.verdict != "label" or label.label is None or not pair.production.ok or not pair.production.values:
+            return {}
+        try:
+            losses = {"production": example_loss(self._task, pair.production.values, label.label)}
+            cand = pair.candidate
+            if cand is not None and cand.ok and cand.values and len(cand.values) == len(pair.production.values):
+                losses["candidate"] = example_loss(self._task, cand.values, label.label)
+        except (ValueError, TypeError) as err:
+            raise BadRequest(f"label for request {pair.request_id}: {err}") from None
+        if "candidate" not in losses or not all(math.isfinite(v) for v in losses.values()):
+            return losses
+        correct = None
+        if self._task == "classification":
+            k = int(label.label)  # type: ignore[arg-type]
+            correct = (top_class(pair.production.values) == k, top_class(cand.values) == k)  # type: ignore[union-attr, arg-type]
+        for n in [OVERALL, *self._matcher.match(pair.features)]:
+            self._tallies.setdefault(n, SliceTally()).labels.add(
+                losses["production"], losses["candidate"], correct, self._rng
+            )
+        return losses
+
+    # --- report ---
+
+    def _slice_report(self, t: SliceTally) -> dict[str, Any]:
+        cand, noise, lab = t.candidate, t.noise, t.labels
+        classification = self._task == "classification"
+        acc = None
+        if classification and lab.labels:
+            acc = {
+                "production": (lab.both_correct + lab.prod_only_correct) / lab.labels,
+                "candidate": (lab.both_correct + lab.cand_only_correct) / lab.labels,
+            }
+        return {
+            "pairs": t.pairs,
+            "production_only": t.production_only,
+            "production_failed": t.production_failed,
+            "compared": cand.compared,
+            "candidate_outcomes": dict(t.candidate_outcomes),
+            "flips": cand.flips if classification else None,
+            "flip_rate": _rate(cand.flips, cand.compared) if classification else None,
+            "divergent": cand.divergent,
+            "divergent_rate": _rate(cand.divergent, cand.compared),
+            "mean_divergence": cand.score.mean if cand.compared else None,
+            "noise": {
+                "pairs": sum(noise.outcomes.values()),
+                "compared": noise.compared,
+                "flips": noise.flips if classification else None,
+                "flip_rate": _rate(noise.flips, noise.compared) if classification else None,
+                "divergent": noise.divergent,
+                "mean_divergence": noise.score.mean if noise.compared else None,
+            },
+            "latency_s": {role: _quantiles(h) for role, h in sorted(t.latency_s.items())},
+            "labels": {
+                "labels": lab.labels,
+                "accuracy": acc,
+                "mean_loss": {role: m.mean for role, m in lab.loss.items()} if lab.labels else None,
+            },
+        }
+
+    def report(self) -> dict[str, Any]:
+        """The whole window as JSON-serialisable data: counts per slice, checks, gate verdict."""
+        from shadowd.compare.gate import evaluate_gate  # the statistics live apart from the counting
+
+        slices = {n: t for n, t in self._tallies.items() if n != OVERALL}
+        checks, gate = evaluate_gate(self._cfg, self._tallies, self._metrics)
+        return {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "generated_ts": self._clock(),
+            "window_started_ts": self._window_started_ts,
+            "task": self._task,
+            "models": {
+                "production": self._cfg.models.production.name,
+                "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
+            },
+            "overall": self._slice_report(self._tallies[OVERALL]),
+            "slices": {n: self._slice_report(t) for n, t in slices.items()},
+            "checks": checks,
+            "gate": gate,
+        }
+
+    # --- state: merge, persist ---
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild or merge this comparator's window, as plain JSON data."""
+        return {
+            "kind": _STATE_KIND,
+            "schema_version": STATE_SCHEMA_VERSION,
+            "task": self._task,
+            "models": {
+                "production": self._cfg.models.production.name,
+                "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
+            },
+            "window_started_ts": self._window_started_ts,
+            "slices": {n: t.to_dict() for n, t in self._tallies.items()},
+        }
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("kind") != _STATE_KIND:
+            raise ShadowdError("not a shadowd comparator state")
+        if state.get("schema_version") != STATE_SCHEMA_VERSION:
+            raise ShadowdError(
+                f"comparator state schema_version {state.get('schema_version')!r}; this shadowd reads {STATE_SCHEMA_VERSION}"
+            )
+        if state.get("task") != self._task:
+            raise ShadowdError(f"comparator state is for task {state.get('task')!r}; this comparator's is {self._task!r}")
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add another comparator's window (e.g. another replica's) into this one."""
+        self._check_state(state)
+        for name, d in state["slices"].items():
+            self._tallies.setdefault(name, SliceTally()).merge(SliceTally.from_dict(d), self._rng)
+        self._window_started_ts = min(self._window_started_ts, float(state["window_started_ts"]))
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace this comparator's window with a saved one."""
+        self._check_state(state)
+        tallies = {name: SliceTally() for name in [OVERALL, *self._matcher.names]}
+        tallies.update({name: SliceTally.from_dict(d) for name, d in state["slices"].items()})
+        self._tallies = tallies
+        self._window_started_ts = float(state["window_started_ts"])
+
+    def save(self, path: Path | None = None) -> Path:
+        """Write the state atomically (temp file, fsync, rename): a crash leaves the old file or the new one."""
+        path = Path(path) if path is not None else state_path(self._cfg.data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.state_dict(), f, separators=(",", ":"), allow_nan=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load(self, path: Path | None = None) -> bool:
+        """Resume a saved window; False (and a fresh window) when there is none to resume.
+
+        A state for another candidate model is not resumed: its evidence is
+        about a different model. An unreadable state is moved aside (kept for
+        a human, never deleted) and a fresh window starts.
+        """
+        path = Path(path) if path is not None else state_path(self._cfg.data_dir)
+        if not path.exists():
+            return False
+        try:
+            state = json.loads(path.read_text())
+            self._check_state(state)
+        except (OSError, ValueError, ShadowdError) as err:
+            aside = path.with_name(f"{path.name}.unreadable-{int(self._clock())}")
+            os.replace(path, aside)
+            log.warning("comparator state %s unreadable (%s); moved to %s, starting a new window", path, err, aside)
+            return False
+        candidate = self._cfg.models.candidate.name if self._cfg.models.candidate else None
+        if state.get("models", {}).get("candidate") != candidate:
+            log.info(
+                "comparator state %s is for candidate %r, now %r: starting a new window",
+                path,
+                state.get("models", {}).get("candidate"),
+                candidate,
+            )
+            return False
+        self.load_state(state)
+        return True
