@@ -87,6 +87,47 @@ def demo(
     run_demo(data_dir, requests, port, metrics_port, feedback_share, typer.echo)
 
 
+profile_app = typer.Typer(no_args_is_help=True, help="Reference profiles of training data, for drift checks.")
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("build")
+def profile_build(
+    data: Path = typer.Argument(..., help="Training data: .csv, .jsonl or .npz (2-D arrays become name[i] columns)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Profile JSON to write (expectations.drift.profile)."),
+    output_column: Optional[str] = typer.Option(
+        None, help="Column holding class labels (or regression targets): profiled as the output distribution."
+    ),
+    output_kind: str = typer.Option("class", help="'class' (labels, categorical) or 'value' (regression targets)."),
+    categorical: list[str] = typer.Option([], help="Treat this numeric column as categorical (repeatable)."),
+    bins: int = typer.Option(10, min=1, max=1000, help="Quantile bins per numeric feature."),
+    sample_size: int = typer.Option(2000, min=10, help="Values kept per numeric feature for two-sample tests."),
+    seed: int = typer.Option(0, help="Seed of the sample."),
+) -> None:
+    """Profile training data (quantile bins, categories, summary stats, a sample) for drift checks."""
+    from shadowd.expect.profile import build_profile, read_table, save_profile
+
+    if output_kind not in ("class", "value"):
+        _fail(f"--output-kind must be 'class' or 'value', got {output_kind!r}")
+    try:
+        columns = read_table(data)
+        if not columns:
+            _fail(f"{data}: no columns found")
+        prof = build_profile(
+            columns, source=str(data), output_column=output_column, output_kind=output_kind,  # type: ignore[arg-type]
+            categorical=categorical, bins=bins, sample_size=sample_size, seed=seed,
+        )
+    except ConfigError as err:
+        _fail(str(err))
+    save_profile(prof, out)
+    kinds = [f.kind for f in prof.features.values()]
+    outputs = f"; outputs {prof.outputs.kind}" if prof.outputs is not None else ""
+    typer.echo(
+        f"{out}: profile of {prof.rows} rows, {kinds.count('numeric')} numeric and "
+        f"{kinds.count('categorical')} categorical features{outputs}"
+    )
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,17 @@
+"""Data expectations, numerical stability and drift on live shadow traffic (issue 7).
+
+``expectations``: per-request checks on the production path (cheap, vectorised).
+``profile``: a reference profile of training data, built offline by ``shadowd profile build``.
+``drift``: windowed drift checks of live inputs and both models' outputs against that profile,
+run beside the comparator.
+"""
+
+from shadowd.expect.expectations import (
+    ExpectationFailed,
+    ExpectationSet,
+    Violation,
+    ViolationTally,
+    record_violations,
+)
+
+__all__ = ["ExpectationSet", "ExpectationFailed", "Violation", "ViolationTally", "record_violations"]
