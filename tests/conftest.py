@@ -3,5 +3,7 @@ integration tests (tests/integration) use the real ones, started once per sessio
 
 pytest_plugins = [
     "tests.fixtures.services",
+    "tests.fixtures.kafka",
+    "tests.fixtures.prometheus",
     "tests.fixtures.ray_serve",
 ]
