@@ -332,4 +332,4 @@ def load_profile(path: str | Path) -> Profile:
         first = err.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
         more = f" (and {err.error_count() - 1} more errors)" if err.error_count() > 1 else ""
-        raise ConfigError(f"{path}: not a valid shadowd profile: {loc}: {first['msg']}{more}") from None
+        raise ConfigError(f"{path}: not a valid shadowd profile: {loc}: {first['msg'].removeprefix('Value error, ')}{more}") from None
