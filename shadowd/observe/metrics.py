@@ -86,6 +86,27 @@ class ShadowdMetrics:
             ["outcome"],
             registry=reg,
         )
+        self.check_status = Gauge(
+            "shadowd_check_status",
+            "Statistical check result at the last report, by check and slice: 0 pass, 1 fail, 2 inconclusive.",
+            ["check", "slice"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.gate_verdict = Gauge(
+            "shadowd_gate_verdict",
+            "Promotion gate verdict at the last report: 0 pass, 1 fail, 2 inconclusive.",
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.noise_floor = Gauge(
+            "shadowd_noise_floor",
+            "How often production disagrees with itself (noise replica), by slice: flip rate for classification, "
+            "divergent-pair rate for regression.",
+            ["slice"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
         self.spool_items = Gauge(
             "shadowd_spool_items",
             "Annotation items in the local spool not yet delivered to Kafka (all of them without Kafka).",
