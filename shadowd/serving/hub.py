@@ -105,6 +105,8 @@ class ShadowHub:
 
     def __del__(self) -> None:
         # Ray Serve calls this on graceful shutdown: keep the evidence, flush the queue.
+        if not hasattr(self, "_flywheel"):
+            return  # the constructor failed; nothing to keep
         try:
             self._save()
         finally:

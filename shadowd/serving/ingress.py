@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 _FEEDBACK_STATUS = {"joined": 200, "unknown": 404, "expired": 410}
 
 
+def _serve_request_id() -> str | None:
+    """The id Ray Serve's proxy gave this request: the client's X-Request-ID, or one it
+    generated and echoes in the response's X-Request-ID header."""
+    from ray.serve.context import _get_serve_request_context  # no public accessor yet
+
+    return _get_serve_request_context().request_id or None
+
+
 @serve.deployment
 class ShadowIngress:
     def __init__(self, config: ShadowdConfig, worker: Any, hub: Any):
@@ -101,7 +109,7 @@ class ShadowIngress:
         return self._model.predict(x[None])[0]
 
     async def _predict(self, request: Request) -> Response:
-        request_id = request_id_from(request.headers)
+        request_id = request_id_from(request.headers, _serve_request_id())
         req = parse_predict(await self._json(request), request_id, self._input_shape)
         ts = time.time()
         t0 = time.perf_counter()
@@ -113,7 +121,6 @@ class ShadowIngress:
             return JSONResponse(
                 {"error": f"production model failed: {type(err).__name__}: {err}"[:500], "request_id": request_id},
                 status_code=500,
-                headers={"X-Request-ID": request_id},
             )
         latency_s = time.perf_counter() - t0
         values = np.asarray(out, dtype=np.float64).reshape(-1)
@@ -140,7 +147,7 @@ class ShadowIngress:
                     production_latency_s=latency_s,
                 )
             )
-        return JSONResponse(body, headers={"X-Request-ID": request_id})
+        return JSONResponse(body)
 
     async def _feedback(self, request: Request) -> Response:
         label = parse_feedback(await self._json(request), time.time())

@@ -30,11 +30,11 @@ class PredictRequest:
     raw_inputs: Any = None  # as sent, for pairs and annotation items
 
 
-def request_id_from(headers: Mapping[str, str]) -> str:
-    """The client's X-Request-ID if it is well-formed, else a new one."""
+def request_id_from(headers: Mapping[str, str], proxy_id: str | None = None) -> str:
+    """The client's X-Request-ID if it is well-formed, else the id the proxy made, else a new one."""
     rid = headers.get("x-request-id")
     if rid is None:
-        return uuid.uuid4().hex
+        return proxy_id or uuid.uuid4().hex
     if not _REQUEST_ID.match(rid):
         raise BadRequest("X-Request-ID must be 1-128 characters of letters, digits and . _ : -", 400)
     return rid

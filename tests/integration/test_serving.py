@@ -34,7 +34,7 @@ def _config(candidate: dict | None, **shadow) -> dict:
     return {
         "task": "classification",
         "models": {"production": toy_model("prod", seed=0), "candidate": candidate},
-        "shadow": {"sample_share": 1.0, "candidate_timeout_s": 0.5, **shadow},
+        "shadow": {"sample_share": 1.0, "candidate_timeout_s": 1.5, **shadow},
         "slices": SLICES,
     }
 
@@ -70,7 +70,7 @@ def _production_alone(reqs) -> dict[str, list[float]]:
 )
 def test_production_answers_unchanged_whatever_the_candidate_does(shadowd_app, mode, outcome):
     reqs = _requests()
-    candidate = toy_model("cand", "shadowd.testing:FaultyModel", mode=mode, hang_s=3.0, seed=1)
+    candidate = toy_model("cand", "shadowd.testing:FaultyModel", mode=mode, hang_s=6.0, seed=1)
     daemon = shadowd_app(_config(candidate))
     t0 = time.perf_counter()
     answers = _send_all(daemon.url, reqs)
@@ -82,13 +82,13 @@ def test_production_answers_unchanged_whatever_the_candidate_does(shadowd_app, m
         assert np.allclose(answers[rid]["outputs"], expected[rid], rtol=1e-6, atol=1e-9)
         assert answers[rid]["prediction"] == int(np.argmax(expected[rid]))
     if mode == "hang":
-        # 40 requests answered while the candidate hangs 3 s per call: nobody waited for it.
-        assert elapsed_s < 3.0
+        # 40 requests answered while the candidate hangs 6 s per call: nobody waited for it.
+        assert elapsed_s < 6.0
 
     report = _report_when(daemon.url, N)
     overall = report["overall"]
     assert overall["pairs"] == N
-    assert overall["candidate_outcomes"][outcome] == N
+    assert overall["candidate_outcomes"][outcome] == N, overall
     assert sum(overall["candidate_outcomes"].values()) == N
     n_high = sum(1 for _, b in reqs if b["features"]["x0"] > 0)
     assert report["slices"]["high_x0"]["pairs"] == n_high
@@ -147,5 +147,5 @@ def test_bad_requests_get_4xx_and_daemon_keeps_serving(shadowd_app):
 
     r = requests.post(f"{url}/predict", json=good, timeout=10)
     assert r.status_code == 200
-    assert len(r.headers["X-Request-ID"]) == 32  # generated when not sent
-    assert r.json()["request_id"] == r.headers["X-Request-ID"]
+    generated = r.headers["X-Request-ID"]  # generated when not sent, and the same id the pair gets
+    assert len(generated) >= 16 and r.json()["request_id"] == generated
