@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both set up what they need, idempotently).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system-deps demo test test-unit bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned to the CPU wheel: letting pip resolve torch itself pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# prometheus + promtool for the alert-rule and real-Prometheus tests (Debian package).
+system-deps:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+demo: setup
+	$(VENV)/bin/shadowd demo
+
+test: setup system-deps
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+bench: setup
+	$(PY) bench/latency.py
+
+clean:
+	rm -rf $(VENV) shadowd-data .pytest_cache
