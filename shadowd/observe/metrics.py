@@ -133,6 +133,39 @@ class ShadowdMetrics:
             registry=reg,
             multiprocess_mode="mostrecent",
         )
+        # issue 4: data flywheel (shadowd/flywheel/)
+        self.kafka_delivery_errors = Counter(
+            "shadowd_kafka_delivery_errors_total",
+            "Failed sends of annotation items to Kafka (broker down, timeout, rejected); the spool keeps the items.",
+            registry=reg,
+        )
+        self.labels = Counter(
+            "shadowd_labels_total",
+            "Labels received, by source (feedback, annotator) and outcome (joined, unknown, expired, rejected).",
+            ["source", "outcome"],
+            registry=reg,
+        )
+        self.annotation_backlog = Gauge(
+            "shadowd_annotation_backlog_items",
+            "Annotation items not yet handled by the on-call annotators, by rotation.",
+            ["rotation"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.annotation_oldest_age = Gauge(
+            "shadowd_annotation_oldest_item_age_seconds",
+            "Age of the oldest annotation item not yet handled, by rotation (0 when the queue is empty).",
+            ["rotation"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.suite_examples = Gauge(
+            "shadowd_suite_examples",
+            "Labelled hard examples per suite (named by slice and failure tag).",
+            ["suite"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
 
 
 def prepare_multiprocess_dir(data_dir: Path) -> Path:
