@@ -28,6 +28,7 @@ __all__ = [
     "AnnotationConfig",
     "KafkaConfig",
     "MetricsConfig",
+    "GrafanaConfig",
     "CheckConfig",
     "FlipRateCheck",
     "MeanDivergenceCheck",
@@ -332,6 +333,17 @@ class MetricsConfig(_Strict):
     host: str = Field("0.0.0.0", description="Host the metrics endpoint binds.")
 
 
+class GrafanaConfig(_Strict):
+    """Grafana annotations of gate verdict changes (issue 5); dashboards are pushed by `shadowd dashboards push`."""
+
+    url: str = Field(description="Grafana base URL, e.g. http://grafana:3000.", pattern=r"^https?://\S+$")
+    token_env: str = Field(
+        "GRAFANA_TOKEN", description="Environment variable holding a Grafana service-account token (never the token itself)."
+    )
+    annotate_verdicts: bool = Field(True, description="Write an annotation whenever the gate verdict changes.")
+    timeout_s: float = Field(5.0, gt=0, le=60, description="Longest wait for one Grafana call.")
+
+
 # --- expectations (issue 7): data invariants on live traffic, drift vs a training profile ---
 
 FeatureType = Literal["number", "integer", "string", "boolean", "list", "any"]
@@ -587,6 +599,7 @@ class ShadowdConfig(_Strict):
         default_factory=LabelsConfig, description="Label joins, high-loss queueing and hard-example suites."
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    grafana: GrafanaConfig | None = Field(None, description="Annotate gate verdict changes in Grafana; none: off.")
     checks: list[CheckConfig] = Field(
         default_factory=default_checks, description="Statistical checks run overall and per slice; see docs/statistics.md."
     )
