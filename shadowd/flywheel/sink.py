@@ -272,6 +272,8 @@ class AnnotationSink:
                 self._last_error = None
                 continue
             self._last_error = f"{type(result.error).__name__}: {result.error}"
+            if self._metrics is not None:
+                self._metrics.kafka_delivery_errors.inc()
             if result.poison:
                 continue
             if self._stop.is_set():
