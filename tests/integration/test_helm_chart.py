@@ -1,0 +1,554 @@
+"""The Helm chart, rendered by real Helm (helm-python-sdk, Helm's Go SDK).
+
+No cluster runs here, so every rendered object is checked the way an API
+server would check it: built-in kinds against the Kubernetes schemas that
+kubernetes-validate ships (strict: unknown fields fail), custom resources
+against the schemas in tests/data/crds/ (see its README), pods against the
+Pod Security Standards "restricted" rules, the shadowd config against
+shadowd's own parser, Ray Serve's config against Ray Serve's schema and the
+PrometheusRule against promtool.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import referencing
+import yaml
+
+from shadowd.config import parse_config
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "shadowd"
+CRDS = ROOT / "tests" / "data" / "crds"
+K8S_VERSION = kubernetes_validate.latest_version()
+RELEASE = "shadow"
+NAMESPACE = "ml"
+
+KAFKA_CONFIG = {"bootstrap_servers": ["kafka-0.kafka:9093"], "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512"}
+SECRETS = {
+    "config": {"annotations": {"kafka": KAFKA_CONFIG}},
+    "kafka": {
+        "sasl": {"existingSecret": "kafka-user", "usernameKey": "user", "passwordKey": "pass"},
+        "tls": {"existingSecret": "kafka-ca", "caKey": "ca.pem"},
+    },
+    "grafana": {"token": {"existingSecret": "grafana-api", "key": "token"}},
+}
+MONITORING = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}, "prometheusRule": {"enabled": True}}}
+
+# Every switch of values.yaml, in both modes where it matters.
+SWITCHES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "deployment": {"mode": "deployment"},
+    "autoscaling": {"rayService": {"enableInTreeAutoscaling": True, "upgradeStrategy": "None"}},
+    "monitoring": MONITORING,
+    "monitoring-deployment": {"mode": "deployment", **MONITORING},
+    "no-persistence": {"persistence": {"enabled": False}},
+    "existing-claims": {"persistence": {"existingClaim": "shadowd-data"}, "models": {"existingClaim": "models"}},
+    "secrets": SECRETS,
+    "secrets-deployment": {"mode": "deployment", **SECRETS},
+    "config-secret": {"existingConfigSecret": "shadowd-config"},
+    "minimal": {
+        "grafana": {"dashboards": {"enabled": False}},
+        "serviceAccount": {"create": False},
+        "imagePullSecrets": [{"name": "registry"}],
+        "extraEnv": [{"name": "RAY_LOG_TO_STDERR", "value": "1"}],
+        "nodeSelector": {"pool": "cpu"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+    },
+}
+
+
+# --- rendering --------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as c:
+        yield c
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None = None, release: str = RELEASE) -> list[dict[str, Any]]:
+    out = chart.render(values or {}, name=release, namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in by_kind(docs, kind) if name is None or d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+@pytest.fixture(scope="module", params=sorted(SWITCHES), ids=sorted(SWITCHES))
+def rendered(request, chart) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    values = SWITCHES[request.param]
+    return request.param, chart.merge_values(values), render(chart, values)
+
+
+# --- schemas for custom resources ------------------------------------------
+
+
+def _k8s_definitions() -> referencing.Resource:
+    base = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    major_minor = ".".join(K8S_VERSION.split(".")[:2])
+    folder = next(p for p in base.iterdir() if p.name.startswith(f"v{major_minor}") and p.name.endswith("-local-strict"))
+    return referencing.Resource.from_contents(json.loads((folder / "_definitions.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def crd_validators() -> dict[tuple[str, str], jsonschema.Draft202012Validator]:
+    registry = _k8s_definitions() @ referencing.Registry()
+    out = {}
+    for path in CRDS.glob("*.json"):
+        schema = json.loads(path.read_text())
+        api, kind = schema["properties"]["apiVersion"]["const"], schema["properties"]["kind"]["const"]
+        out[(api, kind)] = jsonschema.Draft202012Validator(schema, registry=registry)
+    return out
+
+
+def validate_object(doc: dict[str, Any], crd_validators) -> None:
+    key = (doc["apiVersion"], doc["kind"])
+    if key in crd_validators:
+        errors = sorted(crd_validators[key].iter_errors(doc), key=lambda e: list(e.absolute_path))
+        assert not errors, "\n".join(f"{doc['kind']}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+    else:
+        # Raises SchemaNotFoundError for a kind it does not know: no object goes unchecked.
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+# --- pods ---------------------------------------------------------------------
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(where, pod template metadata, pod spec) of every pod the release will run."""
+    pods = []
+    for d in by_kind(docs, "Deployment"):
+        pods.append((f"Deployment/{d['metadata']['name']}", d["spec"]["template"]["metadata"], d["spec"]["template"]["spec"]))
+    for d in by_kind(docs, "RayService"):
+        cluster = d["spec"]["rayClusterConfig"]
+        head = cluster["headGroupSpec"]["template"]
+        pods.append((f"RayService/{d['metadata']['name']}/head", head["metadata"], head["spec"]))
+        for group in cluster.get("workerGroupSpecs", []):
+            t = group["template"]
+            pods.append((f"RayService/{d['metadata']['name']}/{group['groupName']}", t["metadata"], t["spec"]))
+    return pods
+
+
+_RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+_SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+}
+_SELINUX_TYPES = {None, "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+
+
+def restricted_violations(spec: dict[str, Any], extra_containers: list[dict[str, Any]] = ()) -> list[str]:
+    """Pod Security Standards "restricted" (which includes "baseline"), as the
+    Kubernetes docs list the rules; returns one line per violation."""
+    bad = []
+    psc = spec.get("securityContext") or {}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            bad.append(f"{key} is set")
+    for vol in spec.get("volumes", []):
+        kinds = set(vol) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUME_TYPES:
+            bad.append(f"volume {vol['name']}: type {sorted(kinds - _RESTRICTED_VOLUME_TYPES)} not allowed")
+    for sysctl in psc.get("sysctls", []):
+        if sysctl["name"] not in _SAFE_SYSCTLS:
+            bad.append(f"sysctl {sysctl['name']} not allowed")
+    if (psc.get("seLinuxOptions") or {}).get("type") not in _SELINUX_TYPES:
+        bad.append("pod seLinuxOptions.type not allowed")
+    if (psc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+        bad.append("pod appArmorProfile Unconfined")
+    if psc.get("runAsUser") == 0:
+        bad.append("pod runAsUser 0")
+    if (psc.get("windowsOptions") or {}).get("hostProcess"):
+        bad.append("pod hostProcess")
+    pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
+    if pod_seccomp == "Unconfined":
+        bad.append("pod seccompProfile Unconfined")
+    containers = spec.get("containers", []) + spec.get("initContainers", []) + spec.get("ephemeralContainers", []) + list(extra_containers)
+    for c in containers:
+        name = c.get("name", "<autoscaler>")
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation must be false")
+        if sc.get("runAsNonRoot") is False or not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+            bad.append(f"{name}: runAsNonRoot must be true (pod or container)")
+        if sc.get("runAsUser") == 0:
+            bad.append(f"{name}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or {}).get("type") or pod_seccomp
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost, got {seccomp}")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            bad.append(f"{name}: capabilities must drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: capabilities add {caps['add']}")
+        if sc.get("procMount", "Default") != "Default":
+            bad.append(f"{name}: procMount {sc['procMount']}")
+        if (sc.get("seLinuxOptions") or {}).get("type") not in _SELINUX_TYPES:
+            bad.append(f"{name}: seLinuxOptions.type not allowed")
+        if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+            bad.append(f"{name}: appArmorProfile Unconfined")
+        if (sc.get("windowsOptions") or {}).get("hostProcess"):
+            bad.append(f"{name}: hostProcess")
+        for port in c.get("ports", []):
+            if port.get("hostPort"):
+                bad.append(f"{name}: hostPort {port['hostPort']}")
+    return bad
+
+
+def _autoscaler(docs) -> list[dict[str, Any]]:
+    out = []
+    for d in by_kind(docs, "RayService"):
+        opts = d["spec"]["rayClusterConfig"].get("autoscalerOptions")
+        if d["spec"]["rayClusterConfig"].get("enableInTreeAutoscaling"):
+            assert opts and opts.get("securityContext"), "KubeRay injects an autoscaler sidecar; it needs a securityContext"
+            out.append(opts)
+    return out
+
+
+# The API server parses quantities with this grammar; the JSON schemas only say "string or number".
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$")
+
+
+def quantities(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every resource quantity in a rendered object: requests/limits, storage, sizeLimit."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("requests", "limits") and isinstance(v, dict):
+                yield from ((f"{path}.{k}.{r}", q) for r, q in v.items())
+            elif k == "sizeLimit":
+                yield f"{path}.{k}", v
+            else:
+                yield from quantities(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from quantities(v, f"{path}[{i}]")
+
+
+# --- tests: lint and schemas ------------------------------------------------
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_helm_lint_is_clean(switch):
+    report = helm.lint(CHART, SWITCHES[switch], strict=True, namespace=NAMESPACE, kube_version=f"v{K8S_VERSION}.0")
+    findings = [m for m in report["messages"] if m["severity"] >= 2]  # 1 = info ("icon is recommended")
+    assert report["errors"] == [] and findings == [], (report["errors"], findings)
+
+
+def test_every_object_validates_against_its_schema(rendered, crd_validators):
+    switch, values, docs = rendered
+    workload = {"rayservice": "RayService", "deployment": "Deployment"}
+    assert [d["kind"] for d in docs if d["kind"] in workload.values()] == [workload[values["mode"]]], switch
+    for doc in docs:
+        validate_object(doc, crd_validators)
+        for where, q in quantities(doc):
+            assert isinstance(q, (int, float)) or _QUANTITY.match(q), f"{doc['kind']}{where}: {q!r} is not a quantity"
+
+
+def test_crd_schemas_reject_what_the_api_server_would(crd_validators, chart):
+    """The vendored-by-hand CRD schemas must catch real mistakes, or the test above proves nothing."""
+    docs = render(chart, MONITORING)
+    rs, sm, rule = one(docs, "RayService"), one(docs, "ServiceMonitor"), one(docs, "PrometheusRule")
+    cases = []
+    bad = copy.deepcopy(rs)
+    bad["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 2  # must be a string
+    cases.append(bad)
+    bad = copy.deepcopy(rs)
+    bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "2"
+    cases.append(bad)
+    bad = copy.deepcopy(rs)
+    bad["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
+    cases.append(bad)
+    bad = copy.deepcopy(rs)
+    bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replica"] = 2  # typo
+    cases.append(bad)
+    bad = copy.deepcopy(sm)
+    bad["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    cases.append(bad)
+    bad = copy.deepcopy(rule)
+    bad["spec"]["groups"][0]["rules"][0].pop("alert")  # neither alert nor record
+    cases.append(bad)
+    for doc in cases:
+        with pytest.raises(AssertionError):
+            validate_object(doc, crd_validators)
+
+
+def test_rendered_pods_meet_the_restricted_profile(rendered):
+    switch, values, docs = rendered
+    pods = pod_specs(docs)
+    assert pods, f"{switch}: no pods rendered"
+    for where, meta, spec in pods:
+        assert restricted_violations(spec, _autoscaler(docs) if "head" in where else []) == [], where
+
+
+def test_restricted_check_catches_violations(chart):
+    """The checker itself: each breach of the profile must be reported."""
+    _, _, spec = pod_specs(render(chart, {"mode": "deployment"}))[0]
+    assert restricted_violations(spec) == []
+    breaches = [
+        lambda s: s.__setitem__("hostNetwork", True),
+        lambda s: s["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        lambda s: s["containers"][0]["securityContext"].__setitem__("allowPrivilegeEscalation", True),
+        lambda s: s["containers"][0]["securityContext"].__setitem__("privileged", True),
+        lambda s: s["containers"][0]["securityContext"]["capabilities"].__setitem__("drop", ["NET_RAW"]),
+        lambda s: s["containers"][0]["securityContext"]["capabilities"].__setitem__("add", ["SYS_ADMIN"]),
+        lambda s: (s["securityContext"].pop("seccompProfile"), s["containers"][0]["securityContext"].pop("seccompProfile")),
+        lambda s: s["containers"][0]["securityContext"].__setitem__("runAsNonRoot", False),
+        lambda s: s["containers"][0]["ports"][0].__setitem__("hostPort", 8000),
+    ]
+    for breach in breaches:
+        broken = copy.deepcopy(spec)
+        breach(broken)
+        assert restricted_violations(broken), breach
+
+
+def test_pods_write_only_to_their_volumes_and_have_probes_and_resources(rendered):
+    _, values, docs = rendered
+    writable = {"/tmp", "/dev/shm", values["persistence"]["mountPath"]}
+    for where, _, spec in pod_specs(docs):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for c in spec["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, where
+            for m in c["volumeMounts"]:
+                assert m["name"] in volumes, f"{where}: mount {m['name']} has no volume"
+                if not m.get("readOnly"):
+                    assert m["mountPath"] in writable, f"{where}: {m['mountPath']} is writable"
+            assert {"/tmp", "/dev/shm", values["persistence"]["mountPath"]} <= {m["mountPath"] for m in c["volumeMounts"]}
+            assert c["livenessProbe"] and c["readinessProbe"], where
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                port = c.get(probe, {}).get("httpGet", {}).get("port")
+                if isinstance(port, str):
+                    assert port in {p["name"] for p in c["ports"]}, f"{where}: {probe} names unknown port {port}"
+            assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], where
+            assert c["resources"]["limits"]["memory"], where
+            assert not any(k in e for e in c.get("env", []) for k in ("value",) if "PASSWORD" in e["name"] or "TOKEN" in e["name"])
+
+
+# --- tests: what the pods read ------------------------------------------------
+
+
+def _config_text(docs) -> str:
+    return one(docs, "ConfigMap", f"{RELEASE}-shadowd-config")["data"]["config.yaml"]
+
+
+def _volume_paths(spec, volume: str, container: dict[str, Any]) -> str:
+    return next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume)
+
+
+def test_config_map_holds_a_config_shadowd_accepts(rendered):
+    switch, values, docs = rendered
+    if values["existingConfigSecret"]:
+        assert not [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
+        for _, _, spec in pod_specs(docs):
+            vol = next(v for v in spec["volumes"] if v["name"] == "config")
+            assert vol["secret"]["secretName"] == values["existingConfigSecret"]
+        return
+    cfg = parse_config(yaml.safe_load(_config_text(docs)), "configmap config.yaml")
+    assert str(cfg.data_dir) == values["persistence"]["mountPath"]
+    assert (cfg.serving.host, cfg.serving.port, cfg.metrics.host, cfg.metrics.port) == ("0.0.0.0", 8000, "0.0.0.0", 9100)
+    assert cfg.models.production.name == values["config"]["models"]["production"]["name"]
+    for where, _, spec in pod_specs(docs):
+        c = spec["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["metrics"] == cfg.metrics.port and cfg.serving.port in ports.values(), where
+        assert _volume_paths(spec, "data", c) == str(cfg.data_dir), where
+        assert _volume_paths(spec, "config", c) == "/etc/shadowd", where
+
+
+def test_large_numbers_survive_helm(chart):
+    """Helm's values pass through JSON floats; 1e+06 would not parse as an int in shadowd."""
+    values = {"config": {"serving": {"max_body_bytes": 20_000_000}, "shadow": {"max_in_flight": 1_000_000}}}
+    cfg = parse_config(yaml.safe_load(_config_text(render(chart, values))), "configmap")
+    assert (cfg.serving.max_body_bytes, cfg.shadow.max_in_flight) == (20_000_000, 1_000_000)
+
+
+@pytest.mark.parametrize("mode", ["rayservice", "deployment"])
+def test_secrets_arrive_by_reference_under_the_names_the_config_uses(chart, mode):
+    docs = render(chart, {"mode": mode, **SECRETS})
+    assert by_kind(docs, "Secret") == []  # existing Secrets only: the chart never holds a credential
+    kafka = parse_config(yaml.safe_load(_config_text(docs)), "configmap").annotations.kafka
+    for where, _, spec in pod_specs(docs):
+        c = spec["containers"][0]
+        env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c["env"]}
+        assert env[kafka.sasl_username_env] == {"name": "kafka-user", "key": "user"}, where
+        assert env[kafka.sasl_password_env] == {"name": "kafka-user", "key": "pass"}, where
+        assert env["GRAFANA_TOKEN"] == {"name": "grafana-api", "key": "token"}, where
+        tls = next(v for v in spec["volumes"] if v["name"] == "kafka-tls")["secret"]
+        assert tls["secretName"] == "kafka-ca"
+        mount = _volume_paths(spec, "kafka-tls", c)
+        assert str(kafka.ssl_cafile) == f"{mount}/{tls['items'][0]['path']}", where
+
+
+def test_kafka_secret_without_kafka_config_fails_clearly(chart):
+    with pytest.raises(helm.HelmRenderError, match="config.annotations.kafka"):
+        render(chart, {"kafka": {"sasl": {"existingSecret": "kafka-user"}}})
+
+
+def test_serve_config_is_valid_for_ray_serve_and_uses_the_app_builder(rendered):
+    from ray.serve.schema import ServeDeploySchema
+
+    _, values, docs = rendered
+    for rs in by_kind(docs, "RayService"):
+        serve = ServeDeploySchema.model_validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))
+        (app,) = serve.applications
+        module, _, attr = app.import_path.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+        assert (module, attr) == ("shadowd.app", "app_builder")
+        head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+        config_dir = _volume_paths(head, "config", head["containers"][0])
+        assert app.args == {"config_path": f"{config_dir}/config.yaml"}
+        assert serve.http_options.port == 8000 and serve.http_options.host == "0.0.0.0"
+        assert rs["spec"]["rayClusterConfig"]["rayVersion"] == importlib.import_module("ray").__version__
+
+
+def test_deployment_runs_shadowd_with_the_mounted_config(chart):
+    docs = render(chart, {"mode": "deployment"})
+    assert by_kind(docs, "RayService") == []
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert c["args"] == ["run", "-c", f"{_volume_paths(spec, 'config', c)}/config.yaml"]
+    assert "command" not in c  # the image's ENTRYPOINT is `shadowd`
+
+
+def test_worker_replica_bounds_are_checked(chart):
+    with pytest.raises(helm.HelmRenderError, match="minReplicas <= replicas <= maxReplicas"):
+        render(chart, {"rayService": {"workers": {"replicas": 5, "maxReplicas": 4}}})
+    rs = one(render(chart, {"rayService": {"workers": {"replicas": 3, "minReplicas": 2, "maxReplicas": 8}}}), "RayService")
+    group = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (2, 3, 8)
+
+
+def test_long_release_names_fit_kuberay(chart, crd_validators):
+    docs = render(chart, {}, release="a-very-long-release-name-for-a-shadow-test-of-models")
+    rs = one(docs, "RayService")
+    assert len(rs["metadata"]["name"]) <= 47
+    validate_object(rs, crd_validators)
+
+
+# --- tests: services and monitoring -------------------------------------------
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_services_select_the_pods_and_ports(rendered):
+    _, values, docs = rendered
+    pods = pod_specs(docs)
+    http = one(docs, "Service", f"{RELEASE}-shadowd")
+    metrics = one(docs, "Service", f"{RELEASE}-shadowd-metrics")
+    for where, meta, spec in pods:
+        labels = dict(meta["labels"])
+        if where.startswith("RayService"):
+            labels["ray.io/serve"] = "true"  # KubeRay sets it on pods whose Serve proxy is healthy
+        assert _selects(metrics["spec"]["selector"], meta["labels"]), where
+        assert _selects(http["spec"]["selector"], labels), where
+        container_ports = {p["containerPort"] for p in spec["containers"][0]["ports"]}
+        for svc in (http, metrics):
+            for port in svc["spec"]["ports"]:
+                assert port["targetPort"] in container_ports, f"{where}: {svc['metadata']['name']} port {port['name']}"
+    assert http["spec"]["ports"][0]["port"] == values["service"]["httpPort"]
+    # Only pods a Service selects get traffic: a Deployment's selector must match its own pods.
+    for d in by_kind(docs, "Deployment"):
+        assert _selects(d["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("mode", ["rayservice", "deployment"])
+def test_service_monitor_scrapes_the_metrics_service_under_the_rules_job_names(chart, mode):
+    docs = render(chart, {"mode": mode, **MONITORING})
+    sm = one(docs, "ServiceMonitor")
+    metrics = one(docs, "Service", f"{RELEASE}-shadowd-metrics")
+    assert _selects(sm["spec"]["selector"]["matchLabels"], metrics["metadata"]["labels"])
+    assert sm["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+    assert sm["metadata"]["labels"]["release"] == "kps"
+    port_names = {p["name"] for p in metrics["spec"]["ports"]}
+    jobs = {}
+    for ep in sm["spec"]["endpoints"]:
+        assert ep["port"] in port_names
+        jobs[ep["port"]] = next(r["replacement"] for r in ep["relabelings"] if r["targetLabel"] == "job")
+    # The alert rules and dashboards select job="shadowd" (and Ray's job="ray"), as in deploy/prometheus/prometheus.yml.
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert jobs["metrics"] == "shadowd" and "shadowd" in {j["job_name"] for j in scrape["scrape_configs"]}
+    if mode == "rayservice":
+        assert jobs["ray-metrics"] == "ray" and "ray" in {j["job_name"] for j in scrape["scrape_configs"]}
+    else:
+        assert "ray-metrics" not in jobs
+
+
+def test_monitors_are_optional(chart):
+    docs = render(chart, {})
+    assert by_kind(docs, "ServiceMonitor") == [] and by_kind(docs, "PrometheusRule") == []
+
+
+def test_prometheus_rule_carries_the_deploy_rules_and_promtool_accepts_them(chart, tmp_path):
+    rule = one(render(chart, MONITORING), "PrometheusRule")
+    expected = []
+    for path in sorted((ROOT / "deploy/prometheus/rules").glob("*.yml")):
+        expected.extend(yaml.safe_load(path.read_text())["groups"])
+    assert expected, "deploy/prometheus/rules/*.yml holds no rule groups"
+    assert rule["spec"]["groups"] == expected
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = subprocess.run(["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboards_become_sidecar_config_maps(chart):
+    docs = render(chart, {})
+    maps = [d for d in by_kind(docs, "ConfigMap") if d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    sources = sorted((ROOT / "dashboards").glob("*.json"))
+    assert sources, "dashboards/*.json is empty"
+    assert sorted(k for m in maps for k in m["data"]) == [p.name for p in sources]
+    for m in maps:
+        ((name, text),) = m["data"].items()
+        assert json.loads(text) == json.loads((ROOT / "dashboards" / name).read_text())
+        assert m["metadata"]["annotations"]["grafana_folder"] == "shadowd"
+        assert len(m["metadata"]["name"]) <= 63
+    assert [d for d in by_kind(render(chart, {"grafana": {"dashboards": {"enabled": False}}}), "ConfigMap") if "dashboard" in d["metadata"]["name"]] == []
+
+
+def test_chart_files_are_the_deploy_files(chart):
+    """files/prometheus-rules and files/dashboards link to deploy/prometheus/rules
+    and dashboards/; whatever Helm packages must be exactly those files."""
+    chart_files = {f["name"]: f["data"] for f in chart.files}
+    for folder, source, pattern in (("files/prometheus-rules", "deploy/prometheus/rules", "*.yml"), ("files/dashboards", "dashboards", "*.json")):
+        packaged = {n.rsplit("/", 1)[1]: d for n, d in chart_files.items() if n.startswith(folder + "/")}
+        on_disk = {p.name: p.read_text() for p in (ROOT / source).glob(pattern)}
+        assert packaged.keys() == on_disk.keys(), f"{folder} vs {source}"
+        for name, text in on_disk.items():
+            assert packaged[name] == text, f"{folder}/{name} differs from {source}/{name}"
