@@ -128,6 +128,54 @@ def profile_build(
     )
 
 
+dashboards_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards: write the JSON, push it to Grafana.")
+app.add_typer(dashboards_app, name="dashboards")
+
+
+@dashboards_app.command("write")
+def dashboards_write(
+    out_dir: Path = typer.Option(Path("dashboards"), "--out-dir", "-o", help="Folder for the dashboard JSON files."),
+) -> None:
+    """Regenerate the Grafana dashboard JSON from shadowd/observe/dashboards.py."""
+    from shadowd.observe.dashboards import write_dashboards
+
+    for path in write_dashboards(out_dir):
+        typer.echo(f"wrote {path}")
+
+
+@dashboards_app.command("push")
+def dashboards_push(
+    grafana_url: str = typer.Option(..., envvar="GRAFANA_URL", help="Grafana base URL, e.g. http://grafana:3000."),
+    token: str = typer.Option(..., envvar="GRAFANA_TOKEN", help="Service-account token (Editor); or set GRAFANA_TOKEN."),
+    folder: str = typer.Option("shadowd", help="Folder title (and uid) the dashboards go into."),
+    from_dir: Optional[Path] = typer.Option(
+        None, help="Push the *.json dashboards in this folder instead of the built-in ones."
+    ),
+) -> None:
+    """Create or update the shadowd dashboards in a Grafana folder (exit 1 if Grafana refuses)."""
+    import json
+
+    from shadowd.observe.grafana import GrafanaError, connect, push_dashboards
+
+    dashboards = None
+    if from_dir is not None:
+        files = sorted(from_dir.glob("*.json"))
+        if not files:
+            _fail(f"{from_dir}: no *.json dashboards")
+        try:
+            dashboards = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+        except json.JSONDecodeError as err:
+            _fail(f"{from_dir}: not a dashboard JSON file: {err}")
+    try:
+        result = push_dashboards(connect(grafana_url, token), dashboards, folder_title=folder, folder_uid=folder)
+    except GrafanaError as err:
+        _fail(f"{grafana_url}: {err}", code=1)
+    state = "created" if result.folder_created else "exists"
+    typer.echo(f"folder {result.folder_uid} ({state})")
+    for d in result.dashboards:
+        typer.echo(f"{d.uid}: version {d.version} {grafana_url.rstrip('/')}{d.url}")
+
+
 def main() -> None:
     app()
 

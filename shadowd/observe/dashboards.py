@@ -414,7 +414,8 @@ def flywheel_dashboard() -> dict[str, Any]:
     """Annotation queue, backlog age against the on-call service level, labels, Kafka delivery, suites."""
     g = _Grid()
     g.row("Annotation queue")
-    g.add(_stat("Backlog items", "Items waiting for an on-call annotator (shadowd_annotation_backlog_items).",
+    g.add(_stat("Backlog items", "Items waiting for an on-call annotator, all rotations "
+                                 "(shadowd_annotation_backlog_items).",
                 _targets(("sum(shadowd_annotation_backlog_items)", "items"))), w=6, h=4)
     g.add(_stat("Oldest item age", f"Age of the oldest unannotated item; red past the service level "
                                    f"({ANNOTATION_SLO_S // 3600} h).",
@@ -432,11 +433,12 @@ def flywheel_dashboard() -> dict[str, Any]:
                       unit="reqps"), w=12, h=8)
     g.add(_timeseries("Backlog and spool",
                       "Items waiting for annotation, and items in the spool waiting for Kafka.",
-                      _targets(("sum(shadowd_annotation_backlog_items)", "backlog"),
+                      _targets(("sum by (rotation) (shadowd_annotation_backlog_items)", "backlog {{rotation}}"),
                                ("sum(shadowd_spool_items)", "spool"))), w=12, h=8)
     g.add(_timeseries("Oldest item age vs service level",
-                      "Age of the oldest unannotated item; the alert fires above the service level line.",
-                      _targets(("max(shadowd_annotation_oldest_item_age_seconds)", "oldest item"),
+                      "Age of the oldest unannotated item per on-call rotation; the alert fires above the "
+                      "service level line.",
+                      _targets(("max by (rotation) (shadowd_annotation_oldest_item_age_seconds)", "{{rotation}}"),
                                (f"vector({ANNOTATION_SLO_S})", "service level")), unit="s"), w=12, h=8)
     g.add(_timeseries("Kafka delivery errors",
                       "Failed sends to Kafka per second (broker unreachable, timeouts).",
@@ -445,11 +447,13 @@ def flywheel_dashboard() -> dict[str, Any]:
 
     g.row("Labels")
     g.add(_timeseries("Labels by source and outcome",
-                      "Labels per second from /feedback and the labels topic, by whether they joined a stored pair.",
+                      "Labels per second by source (feedback: POST /feedback; annotator: the labels topic) and "
+                      "outcome (joined a stored pair, unknown request, expired, rejected).",
                       _targets((f"sum by (source, outcome) (rate(shadowd_labels_total[{_RATE}]))",
                                 "{{source}} {{outcome}}")), unit="reqps"), w=12, h=8)
     g.add(_timeseries("Label join share",
-                      "Share of labels that found their pair (the rest arrived too late or for unsampled requests).",
+                      "Share of labels that found their pair (the rest were for unknown or expired requests, "
+                      "or rejected).",
                       _targets((f'(sum(rate(shadowd_labels_total{{outcome="joined"}}[{_RATE}])) or on() vector(0)) '
                                 f"/ sum(rate(shadowd_labels_total[{_RATE}]))", "joined")),
                       unit="percentunit"), w=12, h=8)

@@ -1,0 +1,241 @@
+"""``shadowd dashboards push`` and gate-verdict annotations, over real HTTP.
+
+No Grafana server can run here. These tests run against a stand-in: a small
+``http.server`` in a thread that implements the four Grafana HTTP API calls
+shadowd makes (GET /api/folders/<uid>, POST /api/folders, POST
+/api/dashboards/db, POST /api/annotations) as Grafana documents them, refuses
+any request without ``Authorization: Bearer <token>`` with a 401, and records
+every request so the tests check method, path, auth header and body. It is a
+fake: it proves what shadowd sends, not that a real Grafana accepts it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from shadowd.cli import app
+from shadowd.observe.dashboards import build_dashboards
+from shadowd.observe.grafana import (
+    GrafanaError,
+    VerdictAnnotator,
+    annotate_verdict_change,
+    connect,
+    push_dashboards,
+)
+
+TOKEN = "glsa_test_token"
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    auth: str | None
+    body: Any
+
+
+@dataclass
+class FakeGrafana:
+    url: str
+    requests: list[Seen] = field(default_factory=list)
+    folders: dict[str, dict] = field(default_factory=dict)
+    dashboards: dict[str, dict] = field(default_factory=dict)  # uid -> {"version", "folderUid", "dashboard"}
+    annotations: list[dict] = field(default_factory=list)
+    fail_with: int | None = None  # answer every call with this status
+
+    def calls(self) -> list[tuple[str, str]]:
+        return [(r.method, r.path) for r in self.requests]
+
+
+def _handler(state: FakeGrafana):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def _answer(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            state.requests.append(Seen(self.command, self.path, self.headers.get("Authorization"), body))
+            if state.fail_with:
+                return self._answer(state.fail_with, {"message": "internal error"})
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return self._answer(401, {"message": "invalid API key"})
+            route = (self.command, self.path)
+            if self.command == "GET" and self.path.startswith("/api/folders/"):
+                uid = self.path.rsplit("/", 1)[1]
+                if uid in state.folders:
+                    return self._answer(200, state.folders[uid])
+                return self._answer(404, {"message": "folder not found"})
+            if route == ("POST", "/api/folders"):
+                if not body.get("title"):
+                    return self._answer(400, {"message": "title required"})
+                folder = {"id": len(state.folders) + 1, "uid": body.get("uid", "generated"), "title": body["title"]}
+                state.folders[folder["uid"]] = folder
+                return self._answer(200, folder)
+            if route == ("POST", "/api/dashboards/db"):
+                dash = body.get("dashboard") or {}
+                if not dash.get("uid") or body.get("folderUid") not in state.folders:
+                    return self._answer(400, {"message": "dashboard uid and an existing folderUid required"})
+                old = state.dashboards.get(dash["uid"])
+                if old is not None and not body.get("overwrite"):
+                    return self._answer(412, {"message": "version-mismatch", "status": "version-mismatch"})
+                version = (old["version"] + 1) if old else 1
+                state.dashboards[dash["uid"]] = {"version": version, "folderUid": body["folderUid"], "dashboard": dash}
+                return self._answer(200, {"id": len(state.dashboards), "uid": dash["uid"], "status": "success",
+                                          "url": f"/d/{dash['uid']}/slug", "version": version})
+            if route == ("POST", "/api/annotations"):
+                if not isinstance(body.get("time"), int) or not body.get("text"):
+                    return self._answer(400, {"message": "time (ms) and text required"})
+                state.annotations.append(body)
+                return self._answer(200, {"message": "Annotation added", "id": 100 + len(state.annotations)})
+            return self._answer(404, {"message": f"no route {route}"})
+
+        do_GET = do_POST = do_PUT = _handle
+
+    return Handler
+
+
+@pytest.fixture
+def grafana() -> Iterator[FakeGrafana]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), None)  # handler set below, once state exists
+    state = FakeGrafana(f"http://127.0.0.1:{server.server_address[1]}")
+    server.RequestHandlerClass = _handler(state)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_push_creates_the_folder_then_every_dashboard(grafana):
+    result = push_dashboards(connect(grafana.url, TOKEN))
+
+    expected = build_dashboards()
+    assert grafana.calls() == [
+        ("GET", "/api/folders/shadowd"),
+        ("POST", "/api/folders"),
+        *[("POST", "/api/dashboards/db")] * len(expected),
+    ]
+    assert all(r.auth == f"Bearer {TOKEN}" for r in grafana.requests)
+    assert grafana.requests[1].body == {"title": "shadowd", "uid": "shadowd"}
+    for seen, dashboard in zip(grafana.requests[2:], expected.values()):
+        assert seen.body["folderUid"] == "shadowd" and seen.body["overwrite"] is True
+        assert seen.body["dashboard"] == {**dashboard, "id": None}
+    assert result.folder_created and [d.uid for d in result.dashboards] == [d["uid"] for d in expected.values()]
+    assert [d.version for d in result.dashboards] == [1] * len(expected)
+
+
+def test_second_push_reuses_the_folder_and_updates_in_place(grafana):
+    client = connect(grafana.url, TOKEN)
+    push_dashboards(client)
+    grafana.requests.clear()
+    result = push_dashboards(client)
+    assert ("POST", "/api/folders") not in grafana.calls()
+    assert not result.folder_created
+    assert [d.version for d in result.dashboards] == [2] * len(build_dashboards())
+    assert len(grafana.dashboards) == len(build_dashboards())
+
+
+def test_wrong_token_is_a_clear_error(grafana):
+    with pytest.raises(GrafanaError, match="read folder 'shadowd'.*Unauthorized"):
+        push_dashboards(connect(grafana.url, "wrong"))
+    assert grafana.requests[0].auth == "Bearer wrong"
+    assert grafana.dashboards == {}
+
+
+def test_unreachable_grafana_is_a_clear_error():
+    with pytest.raises(GrafanaError, match="could not reach Grafana"):
+        push_dashboards(connect("http://127.0.0.1:9", TOKEN, timeout_s=2))
+
+
+class Verdict(Enum):
+    PASS = "pass"
+    FAIL = "fail"
+
+
+def test_annotation_written_only_when_the_verdict_changes(grafana):
+    client = connect(grafana.url, TOKEN)
+    assert annotate_verdict_change(client, "pass", Verdict.PASS, "no change") is None
+    assert grafana.requests == []
+
+    annotation_id = annotate_verdict_change(client, "pass", Verdict.FAIL, "flip_rate fails on mobile", time_ms=1_700_000_000_000)
+    assert annotation_id == 101
+    [seen] = grafana.requests
+    assert (seen.method, seen.path, seen.auth) == ("POST", "/api/annotations", f"Bearer {TOKEN}")
+    assert seen.body["time"] == 1_700_000_000_000
+    assert seen.body["tags"] == ["shadowd", "gate", "fail"]
+    assert seen.body["text"] == "gate verdict: PASS -> FAIL. flip_rate fails on mobile"
+    assert "dashboardUID" not in seen.body  # organisation-wide: shown on every dashboard by tag
+
+
+def test_dashboards_show_the_annotations_by_their_tags():
+    for dashboard in build_dashboards().values():
+        queries = [a for a in dashboard["annotations"]["list"] if a.get("target", {}).get("type") == "tags"]
+        assert [q["target"]["tags"] for q in queries] == [["shadowd", "gate"]]
+
+
+def test_verdict_annotator_annotates_start_and_changes_and_survives_grafana_outage(grafana):
+    now = [1_700_000_000.0]
+    annotator = VerdictAnnotator(connect(grafana.url, TOKEN), clock=lambda: now[0])
+    written = []
+    for verdict in ["inconclusive", "inconclusive", "fail", "fail"]:
+        written.append(annotator.observe(verdict, "report"))
+        now[0] += 60
+    assert written == [101, None, 102, None]
+    assert [a["tags"][-1] for a in grafana.annotations] == ["inconclusive", "fail"]
+    assert [a["time"] for a in grafana.annotations] == [1_700_000_000_000, 1_700_000_120_000]
+
+    grafana.fail_with = 500
+    assert annotator.observe("pass") is None  # logged, not raised
+    assert annotator.last_verdict == "fail"  # so the change is retried
+    grafana.fail_with = None
+    assert annotator.observe("pass") == 103
+    assert grafana.annotations[-1]["text"] == "gate verdict: FAIL -> PASS."
+
+
+def test_annotator_from_settings_needs_the_token_variable():
+    with pytest.raises(GrafanaError, match="GRAFANA_TOKEN.*not set"):
+        VerdictAnnotator.from_settings("http://127.0.0.1:3000", env={})
+
+
+def test_cli_push(grafana):
+    out = CliRunner().invoke(app, ["dashboards", "push", "--grafana-url", grafana.url, "--token", TOKEN])
+    assert out.exit_code == 0, out.output
+    assert "folder shadowd (created)" in out.output
+    assert f"shadowd-overview: version 1 {grafana.url}/d/shadowd-overview/slug" in out.output
+    assert set(grafana.dashboards) == {"shadowd-overview", "shadowd-flywheel"}
+
+
+def test_cli_push_with_a_bad_token_exits_1(grafana):
+    out = CliRunner().invoke(app, ["dashboards", "push", "--grafana-url", grafana.url], env={"GRAFANA_TOKEN": "bad"})
+    assert out.exit_code == 1
+    assert "Unauthorized" in out.output and grafana.dashboards == {}
+
+
+def test_cli_push_from_dir(grafana, tmp_path):
+    dash = {"uid": "custom", "title": "custom", "panels": []}
+    (tmp_path / "custom.json").write_text(json.dumps(dash))
+    out = CliRunner().invoke(
+        app, ["dashboards", "push", "--grafana-url", grafana.url, "--token", TOKEN, "--from-dir", str(tmp_path)]
+    )
+    assert out.exit_code == 0, out.output
+    assert grafana.dashboards["custom"]["dashboard"] == {**dash, "id": None}
