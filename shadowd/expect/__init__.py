@@ -12,6 +12,7 @@ from shadowd.expect.expectations import (
     Violation,
     ViolationTally,
     record_violations,
+    violation_item,
 )
 
-__all__ = ["ExpectationSet", "ExpectationFailed", "Violation", "ViolationTally", "record_violations"]
+__all__ = ["ExpectationSet", "ExpectationFailed", "Violation", "ViolationTally", "record_violations", "violation_item"]

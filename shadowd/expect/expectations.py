@@ -26,6 +26,7 @@ import numpy as np
 
 from shadowd.config import ExpectationsConfig, FeatureExpectation, InputsExpectation, OutputsExpectation
 from shadowd.errors import BadRequest
+from shadowd.records import AnnotationItem, ModelOutput
 
 __all__ = [
     "Violation",
@@ -33,6 +34,7 @@ __all__ = [
     "ExpectationFailed",
     "ViolationTally",
     "record_violations",
+    "violation_item",
 ]
 
 _MISSING = object()
@@ -333,6 +335,36 @@ def record_violations(metrics: Any, violations: Iterable[Violation]) -> None:
         metrics.expectation_violations.labels(expectation=v.expectation).inc(v.count)
         if v.rule == "finite" and v.role is not None:
             metrics.nonfinite_outputs.labels(role=v.role).inc(v.count)
+
+
+def violation_item(
+    request_id: str,
+    violations: list[Violation],
+    *,
+    created_ts: float,
+    slices: Iterable[str] = (),
+    features: Mapping[str, Any] | None = None,
+    inputs: Any = None,
+    production: ModelOutput | None = None,
+    candidate: ModelOutput | None = None,
+) -> AnnotationItem:
+    """The annotation item for a violating request: reason ``expectation_violation``, one violation
+    per failed expectation in ``detail``, priority = examples affected (more broken, more urgent)."""
+    detail = "; ".join(v.message for v in violations[:3])
+    if len(violations) > 3:
+        detail += f"; and {len(violations) - 3} more"
+    return AnnotationItem(
+        request_id=request_id,
+        reason="expectation_violation",
+        priority=float(sum(v.count for v in violations)),
+        slices=[s for s in slices if s != "overall"],
+        features=dict(features or {}),
+        inputs=inputs,
+        production=production,
+        candidate=candidate,
+        detail=detail,
+        created_ts=created_ts,
+    )
 
 
 class ViolationTally:

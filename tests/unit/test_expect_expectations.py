@@ -12,7 +12,8 @@ from sklearn.linear_model import LogisticRegression
 
 from shadowd.config import ExpectationsConfig
 from shadowd.errors import BadRequest
-from shadowd.expect import ExpectationFailed, ExpectationSet, ViolationTally, record_violations
+from shadowd.expect import ExpectationFailed, ExpectationSet, ViolationTally, record_violations, violation_item
+from shadowd.records import AnnotationItem
 from shadowd.observe.metrics import ShadowdMetrics
 
 # Physical ranges of the raw diabetes features (age in years, BMI, mean blood pressure in mmHg,
@@ -235,3 +236,13 @@ def test_tally_merges_like_one_stream():
     a.merge(b)
     assert a.report()["requests"] == one.report()["requests"]
     assert a.report()["violations"] == one.report()["violations"]
+
+
+def test_violation_item_is_a_valid_annotation_record():
+    exp = ExpectationSet(ExpectationsConfig.model_validate({"features": {"age": {"min": 0}, "bmi": {"max": 70}}}))
+    vs = exp.check_request({"age": -3, "bmi": 90}, None)
+    item = violation_item("r-1", vs, created_ts=5.0, slices=["overall", "site_b"], features={"age": -3, "bmi": 90})
+    again = AnnotationItem.model_validate_json(item.model_dump_json())  # survives the Kafka round trip
+    assert again == item
+    assert item.reason == "expectation_violation" and item.priority == 2.0 and item.slices == ["site_b"]
+    assert "features.age: got -3" in item.detail and "features.bmi: got 90" in item.detail
