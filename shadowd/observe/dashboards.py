@@ -60,6 +60,16 @@ _STATUS_MAPPINGS = [
         },
     }
 ]
+_DRIFT_MAPPINGS = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "OK", "color": "green", "index": 0},
+            "1": {"text": "DRIFT", "color": "red", "index": 1},
+            "2": {"text": "INCONCLUSIVE", "color": "yellow", "index": 2},
+        },
+    }
+]
 _UP_MAPPINGS = [
     {
         "type": "value",
@@ -190,7 +200,9 @@ def _stat(
     }
 
 
-def _state_timeline(title: str, description: str, targets: list[dict[str, Any]]) -> dict[str, Any]:
+def _state_timeline(
+    title: str, description: str, targets: list[dict[str, Any]], mappings: list[dict[str, Any]] = _STATUS_MAPPINGS
+) -> dict[str, Any]:
     return {
         "type": "state-timeline",
         "title": title,
@@ -198,7 +210,7 @@ def _state_timeline(title: str, description: str, targets: list[dict[str, Any]])
         "datasource": _DS,
         "targets": targets,
         "fieldConfig": {
-            "defaults": {"mappings": _STATUS_MAPPINGS, "color": {"mode": "thresholds"},
+            "defaults": {"mappings": mappings, "color": {"mode": "thresholds"},
                          "thresholds": {"mode": "absolute", "steps": [{"value": None, "color": "green"}]}},
             "overrides": [],
         },
@@ -390,9 +402,10 @@ def overview_dashboard() -> dict[str, Any]:
                       _targets((f"sum by (expectation) (rate(shadowd_expectation_violations_total[{_RATE}])) "
                                 "or on() vector(0)", "{{expectation}}")), unit="reqps"), w=8, h=8)
     g.add(_state_timeline("Drift status per feature and slice",
-                          "Input drift test per feature and slice: PASS (no drift), FAIL (drift) or INCONCLUSIVE.",
+                          "Drift check of the last closed window per monitored feature and slice against the "
+                          "training profile: OK, DRIFT or INCONCLUSIVE.",
                           _targets((f"max by (feature, slice) (shadowd_drift_status{{{_SLICE}}})",
-                                    "{{feature}} / {{slice}}"))), w=8, h=8)
+                                    "{{feature}} / {{slice}}")), mappings=_DRIFT_MAPPINGS), w=8, h=8)
 
     g.row("Ray Serve")
     g.add(_timeseries("Healthy replicas per deployment",
