@@ -51,7 +51,7 @@ class ShadowdMetrics:
         )
         self.request_latency = Histogram(
             "shadowd_request_latency_seconds",
-            "Time from request parsed to production answer ready, in the ingress.",
+            "Time in the ingress from request received to answer ready (parsing, production, shadow hand-off).",
             buckets=_LATENCY_BUCKETS_S,
             registry=reg,
         )

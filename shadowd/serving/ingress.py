@@ -27,7 +27,7 @@ from shadowd.serving.protocol import parse_feedback, parse_predict, read_json, r
 from shadowd.serving.runtime import process_metrics
 from shadowd.serving.sampling import is_sampled
 from shadowd.serving.shadow_buffer import ShadowBuffer
-from shadowd.serving.worker import Mirrored
+from shadowd.serving.worker import Mirrored, MirroredBatch
 
 __all__ = ["ShadowIngress"]
 
@@ -62,7 +62,7 @@ class ShadowIngress:
         self._buffer = None
         if worker is not None and config.shadow.sample_share > 0:
             self._buffer = ShadowBuffer(
-                send=lambda batch: worker.process.remote(batch),
+                send=lambda batch: worker.process.remote(MirroredBatch.of(batch)),
                 max_in_flight=config.shadow.max_in_flight,
                 flush_interval_s=config.shadow.flush_interval_ms / 1000,
                 max_flush_size=config.shadow.max_flush_size,
@@ -109,6 +109,7 @@ class ShadowIngress:
         return self._model.predict(x[None])[0]
 
     async def _predict(self, request: Request) -> Response:
+        t_start = time.perf_counter()
         request_id = request_id_from(request.headers, _serve_request_id())
         req = parse_predict(await self._json(request), request_id, self._input_shape)
         ts = time.time()
@@ -127,7 +128,6 @@ class ShadowIngress:
         outcome = check_rows(values[None], 1, None)[0][0]
         self._metrics.requests.labels("production", outcome).inc()
         self._metrics.latency.labels("production").observe(latency_s)
-        self._metrics.request_latency.observe(latency_s)
         # JSON has no NaN: a non-finite production output goes out as null.
         listed = values.tolist() if outcome == "ok" else [v if np.isfinite(v) else None for v in values.tolist()]
         body: dict[str, Any] = {"request_id": request_id, "model": self._model.name, "outputs": listed}
@@ -140,13 +140,13 @@ class ShadowIngress:
                     request_id=request_id,
                     ts=ts,
                     features=req.features,
-                    raw_inputs=req.raw_inputs if self._cfg.shadow.store_inputs else None,
                     x=req.inputs,
                     production_values=listed if outcome == "ok" else None,
                     production_outcome=outcome,
                     production_latency_s=latency_s,
                 )
             )
+        self._metrics.request_latency.observe(time.perf_counter() - t_start)
         return JSONResponse(body)
 
     async def _feedback(self, request: Request) -> Response:

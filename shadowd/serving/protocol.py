@@ -27,7 +27,6 @@ class PredictRequest:
     request_id: str
     inputs: np.ndarray  # one example, shaped like the model's input_shape
     features: dict[str, Any] = field(default_factory=dict)
-    raw_inputs: Any = None  # as sent, for pairs and annotation items
 
 
 def request_id_from(headers: Mapping[str, str], proxy_id: str | None = None) -> str:
@@ -68,7 +67,7 @@ def parse_predict(data: dict[str, Any], request_id: str, input_shape: tuple[int,
         raise BadRequest(f"'inputs' must be numbers nested as {list(input_shape)}", 422) from None
     if x.shape != input_shape:
         raise BadRequest(f"'inputs' has shape {list(x.shape)}; the model takes {list(input_shape)}", 422)
-    return PredictRequest(request_id, x, features, raw)
+    return PredictRequest(request_id, x, features)
 
 
 def parse_feedback(data: dict[str, Any], now_s: float) -> Label:

@@ -29,7 +29,7 @@ from shadowd.serving.models import LoadedModel, check_rows, load_model
 from shadowd.serving.runtime import process_metrics
 from shadowd.serving.sampling import is_sampled
 
-__all__ = ["Mirrored", "ShadowWorker", "run_role"]
+__all__ = ["Mirrored", "MirroredBatch", "ShadowWorker", "run_role"]
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,40 @@ _POOL_THREADS = 2
 
 @dataclass(frozen=True)
 class Mirrored:
-    """What the ingress sends per sampled request: production's side of a pair."""
+    """What the ingress buffers per sampled request: production's side of a pair."""
 
     request_id: str
     ts: float
     features: dict[str, Any]
-    raw_inputs: Any
     x: np.ndarray
     production_values: list[float] | None
     production_outcome: str
     production_latency_s: float
+
+
+@dataclass(frozen=True)
+class MirroredBatch:
+    """Mirrored requests in columns: one stacked inputs array pickles far cheaper than n objects."""
+
+    request_ids: list[str]
+    ts: list[float]
+    features: list[dict[str, Any]]
+    x: np.ndarray
+    production_values: list[list[float] | None]
+    production_outcomes: list[str]
+    production_latency_s: list[float]
+
+    @classmethod
+    def of(cls, items: list[Mirrored]) -> "MirroredBatch":
+        return cls(
+            [m.request_id for m in items],
+            [m.ts for m in items],
+            [m.features for m in items],
+            np.stack([m.x for m in items]),
+            [m.production_values for m in items],
+            [m.production_outcome for m in items],
+            [m.production_latency_s for m in items],
+        )
 
 
 class _Runner:
@@ -117,19 +141,22 @@ class ShadowWorker:
         if config.shadow.noise_share > 0:
             self._noise = _Runner(load_model(config.models.production, config.serving.torch_threads), timeout_s)
 
-    async def process(self, batch: list[Mirrored]) -> int:
+    async def process(self, batch: MirroredBatch) -> int:
         """Run the candidate (and noise) on a batch, send the pairs to the hub; returns pairs sent."""
-        x = np.stack([m.x for m in batch])
-        width = next((len(m.production_values) for m in batch if m.production_values), None)
+        x = batch.x
+        width = next((len(v) for v in batch.production_values if v), None)
         candidates = await run_role(self._candidate, "candidate", x, width)
-        noise: list[ModelOutput | None] = [None] * len(batch)
+        noise: list[ModelOutput | None] = [None] * len(x)
         if self._noise is not None:
-            idx = [i for i, m in enumerate(batch) if is_sampled(m.request_id, self._cfg.shadow.noise_share, "noise")]
+            share = self._cfg.shadow.noise_share
+            idx = [i for i, rid in enumerate(batch.request_ids) if is_sampled(rid, share, "noise")]
             if idx:
                 for i, out in zip(idx, await run_role(self._noise, "noise", x[idx], width)):
                     noise[i] = out
+        store_inputs = self._cfg.shadow.store_inputs
+        prod_name = self._cfg.models.production.name
         pairs = []
-        for m, cand, nz in zip(batch, candidates, noise):
+        for i, (cand, nz) in enumerate(zip(candidates, noise)):
             for out in (cand, nz):
                 if out is not None:
                     self._metrics.requests.labels(out.role, out.outcome).inc()
@@ -137,17 +164,17 @@ class ShadowWorker:
                         self._metrics.latency.labels(out.role).observe(out.latency_s)
             prod = ModelOutput(
                 role="production",
-                model=self._cfg.models.production.name,
-                outcome=m.production_outcome,
-                values=m.production_values,
-                latency_s=m.production_latency_s,
+                model=prod_name,
+                outcome=batch.production_outcomes[i],
+                values=batch.production_values[i],
+                latency_s=batch.production_latency_s[i],
             )
             pairs.append(
                 Pair(
-                    request_id=m.request_id,
-                    ts=m.ts,
-                    features=m.features,
-                    inputs=m.raw_inputs,
+                    request_id=batch.request_ids[i],
+                    ts=batch.ts[i],
+                    features=batch.features[i],
+                    inputs=x[i].tolist() if store_inputs else None,
                     production=prod,
                     candidate=cand,
                     noise=nz,

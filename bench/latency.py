@@ -1,0 +1,119 @@
+"""Added production latency of shadowd, measured side by side in one run.
+
+Arms (same 5 ms sleep-based production model, same sequential HTTP load,
+deployed together under different route prefixes, requests interleaved in
+blocks with the arm order rotated every round):
+  a  plain Ray Serve: one deployment running the model (what you run without shadowd)
+  b  shadowd, shadowing off (no candidate)
+  c  shadowd, 100 % shadowing, candidate of equal latency that does not compete for CPU (sleep)
+  d  as c with a CPU-bound candidate (informational: on 2 cores it competes with production)
+
+Prints p50/p99 per arm and the ratios c/a and c/b (target c/a p99 <= 1.10).
+Usage: .venv/bin/python bench/latency.py [--rounds 8] [--block 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from shadowd.app import build_app
+from shadowd.config import parse_config
+from shadowd.serving.daemon import ensure_ray, wait_healthy
+from shadowd.testing import SleepyModel
+
+MODEL_MS = 5.0
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+class PlainModel:
+    """Arm a: the production model behind plain Ray Serve, nothing else."""
+
+    def __init__(self):
+        self.model = SleepyModel(latency_ms=MODEL_MS)
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        out = self.model.predict(np.asarray([body["inputs"]], dtype=np.float32))[0]
+        return JSONResponse({"outputs": out.tolist(), "prediction": int(out.argmax())})
+
+
+def _model(name: str, **kwargs) -> dict:
+    return {"name": name, "kind": "python", "target": "shadowd.testing:SleepyModel", "kwargs": kwargs, "input_shape": [8]}
+
+
+def _shadowd(prefix: str, data_dir: Path, port: int, candidate: dict | None):
+    raw = {
+        "task": "classification",
+        "data_dir": str(data_dir / prefix.strip("/")),
+        "models": {"production": _model("prod", latency_ms=MODEL_MS), "candidate": candidate},
+        "shadow": {"sample_share": 1.0},
+        "serving": {"port": port, "route_prefix": prefix},
+        "metrics": {"port": 0},
+    }
+    return build_app(parse_config(raw, f"bench{prefix}"))
+
+
+def _block(session: requests.Session, url: str, n: int, rng: np.random.Generator) -> list[float]:
+    out = []
+    for _ in range(n):
+        body = {"inputs": rng.normal(size=8).round(4).tolist(), "features": {"x0": 1}}
+        t0 = time.perf_counter()
+        r = session.post(url, json=body, timeout=30)
+        out.append(time.perf_counter() - t0)
+        assert r.status_code == 200, r.text
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--block", type=int, default=100)
+    parser.add_argument("--port", type=int, default=8123)
+    args = parser.parse_args()
+
+    ensure_ray(num_cpus=8)  # logical CPUs so all four arms fit; the machine has what it has
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    base = f"http://127.0.0.1:{args.port}"
+    tmp = Path(tempfile.mkdtemp(prefix="shadowd-bench-"))
+    serve.run(PlainModel.bind(), name="a", route_prefix="/a", blocking=False)
+    serve.run(_shadowd("/b", tmp, args.port, None), name="b", route_prefix="/b", blocking=False)
+    serve.run(_shadowd("/c", tmp, args.port, _model("cand", latency_ms=MODEL_MS)), name="c", route_prefix="/c", blocking=False)
+    serve.run(_shadowd("/d", tmp, args.port, _model("cand", latency_ms=MODEL_MS, busy=True)), name="d", route_prefix="/d", blocking=False)
+    for prefix in ("/b", "/c", "/d"):
+        wait_healthy(f"{base}{prefix}", 120)
+    urls = {"a": f"{base}/a", "b": f"{base}/b/predict", "c": f"{base}/c/predict", "d": f"{base}/d/predict"}
+    arms = list(urls)
+    samples: dict[str, list[float]] = {a: [] for a in arms}
+    rng = np.random.default_rng(0)
+    with requests.Session() as session:
+        for arm in arms:  # warm-up, discarded
+            _block(session, urls[arm], 30, rng)
+        for r in range(args.rounds):
+            order = arms[r % 4:] + arms[: r % 4]
+            for arm in order:
+                samples[arm] += _block(session, urls[arm], args.block, rng)
+                time.sleep(0.2)  # let the arm's shadow path drain before the next arm
+    serve.shutdown()
+
+    q = {a: (np.percentile(s, 50) * 1e3, np.percentile(s, 99) * 1e3) for a, s in samples.items()}
+    names = {"a": "plain Ray Serve", "b": "shadowd, shadowing off", "c": "shadowd, 100% shadow, sleep candidate", "d": "shadowd, 100% shadow, CPU-bound candidate"}
+    print(f"| arm | what | n | p50 ms | p99 ms |\n|---|---|---|---|---|")
+    for a in arms:
+        print(f"| {a} | {names[a]} | {len(samples[a])} | {q[a][0]:.2f} | {q[a][1]:.2f} |")
+    print()
+    print(f"| ratio | p50 | p99 |\n|---|---|---|")
+    for num, den in (("c", "a"), ("c", "b"), ("b", "a"), ("d", "a")):
+        print(f"| {num}/{den} | {q[num][0] / q[den][0]:.3f} | {q[num][1] / q[den][1]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
