@@ -436,6 +436,12 @@ def test_serve_config_is_valid_for_ray_serve_and_uses_the_app_builder(rendered):
         assert rs["spec"]["rayClusterConfig"]["rayVersion"] == importlib.import_module("ray").__version__
 
 
+def test_serve_config_is_the_one_in_deploy(chart):
+    """One Serve config for `serve deploy` and the RayService."""
+    rs = one(render(chart, {}), "RayService")
+    assert yaml.safe_load(rs["spec"]["serveConfigV2"]) == yaml.safe_load((ROOT / "deploy/serve/serve-config.yaml").read_text())
+
+
 def test_deployment_runs_shadowd_with_the_mounted_config(chart):
     docs = render(chart, {"mode": "deployment"})
     assert by_kind(docs, "RayService") == []
