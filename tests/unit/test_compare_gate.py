@@ -1,0 +1,305 @@
+"""Checks and the gate on controlled tallies, plus the stochastic-model test on a real torch model.
+
+Tallies are filled with chosen counts so that every expected status follows
+from the numbers by hand (rates far from, at, or near the thresholds).
+"""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from scipy import stats as sps
+
+from shadowd.compare import stats
+from shadowd.compare.checks import build_evidence, more_needed
+from shadowd.compare.comparator import Comparator
+from shadowd.compare.gate import evaluate_checks, evaluate_gate
+from shadowd.compare.tally import LogHistogram, Moments, SliceTally
+from shadowd.config import parse_config
+from shadowd.observe.metrics import ShadowdMetrics
+from shadowd.records import ModelOutput, Pair
+
+
+def config(tmp_path, checks, slices=(), task="classification", candidate=True, **gate):
+    out = "probabilities" if task == "classification" else "values"
+    m = {"kind": "python", "target": "m:f", "input_shape": [4], "output": out}
+    models = {"production": {"name": "prod", **m}}
+    if candidate:
+        models["candidate"] = {"name": "cand", **m}
+    return parse_config({
+        "task": task, "data_dir": str(tmp_path), "models": models,
+        "slices": [{"name": s, "where": {"field": "s", "op": "eq", "value": s}} for s in slices],
+        "checks": checks, "gate": gate,
+    })
+
+
+def flips_tally(n, flips, noise_n=0, noise_flips=0):
+    t = SliceTally()
+    t.pairs = n
+    t.candidate_outcomes["ok"] = n
+    t.candidate.compared, t.candidate.flips = n, flips
+    t.candidate.classes = {(0, 0): n - flips, (0, 1): flips} if flips else {(0, 0): n}
+    t.noise.compared, t.noise.flips = noise_n, noise_flips
+    return t
+
+
+def scores_tally(mean, sd, n, noise_mean=None, noise_n=0):
+    t = SliceTally()
+    t.candidate.compared = n
+    t.candidate.score = Moments(n, mean, sd * sd * (n - 1))
+    if noise_mean is not None:
+        t.noise.compared = noise_n
+        t.noise.score = Moments(noise_n, noise_mean, sd * sd * (noise_n - 1))
+    return t
+
+
+FLIP = {"type": "flip_rate", "name": "flip_rate"}
+
+
+def only(results, check=None, slice_="overall"):
+    (r,) = [r for r in results if r.slice == slice_ and (check is None or r.check == check)]
+    return r
+
+
+def test_flip_rate_far_above_fails_far_below_passes(tmp_path):
+    cfg = config(tmp_path, [FLIP])
+    r = only(evaluate_checks(cfg, {"overall": flips_tally(1000, 200)}))
+    assert (r.status, r.value, r.threshold, r.n) == ("fail", 0.2, 0.05, 1000)
+    assert r.ci[0] > 0.05 and r.p_value < 1e-6
+    r = only(evaluate_checks(cfg, {"overall": flips_tally(2000, 10)}))
+    assert r.status == "pass" and r.ci[1] <= 0.05 and r.p_value == 1.0
+
+
+def test_minimum_sample_holds_the_verdict(tmp_path):
+    r = only(evaluate_checks(config(tmp_path, [FLIP]), {"overall": flips_tally(150, 150)}))
+    assert r.status == "inconclusive" and r.needed == 50
+    assert r.reason.startswith("150 of 200 pairs needed")
+
+
+def test_needs_more_is_about_what_would_decide(tmp_path):
+    cfg = config(tmp_path, [FLIP])
+    t = flips_tally(300, 17)  # 0.057 against 0.05: undecided
+    r = only(evaluate_checks(cfg, {"overall": t}))
+    assert r.status == "inconclusive" and r.needed and r.needed > 300
+    assert f"needs ~{r.needed} more pairs" in r.reason
+    ev = build_evidence(cfg.checks[0], t, cfg.gate, cfg.task)
+    enough = (300 + r.needed) / 300
+    assert ev.passes(0.05, enough * 1.03) or ev.fails(0.05, enough * 1.03)
+    assert not (ev.passes(0.05, enough * 0.9) or ev.fails(0.05, enough * 0.9))
+    assert more_needed(ev, 0.05) == r.needed
+
+
+def test_noise_floor_turns_a_stochastic_production_fail_into_pass(tmp_path):
+    t = flips_tally(4000, 400, noise_n=4000, noise_flips=400)  # candidate flips exactly as often as production with itself
+    with_floor = only(evaluate_checks(config(tmp_path, [FLIP]), {"overall": t}))
+    assert with_floor.status == "pass"
+    assert with_floor.noise_floor == 0.1 and with_floor.threshold == pytest.approx(0.15)  # max(0.1*1.5, 0.1+0.05)
+    without = only(evaluate_checks(config(tmp_path, [FLIP], noise_floor=False), {"overall": t}))
+    assert without.status == "fail" and without.noise_floor is None and without.threshold == 0.05
+
+
+def test_noise_floor_needs_both_margins(tmp_path):
+    # floor 0.02: relative margin gives 0.03, absolute gives 0.07 -> allowed 0.07
+    chk = [{**FLIP, "abs_margin": 0.05, "rel_margin": 0.5}]
+    r = only(evaluate_checks(config(tmp_path, chk), {"overall": flips_tally(20000, 1000, 20000, 400)}))
+    assert r.threshold == pytest.approx(0.07) and r.status == "pass"  # 0.05 beats the relative margin only
+    # floor 0.2: absolute gives 0.25, relative gives 0.3 -> allowed 0.3
+    r = only(evaluate_checks(config(tmp_path, chk), {"overall": flips_tally(50000, 13500, 50000, 10000)}))
+    assert r.threshold == pytest.approx(0.3) and r.status == "pass"  # 0.27 beats the absolute margin only
+    r = only(evaluate_checks(config(tmp_path, chk), {"overall": flips_tally(20000, 7000, 20000, 4000)}))
+    assert r.status == "fail"  # 0.35 beats both
+
+
+def test_mean_divergence_against_floor(tmp_path):
+    chk = [{"type": "mean_divergence", "name": "div"}]
+    cfg = config(tmp_path, chk)
+    assert only(evaluate_checks(cfg, {"overall": scores_tally(0.3, 0.2, 2000)})).status == "fail"
+    assert only(evaluate_checks(cfg, {"overall": scores_tally(0.01, 0.02, 2000)})).status == "pass"
+    noisy = scores_tally(0.3, 0.2, 2000, noise_mean=0.3, noise_n=2000)
+    r = only(evaluate_checks(cfg, {"overall": noisy}))
+    assert r.status == "pass" and r.threshold == pytest.approx(0.45)
+
+
+def test_failure_rate_p_value_is_the_closed_form(tmp_path):
+    cfg = config(tmp_path, [{"type": "candidate_failure_rate", "name": "errors", "max_rate": 0.01}])
+    t = SliceTally()
+    t.candidate_outcomes.update(ok=970, error=25, nan=5, timeout=40)  # timeouts are not counted here
+    r = only(evaluate_checks(cfg, {"overall": t}))
+    assert r.value == pytest.approx(30 / 1040) and r.n == 1040
+    assert r.p_value == pytest.approx(stats.proportion_p_above(30, 1040, 0.01), rel=1e-3)
+    assert r.status == "fail"
+
+
+def test_paired_accuracy_uses_discordant_pairs(tmp_path):
+    cfg = config(tmp_path, [{"type": "paired_accuracy", "name": "acc", "min_samples": 100}])
+    t = SliceTally()
+    lab = t.labels
+    lab.both_correct, lab.prod_only_correct, lab.cand_only_correct, lab.neither_correct = 300, 60, 20, 20
+    lab.labels = 400
+    r = only(evaluate_checks(cfg, {"overall": t}))
+    assert r.value == pytest.approx((60 - 20) / 400) and r.unit == "labels" and r.status == "fail"
+    assert r.extra["accuracy"] == {"production": 0.9, "candidate": 0.8}
+    exact = sps.binomtest(20, 80).pvalue - sps.binom.pmf(20, 80, 0.5)
+    assert r.extra["mcnemar_mid_p_fixed_n"] == pytest.approx(exact)
+
+
+def test_paired_loss(tmp_path):
+    cfg = config(tmp_path, [{"type": "paired_loss", "name": "loss", "max_increase": 0.02, "min_samples": 100}])
+    t = SliceTally()
+    rng = np.random.default_rng(0)
+    for d in rng.normal(0.3, 0.5, 500):
+        t.labels.loss_diff.add(float(d))
+        t.labels.diff_sample.append(float(d))
+    r = only(evaluate_checks(cfg, {"overall": t}))
+    assert r.status == "fail" and r.value == pytest.approx(t.labels.loss_diff.mean)
+    assert r.extra["wilcoxon_p_fixed_n"] == pytest.approx(sps.wilcoxon(t.labels.diff_sample).pvalue)
+
+
+def test_distribution_shift(tmp_path):
+    cfg = config(tmp_path, [{"type": "distribution_shift", "name": "shift"}])
+    t = SliceTally()
+    # candidate moves 15 % of class-0 predictions to class 1, nothing back
+    t.candidate.classes = {(0, 0): 850, (0, 1): 150, (1, 1): 1000}
+    r = only(evaluate_checks(cfg, {"overall": t}))
+    assert r.value == pytest.approx(0.075) and r.status == "fail" and r.extra["worst_class"] in (0, 1)
+    # as many swaps each way: shares unchanged although 20 % of pairs flip
+    t.candidate.classes = {(0, 0): 4000, (0, 1): 1000, (1, 0): 1000, (1, 1): 4000}
+    r = only(evaluate_checks(cfg, {"overall": t}))
+    assert r.value == 0 and r.status == "pass"
+
+
+def test_latency_ratio(tmp_path):
+    cfg = config(tmp_path, [{"type": "latency_ratio", "name": "p50", "quantile": 0.5, "max_ratio": 1.5}])
+    rng = np.random.default_rng(1)
+
+    def tally(factor):
+        t = SliceTally()
+        for x in rng.lognormal(-5, 0.3, 3000):
+            t.add_latency("production", float(x))
+            t.add_latency("candidate", float(x * factor))
+        return t
+
+    slow = only(evaluate_checks(cfg, {"overall": tally(3.0)}))
+    assert slow.status == "fail" and slow.value == pytest.approx(3.0, rel=0.05)
+    same = only(evaluate_checks(cfg, {"overall": tally(1.0)}))
+    assert same.status == "pass" and same.ci[0] <= 1.0 <= same.ci[1] * 1.02
+
+
+def test_holm_runs_over_every_slice_and_check(tmp_path):
+    cfg = config(tmp_path, [FLIP, {"type": "mean_divergence", "name": "div"}], slices=["a", "b"])
+    tallies = {"overall": flips_tally(1000, 80), "a": flips_tally(500, 45), "b": flips_tally(300, 3)}
+    results = evaluate_checks(cfg, tallies)
+    assert len(results) == 6  # 2 checks x (overall, a, b), including ones short of data
+    assert [r.p_adjusted for r in results] == pytest.approx(stats.holm([r.p_value for r in results]))
+    bonf = evaluate_checks(config(tmp_path, [FLIP], slices=["a", "b"], correction="bonferroni"), tallies)
+    assert [r.p_adjusted for r in bonf] == pytest.approx([min(1, 3 * r.p_value) for r in bonf])
+
+
+def test_gate_verdicts_and_reasons(tmp_path):
+    checks = [FLIP, {"type": "paired_accuracy", "name": "acc", "min_samples": 100, "required": False}]
+    cfg = config(tmp_path, checks, slices=["dark"])
+    _, gate = evaluate_gate(cfg, {"overall": flips_tally(3000, 30), "dark": flips_tally(800, 200)})
+    assert gate["verdict"] == "FAIL"
+    assert len(gate["reasons"]) == 1 and gate["reasons"][0].startswith("flip_rate on dark: flip rate 0.25")
+    _, gate = evaluate_gate(cfg, {"overall": flips_tally(3000, 30), "dark": flips_tally(120, 1)})
+    assert gate["verdict"] == "INCONCLUSIVE"
+    (reason,) = gate["reasons"]
+    # at least the 80 the minimum asks for; more if 200 pairs at this rate would not decide yet
+    assert reason.startswith("flip_rate on dark: 120 of 200 pairs needed before a verdict; needs ~")
+    assert int(reason.split("~")[1].split()[0]) >= 80
+    _, gate = evaluate_gate(cfg, {"overall": flips_tally(3000, 30), "dark": flips_tally(3000, 20)})
+    assert gate["verdict"] == "PASS"  # the optional label check is open but does not hold the gate
+    assert any(n.startswith("acc on dark: 0 of 100 labels") for n in gate["notes"])
+    assert gate["correction"] == "holm" and gate["tests"] == 4 and "holm" in gate["method"]
+    _, gate = evaluate_gate(config(tmp_path, checks, candidate=False), {"overall": SliceTally()})
+    assert gate["verdict"] == "INCONCLUSIVE" and "no candidate" in gate["reasons"][0]
+
+
+def test_regression_skips_classification_checks(tmp_path):
+    cfg = config(tmp_path, [], task="regression")
+    cfg = cfg.model_copy(update={"checks": parse_config({
+        "task": "regression", "models": {"production": {"name": "p", "kind": "python", "target": "m:f",
+                                                          "input_shape": [1], "output": "values"}}}).checks})
+    results = evaluate_checks(cfg, {"overall": scores_tally(0.01, 0.01, 500)})
+    assert {r.type for r in results} == {"mean_divergence", "candidate_failure_rate", "latency_ratio", "paired_loss"}
+
+
+def test_gate_metrics(tmp_path):
+    reg = CollectorRegistry()
+    cfg = config(tmp_path, [FLIP], slices=["dark"])
+    evaluate_gate(cfg, {"overall": flips_tally(3000, 30, 1000, 5), "dark": flips_tally(800, 200)}, ShadowdMetrics(reg))
+    assert reg.get_sample_value("shadowd_check_status", {"check": "flip_rate", "slice": "overall"}) == 0
+    assert reg.get_sample_value("shadowd_check_status", {"check": "flip_rate", "slice": "dark"}) == 1
+    assert reg.get_sample_value("shadowd_gate_verdict") == 1
+    assert reg.get_sample_value("shadowd_noise_floor", {"slice": "overall"}) == pytest.approx(0.005)
+
+
+def test_report_is_json_with_checks_and_survives_a_restart(tmp_path):
+    import json
+
+    cfg = config(tmp_path, [FLIP])
+    comp = Comparator(cfg)
+    rng = np.random.default_rng(3)
+    for i in range(400):
+        p = rng.dirichlet(np.ones(3))
+        q = p if rng.random() < 0.7 else rng.dirichlet(np.ones(3))
+        comp.add(Pair(request_id=str(i), ts=0, production=ModelOutput(role="production", model="p", values=p.tolist()),
+                      candidate=ModelOutput(role="candidate", model="c", values=q.tolist())))
+    rep = comp.report()
+    json.dumps(rep, allow_nan=False)
+    assert rep["checks"][0]["check"] == "flip_rate" and rep["checks"][0]["status"] == "fail"
+    comp.save()
+    again = Comparator(cfg)
+    assert again.load()
+    assert again.report()["checks"] == rep["checks"]
+
+
+# --- the stochastic-model test: dropout left on at inference ---
+
+
+def _dropout_pairs(n_repeats=2, seed=0):
+    """Production = a small torch MLP trained on scikit-learn's digits, dropout active at inference;
+    candidate = an identical copy; noise = production run again. Every pair gets a noise run."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(seed)
+    digits = load_digits()
+    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    candidate = copy.deepcopy(model)
+    model.train(), candidate.train()  # dropout stays on: a stochastic model
+    inputs = x.repeat(n_repeats, 1)
+    with torch.no_grad():
+        prod, cand, noise = (torch.softmax(m(inputs), dim=1).tolist() for m in (model, candidate, model))
+    return [
+        Pair(request_id=str(i), ts=0.0,
+             production=ModelOutput(role="production", model="prod", values=prod[i], latency_s=0.001),
+             candidate=ModelOutput(role="candidate", model="cand", values=cand[i], latency_s=0.001),
+             noise=ModelOutput(role="noise", model="prod", values=noise[i], latency_s=0.001))
+        for i in range(len(prod))
+    ]
+
+
+def test_stochastic_model_passes_with_noise_floor_and_fails_without(tmp_path):
+    pairs = _dropout_pairs()
+    checks = [FLIP, {"type": "mean_divergence", "name": "mean_divergence"},
+              {"type": "distribution_shift", "name": "distribution_shift"},
+              {"type": "candidate_failure_rate", "name": "error_rate"}]
+    verdicts = {}
+    for floor in (True, False):
+        comp = Comparator(config(tmp_path, checks, noise_floor=floor))
+        comp.add_many(pairs)
+        rep = comp.report()
+        verdicts[floor] = rep["gate"]["verdict"]
+        flip = next(c for c in rep["checks"] if c["check"] == "flip_rate")
+        assert flip["value"] > 0.05  # dropout makes production disagree with itself well past the margin
+    assert verdicts == {True: "PASS", False: "FAIL"}
