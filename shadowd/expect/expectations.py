@@ -312,6 +312,16 @@ class ExpectationSet:
             rules = self._outputs[role] = _OutputRules(role, self.cfg.outputs)
         return rules.check(np.asarray(values), batched)
 
+    def check_output_rows(self, role: str, batch: np.ndarray) -> list[list[Violation]]:
+        """Per example of a batch (axis 0), its output violations; one vectorised pass when all pass.
+
+        For the shadow worker, which runs the candidate in batches but builds one pair per request.
+        """
+        batch = np.asarray(batch)
+        if not self.check_output(role, batch, batched=True):
+            return [[] for _ in range(len(batch))]
+        return [self.check_output(role, row) for row in batch]  # rare: something is wrong somewhere
+
     def raise_if_rejected(self, violations: list[Violation]) -> None:
         """Raise ``ExpectationFailed`` (422, naming the first failed expectation) when the config says reject."""
         if violations and self.rejects:

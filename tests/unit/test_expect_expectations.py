@@ -188,6 +188,10 @@ def test_output_checks_on_a_real_model_and_numerical_blowups():
     fin = [v for v in vs if v.rule == "finite"]
     assert len(fin) == 1 and fin[0].count == nonfinite_rows and fin[0].role == "candidate"
     assert fin[0].expectation == "outputs.candidate.finite"
+    rows = exp.check_output_rows("candidate", broken)
+    assert [bool(r) for r in rows] == (~np.isfinite(broken).all(axis=1)).tolist()
+    assert all(v.expectation == "outputs.candidate.finite" for r in rows for v in r)
+    assert exp.check_output_rows("production", probs) == [[] for _ in probs]
     # logits returned where probabilities were promised: out of range and not summing to one
     raw = model.decision_function(x[:20])
     rules = {v.rule: v.count for v in exp.check_output("candidate", raw, batched=True)}
