@@ -1,0 +1,92 @@
+"""Config: valid files load; every kind of mistake names the file and key and exits 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from shadowd.cli import app
+from shadowd.config import load_config, parse_config
+from shadowd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = {
+    "task": "classification",
+    "models": {"production": {"name": "p", "kind": "python", "target": "shadowd.testing:ToyClassifier", "input_shape": [8]}},
+}
+
+
+def _write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "shadowd.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def _error(tmp_path: Path, data) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data))
+    return str(err.value)
+
+
+def test_example_config_is_valid_and_resolves_paths():
+    cfg = load_config(ROOT / "examples" / "shadowd.yaml")
+    assert cfg.models.candidate is not None and cfg.shadow.sample_share == 0.5
+    assert cfg.data_dir == (ROOT / "shadowd-data" / "example").resolve()
+    assert [s.name for s in cfg.slices] == ["night", "new_users"]
+
+
+@pytest.mark.parametrize(
+    "patch, key, words",
+    [
+        ({"shadow": {"sample_share": 1.5}}, "shadow.sample_share", "less than or equal to 1"),
+        ({"shadow": {"candidate_timeout_s": -1}}, "shadow.candidate_timeout_s", "-1"),
+        ({"shadow": {"sample_rate": 0.5}}, "shadow.sample_rate", "Extra inputs"),
+        ({"task": "ranking"}, "task", "'classification' or 'regression'"),
+        ({"slices": [{"name": "Bad Name", "where": {"field": "a", "op": "eq", "value": 1}}]}, "slices[0].name", "pattern"),
+        ({"slices": [{"name": "a", "where": {"field": "x", "op": "lt", "value": "late"}}]}, "slices[0].where", "needs a number"),
+        ({"slices": [{"name": "a", "where": {"field": "x", "op": "in", "value": 3}}]}, "slices[0].where", "needs a list"),
+        ({"slices": [{"name": "a", "where": {"all": [{"fild": "x"}]}}]}, "slices[0].where.all[0]", "a predicate is"),
+        ({"slices": [{"name": "overall", "where": {"field": "x", "op": "exists"}}]}, "(top level)", "reserved"),
+    ],
+)
+def test_errors_name_file_key_and_value(tmp_path, patch, key, words):
+    message = _error(tmp_path, {**BASE, **patch})
+    assert message.startswith(str(tmp_path / "shadowd.yaml") + ": ")
+    assert f": {key}: " in message, message
+    assert words in message, message
+
+
+def test_model_source_must_match_kind(tmp_path):
+    bad = {**BASE, "models": {"production": {"name": "p", "kind": "torchscript", "input_shape": [8]}}}
+    assert "kind 'torchscript' needs 'path'" in _error(tmp_path, bad)
+
+
+def test_candidate_shape_must_match_production(tmp_path):
+    cand = {**BASE["models"]["production"], "name": "c", "input_shape": [9]}
+    message = _error(tmp_path, {**BASE, "models": {**BASE["models"], "candidate": cand}})
+    assert "input_shape [9] differs" in message
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    assert "not valid YAML at line 2, column 6" in _error(tmp_path, "task: classification\n  bad: indent\n")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+    assert "top level must be a mapping" in _error(tmp_path, "- a list\n")
+
+
+def test_validate_config_command_exits_2_with_the_reason(tmp_path):
+    runner = CliRunner()
+    good = runner.invoke(app, ["validate-config", str(_write(tmp_path, BASE))])
+    assert good.exit_code == 0 and "ok (classification" in good.output
+    bad = runner.invoke(app, ["validate-config", str(_write(tmp_path, {**BASE, "shadow": {"max_in_flight": 0}}))])
+    assert bad.exit_code == 2
+    assert "shadow.max_in_flight" in bad.output
+
+
+def test_relative_model_path_resolves_against_config_file(tmp_path):
+    data = {**BASE, "models": {"production": {"name": "p", "kind": "torchscript", "path": "m/model.pt", "input_shape": [8]}}}
+    cfg = parse_config(data, "x.yaml", tmp_path)
+    assert cfg.models.production.path == tmp_path / "m" / "model.pt"

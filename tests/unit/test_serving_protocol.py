@@ -1,0 +1,171 @@
+"""Request parsing, sampling, model adapters and the shadow buffer, without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from shadowd.config import ModelConfig
+from shadowd.errors import BadRequest, ModelError
+from shadowd.serving.models import check_rows, load_model
+from shadowd.serving.protocol import parse_feedback, parse_predict, read_json, request_id_from
+from shadowd.serving.sampling import hash_unit, is_sampled
+from shadowd.serving.shadow_buffer import ShadowBuffer
+from shadowd.testing import ToyClassifier
+
+
+def test_parse_predict_accepts_the_contract():
+    req = parse_predict({"inputs": [[1, 2], [3, 4]], "features": {"hour": 3}}, "r1", (2, 2))
+    assert req.inputs.dtype == np.float32 and req.inputs.shape == (2, 2)
+    assert req.features == {"hour": 3} and req.request_id == "r1"
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{", 400, "not valid JSON"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+        (b"[1]", 422, "JSON object"),
+        (b"x" * 100, 413, "limit is 64"),
+    ],
+)
+def test_read_json_rejects(body, status, words):
+    with pytest.raises(BadRequest) as err:
+        read_json(body, 64)
+    assert err.value.http_status == status and words in err.value.reason
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({}, "missing 'inputs'"),
+        ({"inputs": [1, 2, 3]}, "shape [3]; the model takes [2]"),
+        ({"inputs": [[1, 2], [3]]}, "must be numbers"),
+        ({"inputs": {"a": 1}}, "must be numbers"),
+        ({"inputs": [1, 2], "features": "x"}, "'features' must be an object"),
+        ({"inputs": [1, 2], "extra": 1}, "unknown field(s) extra"),
+    ],
+)
+def test_parse_predict_rejects_with_422(data, words):
+    with pytest.raises(BadRequest) as err:
+        parse_predict(data, "r", (2,))
+    assert err.value.http_status == 422 and words in err.value.reason
+
+
+def test_request_ids():
+    assert request_id_from({"x-request-id": "abc-1"}) == "abc-1"
+    assert request_id_from({}, "from-proxy") == "from-proxy"
+    assert len(request_id_from({})) == 32
+    with pytest.raises(BadRequest):
+        request_id_from({"x-request-id": "a b"})
+    with pytest.raises(BadRequest):
+        request_id_from({"x-request-id": "a" * 129})
+
+
+def test_parse_feedback():
+    label = parse_feedback({"request_id": "r1", "label": 3}, 10.0)
+    assert (label.request_id, label.label, label.source, label.ts) == ("r1", 3, "feedback", 10.0)
+    for bad in ({"label": 1}, {"request_id": "r1"}, {"request_id": "r1", "label": "cat"}, {"request_id": "r1", "label": True}):
+        with pytest.raises(BadRequest):
+            parse_feedback(bad, 0.0)
+
+
+def test_sampling_is_deterministic_and_near_share():
+    ids = [f"id-{i}" for i in range(20_000)]
+    picked = [is_sampled(i, 0.3) for i in ids]
+    assert picked == [is_sampled(i, 0.3) for i in ids]
+    # Binomial(20000, 0.3): sd ~ 65, so +-400 is > 6 sd.
+    assert abs(sum(picked) - 6000) < 400
+    assert not any(is_sampled(i, 0.0) for i in ids[:100]) and all(is_sampled(i, 1.0) for i in ids[:100])
+    # Independent salts: the noise sample is not the shadow sample.
+    both = sum(hash_unit(i, "shadow") < 0.5 and hash_unit(i, "noise") < 0.5 for i in ids)
+    assert abs(both - 5000) < 400
+
+
+def test_python_model_adapter_and_logits():
+    cfg = ModelConfig(name="t", kind="python", target="shadowd.testing:ToyClassifier", kwargs={"seed": 3}, input_shape=[8])
+    x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    out = load_model(cfg).predict(x)
+    assert np.allclose(out, ToyClassifier(seed=3).predict(x))
+    logit_cfg = cfg.model_copy(update={"target": "shadowd.testing:ToyRegressor", "kwargs": {}, "output": "logits"})
+    probs = load_model(logit_cfg).predict(x)
+    assert probs.shape == (5, 1) and np.allclose(probs, 1.0)  # softmax over one logit
+
+
+def test_torchscript_adapter(tmp_path):
+    import torch
+
+    net = torch.nn.Linear(8, 3)
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    cfg = ModelConfig(name="ts", kind="torchscript", path=path, input_shape=[8], output="logits")
+    x = np.ones((2, 8), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+    assert np.allclose(load_model(cfg).predict(x), expected, atol=1e-6)
+
+
+def test_model_errors_name_the_cause(tmp_path):
+    with pytest.raises(ModelError, match="cannot import module 'nope'"):
+        load_model(ModelConfig(name="x", kind="python", target="nope:thing", input_shape=[1]))
+    with pytest.raises(ModelError, match="has no attribute 'Missing'"):
+        load_model(ModelConfig(name="x", kind="python", target="shadowd.testing:Missing", input_shape=[1]))
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="cannot load TorchScript model 'x'"):
+        load_model(ModelConfig(name="x", kind="torchscript", path=tmp_path / "bad.pt", input_shape=[1]))
+
+
+def test_check_rows():
+    ok = np.ones((3, 4))
+    assert check_rows(ok, 3, 4) == (["ok"] * 3, None)
+    assert check_rows(ok, 3, 5)[0] == ["bad_shape"] * 3
+    assert check_rows(ok[:2], 3, 4)[0] == ["bad_shape"] * 3
+    bad = ok.copy()
+    bad[1, 2] = np.inf
+    assert check_rows(bad, 3, 4)[0] == ["ok", "nan", "ok"]
+
+
+def test_shadow_buffer_batches_bounds_and_counts_drops():
+    sent: list[list[int]] = []
+    drops: dict[str, int] = {}
+    release = asyncio.Event()
+
+    async def send(batch):
+        sent.append(batch)
+        await release.wait()
+
+    async def scenario():
+        buf = ShadowBuffer(send, max_in_flight=5, flush_interval_s=0.01, max_flush_size=2, on_drop=lambda r, n: drops.update({r: drops.get(r, 0) + n}))
+        accepted = [buf.offer(i) for i in range(8)]
+        assert accepted == [True] * 5 + [False] * 3
+        await asyncio.sleep(0.05)
+        assert [len(b) for b in sent] == [2, 2, 1] and buf.outstanding == 5
+        assert not buf.offer(99)  # still in flight: the budget holds
+        release.set()
+        await asyncio.sleep(0.01)
+        assert buf.outstanding == 0 and buf.offer(100)
+        await buf.drain(1.0)
+
+    asyncio.run(scenario())
+    assert drops == {"budget": 4}
+    assert sorted(x for b in sent for x in b) == [0, 1, 2, 3, 4, 100]
+
+
+def test_shadow_buffer_counts_failed_sends():
+    drops: dict[str, int] = {}
+
+    async def send(batch):
+        raise RuntimeError("worker died")
+
+    async def scenario():
+        buf = ShadowBuffer(send, 10, 0.001, 10, lambda r, n: drops.update({r: drops.get(r, 0) + n}))
+        for i in range(3):
+            buf.offer(i)
+        await buf.drain(1.0)
+        await asyncio.sleep(0.01)
+        assert buf.outstanding == 0
+
+    asyncio.run(scenario())
+    assert drops == {"worker": 3}
