@@ -176,6 +176,88 @@ def dashboards_push(
         typer.echo(f"{d.uid}: version {d.version} {grafana_url.rstrip('/')}{d.url}")
 
 
+
+@app.command("annotate")
+def annotate(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config file of the daemon."),
+    as_: Optional[str] = typer.Option(None, "--as", help="Annotator name; default: who is on call now."),
+    status: bool = typer.Option(False, "--status", help="Print on-call, backlog and oldest item age, then exit."),
+    max_items: Optional[int] = typer.Option(None, "--max-items", help="Stop after this many items."),
+    wait_s: float = typer.Option(10.0, "--wait-s", help="How long to wait for an item before stopping."),
+) -> None:
+    """Label the annotation queue as the on-call annotator, one item at a time."""
+    from rich.console import Console
+    from rich.prompt import Prompt
+
+    from shadowd.flywheel.annotate import AnnotateError, Annotator, annotate_session
+
+    cfg = _load(config)
+    console = Console()
+    try:
+        annotator = Annotator(cfg, annotator=as_)
+    except Exception as err:  # broker unreachable, bad credentials: say so, exit 1
+        _fail(f"cannot open the annotation queue: {type(err).__name__}: {err}", code=1)
+    try:
+        if status:
+            backlog = annotator.backlog()
+            on_call = annotator.rotation.current_shift().describe() if annotator.rotation else "-"
+            typer.echo(f"rotation {annotator.rotation_name}; on call: {on_call}")
+            typer.echo(f"backlog: {backlog.items} items; oldest waiting {backlog.oldest_age_s:.0f} s")
+            return
+        done = annotate_session(annotator, console, lambda q: Prompt.ask(q, console=console), max_items, wait_s)
+        typer.echo(f"{done} items handled")
+    except AnnotateError as err:
+        _fail(str(err), code=1)
+    finally:
+        annotator.close()
+
+
+@app.command("replay")
+def replay(
+    suites: list[str] = typer.Argument(..., help="Suite names (in the suites folder), suite folders, or 'all-suites'."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Daemon config: suites folder, thresholds, models."),
+    role: Optional[str] = typer.Option(None, "--role", help="Replay the config's 'candidate' or 'production' model."),
+    model: Optional[Path] = typer.Option(None, "--model", help="YAML file with one model config, instead of --role."),
+    suites_dir: Optional[Path] = typer.Option(None, "--suites-dir", help="Folder holding suites; default from config."),
+    min_accuracy: Optional[float] = typer.Option(None, help="Override labels.suite_thresholds.min_accuracy."),
+    max_mean_loss: Optional[float] = typer.Option(None, help="Override labels.suite_thresholds.max_mean_loss."),
+    max_mae: Optional[float] = typer.Option(None, help="Override labels.suite_thresholds.max_mae."),
+) -> None:
+    """Run a model offline over hard-example suites; exit 1 if a suite fails its thresholds."""
+    from rich.console import Console
+
+    from shadowd.errors import ShadowdError
+    from shadowd.flywheel.hub import suites_dir as default_suites_dir
+    from shadowd.flywheel.replay import load_model_file, render_results, replay_suites, thresholds_for
+
+    cfg = _load(config) if config is not None else None
+    if (role is None) == (model is None):
+        _fail("give exactly one of --role (with --config) or --model")
+    if model is not None:
+        try:
+            model_cfg = load_model_file(model)
+        except ConfigError as err:
+            _fail(str(err))
+    else:
+        if cfg is None or role not in ("candidate", "production"):
+            _fail("--role needs --config and is 'candidate' or 'production'")
+        model_cfg = getattr(cfg.models, role)
+        if model_cfg is None:
+            _fail(f"{config}: models.{role} is not configured")
+    folder = suites_dir or (default_suites_dir(cfg) if cfg is not None else None)
+    try:
+        thresholds = thresholds_for(cfg, min_accuracy=min_accuracy, max_mean_loss=max_mean_loss, max_mae=max_mae)
+        results = replay_suites(suites, model_cfg, folder, thresholds)
+    except (ShadowdError, ValueError) as err:
+        _fail(str(err))
+    Console().print(render_results(results, model_cfg.name))
+    failed = [r.suite for r in results if not r.passed]
+    if failed:
+        typer.echo(f"FAIL: {', '.join(failed)}")
+        raise typer.Exit(1)
+    typer.echo(f"PASS: {len(results)} suites")
+
+
 def main() -> None:
     app()
 

@@ -51,6 +51,9 @@ class Rotation:
         begin = self._start_ts + k * self.cfg.shift_s
         return Shift(self.cfg.annotators[k % len(self.cfg.annotators)], begin, begin + self.cfg.shift_s)
 
+    def current_shift(self) -> Shift:
+        return self.shift_at(self._clock())
+
     def on_call(self, ts: float | None = None) -> str:
         return self.shift_at(self._clock() if ts is None else ts).annotator
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from shadowd.errors import ShadowdError
 
-__all__ = ["Spool", "SpoolRecord", "SpoolError", "read_spool"]
+__all__ = ["Spool", "SpoolRecord", "SpoolError", "read_spool", "spool_last_seq"]
 
 _SEGMENT_PREFIX = "seg-"
 _SEGMENT_SUFFIX = ".jsonl"
@@ -278,20 +278,57 @@ def _read_segment(path: Path, count: int) -> Iterator[SpoolRecord]:
         return  # compacted while we were reading: delivered, nothing to yield
 
 
-def read_spool(directory: str | Path, pending_only: bool = False) -> list[SpoolRecord]:
-    """Read a spool's records without taking its lock (e.g. ``shadowd demo`` showing items)."""
+def _segment_files(directory: Path) -> list[tuple[int, Path]]:
+    paths = sorted(directory.glob(f"{_SEGMENT_PREFIX}*{_SEGMENT_SUFFIX}"))
+    return [(int(p.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)]), p) for p in paths]
+
+
+def read_spool(
+    directory: str | Path, pending_only: bool = False, after_seq: int = 0, limit: int | None = None
+) -> list[SpoolRecord]:
+    """Read a spool's records without taking its lock (``shadowd demo``, the embedded annotator).
+
+    ``pending_only``: only records not yet delivered; ``after_seq``: only
+    records after it (segments wholly before it are not opened); ``limit``:
+    at most this many, oldest first.
+    """
     directory = Path(directory)
     try:
         delivered = int((directory / "delivered").read_text().strip())
     except FileNotFoundError:
         delivered = 0
-    out = []
-    for path in sorted(directory.glob(f"{_SEGMENT_PREFIX}*{_SEGMENT_SUFFIX}")):
-        with open(path, encoding="utf-8") as f:
+    floor = max(after_seq, delivered if pending_only else 0)
+    files = _segment_files(directory)
+    # skip segments that end before `floor`: the next segment starts at or below floor + 1
+    while len(files) > 1 and files[1][0] <= floor + 1:
+        files.pop(0)
+    out: list[SpoolRecord] = []
+    for _, path in files:
+        try:
+            f = open(path, encoding="utf-8")
+        except FileNotFoundError:
+            continue  # compacted meanwhile
+        with f:
             for line in f:
                 if not line.endswith("\n"):
                     break
                 rec = json.loads(line)
-                if not pending_only or rec["seq"] > delivered:
+                if rec["seq"] > floor:
                     out.append(SpoolRecord(rec["seq"], rec["key"], rec["value"]))
+                    if limit is not None and len(out) >= limit:
+                        return out
     return out
+
+
+def spool_last_seq(directory: str | Path) -> int:
+    """The newest record's seq on disk (0 for an empty spool), reading only the last segment."""
+    files = _segment_files(Path(directory))
+    if not files:
+        try:
+            return int((Path(directory) / "delivered").read_text().strip())
+        except FileNotFoundError:
+            return 0
+    first, path = files[-1]
+    with open(path, "rb") as f:
+        whole = sum(1 for line in f if line.endswith(b"\n"))
+    return first + whole - 1 if whole else first - 1

@@ -123,3 +123,18 @@ def test_appends_are_fsynced(tmp_path, monkeypatch):
         calls.clear()
         sp.append(_recs(50, 50))  # existing segment: one fsync per batch
         assert len(calls) == 1
+
+
+def test_read_spool_after_seq_and_limit_and_last_seq(tmp_path):
+    from shadowd.flywheel.spool import spool_last_seq
+
+    assert spool_last_seq(tmp_path) == 0
+    with Spool(tmp_path, segment_items=3) as sp:
+        sp.append(_recs(0, 10))
+        assert [r.seq for r in read_spool(tmp_path, after_seq=4)] == [5, 6, 7, 8, 9, 10]
+        assert [r.seq for r in read_spool(tmp_path, after_seq=4, limit=2)] == [5, 6]
+        assert [r.seq for r in read_spool(tmp_path, after_seq=9)] == [10]
+        assert read_spool(tmp_path, after_seq=10) == []
+        assert spool_last_seq(tmp_path) == 10
+        sp.commit(10)
+    assert spool_last_seq(tmp_path) == 10

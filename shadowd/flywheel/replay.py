@@ -1,0 +1,77 @@
+"""``shadowd replay``: run a model offline over hard-example suites.
+
+Data flow: suites written by the ``Flywheel`` (``SuiteStore``) -> a model
+loaded from its config (``shadowd.serving.models.load_model``) ->
+``replay_suite`` per suite -> a table and an exit code (0 all passed, 1 a
+suite failed): the regression test a candidate must pass before it sees
+shadow traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from shadowd.config import ModelConfig, ShadowdConfig, SuiteThresholds
+from shadowd.errors import ConfigError
+from shadowd.flywheel.suites import SuiteResult, replay_suite, resolve_suites
+
+__all__ = ["load_model_file", "replay_suites", "render_results", "thresholds_for"]
+
+
+def load_model_file(path: str | Path) -> ModelConfig:
+    """A YAML file holding one model's config (the same keys as ``models.candidate``)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read model config: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        cfg = ModelConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        key = ".".join(str(x) for x in first["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: {key}: {first['msg']}") from None
+    if cfg.path is not None and not cfg.path.is_absolute():
+        cfg = cfg.model_copy(update={"path": (path.parent / cfg.path).resolve()})
+    return cfg
+
+
+def replay_suites(
+    specs: Sequence[str], model_cfg: ModelConfig, suites_dir: Path | None, thresholds: SuiteThresholds
+) -> list[SuiteResult]:
+    from shadowd.serving.models import load_model
+
+    folders = resolve_suites(specs, suites_dir)
+    model = load_model(model_cfg)
+    return [replay_suite(f, model.predict, model_cfg.input_shape, thresholds) for f in folders]
+
+
+def render_results(results: Sequence[SuiteResult], model_name: str):
+    from rich.table import Table
+
+    table = Table(title=f"replay of {model_name}")
+    for col in ("suite", "version", "examples", "accuracy", "mean loss", "mae", "verdict"):
+        table.add_column(col, justify="left" if col in ("suite", "verdict") else "right")
+    for r in results:
+        verdict = "[green]PASS[/green]" if r.passed else f"[red]FAIL[/red] {'; '.join(r.reasons)}"
+        table.add_row(
+            r.suite,
+            str(r.version),
+            str(r.examples),
+            "-" if r.accuracy is None else f"{r.accuracy:.3f}",
+            f"{r.mean_loss:.4g}",
+            "-" if r.mae is None else f"{r.mae:.4g}",
+            verdict,
+        )
+    return table
+
+
+def thresholds_for(config: ShadowdConfig | None, **overrides) -> SuiteThresholds:
+    base = config.labels.suite_thresholds if config is not None else SuiteThresholds()
+    return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})

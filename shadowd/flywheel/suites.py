@@ -1,0 +1,274 @@
+"""Hard-example suites: labelled items, kept as offline regression tests.
+
+Data flow: ``Flywheel`` joins a label to a pair that was queued for a human
+(or had a high loss) -> ``SuiteStore.add`` appends it to every suite it
+belongs to: ``slice.<name>`` per slice, ``tag.<reason>`` per failure tag
+(divergent, high_loss, candidate_wrong, ...) and ``all``. ``shadowd replay``
+runs a model over suites (``replay_suite``) and checks thresholds: the test a
+new candidate must pass before it sees shadow traffic.
+
+On disk, one folder per suite under the folder the user chose::
+
+    <suites_dir>/slice.dark/examples.jsonl   one SuiteExample per line (fsync'd)
+    <suites_dir>/slice.dark/manifest.json    schema_version, version, task, count, sha256 of examples
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from shadowd.compare.loss import example_loss
+from shadowd.config import SuiteThresholds
+from shadowd.errors import ShadowdError
+
+__all__ = [
+    "SUITE_SCHEMA_VERSION",
+    "SuiteExample",
+    "SuiteManifest",
+    "SuiteStore",
+    "SuiteResult",
+    "SuiteError",
+    "load_suite",
+    "resolve_suites",
+    "replay_suite",
+    "suite_names",
+]
+
+SUITE_SCHEMA_VERSION = 1
+_NAME_OK = re.compile(r"[^a-z0-9_.-]+")
+
+
+class SuiteError(ShadowdError):
+    """A suite cannot be found, read or replayed; the message names the suite and file."""
+
+
+class SuiteExample(BaseModel):
+    """One labelled hard example."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = Field(SUITE_SCHEMA_VERSION, description="Suite example schema version.")
+    request_id: str = Field(description="The request it came from.")
+    inputs: Any = Field(description="Model inputs, as the request sent them.")
+    label: float | int | list[float] = Field(description="Ground truth: class index or target value(s).")
+    slices: list[str] = Field(default_factory=list, description="Slices the request belonged to.")
+    tags: list[str] = Field(default_factory=list, description="Why it is hard: queue reasons and outcome tags.")
+    features: dict[str, Any] = Field(default_factory=dict, description="Request features (redacted).")
+    production: list[float] | None = Field(None, description="Production's output when it was served.")
+    candidate: list[float] | None = Field(None, description="The candidate's output at the time.")
+    label_source: str = Field("feedback", description="feedback or annotator.")
+    ts: float = Field(description="Unix time the label was joined.")
+
+
+class SuiteManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = Field(SUITE_SCHEMA_VERSION, description="Suite file format version.")
+    name: str = Field(description="Suite name, e.g. slice.dark or tag.divergent.")
+    task: Literal["classification", "regression"] = Field(description="What the labels are.")
+    version: int = Field(0, description="Increases by one with every example added.")
+    count: int = Field(0, description="Examples in examples.jsonl.")
+    sha256: str = Field("", description="sha256 of examples.jsonl, to notice edits and truncation.")
+    updated_ts: float = Field(0.0, description="Unix time of the last change.")
+
+
+def _safe(name: str) -> str:
+    return _NAME_OK.sub("_", name.lower()).strip("_.") or "unnamed"
+
+
+def suite_names(slices: Iterable[str], tags: Iterable[str]) -> list[str]:
+    """The suites an example belongs to."""
+    return ["all", *(f"slice.{_safe(s)}" for s in slices), *(f"tag.{_safe(t)}" for t in tags)]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class SuiteStore:
+    """Appends examples to suites; one writer (the comparator process)."""
+
+    def __init__(self, directory: str | Path, task: str, clock: Callable[[], float]):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.task = task
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._manifests: dict[str, SuiteManifest] = {}
+        self._ids: dict[str, set[str]] = {}
+        self._hashes: dict[str, Any] = {}  # running sha256 per suite: an add costs O(line), not O(file)
+
+    def _open(self, name: str) -> SuiteManifest:
+        if name not in self._manifests:
+            folder = self.directory / name
+            mpath = folder / "manifest.json"
+            if mpath.exists():
+                manifest = _read_manifest(mpath)
+                if manifest.task != self.task:
+                    raise SuiteError(f"{mpath}: suite is for task {manifest.task!r}, not {self.task!r}")
+                self._ids[name] = {e.request_id for e in load_suite(folder)[1]}
+                self._hashes[name] = hashlib.sha256((folder / "examples.jsonl").read_bytes())
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                manifest = SuiteManifest(name=name, task=self.task)  # type: ignore[arg-type]
+                self._ids[name] = set()
+                self._hashes[name] = hashlib.sha256()
+            self._manifests[name] = manifest
+        return self._manifests[name]
+
+    def add(self, example: SuiteExample) -> list[str]:
+        """Append to every suite the example belongs to (once per request id); return their names."""
+        written = []
+        with self._lock:
+            for name in suite_names(example.slices, example.tags):
+                manifest = self._open(name)
+                if example.request_id in self._ids[name]:
+                    continue
+                folder = self.directory / name
+                line = (example.model_dump_json() + "\n").encode()
+                with open(folder / "examples.jsonl", "ab") as f:
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._hashes[name].update(line)
+                manifest = manifest.model_copy(
+                    update={
+                        "version": manifest.version + 1,
+                        "count": manifest.count + 1,
+                        "sha256": self._hashes[name].hexdigest(),
+                        "updated_ts": self._clock(),
+                    }
+                )
+                tmp = folder / "manifest.json.tmp"
+                tmp.write_text(manifest.model_dump_json(indent=2))
+                os.replace(tmp, folder / "manifest.json")
+                self._manifests[name] = manifest
+                self._ids[name].add(example.request_id)
+                written.append(name)
+        return written
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {n: m.count for n, m in self._manifests.items()}
+
+
+def _read_manifest(path: Path) -> SuiteManifest:
+    try:
+        manifest = SuiteManifest.model_validate_json(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SuiteError(f"{path}: not a suite manifest: {err}") from None
+    if manifest.schema_version != SUITE_SCHEMA_VERSION:
+        raise SuiteError(f"{path}: schema_version {manifest.schema_version}; this shadowd reads {SUITE_SCHEMA_VERSION}")
+    return manifest
+
+
+def load_suite(folder: str | Path) -> tuple[SuiteManifest, list[SuiteExample]]:
+    """Read a suite folder; the manifest's count and sha256 must match its examples."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder / "manifest.json")
+    path = folder / "examples.jsonl"
+    if not path.exists():
+        raise SuiteError(f"{path}: missing")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                examples.append(SuiteExample.model_validate_json(line))
+            except ValueError as err:
+                raise SuiteError(f"{path}: line {n}: {err}") from None
+    if len(examples) != manifest.count or _sha256(path) != manifest.sha256:
+        raise SuiteError(
+            f"{path}: {len(examples)} examples do not match the manifest ({manifest.count}, version "
+            f"{manifest.version}); the file was edited or truncated"
+        )
+    return manifest, examples
+
+
+def resolve_suites(specs: Sequence[str], suites_dir: Path | None) -> list[Path]:
+    """Suite folders from names (looked up in ``suites_dir``) or paths; 'all-suites' means every one."""
+    out = []
+    for spec in specs:
+        if spec == "all-suites" and suites_dir is not None:
+            out += sorted(p.parent for p in Path(suites_dir).glob("*/manifest.json"))
+            continue
+        path = Path(spec)
+        if (path / "manifest.json").exists():
+            out.append(path)
+        elif suites_dir is not None and (Path(suites_dir) / spec / "manifest.json").exists():
+            out.append(Path(suites_dir) / spec)
+        else:
+            where = f" or in {suites_dir}" if suites_dir is not None else ""
+            raise SuiteError(f"no suite {spec!r} (a folder with manifest.json) here{where}")
+    return out
+
+
+class SuiteResult(BaseModel):
+    """One suite replayed: metrics, thresholds and the verdict."""
+
+    model_config = ConfigDict(extra="forbid")
+    suite: str = Field(description="Suite name.")
+    version: int = Field(description="Suite version replayed.")
+    examples: int = Field(description="Examples replayed.")
+    accuracy: float | None = Field(None, description="Classification: share of top labels equal to the label.")
+    mean_loss: float = Field(description="Mean per-example loss (NLL or squared error).")
+    mae: float | None = Field(None, description="Regression: mean absolute error.")
+    passed: bool = Field(description="Every threshold met.")
+    reasons: list[str] = Field(default_factory=list, description="Thresholds missed, with the numbers.")
+
+
+def replay_suite(
+    folder: str | Path,
+    predict: Callable[[np.ndarray], np.ndarray],
+    input_shape: Sequence[int],
+    thresholds: SuiteThresholds,
+    batch_size: int = 256,
+) -> SuiteResult:
+    """Run ``predict`` (batch -> (n, k) probabilities or values) over one suite and check thresholds."""
+    manifest, examples = load_suite(folder)
+    if not examples:
+        raise SuiteError(f"{folder}: suite {manifest.name} is empty")
+    try:
+        x = np.asarray([e.inputs for e in examples], dtype=np.float32).reshape(len(examples), *input_shape)
+    except ValueError as err:
+        raise SuiteError(f"{folder}: inputs do not fit the model's input_shape {list(input_shape)}: {err}") from None
+    outputs = np.concatenate(
+        [np.asarray(predict(x[i : i + batch_size]), dtype=np.float64).reshape(len(x[i : i + batch_size]), -1)
+         for i in range(0, len(x), batch_size)]
+    )
+    losses = [example_loss(manifest.task, list(out), e.label) for out, e in zip(outputs, examples)]
+    mean_loss = float(np.mean(losses))
+    reasons = []
+    accuracy = mae = None
+    if manifest.task == "classification":
+        accuracy = float(np.mean([int(np.argmax(out)) == int(e.label) for out, e in zip(outputs, examples)]))
+        if accuracy < thresholds.min_accuracy:
+            reasons.append(f"accuracy {accuracy:.3f} < min_accuracy {thresholds.min_accuracy}")
+    else:
+        targets = [np.atleast_1d(np.asarray(e.label, dtype=np.float64)) for e in examples]
+        mae = float(np.mean([np.mean(np.abs(out - t)) for out, t in zip(outputs, targets)]))
+        if thresholds.max_mae is not None and mae > thresholds.max_mae:
+            reasons.append(f"mae {mae:.4g} > max_mae {thresholds.max_mae}")
+    if thresholds.max_mean_loss is not None and mean_loss > thresholds.max_mean_loss:
+        reasons.append(f"mean loss {mean_loss:.4g} > max_mean_loss {thresholds.max_mean_loss}")
+    return SuiteResult(
+        suite=manifest.name,
+        version=manifest.version,
+        examples=len(examples),
+        accuracy=accuracy,
+        mean_loss=mean_loss,
+        mae=mae,
+        passed=not reasons,
+        reasons=reasons,
+    )

@@ -1,0 +1,88 @@
+"""PairStore: persistence, retention, capacity, unknown vs expired."""
+
+from shadowd.flywheel.pairs import PairStore
+from shadowd.records import ModelOutput, Pair
+
+
+class Clock:
+    def __init__(self, t=10_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def pair(i, ts):
+    return Pair(
+        request_id=f"r{i}",
+        ts=ts,
+        features={"b": i},
+        inputs=[i, i],
+        production=ModelOutput(role="production", model="p", values=[0.2, 0.8]),
+        candidate=ModelOutput(role="candidate", model="c", values=[0.6, 0.4]),
+    )
+
+
+def test_put_get_survives_reopen(tmp_path):
+    clock = Clock()
+    store = PairStore(tmp_path, retention_s=100, max_pairs=10, clock=clock)
+    p = pair(1, clock.t)
+    store.put(p)
+    store.close()
+    store = PairStore(tmp_path, retention_s=100, max_pairs=10, clock=clock)
+    got = store.get("r1")
+    assert got.status == "found" and got.pair == p
+    assert store.get("nope").status == "unknown"
+    store.close()
+
+
+def test_retention_makes_ids_expired_not_unknown(tmp_path):
+    clock = Clock()
+    store = PairStore(tmp_path, retention_s=100, max_pairs=10, clock=clock)
+    store.put(pair(1, clock.t))
+    clock.t += 101
+    look = store.get("r1")
+    assert look.status == "expired" and look.age_s == 101
+    assert store.prune() == 1
+    assert len(store) == 0
+    assert store.get("r1").status == "expired"  # remembered after eviction
+    store.close()
+
+
+def test_capacity_evicts_oldest_first(tmp_path):
+    clock = Clock()
+    store = PairStore(tmp_path, retention_s=10_000, max_pairs=5, clock=clock)
+    for i in range(8):
+        store.put(pair(i, clock.t + i))
+    store.prune()
+    assert len(store) == 5
+    assert [store.get(f"r{i}").status for i in range(8)] == ["expired"] * 3 + ["found"] * 5
+    store.close()
+
+
+def test_remembered_evictions_are_bounded(tmp_path):
+    clock = Clock()
+    store = PairStore(tmp_path, retention_s=10_000, max_pairs=3, clock=clock)
+    for i in range(20):
+        store.put(pair(i, clock.t + i))
+        clock.t += 1
+        store.prune()
+    rows = store._db.execute("SELECT COUNT(*) FROM evicted").fetchone()[0]
+    assert rows == 3 and len(store) == 3
+    assert store.get("r0").status == "unknown"  # forgotten long ago
+    assert store.get("r16").status == "expired"
+    store.close()
+
+
+def test_tags_and_duplicate_labels(tmp_path):
+    clock = Clock()
+    store = PairStore(tmp_path, retention_s=100, max_pairs=10, clock=clock)
+    store.put(pair(1, clock.t), tags=["divergent", "uncertain", "divergent"])
+    assert store.get("r1").tags == ("divergent", "uncertain")
+    assert store.mark_labelled("r1", "feedback") is True
+    assert store.mark_labelled("r1", "feedback") is False
+    assert store.mark_labelled("r1", "annotator") is True
+    clock.t += 101
+    store.prune()  # the pair goes, and with it what labelled it
+    assert store._db.execute("SELECT COUNT(*) FROM labelled").fetchone()[0] == 0
+    store.close()
