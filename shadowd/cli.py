@@ -258,6 +258,58 @@ def replay(
     typer.echo(f"PASS: {len(results)} suites")
 
 
+@app.command("report")
+def report(
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Base URL of a running shadowd (route prefix included)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Report on the state persisted in this data dir instead of asking a daemon."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "-c", "--config", help="With --data-dir: run this config's checks (default: the config saved with the state)."
+    ),
+    gate: bool = typer.Option(False, "--gate", help="Exit with the gate verdict: 0 PASS, 1 FAIL, 3 INCONCLUSIVE."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or markdown."),
+    reset: bool = typer.Option(False, "--reset", help="After printing, start a new test window (POST /shadow/reset)."),
+) -> None:
+    """Print the per-slice shadow report and gate verdict; --gate makes it a CI/CD step."""
+    from shadowd.compare.report import FORMATS, gate_exit_code, render_report
+
+    if fmt not in FORMATS:
+        _fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    base = url.rstrip("/")
+    if data_dir is not None:
+        if reset:
+            _fail("--reset starts a new window in a running daemon; use it with --url, not --data-dir")
+        from shadowd.compare.comparator import report_from_data_dir
+        from shadowd.errors import ShadowdError
+
+        cfg = _load(config) if config is not None else None
+        try:
+            rep = report_from_data_dir(data_dir, cfg)
+        except ShadowdError as err:
+            _fail(str(err))
+    else:
+        import requests
+
+        try:
+            resp = requests.get(f"{base}/shadow/report", timeout=30)
+            resp.raise_for_status()
+            rep = resp.json()
+        except requests.RequestException as err:
+            _fail(f"cannot fetch {base}/shadow/report: {err}")
+        except ValueError:
+            _fail(f"{base}/shadow/report did not answer JSON")
+    typer.echo(render_report(rep, fmt), nl=False)
+    if reset:
+        try:
+            requests.post(f"{base}/shadow/reset", timeout=30).raise_for_status()
+        except requests.RequestException as err:
+            _fail(f"cannot reset at {base}/shadow/reset: {err}")
+        typer.echo("new test window started", err=True)
+    if gate:
+        raise typer.Exit(gate_exit_code(rep))
+
+
 def main() -> None:
     app()
 

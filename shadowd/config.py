@@ -529,14 +529,22 @@ class PairedAccuracyCheck(_CheckBase):
     """Classification with labels: production accuracy minus candidate accuracy on the same requests."""
 
     type: Literal["paired_accuracy"] = Field(description="Accuracy drop, paired (McNemar's discordant pairs).")
-    max_drop: float = Field(0.0, ge=0, le=1, description="Largest allowed accuracy drop (production minus candidate).")
+    max_drop: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Largest allowed accuracy drop (production minus candidate); a non-inferiority margin: "
+        "with 0 an equally good candidate can never pass.",
+    )
 
 
 class PairedLossCheck(_CheckBase):
     """With labels: mean of candidate loss minus production loss on the same requests."""
 
     type: Literal["paired_loss"] = Field(description="Mean paired loss difference candidate minus production.")
-    max_increase: float = Field(0.0, ge=0, description="Largest allowed mean loss increase.")
+    max_increase: float = Field(
+        0.01, ge=0, description="Largest allowed mean loss increase per example (a non-inferiority margin)."
+    )
 
 
 CheckConfig = Annotated[

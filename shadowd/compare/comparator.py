@@ -36,7 +36,7 @@ from shadowd.errors import BadRequest, ShadowdError
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, Label, ModelOutput, Pair
 
-__all__ = ["Comparator", "OVERALL", "STATE_SCHEMA_VERSION", "REPORT_SCHEMA_VERSION", "state_path"]
+__all__ = ["Comparator", "OVERALL", "STATE_SCHEMA_VERSION", "REPORT_SCHEMA_VERSION", "state_path", "report_from_data_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,9 @@ class Comparator:
             },
             "window_started_ts": self._window_started_ts,
             "slices": {n: t.to_dict() for n, t in self._tallies.items()},
+            # The config the evidence was gathered under, so `shadowd report --data-dir`
+            # can run the same checks without the YAML; merge and load ignore it.
+            "config": self._cfg.model_dump(mode="json", by_alias=True),
         }
 
     def _check_state(self, state: dict[str, Any]) -> None:
@@ -358,3 +361,28 @@ class Comparator:
             return False
         self.load_state(state)
         return True
+
+
+def report_from_data_dir(data_dir: Path, config: ShadowdConfig | None = None) -> dict[str, Any]:
+    """The report of the window persisted under ``data_dir``, without a running daemon.
+
+    Checks run as configured in ``config``, or else as in the config saved with
+    the state. Raises ShadowdError when there is no readable state.
+    """
+    from shadowd.config import parse_config
+
+    path = state_path(data_dir)
+    try:
+        state = json.loads(path.read_text())
+    except OSError as err:
+        raise ShadowdError(f"{path}: no comparator state to report on ({err.strerror})") from None
+    except ValueError as err:
+        raise ShadowdError(f"{path}: comparator state is not valid JSON ({err})") from None
+    if config is None:
+        saved = state.get("config") if isinstance(state, dict) else None
+        if not isinstance(saved, dict):
+            raise ShadowdError(f"{path}: no config saved with the state; pass the daemon's config file")
+        config = parse_config(saved, f"{path} (saved config)")
+    comp = Comparator(config)
+    comp.load_state(state)
+    return comp.report()

@@ -53,7 +53,8 @@ def _reason(status: str, ev: Evidence, ci: tuple[float, float], min_samples: int
         floor = f" (noise floor {_fmt(ev.noise_floor)} + margins)"
     stated = f"{ev.label} {_fmt(ev.value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
     if status == "fail":
-        return f"{stated} > allowed {_fmt(ev.threshold)}{floor}; p={p:.2g}, adjusted {p_adj:.2g}"
+        p_text = f"p<{stats.MIN_ALPHA:.0e}" if p <= stats.MIN_ALPHA else f"p={p:.2g}"
+        return f"{stated} > allowed {_fmt(ev.threshold)}{floor}; {p_text}, adjusted {p_adj:.2g}"
     if status == "pass":
         return f"{stated} <= allowed {_fmt(ev.threshold)}{floor}"
     more = f"needs ~{needed} more {ev.unit}" if needed else "at the threshold: more data may not decide"
