@@ -1,0 +1,160 @@
+"""Hard-example suites: built from labelled items by the real Comparator and Flywheel,
+replayed with the real model loader (python targets below) through `shadowd replay`.
+
+The proof: the suite fails a candidate that has the regression (wrong on dark
+inputs) and passes one that does not.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from shadowd.cli import app
+from shadowd.compare.comparator import Comparator
+from shadowd.config import SuiteThresholds, parse_config
+from shadowd.flywheel.hub import Flywheel
+from shadowd.flywheel.suites import SuiteError, SuiteExample, SuiteStore, load_suite, replay_suite
+from shadowd.records import Label, ModelOutput, Pair
+
+
+def _truth(x: np.ndarray) -> np.ndarray:
+    return (x[:, 0] > 0.5).astype(int)
+
+
+def _probs(cls: np.ndarray, confidence: float = 0.95) -> np.ndarray:
+    out = np.full((len(cls), 2), 1 - confidence)
+    out[np.arange(len(cls)), cls] = confidence
+    return out
+
+
+class GoodModel:
+    """Right everywhere."""
+
+    def predict(self, batch):
+        return _probs(_truth(np.asarray(batch)))
+
+
+class RegressedModel:
+    """The regression: wrong whenever the input is dark (brightness, column 1, below 0.3)."""
+
+    def predict(self, batch):
+        x = np.asarray(batch)
+        cls = _truth(x)
+        dark = x[:, 1] < 0.3
+        cls[dark] = 1 - cls[dark]
+        return _probs(cls, 0.9)
+
+
+def model_cfg(name, target):
+    return {"name": name, "kind": "python", "target": f"tests.unit.test_flywheel_suites:{target}", "input_shape": [2]}
+
+
+def daemon_config(tmp_path):
+    return parse_config(
+        {
+            "task": "classification",
+            "data_dir": str(tmp_path / "data"),
+            "models": {"production": model_cfg("good", "GoodModel"), "candidate": model_cfg("regressed", "RegressedModel")},
+            "slices": [{"name": "dark", "where": {"field": "brightness", "op": "lt", "value": 0.3}}],
+            "annotations": {"policy": {"rate_per_s": 1e6, "burst_items": 10**6}},
+            "labels": {"suites_dir": str(tmp_path / "suites"), "suite_thresholds": {"min_accuracy": 0.9}},
+        }
+    )
+
+
+def build_suites(tmp_path, n=200):
+    """Shadow traffic through the real Comparator + Flywheel, then ground truth for every request."""
+    cfg = daemon_config(tmp_path)
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0, 1, size=(n, 2))
+    prod, cand = GoodModel().predict(x), RegressedModel().predict(x)
+    comparator = Comparator(cfg, None, clock=lambda: 1e9)
+    fw = Flywheel(cfg, None, clock=lambda: 1e9)
+    try:
+        for i in range(n):
+            pair = Pair(
+                request_id=f"r{i}", ts=1e9, features={"brightness": float(x[i, 1])}, inputs=x[i].tolist(),
+                production=ModelOutput(role="production", model="good", values=prod[i].tolist()),
+                candidate=ModelOutput(role="candidate", model="regressed", values=cand[i].tolist()),
+            )
+            fw.record(pair, comparator.add(pair))
+        for i, y in enumerate(_truth(x)):
+            assert fw.feedback(Label(request_id=f"r{i}", label=int(y), ts=1e9)).status == "joined"
+    finally:
+        fw.close(timeout_s=5)
+    return cfg, x
+
+
+def test_suite_from_labelled_items_fails_the_regression_and_passes_the_fix(tmp_path):
+    cfg, x = build_suites(tmp_path)
+    dark = int((x[:, 1] < 0.3).sum())
+    manifest, examples = load_suite(tmp_path / "suites" / "slice.dark")
+    # every dark request diverged (the regression flips it), was queued and labelled
+    assert manifest.count == dark == len(examples) and manifest.schema_version == 1
+    assert all(e.features["brightness"] < 0.3 for e in examples)
+    thresholds = SuiteThresholds(min_accuracy=0.9)
+    bad = replay_suite(tmp_path / "suites" / "slice.dark", RegressedModel().predict, [2], thresholds)
+    good = replay_suite(tmp_path / "suites" / "slice.dark", GoodModel().predict, [2], thresholds)
+    assert (bad.passed, bad.accuracy) == (False, 0.0)
+    assert bad.reasons == ["accuracy 0.000 < min_accuracy 0.9"]
+    assert (good.passed, good.accuracy) == (True, 1.0)
+    assert good.mean_loss == pytest.approx(-np.log(0.95))
+    assert bad.mean_loss == pytest.approx(-np.log(0.1))
+
+    runner = CliRunner()
+    cfg_path = tmp_path / "shadowd.yaml"
+    cfg_path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    res = runner.invoke(app, ["replay", "slice.dark", "tag.candidate_wrong", "-c", str(cfg_path), "--role", "candidate"])
+    assert res.exit_code == 1, res.output
+    assert "FAIL: slice.dark, tag.candidate_wrong" in res.output
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump(model_cfg("fixed", "GoodModel")))
+    res = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--model", str(fixed)])
+    assert res.exit_code == 0, res.output
+    assert "PASS: 4 suites" in res.output  # all, slice.dark, tag.divergent, tag.candidate_wrong
+
+
+def test_replay_cli_errors_are_clear(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["replay", "nope", "--suites-dir", str(tmp_path), "--model", str(tmp_path / "m.yaml")])
+    assert res.exit_code == 2 and "m.yaml: cannot read model config" in res.output
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(model_cfg("g", "GoodModel")))
+    res = runner.invoke(app, ["replay", "nope", "--suites-dir", str(tmp_path), "--model", str(tmp_path / "m.yaml")])
+    assert res.exit_code == 2 and "no suite 'nope'" in res.output
+    res = runner.invoke(app, ["replay", "x", "--role", "candidate"])
+    assert res.exit_code == 2 and "--role needs --config" in res.output
+
+
+def test_suite_store_versions_and_detects_edits(tmp_path):
+    store = SuiteStore(tmp_path, "classification", clock=lambda: 5.0)
+    ex = SuiteExample(request_id="a", inputs=[1, 2], label=1, slices=["dark"], tags=["divergent"], ts=5.0)
+    assert store.add(ex) == ["all", "slice.dark", "tag.divergent"]
+    assert store.add(ex) == []  # once per request id
+    store.add(ex.model_copy(update={"request_id": "b", "slices": []}))
+    manifest, examples = load_suite(tmp_path / "all")
+    assert (manifest.version, manifest.count, [e.request_id for e in examples]) == (2, 2, ["a", "b"])
+    # a reopened store continues the same files
+    store2 = SuiteStore(tmp_path, "classification", clock=lambda: 6.0)
+    store2.add(ex.model_copy(update={"request_id": "c"}))
+    assert load_suite(tmp_path / "all")[0].count == 3
+    with pytest.raises(SuiteError, match="for task 'classification'"):
+        SuiteStore(tmp_path, "regression", clock=lambda: 6.0).add(ex.model_copy(update={"request_id": "d"}))
+    # hand edits are noticed
+    path = tmp_path / "all" / "examples.jsonl"
+    path.write_text("\n".join(path.read_text().splitlines()[:2]) + "\n")
+    with pytest.raises(SuiteError, match="do not match the manifest"):
+        load_suite(tmp_path / "all")
+
+
+def test_regression_suite_mae_threshold(tmp_path):
+    store = SuiteStore(tmp_path, "regression", clock=lambda: 1.0)
+    for i in range(10):
+        store.add(SuiteExample(request_id=f"r{i}", inputs=[float(i)], label=2.0 * i, ts=1.0))
+    thresholds = SuiteThresholds(max_mae=0.5)
+    exact = replay_suite(tmp_path / "all", lambda b: 2.0 * np.asarray(b), [1], thresholds)
+    off = replay_suite(tmp_path / "all", lambda b: 2.0 * np.asarray(b) + 1.0, [1], thresholds)
+    assert exact.passed and exact.mae == 0.0
+    assert not off.passed and off.mae == pytest.approx(1.0) and off.mean_loss == pytest.approx(1.0)
