@@ -289,10 +289,10 @@ class ExpectationSet:
             names += [f"outputs.{role}.{r}" for r in ("shape", "type", "finite", "range", "sum_to_one")]
         return names
 
-    def check_request(self, features: Mapping[str, Any], inputs: np.ndarray | None) -> list[Violation]:
+    def check_request(self, features: Mapping[str, Any] | None, inputs: np.ndarray | None) -> list[Violation]:
         """Violations of the feature and inputs expectations by one request; [] when it is fine."""
         out: list[Violation] = []
-        get = features.get
+        get = features.get if features is not None else {}.get
         for name, check in self._features:
             found = check(get(name, _MISSING))
             if found:
