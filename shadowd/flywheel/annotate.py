@@ -206,42 +206,49 @@ def spool_backlog(spool_dir: Path, handled_seq: int, clock: Callable[[], float])
     return Backlog(items, max(0.0, clock() - first[0].value.get("created_ts", clock())))
 
 
-def kafka_backlog(kafka: KafkaConfig, rotation_name: str, clock: Callable[[], float]) -> Backlog:
-    """Lag of the rotation's consumer group on the annotations topic, and the oldest waiting item's age.
+def kafka_backlog(
+    kafka: KafkaConfig, rotation_name: str, clock: Callable[[], float], max_scan: int = 10_000
+) -> Backlog:
+    """Items on the annotations topic past the rotation's committed offsets, and the oldest one's age.
 
-    Reads committed offsets and one record per lagging partition with a
-    consumer that never joins the group nor commits.
+    Reads from the committed offsets with a consumer that never joins the
+    group nor commits, counting up to ``max_scan`` records; beyond that the
+    broker's end offsets give the count. (Counting, not end offsets alone:
+    tansu 0.6 reports end offsets short of the last record for multi-record
+    batches.)
     """
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        **kafka_client_config(kafka), group_id=consumer_group(rotation_name), enable_auto_commit=False
+        **kafka_client_config(kafka), group_id=consumer_group(rotation_name), enable_auto_commit=False,
+        fetch_max_wait_ms=100,
     )
     try:
         parts = consumer.partitions_for_topic(kafka.annotations_topic) or set()
         tps = [TopicPartition(kafka.annotations_topic, p) for p in sorted(parts)]
         if not tps:
             return Backlog(0, 0.0)
-        end = consumer.end_offsets(tps)
         begin = consumer.beginning_offsets(tps)
         start = {tp: max(consumer.committed(tp) or 0, begin[tp]) for tp in tps}
-        lagging = [tp for tp in tps if end[tp] > start[tp]]
-        items = sum(end[tp] - start[tp] for tp in lagging)
-        oldest = clock()
-        if lagging:
-            consumer.assign(lagging)
-            for tp in lagging:
-                consumer.seek(tp, start[tp])
-            seen: set = set()
-            deadline = time.monotonic() + 5.0
-            while len(seen) < len(lagging) and time.monotonic() < deadline:
-                for tp, records in consumer.poll(timeout_ms=200).items():
-                    if tp not in seen and records:
-                        seen.add(tp)
-                        created = json.loads(records[0].value).get("created_ts")
-                        oldest = min(oldest, created if created is not None else records[0].timestamp / 1000)
-                        consumer.pause(tp)
-        return Backlog(items, max(0.0, clock() - oldest))
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start[tp])
+        scanned = 0
+        oldest = now = clock()
+        empty_polls = 0
+        while scanned < max_scan and empty_polls < 2:
+            batches = consumer.poll(timeout_ms=300, max_records=1000)
+            empty_polls = 0 if batches else empty_polls + 1
+            for records in batches.values():
+                for rec in records:
+                    created = json.loads(rec.value).get("created_ts")
+                    oldest = min(oldest, created if created is not None else rec.timestamp / 1000)
+                scanned += len(records)
+        items = scanned
+        if scanned >= max_scan:
+            end = consumer.end_offsets(tps)
+            items = max(scanned, sum(max(0, end[tp] - start[tp]) for tp in tps))
+        return Backlog(items, max(0.0, now - oldest) if items else 0.0)
     finally:
         consumer.close(autocommit=False)
 
