@@ -69,3 +69,18 @@ def test_bad_sections_name_file_and_key(tmp_path, section, message):
     text = str(info.value)
     assert text.startswith(str(tmp_path / "shadowd.yaml") + ": "), text
     assert message in text, text
+
+
+def test_the_documented_example_is_a_valid_section():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from shadowd.config import parse_config
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "expectations.md").read_text()
+    section = yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1))
+    prod = {"name": "p", "kind": "python", "target": "mod:attr", "input_shape": [64]}
+    cfg = parse_config({"task": "classification", "models": {"production": prod}, **section}, "docs/expectations.md")
+    assert cfg.expectations.features["hour"].max == 23 and cfg.expectations.drift.correction == "bh"
