@@ -121,3 +121,21 @@ def test_values_schema_is_in_sync_with_the_config_tree():
     assert gen.main(["--check"]) == 0, (
         "helm/shadowd/values.schema.json is stale: run .venv/bin/python helm/shadowd/hack/gen_values_schema.py"
     )
+
+
+def _readme_values_blocks() -> list[str]:
+    text = (ROOT / "deploy" / "README.md").read_text()
+    return [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+
+
+def test_install_guide_values_examples_install(chart):
+    """Every values snippet in deploy/README.md passes the schema and renders."""
+    import yaml
+
+    blocks = _readme_values_blocks()
+    assert len(blocks) >= 3
+    for block in blocks:
+        values = yaml.safe_load(block)
+        chart.validate_schema(values)
+        rendered = chart.render(values, name="shadowd", namespace="ml", is_install=True)
+        assert any("kind: ConfigMap" in text for text in rendered.values())
