@@ -118,6 +118,14 @@ def _rate_bounds(s: int, n: int, alpha: float, scale: float) -> tuple[float, flo
     return stats.proportion_cs(s * scale, n * scale, alpha)
 
 
+def _rate_lo(s: int, n: int, alpha: float, scale: float) -> float:
+    return stats.proportion_bound(s * scale, n * scale, alpha, upper=False)
+
+
+def _rate_hi(s: int, n: int, alpha: float, scale: float) -> float:
+    return stats.proportion_bound(s * scale, n * scale, alpha, upper=True)
+
+
 def _mean_sd(m: Moments) -> float:
     # Floor the spread at 1/sqrt(n): a handful of identical values is not
     # proof of zero variance, and a zero width would decide on nothing.
@@ -144,11 +152,11 @@ def _noise_aware(
         value = cand.flips / cand.compared if cand.compared else None
         floor = noise.flips / noise.compared if use_noise else None
 
-        def cand_bounds(a: float, s: float) -> tuple[float, float]:
-            return _rate_bounds(cand.flips, cand.compared, a, s)
+        def cand_bound(a: float, s: float, upper: bool) -> float:
+            return (_rate_hi if upper else _rate_lo)(cand.flips, cand.compared, a, s)
 
-        def noise_bounds(a: float, s: float) -> tuple[float, float]:
-            return _rate_bounds(noise.flips, noise.compared, a, s)
+        def noise_bound(a: float, s: float, upper: bool) -> float:
+            return (_rate_hi if upper else _rate_lo)(noise.flips, noise.compared, a, s)
 
     else:
         label = "mean divergence" + (" (tvd)" if task == "classification" else " (relative difference)")
@@ -156,19 +164,19 @@ def _noise_aware(
         floor = noise.score.mean if use_noise else None
         c_sd, n_sd = _mean_sd(cand.score), _mean_sd(noise.score)
 
-        def cand_bounds(a: float, s: float) -> tuple[float, float]:
-            return _mean_bounds(cand.score.mean, c_sd, cand.compared, a, s, rho)
+        def cand_bound(a: float, s: float, upper: bool) -> float:
+            return _mean_bounds(cand.score.mean, c_sd, cand.compared, a, s, rho)[int(upper)]
 
-        def noise_bounds(a: float, s: float) -> tuple[float, float]:
-            return _mean_bounds(noise.score.mean, n_sd, noise.compared, a, s, rho)
+        def noise_bound(a: float, s: float, upper: bool) -> float:
+            return _mean_bounds(noise.score.mean, n_sd, noise.compared, a, s, rho)[int(upper)]
 
     def fails(a: float, s: float) -> bool:
-        ceiling = noise_bounds(a / k, s)[1] if use_noise else 0.0
-        return cand_bounds(a / k, s)[0] > _allowed(max(ceiling, 0.0), check)
+        ceiling = noise_bound(a / k, s, True) if use_noise else 0.0
+        return cand_bound(a / k, s, False) > _allowed(max(ceiling, 0.0), check)
 
     def passes(a: float, s: float) -> bool:
-        floor_lo = noise_bounds(a / k, s)[0] if use_noise else 0.0
-        return cand_bounds(a / k, s)[1] <= _allowed(max(floor_lo, 0.0), check)
+        floor_lo = noise_bound(a / k, s, False) if use_noise else 0.0
+        return cand_bound(a / k, s, True) <= _allowed(max(floor_lo, 0.0), check)
 
     extra: dict[str, Any] = {"noise_pairs": noise.compared, "noise_floor_used": use_noise}
     return Evidence(
@@ -179,7 +187,7 @@ def _noise_aware(
         label=label,
         fails=fails,
         passes=passes,
-        interval=lambda a: cand_bounds(a, 1.0),
+        interval=lambda a: (cand_bound(a, 1.0, False), cand_bound(a, 1.0, True)),
         noise_floor=floor,
         extra=extra,
     )
@@ -240,8 +248,8 @@ def _failure_rate(check: FailureRateCheck, t: SliceTally) -> Evidence:
         value=s / n if n else None,
         threshold=check.max_rate,
         label=f"candidate {'/'.join(check.outcomes)} rate",
-        fails=lambda a, sc: _rate_bounds(s, n, a, sc)[0] > check.max_rate,
-        passes=lambda a, sc: _rate_bounds(s, n, a, sc)[1] <= check.max_rate,
+        fails=lambda a, sc: _rate_lo(s, n, a, sc) > check.max_rate,
+        passes=lambda a, sc: _rate_hi(s, n, a, sc) <= check.max_rate,
         interval=lambda a: _rate_bounds(s, n, a, 1.0),
         extra={"failures": s},
     )

@@ -66,8 +66,14 @@ def _slice_order(config: ShadowdConfig, tallies: Mapping[str, SliceTally]) -> li
     return [n for n in names if n in tallies]
 
 
-def evaluate_checks(config: ShadowdConfig, tallies: Mapping[str, SliceTally]) -> list[CheckResult]:
-    """Every applicable check on overall and on each slice it runs on, with adjusted p-values and statuses."""
+def evaluate_checks(
+    config: ShadowdConfig, tallies: Mapping[str, SliceTally], explain: bool = True
+) -> list[CheckResult]:
+    """Every applicable check on overall and on each slice it runs on, with adjusted p-values and statuses.
+
+    ``explain=False`` skips the "needs ~N more" search (statuses are the same):
+    for simulations that only count verdicts.
+    """
     gate = config.gate
     entries: list[tuple[Any, str, Evidence, float]] = []
     for check in config.checks:
@@ -85,14 +91,14 @@ def evaluate_checks(config: ShadowdConfig, tallies: Mapping[str, SliceTally]) ->
         needed: int | None
         if ev.n < check.min_samples or ev.value is None:
             status = "inconclusive"
-            later = more_needed(ev, gate.alpha) if ev.n else None
+            later = more_needed(ev, gate.alpha) if ev.n and explain else None
             needed = max(check.min_samples - ev.n, later or 0)
         elif p_adj <= gate.alpha:
             status, needed = "fail", None
         elif ev.passes(gate.alpha, 1.0):
             status, needed = "pass", None
         else:
-            status, needed = "inconclusive", more_needed(ev, gate.alpha)
+            status, needed = "inconclusive", more_needed(ev, gate.alpha) if explain else None
         ci = ev.interval(gate.alpha) if ev.n else (math.nan, math.nan)
         results.append(
             CheckResult(

@@ -136,7 +136,8 @@ def test_holm_by_hand():
 
 
 def test_anytime_p_value_bisection():
-    assert stats.anytime_p_value(lambda a: a >= 0.0123) == pytest.approx(0.0123, rel=1e-6)
+    p = stats.anytime_p_value(lambda a: a >= 0.0123)
+    assert 0.0123 <= p <= 0.0123 * 1.0001  # rounded up: never claims more evidence than there is
     assert stats.anytime_p_value(lambda a: False) == 1.0
     assert stats.anytime_p_value(lambda a: True) == stats.MIN_ALPHA
 
