@@ -59,8 +59,10 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "existing-claims": {"persistence": {"existingClaim": "shadowd-data"}, "models": {"existingClaim": "models"}},
     "secrets": SECRETS,
     "secrets-deployment": {"mode": "deployment", **SECRETS},
-    "config-secret": {"existingConfigSecret": "shadowd-config"},
+    "config-secret": {"existingConfigSecret": "shadowd-config", "kafka": SECRETS["kafka"]},
     "minimal": {
+        # The chart must overrule ports, hosts and data_dir that disagree with its pods.
+        "config": {"data_dir": "/somewhere", "metrics": {"port": 9200}, "serving": {"port": 8081, "host": "127.0.0.1"}},
         "grafana": {"dashboards": {"enabled": False}},
         "serviceAccount": {"create": False},
         "imagePullSecrets": [{"name": "registry"}],

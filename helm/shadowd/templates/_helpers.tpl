@@ -78,14 +78,14 @@ with this chart's mounts, ports and Secrets. Works on a deep copy so that
 {{- if or .Values.kafka.sasl.existingSecret .Values.kafka.tls.existingSecret }}
 {{- $annotations := (get $cfg "annotations") | default dict }}
 {{- $kafka := get $annotations "kafka" }}
-{{- if not $kafka }}
+{{- if and (not $kafka) (not .Values.existingConfigSecret) }}
 {{- fail "kafka.sasl.existingSecret / kafka.tls.existingSecret are set, but config.annotations.kafka is not: set config.annotations.kafka.bootstrap_servers" }}
 {{- end }}
-{{- if .Values.kafka.sasl.existingSecret }}
+{{- if and $kafka .Values.kafka.sasl.existingSecret }}
 {{- $_ = set $kafka "sasl_username_env" (include "shadowd.kafkaSaslUserEnv" .) }}
 {{- $_ = set $kafka "sasl_password_env" (include "shadowd.kafkaSaslPasswordEnv" .) }}
 {{- end }}
-{{- if .Values.kafka.tls.existingSecret }}
+{{- if and $kafka .Values.kafka.tls.existingSecret }}
 {{- $_ = set $kafka "ssl_cafile" (printf "%s/%s" .Values.kafka.tls.mountPath .Values.kafka.tls.caKey) }}
 {{- end }}
 {{- end }}
