@@ -239,3 +239,17 @@ def test_cli_push_from_dir(grafana, tmp_path):
     )
     assert out.exit_code == 0, out.output
     assert grafana.dashboards["custom"]["dashboard"] == {**dash, "id": None}
+
+
+def test_grafana_config_section_fails_fast_naming_the_key():
+    from shadowd.config import parse_config
+    from shadowd.errors import ConfigError
+
+    base = {"task": "classification",
+            "models": {"production": {"name": "p", "kind": "python", "target": "m:f", "input_shape": [2]}}}
+    cfg = parse_config({**base, "grafana": {"url": "http://grafana:3000"}}, "shadowd.yaml")
+    assert cfg.grafana.token_env == "GRAFANA_TOKEN" and cfg.grafana.annotate_verdicts
+    with pytest.raises(ConfigError, match=r"shadowd.yaml.*grafana\.url"):
+        parse_config({**base, "grafana": {"url": "grafana:3000"}}, "shadowd.yaml")
+    with pytest.raises(ConfigError, match=r"grafana\.token"):
+        parse_config({**base, "grafana": {"url": "http://g", "token": "secret"}}, "shadowd.yaml")
