@@ -145,6 +145,10 @@ class Flywheel:
         for item in items:
             self._submit(item)
 
+    def submit(self, item: AnnotationItem) -> bool:
+        """Queue an item that has no pair (e.g. an expectation violation) through the policy."""
+        return self._submit(item)
+
     def _submit(self, item: AnnotationItem) -> bool:
         with self._lock:
             admitted = self.policy.admit(item)
