@@ -339,6 +339,14 @@ def test_restricted_check_catches_violations(chart):
         assert restricted_violations(broken), breach
 
 
+def test_only_the_autoscaling_head_gets_an_api_token(rendered):
+    _, values, docs = rendered
+    for where, _, spec in pod_specs(docs):
+        wanted = where.endswith("/head") and values["rayService"]["enableInTreeAutoscaling"]
+        assert spec["automountServiceAccountToken"] is wanted, where
+        assert spec["serviceAccountName"] == (f"{RELEASE}-shadowd" if values["serviceAccount"]["create"] else "default")
+
+
 def test_pods_write_only_to_their_volumes_and_have_probes_and_resources(rendered):
     _, values, docs = rendered
     writable = {"/tmp", "/dev/shm", values["persistence"]["mountPath"]}

@@ -117,10 +117,16 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Scheduling and identity shared by every pod. */}}
+{{/*
+Scheduling and identity shared by every pod. Arg: dict "root" $ "apiToken" BOOL.
+Only the Ray head with the in-tree autoscaler needs an API token (its sidecar
+scales the worker pods; KubeRay binds the Role to this ServiceAccount).
+*/}}
 {{- define "shadowd.podCommon" -}}
+{{- $apiToken := .apiToken }}
+{{- with .root }}
 serviceAccountName: {{ include "shadowd.serviceAccountName" . }}
-automountServiceAccountToken: false
+automountServiceAccountToken: {{ $apiToken }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -142,6 +148,7 @@ affinity:
 {{- end }}
 securityContext:
   {{- include "shadowd.podSecurityContext" . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/* Pod template metadata. Arg: dict "root" $ "component" NAME. */}}
