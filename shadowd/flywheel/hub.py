@@ -72,6 +72,7 @@ class JoinResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
+            "http_status": self.http_status,
             "request_id": self.request_id,
             "message": self.message,
             "losses": self.losses,

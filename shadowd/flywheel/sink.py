@@ -355,49 +355,60 @@ class KafkaTransport:
             request_timeout_ms=max(1, min(30_000, delivery_ms - 5)),
             delivery_timeout_ms=delivery_ms,
             max_block_ms=min(delivery_ms, 10_000),
+            bootstrap_timeout_ms=min(delivery_ms, 10_000),
         )
 
     def send(self, records: Sequence[SpoolRecord], timeout_s: float) -> SendResult:
         deadline = time.monotonic() + timeout_s
+        # The lock guards only the producer reference: building a producer and
+        # send() can block (bootstrap, metadata) and close() must not wait for that.
         with self._lock:
             if self._closed:
                 return SendResult(0, SinkError("transport closed"))
-            try:
-                if self._producer is None:
-                    self._producer = self._make()
-                futures = [
-                    self._producer.send(
-                        self.topic,
-                        key=r.key.encode(),
-                        value=json.dumps(r.value, separators=(",", ":")).encode(),
-                    )
-                    for r in records
-                ]
-            except Exception as err:  # noqa: BLE001 - any client failure means: retry later
-                self._discard()
-                return SendResult(0, err)
             producer = self._producer
+        try:
+            if producer is None:
+                producer = self._make()
+                with self._lock:
+                    if self._closed:
+                        _force_close(producer)
+                        return SendResult(0, SinkError("transport closed"))
+                    self._producer = producer
+            futures = [
+                producer.send(
+                    self.topic,
+                    key=r.key.encode(),
+                    value=json.dumps(r.value, separators=(",", ":")).encode(),
+                )
+                for r in records
+            ]
+        except Exception as err:  # noqa: BLE001 - any client failure means: retry later
+            self._discard(producer)
+            return SendResult(0, err)
         acked = 0
         for fut in futures:
             try:
                 fut.get(timeout=max(0.001, deadline - time.monotonic()))
             except Exception as err:  # noqa: BLE001
-                with self._lock:
-                    if self._producer is producer:
-                        self._discard()
+                self._discard(producer)
                 return SendResult(acked, err, poison=type(err).__name__ in _POISON_ERRORS)
             acked += 1
         return SendResult(acked)
 
-    def _discard(self) -> None:
-        producer, self._producer = self._producer, None
+    def _discard(self, producer=None) -> None:
+        """Throw away ``producer`` (if it is still the current one), or the current one."""
+        with self._lock:
+            if producer is None:
+                producer = self._producer
+            if producer is self._producer:
+                self._producer = None
         if producer is not None:
             _force_close(producer)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._discard()
+        self._discard()
 
 
 def _force_close(producer) -> None:

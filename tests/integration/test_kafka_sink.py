@@ -198,3 +198,29 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(tmp_path):
         assert worst[0] < 0.05 * (time.monotonic() - down_t0)
     finally:
         broker.stop()
+
+
+def test_broker_down_at_start_close_is_bounded_and_next_run_delivers(tmp_path):
+    broker = Broker(port=free_port())  # not started yet: nothing listens on the port
+    topic = unique_topic("late")
+    cfg = make_config(tmp_path, broker.bootstrap, topic)
+    sink = build_sink(cfg, None)
+    for i in range(20):
+        sink.submit(item(i))
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    stats = sink.close(timeout_s=2)
+    assert time.monotonic() - t0 < 3.5  # timeout + the 1 s grace for a force-close
+    assert (stats.spooled, stats.delivered, stats.pending) == (20, 0, 20)
+    broker.start()
+    try:
+        sink = build_sink(cfg, None)  # the next run replays the spool
+        assert sink.flush(timeout_s=30), sink.stats()
+        sink.close(timeout_s=5)
+        counter = KeyCounter(broker.bootstrap, topic)
+        expected = {f"req-{i:05d}" for i in range(20)}
+        assert counter.wait_for(expected, timeout_s=30)
+        counter.close()
+        assert set(counter.keys) == expected
+    finally:
+        broker.stop()
