@@ -215,13 +215,31 @@ def dockerignore_rules(root: Path) -> list[tuple[bool, str]]:
     return rules
 
 
+def _segments_match(pattern: list[str], path: list[str]) -> bool:
+    return len(pattern) == len(path) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(path, pattern))
+
+
+def _matches(pattern: str, path: str) -> bool:
+    """Docker's rule: a pattern is anchored at the context root, `*` stays within
+    one path segment, a leading `**/` matches at any depth, and a pattern that
+    matches a directory matches everything under it."""
+    pat, parts = pattern.split("/"), path.split("/")
+    any_depth = pat[0] == "**"
+    if any_depth:
+        pat = pat[1:]
+    prefixes = [parts[:k] for k in range(1, len(parts) + 1)]
+    for prefix in prefixes:
+        starts = range(len(prefix)) if any_depth else [0]
+        if any(_segments_match(pat, prefix[s:]) for s in starts):
+            return True
+    return False
+
+
 def in_context(rel: str, rules: list[tuple[bool, str]]) -> bool:
     """Whether Docker sends the file as build context (last matching rule wins)."""
-    parents = [rel] + ["/".join(rel.split("/")[: k + 1]) for k in range(rel.count("/"))]
     included = True
     for negate, pattern in rules:
-        pat = pattern.removeprefix("**/")
-        if any(fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], pat) for p in parents):
+        if _matches(pattern, rel):
             included = negate
     return included
 
@@ -249,8 +267,11 @@ def test_build_context_holds_what_copy_needs_and_no_more(instructions):
                     f"COPY {src}: not in the build context (missing file, or excluded by .dockerignore)"
                 )
     rules = dockerignore_rules(ROOT)
-    for never in (".venv/bin/python", ".git/config", "shadowd-data/spool/0001.jsonl", "shadowd/__pycache__/cli.cpython-311.pyc"):
+    for never in (".venv/bin/python", ".git/config", "shadowd-data/spool/0001.jsonl", "shadowd/__pycache__/cli.cpython-311.pyc",
+                  "helm/shadowd/Chart.yaml", "tests/unit/shadowd/x.py"):
         assert not in_context(never, rules), never
+    for needed in ("pyproject.toml", "README.md", "shadowd/cli.py", "shadowd/serving/ingress.py"):
+        assert in_context(needed, rules), needed
     assert not [f for f in context if f.startswith(("tests/", "helm/", "bench/")) or f.endswith(".pyc")]
     assert {f for f in context if f.startswith("shadowd/") and f.endswith(".py")} == {
         p.relative_to(ROOT).as_posix() for p in (ROOT / "shadowd").rglob("*.py")
