@@ -50,6 +50,11 @@ class Pair(_Record):
     production: ModelOutput
     candidate: ModelOutput | None = None
     noise: ModelOutput | None = Field(None, description="Production run a second time, for the noise floor.")
+    violations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Failed data expectations on this request and its outputs "
+        "(expectation, field, rule, message, role, count).",
+    )
 
 
 AnnotationReason = Literal["divergent", "high_loss", "expectation_violation", "uncertain"]

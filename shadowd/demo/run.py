@@ -53,6 +53,20 @@ def _wait_drained(url: str, expected_pairs: int, timeout_s: float) -> dict[str, 
         time.sleep(0.5)
 
 
+def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
+    sink, labels = ann.get("sink", {}), ann.get("labels", {})
+    where = "Kafka" if sink.get("kafka") else f"the local spool {cfg.data_dir / 'spool'}"
+    suites = ", ".join(f"{k} {v}" for k, v in sorted((ann.get("suites") or {}).items())) or "none yet"
+    return (
+        f"annotation queue: {sink.get('queued', 0)} items queued to {where} "
+        f"({ann.get('high_loss_queued', 0)} for high loss once labels arrived); "
+        f"labels joined: {labels.get('joined', 0)}, unknown: {labels.get('unknown', 0)}\n"
+        f"hard-example suites ({cfg.data_dir / 'suites'}): {suites}\n"
+        f"next: label the queue with `shadowd annotate -c {cfg.data_dir / 'demo' / 'shadowd.yaml'}`, "
+        f"replay the hard examples: `shadowd replay all-suites -c {cfg.data_dir / 'demo' / 'shadowd.yaml'} --role candidate`"
+    )
+
+
 def run_demo(data_dir: Path, n_requests: int, port: int, metrics_port: int, feedback_share: float, echo) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -86,6 +100,7 @@ def run_demo(data_dir: Path, n_requests: int, port: int, metrics_port: int, feed
                 session.post(f"{daemon.url}/feedback", json={"request_id": req.request_id, "label": req.label}, timeout=30)
         report = requests.get(f"{daemon.url}/shadow/report", timeout=30).json()
         echo(render_report(report, "table"))
+        echo(_flywheel_summary(report.get("annotations", {}), cfg))
         return report
     finally:
         daemon.stop()

@@ -16,6 +16,7 @@ __all__ = ["DemoRequest", "demo_requests", "DEMO_SLICES"]
 # The demo config's slices, in the config's own declarative form.
 DEMO_SLICES = [
     {"name": "dark", "where": {"field": "brightness", "op": "lt", "value": 0.13}},
+    {"name": "daylight", "where": {"field": "brightness", "op": "ge", "value": 0.13}},
     {"name": "night", "where": {"any": [{"field": "hour", "op": "ge", "value": 21}, {"field": "hour", "op": "lt", "value": 6}]}},
     {"name": "new_users", "where": {"field": "new_user", "op": "eq", "value": True}},
 ]
@@ -28,18 +29,17 @@ class DemoRequest:
     label: int
 
 
-def demo_requests(n: int, dark_share: float = 0.3, seed: int = DEMO_SEED + 100) -> Iterator[DemoRequest]:
+def demo_requests(n: int, seed: int = DEMO_SEED + 100) -> Iterator[DemoRequest]:
+    """Hours uniform over the day; dim light for 80 % of night requests (21:00-06:00) and 10 % of day ones."""
     data = load_demo_data()
     rng = np.random.default_rng(seed)
     for i in range(n):
         k = int(rng.integers(len(data.x_test)))
         x = data.x_test[k : k + 1]
-        dark = rng.random() < dark_share
-        if dark:
+        hour = int(rng.integers(0, 24))
+        night = hour >= 21 or hour < 6
+        if rng.random() < (0.8 if night else 0.1):
             x = darken(x, rng)
-            hour = int(rng.choice([21, 22, 23, 0, 1, 2, 3, 4, 5]))
-        else:
-            hour = int(rng.integers(6, 21))
         features = {
             "brightness": round(float(x.mean()), 4),
             "hour": hour,

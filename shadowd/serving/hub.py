@@ -12,27 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from shadowd.compare.comparator import Comparator
+from shadowd.compare.comparator import Comparator, state_path
+from shadowd.compare.slices import SliceMatcher
 from shadowd.config import ShadowdConfig
+from shadowd.expect import Violation, ViolationTally
+from shadowd.expect.drift import DriftMonitor
+from shadowd.expect.profile import load_profile
 from shadowd.flywheel.hub import Flywheel
 from shadowd.observe.metrics import in_multiprocess_mode, serve_metrics
-from shadowd.records import Label, Pair
+from shadowd.records import AnnotationItem, Label, Pair
 from shadowd.serving.runtime import process_metrics
 
-__all__ = ["ShadowHub", "comparator_state_path"]
+__all__ = ["ShadowHub"]
 
 log = logging.getLogger(__name__)
 
 _PERSIST_EVERY_S = 5.0
-
-
-def comparator_state_path(config: ShadowdConfig) -> Path:
-    return config.data_dir / "comparator" / "state.json"
 
 
 @serve.deployment
@@ -41,11 +40,15 @@ class ShadowHub:
         self._cfg = config
         self._metrics = process_metrics()
         self._lock = threading.Lock()  # the labels thread and the event loop both feed the comparator
-        self._state_path = comparator_state_path(config)
+        self._state_path = state_path(config.data_dir)
         self._comparator = Comparator(config, self._metrics)
         if self._state_path.exists():
             self._comparator.load(self._state_path)
         self._dirty = False
+        self._slices = SliceMatcher(config.slices)
+        self._violations = ViolationTally()
+        drift = config.expectations.drift
+        self._drift = DriftMonitor(drift, load_profile(drift.profile), metrics=self._metrics) if drift else None
         self._flywheel = Flywheel(config, self._metrics)
         self._flywheel.start(on_joined=self._on_joined)
         self._persist_task: asyncio.Task | None = None
@@ -68,6 +71,8 @@ class ShadowHub:
         while True:
             await asyncio.sleep(_PERSIST_EVERY_S)
             self._save()
+            if self._drift is not None:
+                self._drift.tick()  # close a time window even when traffic stops
 
     def _save(self) -> None:
         with self._lock:
@@ -80,25 +85,39 @@ class ShadowHub:
         for pair in pairs:
             with self._lock:
                 items = self._comparator.add(pair)
+            slices = self._slices.match(pair.features)
+            self._violations.add([Violation(**v) for v in pair.violations], slices)
+            if self._drift is not None:
+                outputs = {o.role: o.values for o in (pair.production, pair.candidate) if o is not None and o.ok}
+                self._drift.add(pair.features, outputs, slices, inputs=pair.inputs)
             self._flywheel.record(pair, items)
         self._dirty = True
         return len(pairs)
 
-    async def feedback(self, label: Label) -> dict[str, Any]:
+    async def add_items(self, items: list[AnnotationItem]) -> int:
+        """Items found on the request path (expectation violations): through the policy to the queue."""
+        return sum(self._flywheel.submit(item) for item in items)
+
+    async def feedback(self, label: Label) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) for POST /feedback."""
         result = self._flywheel.feedback(label)
-        if result.status == "joined":
+        if result.status == "joined" and result.pair is not None:
             self._on_joined(result.pair, label, result.losses)
-        return result.as_dict()
+        return result.http_status, result.as_dict()
 
     async def report(self) -> dict[str, Any]:
         with self._lock:
             report = self._comparator.report()
         report["annotations"] = self._flywheel.stats()
+        report["expectations"] = self._violations.report()
+        if self._drift is not None:
+            report["drift"] = self._drift.report()
         return report
 
     async def reset(self) -> dict[str, Any]:
         with self._lock:
             self._comparator.reset()
+            self._violations = ViolationTally()
             self._dirty = True
         self._save()
         return {"status": "reset", "window_started_ts": self._comparator.report()["window_started_ts"]}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from starlette.responses import JSONResponse, Response
 
 from shadowd.config import ShadowdConfig
 from shadowd.errors import BadRequest
+from shadowd.expect import ExpectationSet, record_violations, violation_item
+from shadowd.records import ModelOutput
 from shadowd.serving.models import check_rows, load_model
 from shadowd.serving.protocol import parse_feedback, parse_predict, read_json, request_id_from
 from shadowd.serving.runtime import process_metrics
@@ -32,9 +35,6 @@ from shadowd.serving.worker import Mirrored, MirroredBatch
 __all__ = ["ShadowIngress"]
 
 log = logging.getLogger(__name__)
-
-_FEEDBACK_STATUS = {"joined": 200, "unknown": 404, "expired": 410}
-
 
 def _serve_request_id() -> str | None:
     """The id Ray Serve's proxy gave this request: the client's X-Request-ID, or one it
@@ -59,6 +59,15 @@ class ShadowIngress:
             self._predict_batch.set_max_batch_size(prod.max_batch_size)
             self._predict_batch.set_batch_wait_timeout_s(prod.batch_wait_timeout_s)
         self._batching = prod.max_batch_size > 1
+        self._expect = ExpectationSet(config.expectations)
+        # Violating requests worth a human look travel to the hub beside the shadow path, bounded the same way.
+        self._violation_items = ShadowBuffer(
+            send=lambda items: hub.add_items.remote(items),
+            max_in_flight=config.shadow.max_in_flight,
+            flush_interval_s=config.shadow.flush_interval_ms / 1000,
+            max_flush_size=config.shadow.max_flush_size,
+            on_drop=lambda reason, n: self._metrics.pairs_dropped.labels(f"violation_{reason}").inc(n),
+        )
         self._buffer = None
         if worker is not None and config.shadow.sample_share > 0:
             self._buffer = ShadowBuffer(
@@ -112,6 +121,10 @@ class ShadowIngress:
         t_start = time.perf_counter()
         request_id = request_id_from(request.headers, _serve_request_id())
         req = parse_predict(await self._json(request), request_id, self._input_shape)
+        violations = self._expect.check_request(req.features, req.inputs)
+        if violations:
+            record_violations(self._metrics, violations)
+            self._expect.raise_if_rejected(violations)
         ts = time.time()
         t0 = time.perf_counter()
         try:
@@ -127,6 +140,10 @@ class ShadowIngress:
         values = np.asarray(out, dtype=np.float64).reshape(-1)
         outcome = check_rows(values[None], 1, None)[0][0]
         self._metrics.requests.labels("production", outcome).inc()
+        output_violations = self._expect.check_output("production", values)
+        if output_violations:
+            record_violations(self._metrics, output_violations)
+            violations = violations + output_violations
         self._metrics.latency.labels("production").observe(latency_s)
         # JSON has no NaN: a non-finite production output goes out as null.
         listed = values.tolist() if outcome == "ok" else [v if np.isfinite(v) else None for v in values.tolist()]
@@ -144,15 +161,21 @@ class ShadowIngress:
                     production_values=listed if outcome == "ok" else None,
                     production_outcome=outcome,
                     production_latency_s=latency_s,
+                    violations=[asdict(v) for v in violations],
                 )
+            )
+        if violations and self._expect.should_annotate(request_id, violations):
+            production = ModelOutput(role="production", model=self._model.name, outcome=outcome, values=listed if outcome == "ok" else None, latency_s=latency_s)
+            self._violation_items.offer(
+                violation_item(request_id, violations, created_ts=ts, features=req.features, inputs=req.inputs.tolist(), production=production)
             )
         self._metrics.request_latency.observe(time.perf_counter() - t_start)
         return JSONResponse(body)
 
     async def _feedback(self, request: Request) -> Response:
         label = parse_feedback(await self._json(request), time.time())
-        result = await self._hub.feedback.remote(label)
-        return JSONResponse(result, status_code=_FEEDBACK_STATUS.get(result.get("status"), 200))
+        status, body = await self._hub.feedback.remote(label)
+        return JSONResponse(body, status_code=status)
 
     async def _report(self, request: Request) -> Response:
         return JSONResponse(await self._hub.report.remote())

@@ -17,13 +17,14 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from shadowd.config import ShadowdConfig
+from shadowd.expect import ExpectationSet, Violation, record_violations
 from shadowd.records import ModelOutput, Pair
 from shadowd.serving.models import LoadedModel, check_rows, load_model
 from shadowd.serving.runtime import process_metrics
@@ -47,6 +48,7 @@ class Mirrored:
     production_values: list[float] | None
     production_outcome: str
     production_latency_s: float
+    violations: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class MirroredBatch:
     production_values: list[list[float] | None]
     production_outcomes: list[str]
     production_latency_s: list[float]
+    violations: list[list[dict[str, Any]]]
 
     @classmethod
     def of(cls, items: list[Mirrored]) -> "MirroredBatch":
@@ -71,6 +74,7 @@ class MirroredBatch:
             [m.production_values for m in items],
             [m.production_outcome for m in items],
             [m.production_latency_s for m in items],
+            [m.violations for m in items],
         )
 
 
@@ -107,14 +111,18 @@ class _Runner:
         return out, elapsed_s / len(x), None
 
 
-async def run_role(runner: _Runner, role: str, x: np.ndarray, width: int | None) -> list[ModelOutput]:
-    """One ModelOutput per row of ``x``; failures become outcomes, never exceptions."""
+async def run_role(
+    runner: _Runner, role: str, x: np.ndarray, width: int | None, expect: ExpectationSet | None = None
+) -> tuple[list[ModelOutput], list[list[Violation]]]:
+    """One ModelOutput per row of ``x`` and its output-expectation violations; failures become
+    outcomes, never exceptions."""
     out, per_example_s, reason = await runner(x)
     n = len(x)
     name = runner.model.name
     if isinstance(out, str):
-        return [ModelOutput(role=role, model=name, outcome=out, latency_s=per_example_s, detail=reason)] * n
+        return [ModelOutput(role=role, model=name, outcome=out, latency_s=per_example_s, detail=reason)] * n, [[]] * n
     outcomes, reason = check_rows(out, n, width)
+    violations = expect.check_output_rows(role, out) if expect is not None and out.ndim == 2 else [[]] * n
     return [
         ModelOutput(
             role=role,
@@ -125,7 +133,7 @@ async def run_role(runner: _Runner, role: str, x: np.ndarray, width: int | None)
             detail=None if oc == "ok" else reason,
         )
         for i, oc in enumerate(outcomes)
-    ]
+    ], violations
 
 
 @serve.deployment
@@ -137,22 +145,31 @@ class ShadowWorker:
         timeout_s = config.shadow.candidate_timeout_s
         assert config.models.candidate is not None, "the app builder adds a worker only with a candidate"
         self._candidate = _Runner(load_model(config.models.candidate, config.serving.torch_threads), timeout_s)
+        self._expect = ExpectationSet(config.expectations)
         self._noise = None
         if config.shadow.noise_share > 0:
             self._noise = _Runner(load_model(config.models.production, config.serving.torch_threads), timeout_s)
+
+    def _record(self, violations: list[Violation]) -> list[dict[str, Any]]:
+        """Count output violations in metrics; return them as the pair carries them."""
+        record_violations(self._metrics, violations)
+        return [asdict(v) for v in violations]
 
     async def process(self, batch: MirroredBatch) -> int:
         """Run the candidate (and noise) on a batch, send the pairs to the hub; returns pairs sent."""
         x = batch.x
         width = next((len(v) for v in batch.production_values if v), None)
-        candidates = await run_role(self._candidate, "candidate", x, width)
+        candidates, found = await run_role(self._candidate, "candidate", x, width, self._expect)
+        violations = [self._record(row) for row in found]
         noise: list[ModelOutput | None] = [None] * len(x)
         if self._noise is not None:
             share = self._cfg.shadow.noise_share
             idx = [i for i, rid in enumerate(batch.request_ids) if is_sampled(rid, share, "noise")]
             if idx:
-                for i, out in zip(idx, await run_role(self._noise, "noise", x[idx], width)):
+                outs, noise_violations = await run_role(self._noise, "noise", x[idx], width, self._expect)
+                for i, out, vs in zip(idx, outs, noise_violations):
                     noise[i] = out
+                    violations[i] += self._record(vs)
         store_inputs = self._cfg.shadow.store_inputs
         prod_name = self._cfg.models.production.name
         pairs = []
@@ -178,6 +195,7 @@ class ShadowWorker:
                     production=prod,
                     candidate=cand,
                     noise=nz,
+                    violations=batch.violations[i] + violations[i],
                 )
             )
         await self._hub.add_pairs.remote(pairs)
