@@ -38,6 +38,7 @@ from shadowd.flywheel.pairs import PairStore
 from shadowd.flywheel.policy import ItemPolicy
 from shadowd.flywheel.rotation import Rotation
 from shadowd.flywheel.sink import AnnotationSink, build_sink, kafka_client_config
+from shadowd.flywheel.spool import SpoolError
 from shadowd.flywheel.suites import SuiteExample, SuiteStore
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, Label, Pair
@@ -93,6 +94,7 @@ class Flywheel:
         metrics: ShadowdMetrics | None = None,
         clock: Callable[[], float] = time.time,
         sink: AnnotationSink | None = None,
+        backlog_every_s: float = _BACKLOG_EVERY_S,
     ):
         self.config = config
         self._metrics = metrics
@@ -112,6 +114,7 @@ class Flywheel:
         self._counts = {s: 0 for s in _HTTP}
         self._high_loss_queued = 0
         self.backlog: dict[str, float] | None = None
+        self._backlog_every_s = backlog_every_s
 
     # --- lifecycle ---
 
@@ -336,8 +339,15 @@ class Flywheel:
                 offset_path.write_text(str(offset))  # a crash re-reads a little; duplicates are recognised
             try:
                 handled = int(handled_path.read_text().strip()) if handled_path.exists() else 0
-                backlog = spool_backlog(self.sink.spool.directory, handled, self._clock)
-            except (OSError, ValueError):
+                spool = self.sink.spool
+                # Embedded mode: "delivered" means handled by the rotation, so the
+                # spool compacts what the annotators are done with.
+                if spool.delivered_seq < min(handled, spool.last_seq):
+                    spool.commit(min(handled, spool.last_seq))
+                    if self._metrics is not None:
+                        self._metrics.spool_items.set(spool.pending_count)
+                backlog = spool_backlog(spool.directory, handled, self._clock)
+            except (OSError, ValueError, SpoolError):
                 continue
             self.backlog = {"items": backlog.items, "oldest_age_s": backlog.oldest_age_s}
             if self._metrics is not None:
@@ -350,7 +360,7 @@ class Flywheel:
         kafka = self.config.annotations.kafka
         assert kafka is not None
         name = self.rotation.name if self.rotation is not None else "default"
-        while not self._stop.wait(_BACKLOG_EVERY_S if self.backlog is not None else 1.0):
+        while not self._stop.wait(self._backlog_every_s if self.backlog is not None else 1.0):
             try:
                 backlog = kafka_backlog(kafka, name, self._clock)
             except Exception as err:  # noqa: BLE001

@@ -19,9 +19,12 @@ import time
 import pytest
 import yaml
 
+from prometheus_client import CollectorRegistry
+
 from shadowd.config import parse_config
 from shadowd.flywheel.annotate import Annotator, kafka_backlog
 from shadowd.flywheel.hub import Flywheel
+from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, ModelOutput, Pair
 from tests.fixtures.kafka import unique_topic
 
@@ -81,13 +84,22 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
         if len(joined) == N_ITEMS:
             all_joined.set()
 
-    fw = Flywheel(cfg, None).start(on_joined=on_joined)
+    metrics = ShadowdMetrics(CollectorRegistry())
+    fw = Flywheel(cfg, metrics, backlog_every_s=0.5).start(on_joined=on_joined)
     try:
         t0 = time.time()
         for i in range(N_ITEMS):
             p = make_pair(i, t0)
             fw.record(p, [item_for(p, t0)])
         assert fw.sink.flush(timeout_s=30), fw.sink.stats()
+        # the hub measures the rotation's backlog and exposes it as metrics
+        rot = {"rotation": cfg.annotations.rotation.name}
+        deadline = time.monotonic() + 20
+        while metrics.registry.get_sample_value("shadowd_annotation_backlog_items", rot) != N_ITEMS:
+            assert time.monotonic() < deadline, metrics.registry.get_sample_value("shadowd_annotation_backlog_items", rot)
+            time.sleep(0.2)
+        age_s = metrics.registry.get_sample_value("shadowd_annotation_oldest_item_age_seconds", rot)
+        assert 0 < age_s <= time.time() - t0 + 0.1  # the items were created at t0
 
         # the real CLI shows an item, waits for a label, and is killed mid-item
         proc = subprocess.Popen(

@@ -2,6 +2,7 @@
 unknown / expired / rejected / duplicate answers. Embedded mode (no broker)."""
 
 import math
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -181,5 +182,11 @@ def test_embedded_annotator_labels_come_back_through_the_labels_file(tmp_path):
         assert got.wait(10)
         assert joined[0][0] == "r1"
         assert joined[0][1]["candidate"] == pytest.approx(-math.log(0.8))
+        # what the rotation handled is compacted out of the spool; the backlog is empty
+        deadline = time.monotonic() + 10
+        while fw.sink.spool.delivered_seq < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert fw.sink.spool.delivered_seq == 1 and fw.sink.spool.pending_count == 0
+        assert fw.stats()["backlog"]["items"] == 0
     finally:
         fw.close(timeout_s=2)
