@@ -1,0 +1,154 @@
+"""Whole-daemon flows on real Ray Serve: divergent items reach a real Kafka-protocol
+broker keyed by request id, labels join over HTTP and the evidence survives a
+restart, and data expectations answer or reject as configured."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import requests
+from kafka import KafkaConsumer
+
+from shadowd.flywheel.spool import read_spool
+from shadowd.records import AnnotationItem
+from shadowd.testing import ToyClassifier
+from tests.fixtures.kafka import consumer_config, unique_topic
+from tests.fixtures.ray_serve import toy_model
+
+pytestmark = pytest.mark.integration
+
+NO_BUDGET = {"dedup_window_items": 0, "rate_per_s": 10_000, "burst_items": 10_000}
+
+
+def _bodies(n: int, seed: int) -> list[tuple[str, dict]]:
+    rng = np.random.default_rng(seed)
+    return [(f"flow-{seed}-{i}", {"inputs": rng.normal(size=8).round(4).tolist(), "features": {"hour": int(rng.integers(24))}}) for i in range(n)]
+
+
+def _send(url: str, reqs) -> None:
+    with requests.Session() as s:
+        for rid, body in reqs:
+            assert s.post(f"{url}/predict", json=body, headers={"X-Request-ID": rid}, timeout=30).status_code == 200
+
+
+def _wait_pairs(url: str, n: int, timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = requests.get(f"{url}/shadow/report", timeout=30).json()
+        if report["overall"]["pairs"] >= n or time.monotonic() > deadline:
+            return report
+        time.sleep(0.2)
+
+
+def _expected_divergent(reqs, tvd_threshold: float = 0.3) -> set[str]:
+    x = np.asarray([b["inputs"] for _, b in reqs], dtype=np.float32)
+    p, c = ToyClassifier(seed=0).predict(x), ToyClassifier(seed=5).predict(x)
+    tvd = 0.5 * np.abs(p - c).sum(1)
+    divergent = (p.argmax(1) != c.argmax(1)) | (tvd > tvd_threshold)
+    return {rid for (rid, _), d in zip(reqs, divergent) if d}
+
+
+def test_divergent_items_reach_kafka_keyed_by_request_id(shadowd_app, kafka_broker):
+    topic = unique_topic("annotations")
+    daemon = shadowd_app(
+        {
+            "task": "classification",
+            "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
+            "annotations": {
+                "kafka": {"bootstrap_servers": [kafka_broker.bootstrap], "annotations_topic": topic},
+                "policy": NO_BUDGET,
+            },
+        }
+    )
+    reqs = _bodies(60, seed=11)
+    expected = _expected_divergent(reqs)
+    assert 5 < len(expected) < 60
+    _send(daemon.url, reqs)
+    assert _wait_pairs(daemon.url, 60)["overall"]["divergent"] == len(expected)
+
+    consumer = KafkaConsumer(topic, **consumer_config(kafka_broker.bootstrap, group_id=f"g-{topic}"))
+    seen: dict[str, AnnotationItem] = {}
+    deadline = time.monotonic() + 60
+    while set(seen) != expected and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            for rec in records:
+                item = AnnotationItem.model_validate_json(rec.value)
+                assert rec.key.decode() == item.request_id
+                seen[item.request_id] = item
+    consumer.close()
+    assert set(seen) == expected
+    assert all(item.reason == "divergent" and item.inputs is not None for item in seen.values())
+
+
+def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):
+    raw = {"task": "classification", "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)}}
+    daemon = shadowd_app(raw)
+    reqs = _bodies(30, seed=12)
+    _send(daemon.url, reqs)
+    _wait_pairs(daemon.url, 30)
+    url = daemon.url
+    for rid, _ in reqs[:10]:
+        r = requests.post(f"{url}/feedback", json={"request_id": rid, "label": 1}, timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "joined", r.text
+        assert set(r.json()["losses"]) == {"production", "candidate"}
+    unknown = requests.post(f"{url}/feedback", json={"request_id": "never-seen", "label": 1}, timeout=10)
+    assert unknown.status_code == 404 and "never-seen" in unknown.json()["message"]
+    wrong = requests.post(f"{url}/feedback", json={"request_id": reqs[10][0], "label": 99}, timeout=10)
+    assert wrong.status_code == 422 and "class index" in wrong.json()["message"]
+    before = requests.get(f"{url}/shadow/report", timeout=10).json()
+    assert before["overall"]["labels"]["labels"] == 10
+
+    daemon.stop()  # graceful: the hub saves its state
+    again = shadowd_app(raw)
+    after = requests.get(f"{again.url}/shadow/report", timeout=10).json()
+    assert after["overall"]["pairs"] == 30 and after["overall"]["flips"] == before["overall"]["flips"]
+    assert after["overall"]["labels"]["labels"] == 10
+    # The pair store survived too: a late label for an old request still joins.
+    late = requests.post(f"{again.url}/feedback", json={"request_id": reqs[20][0], "label": 2}, timeout=10)
+    assert late.status_code == 200 and late.json()["status"] == "joined"
+
+    reset = requests.post(f"{again.url}/shadow/reset", timeout=10)
+    assert reset.status_code == 200
+    assert requests.get(f"{again.url}/shadow/report", timeout=10).json()["overall"]["pairs"] == 0
+
+
+@pytest.mark.parametrize("mode", ["answer", "reject"])
+def test_expectations_on_live_traffic(shadowd_app, tmp_path, mode):
+    daemon = shadowd_app(
+        {
+            "task": "classification",
+            "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
+            "expectations": {"on_violation": mode, "features": {"hour": {"type": "integer", "required": True, "min": 0, "max": 23}}},
+            "annotations": {"policy": NO_BUDGET},
+        }
+    )
+    good = {"inputs": [0.1] * 8, "features": {"hour": 3}}
+    bad = [{"inputs": [0.1] * 8, "features": {"hour": 30}}, {"inputs": [0.2] * 8, "features": {}}]
+    assert requests.post(f"{daemon.url}/predict", json=good, timeout=10).status_code == 200
+    answers = [requests.post(f"{daemon.url}/predict", json=b, timeout=10) for b in bad]
+    if mode == "reject":
+        assert [a.status_code for a in answers] == [422, 422]
+        assert "features.hour" in answers[0].json()["error"] and "30" in answers[0].json()["error"]
+        assert "required" in answers[1].json()["error"]
+        return
+    assert [a.status_code for a in answers] == [200, 200]
+    report = _wait_pairs(daemon.url, 3)
+    violations = report["expectations"]["violations"]["overall"]
+    assert violations == {"features.hour.range": 1, "features.hour.required": 1}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        report = requests.get(f"{daemon.url}/shadow/report", timeout=10).json()
+        if report["annotations"]["sink"]["queued"] >= 2:
+            break
+        time.sleep(0.2)
+    daemon.stop()
+    reasons: dict[str, set[str]] = {}
+    for rec in read_spool(tmp_path / "data" / "spool"):
+        item = AnnotationItem.model_validate(rec.value)
+        reasons.setdefault(item.reason, set()).add(item.request_id)
+    violating = reasons.get("expectation_violation", set())
+    assert len(violating) == 2
+    items = [AnnotationItem.model_validate(r.value) for r in read_spool(tmp_path / "data" / "spool")]
+    assert any("30" in (i.detail or "") for i in items if i.reason == "expectation_violation")
