@@ -193,7 +193,7 @@ def _noise_aware(
     )
 
 
-def _distribution_shift(check: DistributionShiftCheck, cand: CandidateTally, gate: GateConfig) -> Evidence:
+def _distribution_shift(check: DistributionShiftCheck, cand: CandidateTally, gate: GateConfig, explain: bool) -> Evidence:
     """Per class k, the paired difference 1[candidate says k] - 1[production says k]; its mean is the share change."""
     rho = stats.gaussian_mixture_rho(gate.alpha, gate.tuning_samples)
     n = sum(cand.classes.values())
@@ -234,7 +234,7 @@ def _distribution_shift(check: DistributionShiftCheck, cand: CandidateTally, gat
         extra={
             "worst_class": worst,
             "class_share_change": shifts,
-            "chi2_p_fixed_n": stats.chi2_shift_p(prod_counts, cand_counts),
+            "chi2_p_fixed_n": stats.chi2_shift_p(prod_counts, cand_counts) if explain else None,
         },
     )
 
@@ -286,7 +286,7 @@ def _latency_ratio(check: LatencyRatioCheck, t: SliceTally) -> Evidence:
     )
 
 
-def _paired_accuracy(check: PairedAccuracyCheck, t: SliceTally, gate: GateConfig) -> Evidence:
+def _paired_accuracy(check: PairedAccuracyCheck, t: SliceTally, gate: GateConfig, explain: bool) -> Evidence:
     """Mean of 1[production right] - 1[candidate right] over labelled pairs: the accuracy drop."""
     lab = t.labels
     rho = stats.gaussian_mixture_rho(gate.alpha, gate.tuning_samples)
@@ -308,11 +308,11 @@ def _paired_accuracy(check: PairedAccuracyCheck, t: SliceTally, gate: GateConfig
         passes=lambda a, s: _mean_bounds(drop, sd, n, a, s, rho)[1] <= check.max_drop,
         interval=lambda a: _mean_bounds(drop, sd, n, a, 1.0, rho),
         extra={"accuracy": acc, "discordant": {"production_only": b, "candidate_only": c},
-               "mcnemar_mid_p_fixed_n": stats.mcnemar_mid_p(b, c)},
+               "mcnemar_mid_p_fixed_n": stats.mcnemar_mid_p(b, c) if explain else None},
     )
 
 
-def _paired_loss(check: PairedLossCheck, t: SliceTally, gate: GateConfig) -> Evidence:
+def _paired_loss(check: PairedLossCheck, t: SliceTally, gate: GateConfig, explain: bool) -> Evidence:
     lab = t.labels
     rho = stats.gaussian_mixture_rho(gate.alpha, gate.tuning_samples)
     m = lab.loss_diff
@@ -327,24 +327,28 @@ def _paired_loss(check: PairedLossCheck, t: SliceTally, gate: GateConfig) -> Evi
         passes=lambda a, s: _mean_bounds(m.mean, sd, m.n, a, s, rho)[1] <= check.max_increase,
         interval=lambda a: _mean_bounds(m.mean, sd, m.n, a, 1.0, rho),
         extra={"mean_loss": {role: mm.mean for role, mm in lab.loss.items()} if m.n else None,
-               "wilcoxon_p_fixed_n": stats.wilcoxon_p(lab.diff_sample)},
+               "wilcoxon_p_fixed_n": stats.wilcoxon_p(lab.diff_sample) if explain else None},
     )
 
 
-def build_evidence(check: Any, tally: SliceTally, gate: GateConfig, task: str) -> Evidence:
-    """The evidence one configured check has on one slice's tally."""
+def build_evidence(check: Any, tally: SliceTally, gate: GateConfig, task: str, explain: bool = True) -> Evidence:
+    """The evidence one configured check has on one slice's tally.
+
+    ``explain=False`` leaves out the fixed-sample tests shown for people
+    (they never decide), for simulations that only count verdicts.
+    """
     if isinstance(check, (FlipRateCheck, MeanDivergenceCheck)):
         return _noise_aware(check, tally.candidate, tally.noise, gate, task)
     if isinstance(check, DistributionShiftCheck):
-        return _distribution_shift(check, tally.candidate, gate)
+        return _distribution_shift(check, tally.candidate, gate, explain)
     if isinstance(check, FailureRateCheck):
         return _failure_rate(check, tally)
     if isinstance(check, LatencyRatioCheck):
         return _latency_ratio(check, tally)
     if isinstance(check, PairedAccuracyCheck):
-        return _paired_accuracy(check, tally, gate)
+        return _paired_accuracy(check, tally, gate, explain)
     if isinstance(check, PairedLossCheck):
-        return _paired_loss(check, tally, gate)
+        return _paired_loss(check, tally, gate, explain)
     raise TypeError(f"unknown check type {type(check).__name__}")
 
 

@@ -71,8 +71,8 @@ def evaluate_checks(
 ) -> list[CheckResult]:
     """Every applicable check on overall and on each slice it runs on, with adjusted p-values and statuses.
 
-    ``explain=False`` skips the "needs ~N more" search (statuses are the same):
-    for simulations that only count verdicts.
+    ``explain=False`` skips the "needs ~N more" search and the fixed-sample
+    tests (statuses are the same): for simulations that only count verdicts.
     """
     gate = config.gate
     entries: list[tuple[Any, str, Evidence, float]] = []
@@ -80,7 +80,7 @@ def evaluate_checks(
         if not applies_to_task(check, config.task):
             continue
         for name in check.slices or _slice_order(config, tallies):
-            ev = build_evidence(check, tallies.get(name) or SliceTally(), gate, config.task)
+            ev = build_evidence(check, tallies.get(name) or SliceTally(), gate, config.task, explain)
             ready = ev.n >= check.min_samples and ev.value is not None
             p = stats.anytime_p_value(lambda a, ev=ev: ev.fails(a, 1.0)) if ready else 1.0
             entries.append((check, name, ev, p))
