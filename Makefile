@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-unit bench clean
+.PHONY: setup system-deps demo test test-unit bench chart-schema clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,11 @@ test: setup system-deps
 	$(PY) -m pytest -q
 
 test-unit: setup
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/unit -m "not integration"
+
+# Regenerate helm/shadowd/values.schema.json after changing shadowd/config.py (a test checks they agree).
+chart-schema: setup
+	$(PY) helm/shadowd/hack/gen_values_schema.py
 
 bench: setup
 	$(PY) bench/latency.py

@@ -35,7 +35,8 @@ def build_app(config: ShadowdConfig) -> Application:
     serving = config.serving
     env = {"runtime_env": {"env_vars": {MULTIPROC_ENV: str(metrics_dir(config))}}}
     hub = ShadowHub.options(
-        num_replicas=1, ray_actor_options={"num_cpus": serving.comparator_cpus, **env}
+        num_replicas=1,
+        ray_actor_options={"num_cpus": serving.comparator_cpus, "resources": serving.hub_resources, **env},
     ).bind(config)
     worker = None
     if config.models.candidate is not None and config.shadow.sample_share > 0:

@@ -130,7 +130,12 @@ class ServingConfig(_Strict):
     ingress_cpus: float = Field(0.5, gt=0, description="CPUs reserved per ingress replica.")
     worker_replicas: int = Field(1, ge=1, description="Replicas of the shadow worker (candidate).")
     worker_cpus: float = Field(0.25, gt=0, description="CPUs reserved per shadow worker replica.")
-    comparator_cpus: float = Field(0.25, gt=0, description="CPUs reserved for the comparator.")
+    comparator_cpus: float = Field(0.25, gt=0, description="CPUs reserved for the hub (comparator, flywheel, /metrics).")
+    hub_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources the hub needs, e.g. {shadowd_state: 0.01} to place it on the node "
+        "that mounts the persistent data dir.",
+    )
     torch_threads: int = Field(1, ge=1, description="torch threads per replica; keep 1 on small machines.")
 
 
