@@ -13,7 +13,6 @@ reason, so they show up in every test report instead of passing silently.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
@@ -32,9 +31,8 @@ QUERIES = [q for d in build_dashboards().values() for q in panel_queries(d)]
 
 # Panels that stay empty in this run, and why (each is listed in the report as xfail).
 # strict: once the gap is closed the test fails until the entry is removed here.
-NO_DATA_HERE = {
-    "Drift status per feature and slice": "drift checks (expectations.drift) are not wired into the daemon yet",
-}
+NO_DATA_HERE: dict[str, str] = {}
+_DATA_WITHIN_S = 150.0
 
 
 def _id(q) -> str:
@@ -155,6 +153,9 @@ def prom(scraped_daemon, prometheus_factory):
     server.wait_until("shadowd_gate_verdict", timeout_s=60)
     server.wait_until('count_over_time(up{job="shadowd"}[20s]) >= 10', timeout_s=30)
     assert not traffic.errors[:1], traffic.errors[:5]
+    # One shared deadline for series that appear only after a background loop's first pass
+    # (backlog monitor, suites, drift windows): slow here on 2 busy cores, bounded overall.
+    server.data_deadline = time.monotonic() + _DATA_WITHIN_S
     return server
 
 
@@ -169,9 +170,8 @@ def _params():
 def test_panel_query_returns_data_from_a_real_run(prom, query):
     if "ray_serve_" in query.expr and prom.ray_target is None:
         pytest.fail("Ray's metrics export port answers nothing: Ray Serve panels cannot be checked")
-    result = prom.query(resolve_variables(query.expr, VARIABLES))
-    assert result, f"{_id(query)}: no data for {query.expr}"
-    assert any(math.isfinite(float(r["value"][1])) for r in result), f"{_id(query)}: {result}"
+    timeout_s = max(2.0, prom.data_deadline - time.monotonic())
+    prom.wait_until(resolve_variables(query.expr, VARIABLES), timeout_s=timeout_s)
 
 
 def test_real_run_numbers_are_consistent(prom):
