@@ -398,6 +398,16 @@ def test_config_map_holds_a_config_shadowd_accepts(rendered):
         assert ports["metrics"] == cfg.metrics.port and cfg.serving.port in ports.values(), where
         assert _volume_paths(spec, "data", c) == str(cfg.data_dir), where
         assert _volume_paths(spec, "config", c) == "/etc/shadowd", where
+    if values.get("mode") == "rayservice":
+        # The hub (state) needs a resource only the head, which mounts the data volume, advertises.
+        rs = one(docs, "RayService")
+        head = json.loads(json.loads(rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["resources"]))
+        need = cfg.serving.hub_resources
+        assert need and all(head.get(k, 0) >= v for k, v in need.items())
+        for group in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+            assert "shadowd_state" not in group.get("rayStartParams", {}).get("resources", "")
+    else:
+        assert cfg.serving.hub_resources == {}
 
 
 def test_large_numbers_survive_helm(chart):

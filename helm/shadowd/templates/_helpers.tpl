@@ -70,6 +70,10 @@ with this chart's mounts, ports and Secrets. Works on a deep copy so that
 {{- $serving := (get $cfg "serving") | default dict }}
 {{- $_ = set $serving "host" "0.0.0.0" }}
 {{- $_ = set $serving "port" (include "shadowd.httpPort" . | int) }}
+{{- if eq .Values.mode "rayservice" }}
+{{- /* the hub holds the state: place it on the head, the one pod with the data volume */}}
+{{- $_ = set $serving "hub_resources" (dict "shadowd_state" 0.01) }}
+{{- end }}
 {{- $_ = set $cfg "serving" $serving }}
 {{- $metrics := (get $cfg "metrics") | default dict }}
 {{- $_ = set $metrics "host" "0.0.0.0" }}
