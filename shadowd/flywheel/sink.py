@@ -137,9 +137,12 @@ class AnnotationSink:
         return self
 
     def submit(self, item: AnnotationItem) -> None:
-        """Queue one item; returns at once. Never raises for a full buffer."""
+        """Queue one item; returns at once and never raises (late items after close are counted as failed)."""
         if self._closed:
-            raise SinkError("annotation sink is closed")
+            # Shutdown races (a last batch of pairs after close) must not break the caller.
+            self._count("failed")
+            log.warning("annotation sink is closed; item %s not kept", item.request_id)
+            return
         try:
             self._buffer.put_nowait(item)
         except queue.Full:

@@ -159,3 +159,5 @@ def test_build_sink_without_kafka_is_spool_only(tmp_path):
     stats = sink.close(timeout_s=5)
     assert stats.kafka is False and stats.spooled == 1
     assert [r.key for r in read_spool(tmp_path / "spool")] == ["req-1"]
+    sink.submit(item(2))  # after close: counted, not raised into the comparator
+    assert sink.stats().failed == 1
