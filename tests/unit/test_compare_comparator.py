@@ -296,3 +296,30 @@ def test_log_histogram_quantiles_within_one_percent_of_numpy():
         assert h.quantile(q) == pytest.approx(exact, rel=0.0101)
     h2 = LogHistogram.from_dict(json.loads(json.dumps(h.to_dict())))
     assert h2.quantile(0.5) == h.quantile(0.5) and h2.n == 5000
+
+
+def test_raw_and_noise_tallies_cannot_be_swapped():
+    from shadowd.compare.tally import CandidateTally, NoiseTally
+
+    with pytest.raises(TypeError, match="NoiseTally"):
+        CandidateTally().merge(NoiseTally())
+    with pytest.raises(TypeError, match="CandidateTally"):
+        NoiseTally().merge(CandidateTally())
+
+
+def test_loss_difference_reservoir_stays_bounded_and_proportional(monkeypatch):
+    from shadowd.compare.tally import LabelTally
+
+    monkeypatch.setattr(LabelTally, "SAMPLE_CAP", 30)
+    rng = random.Random(0)
+    a, b = LabelTally(), LabelTally()
+    for _ in range(200):
+        a.add(1.0, 2.0, (True, False), rng)  # difference +1
+    for _ in range(100):
+        b.add(2.0, 1.0, (False, True), rng)  # difference -1
+    assert len(a.diff_sample) == 30 and set(a.diff_sample) == {1.0}
+    a.merge(b, rng)
+    assert len(a.diff_sample) == 30
+    assert a.diff_sample.count(1.0) == 20 and a.diff_sample.count(-1.0) == 10  # 2:1 as the streams
+    assert a.loss_diff.n == 300 and a.loss_diff.mean == pytest.approx(1 / 3)
+    assert (a.prod_only_correct, a.cand_only_correct) == (200, 100)

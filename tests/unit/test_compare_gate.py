@@ -5,7 +5,6 @@ from the numbers by hand (rates far from, at, or near the thresholds).
 """
 
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from shadowd.compare import stats
 from shadowd.compare.checks import build_evidence, more_needed
 from shadowd.compare.comparator import Comparator
 from shadowd.compare.gate import evaluate_checks, evaluate_gate
-from shadowd.compare.tally import LogHistogram, Moments, SliceTally
+from shadowd.compare.tally import Moments, SliceTally
 from shadowd.config import parse_config
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import ModelOutput, Pair
