@@ -55,12 +55,15 @@ class SendResult:
 
     ``error`` is set when fewer than all were; ``poison`` means the record at
     index ``acked`` can never be delivered (too large, corrupt) and should be
-    set aside rather than retried.
+    set aside rather than retried; ``fatal`` means no retry will help until
+    someone fixes the setup (authorization, protocol): the records stay
+    spooled and retries slow to the longest backoff.
     """
 
     acked: int
     error: BaseException | None = None
     poison: bool = False
+    fatal: bool = False
 
 
 class Transport(Protocol):
@@ -274,14 +277,18 @@ class AnnotationSink:
                 backoff_s = self._backoff_min_s
                 self._last_error = None
                 continue
-            self._last_error = f"{type(result.error).__name__}: {result.error}"
+            self._last_error = ("fatal: " if result.fatal else "") + f"{type(result.error).__name__}: {result.error}"
             if self._metrics is not None:
                 self._metrics.kafka_delivery_errors.inc()
             if result.poison:
                 continue
             if self._stop.is_set():
                 return  # closing: do not wait out a broker outage; the spool keeps the rest
-            log.warning("annotation sink: %s; %d items wait in the spool", self._last_error, self.spool.pending_count)
+            if result.fatal:
+                backoff_s = self._backoff_max_s
+                log.error("annotation sink: %s; %d items wait in the spool", self._last_error, self.spool.pending_count)
+            else:
+                log.warning("annotation sink: %s; %d items wait in the spool", self._last_error, self.spool.pending_count)
             self._sleep(backoff_s)
             backoff_s = min(backoff_s * 2, self._backoff_max_s)
 
@@ -310,6 +317,16 @@ class AnnotationSink:
 
 # A record the broker will never take, whatever we do: set it aside.
 _POISON_ERRORS = ("MessageSizeTooLargeError", "RecordListTooLargeError", "CorruptRecordError", "InvalidRecordError")
+# The setup is wrong (credentials, ACLs, protocol): keep everything, retry slowly, say so loudly.
+# Other non-retriable kafka-python errors (UnknownProducerIdError after a broker
+# restart, ...) are cured by a fresh producer and are retried normally.
+_FATAL_ERRORS = ("AuthorizationError", "SaslAuthenticationFailedError", "UnsupportedVersionError",
+                 "UnsupportedSaslMechanismError", "IllegalSaslStateError")
+
+
+def _classify(err: BaseException) -> dict[str, bool]:
+    names = {c.__name__ for c in type(err).__mro__}
+    return {"poison": bool(names & set(_POISON_ERRORS)), "fatal": bool(names & set(_FATAL_ERRORS))}
 
 
 def kafka_client_config(kafka: KafkaConfig) -> dict:
@@ -387,14 +404,14 @@ class KafkaTransport:
             ]
         except Exception as err:  # noqa: BLE001 - any client failure means: retry later
             self._discard(producer)
-            return SendResult(0, err)
+            return SendResult(0, err, fatal=_classify(err)["fatal"])
         acked = 0
         for fut in futures:
             try:
                 fut.get(timeout=max(0.001, deadline - time.monotonic()))
             except Exception as err:  # noqa: BLE001
                 self._discard(producer)
-                return SendResult(acked, err, poison=type(err).__name__ in _POISON_ERRORS)
+                return SendResult(acked, err, **_classify(err))
             acked += 1
         return SendResult(acked)
 

@@ -16,7 +16,6 @@ On disk, one folder per suite under the folder the user chose::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import threading

@@ -161,3 +161,44 @@ def test_build_sink_without_kafka_is_spool_only(tmp_path):
     assert [r.key for r in read_spool(tmp_path / "spool")] == ["req-1"]
     sink.submit(item(2))  # after close: counted, not raised into the comparator
     assert sink.stats().failed == 1
+
+
+def test_fatal_errors_keep_items_and_back_off_to_the_longest_wait(tmp_path):
+    class Unauthorized:
+        def __init__(self):
+            self.calls = 0
+
+        def send(self, records, timeout_s):
+            self.calls += 1
+            return SendResult(0, PermissionError("TopicAuthorizationFailed"), fatal=True)
+
+        def close(self):
+            pass
+
+    waits = []
+    gate = threading.Event()
+
+    def sleep(s):
+        waits.append(s)
+        if len(waits) >= 3:
+            gate.set()
+        time.sleep(0.001)
+
+    tr = Unauthorized()
+    sink = AnnotationSink(Spool(tmp_path), tr, retry_backoff_s=(0.01, 7.0), sleep=sleep).start()
+    sink.submit(item(1))
+    assert gate.wait(5)
+    stats = sink.close(timeout_s=1)
+    assert waits[:3] == [7.0, 7.0, 7.0]
+    assert stats.pending == 1 and stats.failed == 0 and stats.last_error.startswith("fatal: PermissionError")
+
+
+def test_kafka_error_classes_map_to_poison_fatal_or_retry():
+    from kafka import errors as ke
+
+    from shadowd.flywheel.sink import _classify
+
+    assert _classify(ke.MessageSizeTooLargeError()) == {"poison": True, "fatal": False}
+    assert _classify(ke.TopicAuthorizationFailedError()) == {"poison": False, "fatal": True}
+    assert _classify(ke.KafkaTimeoutError()) == {"poison": False, "fatal": False}
+    assert _classify(ke.UnknownProducerIdError()) == {"poison": False, "fatal": False}  # a fresh producer cures it
