@@ -215,7 +215,9 @@ def annotate(
 @app.command("replay")
 def replay(
     suites: list[str] = typer.Argument(..., help="Suite names (in the suites folder), suite folders, or 'all-suites'."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Daemon config: suites folder, thresholds, models."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", "--model-config", help="Daemon config: suites folder, thresholds, models."
+    ),
     role: Optional[str] = typer.Option(None, "--role", help="Replay the config's 'candidate' or 'production' model."),
     model: Optional[Path] = typer.Option(None, "--model", help="YAML file with one model config, instead of --role."),
     suites_dir: Optional[Path] = typer.Option(None, "--suites-dir", help="Folder holding suites; default from config."),
