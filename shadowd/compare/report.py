@@ -121,8 +121,21 @@ def _footer(report: dict[str, Any]) -> list[str]:
         lines.append(f"method: {gate['method']}")
     ann = report.get("annotations")
     if isinstance(ann, dict) and ann:
-        lines.append("annotations: " + ", ".join(f"{k} {v}" for k, v in ann.items() if not isinstance(v, (dict, list))))
+        flat = _flatten(ann)
+        if flat:
+            lines.append("annotations: " + ", ".join(f"{k} {v}" for k, v in flat))
     return lines
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Scalars of a nested dict as ("a.b", value), for one-line summaries."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        elif not isinstance(v, list):
+            out.append((f"{prefix}{k}", v))
+    return out
 
 
 def _markdown(report: dict[str, Any]) -> str:
