@@ -187,7 +187,8 @@ def _noise_aware(
         label=label,
         fails=fails,
         passes=passes,
-        interval=lambda a: (cand_bound(a, 1.0, False), cand_bound(a, 1.0, True)),
+        # The interval the decisions use: at alpha/2 when the floor takes the other half.
+        interval=lambda a: (cand_bound(a / k, 1.0, False), cand_bound(a / k, 1.0, True)),
         noise_floor=floor,
         extra=extra,
     )

@@ -302,3 +302,25 @@ def test_stochastic_model_passes_with_noise_floor_and_fails_without(tmp_path):
         flip = next(c for c in rep["checks"] if c["check"] == "flip_rate")
         assert flip["value"] > 0.05  # dropout makes production disagree with itself well past the margin
     assert verdicts == {True: "PASS", False: "FAIL"}
+
+
+def test_reported_interval_agrees_with_the_status(tmp_path):
+    """A PASS has its whole interval within the allowed value, a FAIL has it wholly above."""
+    cfg = config(tmp_path, [FLIP, {"type": "mean_divergence", "name": "div"}, {"type": "distribution_shift", "name": "shift"},
+                            {"type": "candidate_failure_rate", "name": "errors"}])
+    rng = np.random.default_rng(4)
+    seen = set()
+    for _ in range(40):
+        n = int(rng.integers(200, 5000))
+        t = flips_tally(n, int(rng.binomial(n, rng.uniform(0, 0.2))), noise_n=n // 4,
+                        noise_flips=int(rng.binomial(n // 4, rng.uniform(0, 0.1))))
+        t.candidate.score = Moments(n, float(rng.uniform(0, 0.2)), 0.01 * (n - 1))
+        t.noise.score = Moments(n // 4, float(rng.uniform(0, 0.1)), 0.01 * (n // 4 - 1))
+        t.candidate_outcomes["error"] = int(rng.binomial(n, rng.uniform(0, 0.03)))
+        for r in evaluate_checks(cfg, {"overall": t}):
+            seen.add(r.status)
+            if r.status == "pass":
+                assert r.ci[1] <= r.threshold, r
+            elif r.status == "fail":
+                assert r.ci[0] > r.threshold, r
+    assert seen == {"pass", "fail", "inconclusive"}
