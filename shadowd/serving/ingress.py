@@ -23,10 +23,10 @@ from starlette.responses import JSONResponse, Response
 
 from shadowd.config import ShadowdConfig
 from shadowd.errors import BadRequest
-from shadowd.expect import ExpectationSet, record_violations, violation_item
+from shadowd.expect import ExpectationSet, Violation, record_violations, violation_item
 from shadowd.records import ModelOutput
 from shadowd.serving.models import check_rows, load_model
-from shadowd.serving.protocol import parse_feedback, parse_predict, read_json, request_id_from
+from shadowd.serving.protocol import PredictRequest, parse_feedback, parse_predict, read_json, request_id_from
 from shadowd.serving.runtime import process_metrics
 from shadowd.serving.sampling import is_sampled
 from shadowd.serving.shadow_buffer import ShadowBuffer
@@ -124,7 +124,7 @@ class ShadowIngress:
         violations = self._expect.check_request(req.features, req.inputs)
         if violations:
             record_violations(self._metrics, violations)
-            self._expect.raise_if_rejected(violations)
+            self._expect.raise_if_rejected(violations)  # 422 when the config says reject
         ts = time.time()
         t0 = time.perf_counter()
         try:
@@ -132,45 +132,63 @@ class ShadowIngress:
         except Exception as err:
             self._metrics.requests.labels("production", "error").inc()
             log.exception("production model failed on request %s", request_id)
-            return JSONResponse(
-                {"error": f"production model failed: {type(err).__name__}: {err}"[:500], "request_id": request_id},
-                status_code=500,
-            )
+            reason = f"production model failed: {type(err).__name__}: {err}"[:500]
+            return JSONResponse({"error": reason, "request_id": request_id}, status_code=500)
         latency_s = time.perf_counter() - t0
         values = np.asarray(out, dtype=np.float64).reshape(-1)
         outcome = check_rows(values[None], 1, None)[0][0]
         self._metrics.requests.labels("production", outcome).inc()
+        self._metrics.latency.labels("production").observe(latency_s)
         output_violations = self._expect.check_output("production", values)
         if output_violations:
             record_violations(self._metrics, output_violations)
             violations = violations + output_violations
-        self._metrics.latency.labels("production").observe(latency_s)
         # JSON has no NaN: a non-finite production output goes out as null.
         listed = values.tolist() if outcome == "ok" else [v if np.isfinite(v) else None for v in values.tolist()]
+        self._hand_off(req, ts, listed if outcome == "ok" else None, outcome, latency_s, violations)
         body: dict[str, Any] = {"request_id": request_id, "model": self._model.name, "outputs": listed}
         if outcome == "ok":
             body["prediction"] = int(values.argmax()) if self._classification else (listed[0] if len(listed) == 1 else listed)
-        if self._buffer is not None and is_sampled(request_id, self._cfg.shadow.sample_share):
+        self._metrics.request_latency.observe(time.perf_counter() - t_start)
+        return JSONResponse(body)
+
+    def _hand_off(
+        self,
+        req: PredictRequest,
+        ts: float,
+        values: list[float] | None,
+        outcome: str,
+        latency_s: float,
+        violations: list[Violation],
+    ) -> None:
+        """O(1) appends to bounded buffers, nothing awaited: the shadow pair, and a violation item."""
+        if self._buffer is not None and is_sampled(req.request_id, self._cfg.shadow.sample_share):
             self._metrics.pairs_sampled.inc()
             self._buffer.offer(
                 Mirrored(
-                    request_id=request_id,
+                    request_id=req.request_id,
                     ts=ts,
                     features=req.features,
                     x=req.inputs,
-                    production_values=listed if outcome == "ok" else None,
+                    production_values=values,
                     production_outcome=outcome,
                     production_latency_s=latency_s,
                     violations=[asdict(v) for v in violations],
                 )
             )
-        if violations and self._expect.should_annotate(request_id, violations):
-            production = ModelOutput(role="production", model=self._model.name, outcome=outcome, values=listed if outcome == "ok" else None, latency_s=latency_s)
-            self._violation_items.offer(
-                violation_item(request_id, violations, created_ts=ts, features=req.features, inputs=req.inputs.tolist(), production=production)
+        if violations and self._expect.should_annotate(req.request_id, violations):
+            production = ModelOutput(
+                role="production", model=self._model.name, outcome=outcome, values=values, latency_s=latency_s
             )
-        self._metrics.request_latency.observe(time.perf_counter() - t_start)
-        return JSONResponse(body)
+            item = violation_item(
+                req.request_id,
+                violations,
+                created_ts=ts,
+                features=req.features,
+                inputs=req.inputs.tolist(),
+                production=production,
+            )
+            self._violation_items.offer(item)
 
     async def _feedback(self, request: Request) -> Response:
         label = parse_feedback(await self._json(request), time.time())
