@@ -71,6 +71,8 @@ class ShadowHub:
         while True:
             await asyncio.sleep(_PERSIST_EVERY_S)
             self._save()
+            with self._lock:
+                self._comparator.report()  # refreshes the check-status and gate gauges for alerts
             if self._drift is not None:
                 self._drift.tick()  # close a time window even when traffic stops
 

@@ -33,7 +33,7 @@ def _send(url: str, reqs) -> None:
             assert s.post(f"{url}/predict", json=body, headers={"X-Request-ID": rid}, timeout=30).status_code == 200
 
 
-def _wait_pairs(url: str, n: int, timeout_s: float = 30) -> dict:
+def _wait_pairs(url: str, n: int, timeout_s: float = 60) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         report = requests.get(f"{url}/shadow/report", timeout=30).json()
@@ -87,7 +87,7 @@ def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):
     daemon = shadowd_app(raw)
     reqs = _bodies(30, seed=12)
     _send(daemon.url, reqs)
-    _wait_pairs(daemon.url, 30)
+    assert _wait_pairs(daemon.url, 30)["overall"]["pairs"] == 30
     url = daemon.url
     for rid, _ in reqs[:10]:
         r = requests.post(f"{url}/feedback", json={"request_id": rid, "label": 1}, timeout=10)
