@@ -4,13 +4,16 @@ restart, and data expectations answer or reject as configured."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import pytest
 import requests
 from kafka import KafkaConsumer
+from typer.testing import CliRunner
 
+from shadowd.cli import app
 from shadowd.flywheel.spool import read_spool
 from shadowd.records import AnnotationItem
 from shadowd.testing import ToyClassifier
@@ -109,8 +112,12 @@ def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):
     late = requests.post(f"{again.url}/feedback", json={"request_id": reqs[20][0], "label": 2}, timeout=10)
     assert late.status_code == 200 and late.json()["status"] == "joined"
 
-    reset = requests.post(f"{again.url}/shadow/reset", timeout=10)
-    assert reset.status_code == 200
+    # The CLI against the live daemon: the gate's exit code, then a new window.
+    runner = CliRunner()
+    gated = runner.invoke(app, ["report", "--url", again.url, "--gate", "--format", "json"])
+    verdict = json.loads(gated.stdout)["gate"]["verdict"]
+    assert gated.exit_code == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[verdict]
+    assert runner.invoke(app, ["report", "--url", again.url, "--reset"]).exit_code == 0
     assert requests.get(f"{again.url}/shadow/report", timeout=10).json()["overall"]["pairs"] == 0
 
 
