@@ -653,26 +653,32 @@ class ShadowdConfig(_Strict):
         return self
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
+def _loc(loc: tuple[Any, ...], data: Any, missing: bool) -> str:
+    """Dotted key path of an error, walking the input so that union tags pydantic
+    puts in ``loc`` (a check's type, a predicate's kind) are left out."""
     parts: list[str] = []
-    for item in loc:
+    node = data
+    for i, item in enumerate(loc):
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("condition", "all", "any", "not") and parts and parts[-1].lstrip(".") == item:
-            continue  # the union's tag repeats the key
-        elif item == "condition":
+            node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
-        else:
-            parts.append(("." if parts else "") + str(item))
+        is_key = isinstance(node, dict) and item in node
+        if not is_key and (i < len(loc) - 1 or not missing):
+            continue  # a union tag, not a key the user wrote (only a missing key is absent from the input)
+        parts.append(("." if parts else "") + str(item))
+        node = node.get(item) if isinstance(node, dict) else None
     return "".join(parts) or "(top level)"
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def _describe(err: ValidationError, source: str, data: Any) -> str:
     lines = []
     for e in err.errors(include_url=False):
-        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        missing = e["type"] == "missing"
+        show_input = not missing and e["loc"]  # the top level's input is the whole file
+        got = f" (got {e.get('input')!r})" if show_input else ""
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{source}: {_loc(e['loc'])}: {msg}{got}")
+        lines.append(f"{source}: {_loc(e['loc'], data, missing)}: {msg}{got}")
     return "\n".join(dict.fromkeys(lines))
 
 
@@ -705,7 +711,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     try:
         cfg = ShadowdConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, source)) from None
+        raise ConfigError(_describe(err, source, data)) from None
     return _resolve_paths(cfg, base_dir or Path.cwd())
 
 

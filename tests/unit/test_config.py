@@ -90,3 +90,10 @@ def test_relative_model_path_resolves_against_config_file(tmp_path):
     data = {**BASE, "models": {"production": {"name": "p", "kind": "torchscript", "path": "m/model.pt", "input_shape": [8]}}}
     cfg = parse_config(data, "x.yaml", tmp_path)
     assert cfg.models.production.path == tmp_path / "m" / "model.pt"
+
+
+def test_union_tags_are_not_shown_as_keys(tmp_path):
+    message = _error(tmp_path, {**BASE, "checks": [{"type": "flip_rate", "name": "flips", "abs_margin": -1}]})
+    assert ": checks[0].abs_margin: " in message and "flip_rate.abs_margin" not in message
+    top = _error(tmp_path, {**BASE, "slices": [{"name": "overall", "where": {"field": "x", "op": "exists"}}]})
+    assert "(got" not in top  # a top-level rule does not dump the whole file
