@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.prometheus",
     "tests.fixtures.ray_serve",
+    "tests.fixtures.grafana",
 ]

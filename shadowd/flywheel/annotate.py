@@ -207,15 +207,22 @@ def spool_backlog(spool_dir: Path, handled_seq: int, clock: Callable[[], float])
 
 
 def kafka_backlog(
-    kafka: KafkaConfig, rotation_name: str, clock: Callable[[], float], max_scan: int = 10_000
+    kafka: KafkaConfig,
+    rotation_name: str,
+    clock: Callable[[], float],
+    max_scan: int = 10_000,
+    max_scan_s: float = 3.0,
 ) -> Backlog:
     """Items on the annotations topic past the rotation's committed offsets, and the oldest one's age.
 
     Reads from the committed offsets with a consumer that never joins the
-    group nor commits, counting up to ``max_scan`` records; beyond that the
-    broker's end offsets give the count. (Counting, not end offsets alone:
-    tansu 0.6 reports end offsets short of the last record for multi-record
-    batches.)
+    group nor commits, up to the end offsets as they were when the scan
+    began (items arriving meanwhile are the next scan's, so steady traffic
+    cannot keep it reading), at most ``max_scan`` records or ``max_scan_s``;
+    beyond that the broker's end offsets give the count. (Counting, not end
+    offsets alone: tansu 0.6 reports end offsets short of the last record for
+    multi-record batches; a poll returns whole batches, so reading up to a
+    short end offset still counts them.)
     """
     from kafka import KafkaConsumer, TopicPartition
 
@@ -229,6 +236,7 @@ def kafka_backlog(
         if not tps:
             return Backlog(0, 0.0)
         begin = consumer.beginning_offsets(tps)
+        snapshot_end = consumer.end_offsets(tps)
         start = {tp: max(consumer.committed(tp) or 0, begin[tp]) for tp in tps}
         consumer.assign(tps)
         for tp in tps:
@@ -236,7 +244,8 @@ def kafka_backlog(
         scanned = 0
         oldest = now = clock()
         empty_polls = 0
-        while scanned < max_scan and empty_polls < 2:
+        deadline = time.monotonic() + max_scan_s
+        while scanned < max_scan and empty_polls < 2 and time.monotonic() < deadline:
             batches = consumer.poll(timeout_ms=300, max_records=1000)
             empty_polls = 0 if batches else empty_polls + 1
             for records in batches.values():
@@ -244,8 +253,10 @@ def kafka_backlog(
                     created = json.loads(rec.value).get("created_ts")
                     oldest = min(oldest, created if created is not None else rec.timestamp / 1000)
                 scanned += len(records)
+            if all(consumer.position(tp) >= snapshot_end[tp] for tp in tps):
+                break
         items = scanned
-        if scanned >= max_scan:
+        if scanned >= max_scan or time.monotonic() >= deadline:
             end = consumer.end_offsets(tps)
             items = max(scanned, sum(max(0, end[tp] - start[tp]) for tp in tps))
         return Backlog(items, max(0.0, now - oldest) if items else 0.0)

@@ -52,6 +52,15 @@ class ShadowHub:
         self._flywheel = Flywheel(config, self._metrics)
         self._flywheel.start(on_joined=self._on_joined)
         self._persist_task: asyncio.Task | None = None
+        self._annotator = None  # Grafana annotations when the gate verdict changes
+        if config.grafana is not None and config.grafana.annotate_verdicts:
+            from shadowd.observe.grafana import GrafanaError, VerdictAnnotator
+
+            try:
+                grafana = config.grafana
+                self._annotator = VerdictAnnotator.from_settings(grafana.url, grafana.token_env, grafana.timeout_s)
+            except GrafanaError as err:
+                log.error("Grafana verdict annotations off: %s", err)
         if config.metrics.port and in_multiprocess_mode():
             try:
                 serve_metrics(config.metrics.port, config.metrics.host, config.data_dir / "metrics")
@@ -72,7 +81,10 @@ class ShadowHub:
             await asyncio.sleep(_PERSIST_EVERY_S)
             self._save()
             with self._lock:
-                self._comparator.report()  # refreshes the check-status and gate gauges for alerts
+                gate = self._comparator.report()["gate"]  # also refreshes the check-status and gate gauges
+            if self._annotator is not None:
+                text = "; ".join(gate["reasons"][:3])
+                await asyncio.to_thread(self._annotator.observe, gate["verdict"], text)
             if self._drift is not None:
                 self._drift.tick()  # close a time window even when traffic stops
 

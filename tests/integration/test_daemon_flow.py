@@ -18,7 +18,8 @@ from shadowd.flywheel.spool import read_spool
 from shadowd.records import AnnotationItem
 from shadowd.testing import ToyClassifier
 from tests.fixtures.kafka import consumer_config, unique_topic
-from tests.fixtures.ray_serve import toy_model
+from tests.fixtures.grafana import TOKEN as GRAFANA_TOKEN
+from tests.fixtures.ray_serve import GRAFANA_TOKEN_ENV, toy_model
 
 pytestmark = pytest.mark.integration
 
@@ -159,3 +160,26 @@ def test_expectations_on_live_traffic(shadowd_app, tmp_path, mode):
     assert len(violating) == 2
     items = [AnnotationItem.model_validate(r.value) for r in read_spool(tmp_path / "data" / "spool")]
     assert any("30" in (i.detail or "") for i in items if i.reason == "expectation_violation")
+
+
+def test_gate_verdict_changes_become_grafana_annotations(shadowd_app, grafana):
+    """Grafana cannot run here: ``grafana`` is the stand-in HTTP server from tests/fixtures/grafana.py."""
+    daemon = shadowd_app(
+        {
+            "task": "classification",
+            "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
+            "grafana": {"url": grafana.url, "token_env": GRAFANA_TOKEN_ENV},
+        }
+    )
+    _send(daemon.url, _bodies(400, seed=13))
+    assert _wait_pairs(daemon.url, 400)["overall"]["pairs"] == 400
+    verdict = requests.get(f"{daemon.url}/shadow/report", timeout=10).json()["gate"]["verdict"]
+    assert verdict == "FAIL"  # a candidate that flips a large share of answers
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("FAIL" in str(a.get("tags")).upper() for a in grafana.annotations):
+        time.sleep(0.5)
+    posts = [r for r in grafana.requests if (r.method, r.path) == ("POST", "/api/annotations")]
+    assert posts and all(r.auth == f"Bearer {GRAFANA_TOKEN}" for r in posts)
+    verdicts = [r.body["tags"][-1].upper() for r in posts]
+    assert verdicts[-1] == "FAIL" and "gate verdict" in posts[-1].body["text"]
+    assert len(verdicts) == len(set(verdicts))  # one annotation per change, not per evaluation

@@ -29,18 +29,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 VARIABLES = {"__rate_interval": "10s", "__range": "5m", "slice": ".*", "datasource": "prometheus"}
 QUERIES = [q for d in build_dashboards().values() for q in panel_queries(d)]
 
-# Panels that stay empty in this run, and why (each is listed in the report as xfail).
 # Queries known to miss data in this run, with the reason; xfail keeps them in every report.
-_BACKLOG_SLOW = (
-    "backlog gauges arrive late under steady traffic: kafka_backlog (shadowd/flywheel/annotate.py) keeps "
-    "polling while new items arrive, until max_scan=10000 records (~100 s here); see the observability report"
-)
-NO_DATA_HERE: dict[tuple[str, str], str] = {
-    ("Backlog items", "A"): _BACKLOG_SLOW,
-    ("Oldest item age", "A"): _BACKLOG_SLOW,
-    ("Backlog and spool", "A"): _BACKLOG_SLOW,
-    ("Oldest item age vs service level", "A"): _BACKLOG_SLOW,
-}
+NO_DATA_HERE: dict[tuple[str, str], str] = {}
 _DATA_WITHIN_S = 60.0
 
 

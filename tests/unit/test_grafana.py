@@ -1,23 +1,16 @@
 """``shadowd dashboards push`` and gate-verdict annotations, over real HTTP.
 
-No Grafana server can run here. These tests run against a stand-in: a small
-``http.server`` in a thread that implements the four Grafana HTTP API calls
-shadowd makes (GET /api/folders/<uid>, POST /api/folders, POST
-/api/dashboards/db, POST /api/annotations) as Grafana documents them, refuses
-any request without ``Authorization: Bearer <token>`` with a 401, and records
-every request so the tests check method, path, auth header and body. It is a
-fake: it proves what shadowd sends, not that a real Grafana accepts it.
+No Grafana server can run here. These tests run against the stand-in in
+``tests/fixtures/grafana.py`` (a small ``http.server`` that implements the
+four Grafana API calls shadowd makes, checks the bearer token and records
+every request). It is a fake: it proves what shadowd sends, not that a real
+Grafana accepts it.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from enum import Enum
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -32,98 +25,7 @@ from shadowd.observe.grafana import (
     push_dashboards,
 )
 
-TOKEN = "glsa_test_token"
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    auth: str | None
-    body: Any
-
-
-@dataclass
-class FakeGrafana:
-    url: str
-    requests: list[Seen] = field(default_factory=list)
-    folders: dict[str, dict] = field(default_factory=dict)
-    dashboards: dict[str, dict] = field(default_factory=dict)  # uid -> {"version", "folderUid", "dashboard"}
-    annotations: list[dict] = field(default_factory=list)
-    fail_with: int | None = None  # answer every call with this status
-
-    def calls(self) -> list[tuple[str, str]]:
-        return [(r.method, r.path) for r in self.requests]
-
-
-def _handler(state: FakeGrafana):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):  # keep test output clean
-            pass
-
-        def _answer(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            body = json.loads(raw) if raw else None
-            state.requests.append(Seen(self.command, self.path, self.headers.get("Authorization"), body))
-            if state.fail_with:
-                return self._answer(state.fail_with, {"message": "internal error"})
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                return self._answer(401, {"message": "invalid API key"})
-            route = (self.command, self.path)
-            if self.command == "GET" and self.path.startswith("/api/folders/"):
-                uid = self.path.rsplit("/", 1)[1]
-                if uid in state.folders:
-                    return self._answer(200, state.folders[uid])
-                return self._answer(404, {"message": "folder not found"})
-            if route == ("POST", "/api/folders"):
-                if not body.get("title"):
-                    return self._answer(400, {"message": "title required"})
-                folder = {"id": len(state.folders) + 1, "uid": body.get("uid", "generated"), "title": body["title"]}
-                state.folders[folder["uid"]] = folder
-                return self._answer(200, folder)
-            if route == ("POST", "/api/dashboards/db"):
-                dash = body.get("dashboard") or {}
-                if not dash.get("uid") or body.get("folderUid") not in state.folders:
-                    return self._answer(400, {"message": "dashboard uid and an existing folderUid required"})
-                old = state.dashboards.get(dash["uid"])
-                if old is not None and not body.get("overwrite"):
-                    return self._answer(412, {"message": "version-mismatch", "status": "version-mismatch"})
-                version = (old["version"] + 1) if old else 1
-                state.dashboards[dash["uid"]] = {"version": version, "folderUid": body["folderUid"], "dashboard": dash}
-                return self._answer(200, {"id": len(state.dashboards), "uid": dash["uid"], "status": "success",
-                                          "url": f"/d/{dash['uid']}/slug", "version": version})
-            if route == ("POST", "/api/annotations"):
-                if not isinstance(body.get("time"), int) or not body.get("text"):
-                    return self._answer(400, {"message": "time (ms) and text required"})
-                state.annotations.append(body)
-                return self._answer(200, {"message": "Annotation added", "id": 100 + len(state.annotations)})
-            return self._answer(404, {"message": f"no route {route}"})
-
-        do_GET = do_POST = do_PUT = _handle
-
-    return Handler
-
-
-@pytest.fixture
-def grafana() -> Iterator[FakeGrafana]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), None)  # handler set below, once state exists
-    state = FakeGrafana(f"http://127.0.0.1:{server.server_address[1]}")
-    server.RequestHandlerClass = _handler(state)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+from tests.fixtures.grafana import TOKEN, FakeGrafana
 
 
 def test_push_creates_the_folder_then_every_dashboard(grafana):
