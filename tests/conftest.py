@@ -5,6 +5,6 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.kafka",
     "tests.fixtures.prometheus",
-    "tests.fixtures.ray_serve",
     "tests.fixtures.grafana",
+    "tests.fixtures.ray_serve",
 ]
