@@ -7,8 +7,10 @@ blocks with the arm order rotated every round):
   b  shadowd, shadowing off (no candidate)
   c  shadowd, 100 % shadowing, candidate of equal latency that does not compete for CPU (sleep)
   d  as c with a CPU-bound candidate (informational: on 2 cores it competes with production)
+  e  as b with data expectations on (features and inputs checked on every request)
 
-Prints p50/p99 per arm and the ratios c/a and c/b (target c/a p99 <= 1.10).
+Prints p50/p99 per arm and the ratios c/a and c/b (target c/a p99 <= 1.10)
+and e/b, the cost of expectations (target p99 <= 1.05).
 Usage: .venv/bin/python bench/latency.py [--rounds 8] [--block 100]
 """
 
@@ -50,14 +52,21 @@ def _model(name: str, **kwargs) -> dict:
     return {"name": name, "kind": "python", "target": "shadowd.testing:SleepyModel", "kwargs": kwargs, "input_shape": [8]}
 
 
-def _shadowd(prefix: str, data_dir: Path, port: int, candidate: dict | None):
+EXPECTATIONS = {
+    "features": {"x0": {"type": "number", "required": True, "min": -100, "max": 100}},
+    "inputs": {"shape": [8], "finite": True, "min": -100, "max": 100},
+}
+
+
+def _shadowd(prefix: str, data_dir: Path, port: int, candidate: dict | None, flush_ms: float, expectations=None):
     raw = {
         "task": "classification",
         "data_dir": str(data_dir / prefix.strip("/")),
         "models": {"production": _model("prod", latency_ms=MODEL_MS), "candidate": candidate},
-        "shadow": {"sample_share": 1.0},
+        "shadow": {"sample_share": 1.0, "flush_interval_ms": flush_ms},
         "serving": {"port": port, "route_prefix": prefix},
         "metrics": {"port": 0},
+        "expectations": expectations or {},
     }
     return build_app(parse_config(raw, f"bench{prefix}"))
 
@@ -78,6 +87,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--flush-ms", type=float, default=100.0, help="shadow.flush_interval_ms for arms b-d")
     args = parser.parse_args()
 
     ensure_ray(num_cpus=8)  # logical CPUs so all four arms fit; the machine has what it has
@@ -85,12 +95,13 @@ def main() -> None:
     base = f"http://127.0.0.1:{args.port}"
     tmp = Path(tempfile.mkdtemp(prefix="shadowd-bench-"))
     serve.run(PlainModel.bind(), name="a", route_prefix="/a", blocking=False)
-    serve.run(_shadowd("/b", tmp, args.port, None), name="b", route_prefix="/b", blocking=False)
-    serve.run(_shadowd("/c", tmp, args.port, _model("cand", latency_ms=MODEL_MS)), name="c", route_prefix="/c", blocking=False)
-    serve.run(_shadowd("/d", tmp, args.port, _model("cand", latency_ms=MODEL_MS, busy=True)), name="d", route_prefix="/d", blocking=False)
-    for prefix in ("/b", "/c", "/d"):
+    serve.run(_shadowd("/b", tmp, args.port, None, args.flush_ms), name="b", route_prefix="/b", blocking=False)
+    serve.run(_shadowd("/c", tmp, args.port, _model("cand", latency_ms=MODEL_MS), args.flush_ms), name="c", route_prefix="/c", blocking=False)
+    serve.run(_shadowd("/d", tmp, args.port, _model("cand", latency_ms=MODEL_MS, busy=True), args.flush_ms), name="d", route_prefix="/d", blocking=False)
+    serve.run(_shadowd("/e", tmp, args.port, None, args.flush_ms, EXPECTATIONS), name="e", route_prefix="/e", blocking=False)
+    for prefix in ("/b", "/c", "/d", "/e"):
         wait_healthy(f"{base}{prefix}", 120)
-    urls = {"a": f"{base}/a", "b": f"{base}/b/predict", "c": f"{base}/c/predict", "d": f"{base}/d/predict"}
+    urls = {"a": f"{base}/a", "b": f"{base}/b/predict", "c": f"{base}/c/predict", "d": f"{base}/d/predict", "e": f"{base}/e/predict"}
     arms = list(urls)
     samples: dict[str, list[float]] = {a: [] for a in arms}
     rng = np.random.default_rng(0)
@@ -98,20 +109,20 @@ def main() -> None:
         for arm in arms:  # warm-up, discarded
             _block(session, urls[arm], 30, rng)
         for r in range(args.rounds):
-            order = arms[r % 4:] + arms[: r % 4]
+            order = arms[r % len(arms):] + arms[: r % len(arms)]
             for arm in order:
                 samples[arm] += _block(session, urls[arm], args.block, rng)
                 time.sleep(0.2)  # let the arm's shadow path drain before the next arm
     serve.shutdown()
 
     q = {a: (np.percentile(s, 50) * 1e3, np.percentile(s, 99) * 1e3) for a, s in samples.items()}
-    names = {"a": "plain Ray Serve", "b": "shadowd, shadowing off", "c": "shadowd, 100% shadow, sleep candidate", "d": "shadowd, 100% shadow, CPU-bound candidate"}
+    names = {"a": "plain Ray Serve", "b": "shadowd, shadowing off", "c": "shadowd, 100% shadow, sleep candidate", "d": "shadowd, 100% shadow, CPU-bound candidate", "e": "shadowd, shadowing off, expectations on"}
     print(f"| arm | what | n | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for a in arms:
         print(f"| {a} | {names[a]} | {len(samples[a])} | {q[a][0]:.2f} | {q[a][1]:.2f} |")
     print()
     print(f"| ratio | p50 | p99 |\n|---|---|---|")
-    for num, den in (("c", "a"), ("c", "b"), ("b", "a"), ("d", "a")):
+    for num, den in (("c", "a"), ("c", "b"), ("b", "a"), ("d", "a"), ("e", "b")):
         print(f"| {num}/{den} | {q[num][0] / q[den][0]:.3f} | {q[num][1] / q[den][1]:.3f} |")
 
 

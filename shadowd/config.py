@@ -116,7 +116,13 @@ class ShadowConfig(_Strict):
     max_in_flight: int = Field(
         2000, ge=1, description="Pairs buffered or in flight to the shadow worker; beyond this, pairs are dropped and counted."
     )
-    flush_interval_ms: float = Field(20.0, gt=0, le=10_000, description="How often buffered pairs are sent to the shadow worker.")
+    flush_interval_ms: float = Field(
+        100.0,
+        gt=0,
+        le=10_000,
+        description="How often buffered pairs are sent to the shadow worker; each send costs the ingress CPU, "
+        "so fewer, larger sends keep production latency flat (bench/RESULTS.md).",
+    )
     max_flush_size: int = Field(256, ge=1, description="Most pairs sent in one call to the shadow worker.")
     store_inputs: bool = Field(True, description="Keep request inputs on pairs (needed for annotation items and replay).")
 
