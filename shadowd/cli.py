@@ -62,9 +62,14 @@ def run(
     from shadowd.serving.daemon import start_daemon
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    daemon = start_daemon(cfg)
+
+    def handle_signals() -> None:
+        # Replaces the handlers Ray installs, which would end the process without a flush.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    handle_signals()
+    daemon = start_daemon(cfg, on_ray_started=handle_signals)  # a signal during deployment stops right after
     metrics = f", metrics on :{cfg.metrics.port}/metrics" if cfg.metrics.port else ""
     typer.echo(f"shadowd serving at {daemon.url} (POST /predict){metrics}; Ctrl-C to stop", err=True)
     stop.wait()

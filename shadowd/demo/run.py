@@ -8,7 +8,6 @@ shadow report and where the annotation items went.
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,15 +43,6 @@ def _send(session: requests.Session, url: str, req: DemoRequest) -> tuple[DemoRe
     return req, r.status_code
 
 
-def _wait_drained(url: str, expected_pairs: int, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        report = requests.get(f"{url}/shadow/report", timeout=30).json()
-        if report["overall"]["pairs"] >= expected_pairs or time.monotonic() > deadline:
-            return report
-        time.sleep(0.5)
-
-
 def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
     sink, labels = ann.get("sink", {}), ann.get("labels", {})
     where = "Kafka" if sink.get("kafka") else f"the local spool {cfg.data_dir / 'spool'}"
@@ -71,7 +61,7 @@ def run_demo(data_dir: Path, n_requests: int, port: int, metrics_port: int, feed
     from tqdm import tqdm
 
     from shadowd.compare.report import render_report
-    from shadowd.serving.daemon import start_daemon
+    from shadowd.serving.daemon import start_daemon, wait_for_pairs
 
     data_dir = data_dir.resolve()
     echo(f"shadowd demo: data dir {data_dir}")
@@ -93,7 +83,7 @@ def run_demo(data_dir: Path, n_requests: int, port: int, metrics_port: int, feed
             ):
                 statuses[status] = statuses.get(status, 0) + 1
         echo(f"responses by HTTP status: {statuses}")
-        _wait_drained(daemon.url, len(reqs), timeout_s=60)  # labels join pairs the hub already holds
+        wait_for_pairs(daemon.url, len(reqs), timeout_s=60)  # labels join pairs the hub already holds
         labelled = reqs[: int(len(reqs) * feedback_share)]
         with requests.Session() as session:
             for req in tqdm(labelled, desc="delayed ground truth", unit="label"):

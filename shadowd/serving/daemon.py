@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
@@ -14,7 +15,7 @@ import requests
 from shadowd.config import ShadowdConfig
 from shadowd.errors import ShadowdError
 
-__all__ = ["Daemon", "start_daemon", "APP_NAME"]
+__all__ = ["Daemon", "start_daemon", "wait_healthy", "wait_for_pairs", "APP_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,24 @@ def wait_healthy(url: str, timeout_s: float) -> None:
     raise ShadowdError(f"shadowd did not become healthy at {url} within {timeout_s} s ({last})")
 
 
-def start_daemon(config: ShadowdConfig, num_cpus: int | None = None, timeout_s: float = 120.0) -> Daemon:
+def wait_for_pairs(url: str, pairs: int, timeout_s: float) -> dict:
+    """Poll the report until it has counted ``pairs`` pairs (or time is up); returns the last report."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = requests.get(f"{url}/shadow/report", timeout=30).json()
+        if report["overall"]["pairs"] >= pairs or time.monotonic() > deadline:
+            return report
+        time.sleep(0.2)
+
+
+def start_daemon(
+    config: ShadowdConfig,
+    num_cpus: int | None = None,
+    timeout_s: float = 120.0,
+    on_ray_started: Callable[[], None] | None = None,
+) -> Daemon:
+    """Deploy shadowd and wait until it answers /healthz. ``on_ray_started`` runs right after Ray
+    starts (which installs signal handlers of its own), before the slow part, deploying."""
     from ray import serve
 
     from shadowd.app import build_app
@@ -80,6 +98,8 @@ def start_daemon(config: ShadowdConfig, num_cpus: int | None = None, timeout_s: 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     prepare_multiprocess_dir(config.data_dir)
     owns_ray = ensure_ray(num_cpus)
+    if on_ray_started is not None:
+        on_ray_started()
     serve.start(http_options={"host": config.serving.host, "port": config.serving.port})
     serve.run(build_app(config), name=APP_NAME, route_prefix=config.serving.route_prefix, blocking=False)
     host = "127.0.0.1" if config.serving.host in ("0.0.0.0", "::") else config.serving.host

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from shadowd.cli import app
 from shadowd.flywheel.spool import read_spool
+from shadowd.serving.daemon import wait_for_pairs
 from shadowd.records import AnnotationItem
 from shadowd.testing import ToyClassifier
 from tests.fixtures.kafka import consumer_config, unique_topic
@@ -35,15 +36,6 @@ def _send(url: str, reqs) -> None:
     with requests.Session() as s:
         for rid, body in reqs:
             assert s.post(f"{url}/predict", json=body, headers={"X-Request-ID": rid}, timeout=30).status_code == 200
-
-
-def _wait_pairs(url: str, n: int, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        report = requests.get(f"{url}/shadow/report", timeout=30).json()
-        if report["overall"]["pairs"] >= n or time.monotonic() > deadline:
-            return report
-        time.sleep(0.2)
 
 
 def _expected_divergent(reqs, tvd_threshold: float = 0.3) -> set[str]:
@@ -70,7 +62,7 @@ def test_divergent_items_reach_kafka_keyed_by_request_id(shadowd_app, kafka_brok
     expected = _expected_divergent(reqs)
     assert 5 < len(expected) < 60
     _send(daemon.url, reqs)
-    assert _wait_pairs(daemon.url, 60)["overall"]["divergent"] == len(expected)
+    assert wait_for_pairs(daemon.url, 60, 60)["overall"]["divergent"] == len(expected)
 
     consumer = KafkaConsumer(topic, **consumer_config(kafka_broker.bootstrap, group_id=f"g-{topic}"))
     seen: dict[str, AnnotationItem] = {}
@@ -91,7 +83,7 @@ def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):
     daemon = shadowd_app(raw)
     reqs = _bodies(30, seed=12)
     _send(daemon.url, reqs)
-    assert _wait_pairs(daemon.url, 30)["overall"]["pairs"] == 30
+    assert wait_for_pairs(daemon.url, 30, 60)["overall"]["pairs"] == 30
     url = daemon.url
     for rid, _ in reqs[:10]:
         r = requests.post(f"{url}/feedback", json={"request_id": rid, "label": 1}, timeout=10)
@@ -142,7 +134,7 @@ def test_expectations_on_live_traffic(shadowd_app, tmp_path, mode):
         assert "required" in answers[1].json()["error"]
         return
     assert [a.status_code for a in answers] == [200, 200]
-    report = _wait_pairs(daemon.url, 3)
+    report = wait_for_pairs(daemon.url, 3, 60)
     violations = report["expectations"]["violations"]["overall"]
     assert violations == {"features.hour.range": 1, "features.hour.required": 1}
     deadline = time.monotonic() + 20
@@ -172,7 +164,7 @@ def test_gate_verdict_changes_become_grafana_annotations(shadowd_app, grafana):
         }
     )
     _send(daemon.url, _bodies(400, seed=13))
-    assert _wait_pairs(daemon.url, 400)["overall"]["pairs"] == 400
+    assert wait_for_pairs(daemon.url, 400, 60)["overall"]["pairs"] == 400
     verdict = requests.get(f"{daemon.url}/shadow/report", timeout=10).json()["gate"]["verdict"]
     assert verdict == "FAIL"  # a candidate that flips a large share of answers
     deadline = time.monotonic() + 30

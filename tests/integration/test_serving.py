@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import requests
 
+from shadowd.serving.daemon import wait_for_pairs
 from shadowd.serving.sampling import is_sampled
 from shadowd.testing import ToyClassifier
 from tests.fixtures.ray_serve import toy_model
@@ -50,15 +51,6 @@ def _send_all(url: str, reqs: list[tuple[str, dict]]) -> dict[str, dict]:
     return answers
 
 
-def _report_when(url: str, pairs: int, timeout_s: float = 30) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        report = requests.get(f"{url}/shadow/report", timeout=30).json()
-        if report["overall"]["pairs"] >= pairs or time.monotonic() > deadline:
-            return report
-        time.sleep(0.2)
-
-
 def _production_alone(reqs) -> dict[str, list[float]]:
     model = ToyClassifier(seed=0)
     return {rid: model.predict(np.asarray([body["inputs"]], dtype=np.float32))[0].tolist() for rid, body in reqs}
@@ -85,7 +77,7 @@ def test_production_answers_unchanged_whatever_the_candidate_does(shadowd_app, m
         # 40 requests answered while the candidate hangs 6 s per call: nobody waited for it.
         assert elapsed_s < 6.0
 
-    report = _report_when(daemon.url, N)
+    report = wait_for_pairs(daemon.url, N, 60)
     overall = report["overall"]
     assert overall["pairs"] == N
     assert overall["candidate_outcomes"][outcome] == N, overall
@@ -98,7 +90,7 @@ def test_report_counts_flips_exactly(shadowd_app):
     reqs = _requests(60, seed=2)
     daemon = shadowd_app(_config(toy_model("cand", seed=5)))
     _send_all(daemon.url, reqs)
-    report = _report_when(daemon.url, 60)
+    report = wait_for_pairs(daemon.url, 60, 60)
     prod, cand = ToyClassifier(seed=0), ToyClassifier(seed=5)
     x = np.asarray([b["inputs"] for _, b in reqs], dtype=np.float32)
     flips = int((prod.predict(x).argmax(1) != cand.predict(x).argmax(1)).sum())
@@ -115,7 +107,7 @@ def test_sampling_is_by_request_id_hash(shadowd_app):
     _send_all(daemon.url, reqs)
     expected = sum(is_sampled(rid, 0.5) for rid, _ in reqs)
     assert 20 < expected < 60
-    report = _report_when(daemon.url, expected)
+    report = wait_for_pairs(daemon.url, expected, 60)
     time.sleep(0.5)  # nothing more should arrive
     assert requests.get(f"{daemon.url}/shadow/report", timeout=10).json()["overall"]["pairs"] == expected
 
