@@ -141,3 +141,27 @@ def test_bad_requests_get_4xx_and_daemon_keeps_serving(shadowd_app):
     assert r.status_code == 200
     generated = r.headers["X-Request-ID"]  # generated when not sent, and the same id the pair gets
     assert len(generated) >= 16 and r.json()["request_id"] == generated
+
+
+def test_serve_batching_of_production_keeps_answers_exact(shadowd_app):
+    """With models.production.max_batch_size > 1 the ingress batches concurrent requests (Ray Serve
+    @serve.batch); every client still gets exactly its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    raw = _config(toy_model("cand", seed=1))
+    raw["models"]["production"] = {**toy_model("prod", seed=0), "max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+    daemon = shadowd_app(raw)
+    reqs = _requests(48, seed=4)
+
+    def one(item):
+        rid, body = item
+        r = requests.post(f"{daemon.url}/predict", json=body, headers={"X-Request-ID": rid}, timeout=30)
+        return rid, r.status_code, r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, reqs))
+    expected = _production_alone(reqs)
+    for rid, status, body in answers:
+        assert status == 200 and body["request_id"] == rid
+        assert np.allclose(body["outputs"], expected[rid], rtol=1e-6, atol=1e-9)
+    assert wait_for_pairs(daemon.url, 48, 60)["overall"]["pairs"] == 48
