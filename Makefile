@@ -7,11 +7,14 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch first, pinned to the CPU wheel: letting pip resolve torch itself pulls a multi-GB CUDA build.
+# torch first, pinned: on the project's machines the CPU wheel of 2.13.0 lies on disk and pip takes it.
+# Elsewhere, point pip at PyTorch's CPU index, or PyPI's default (CUDA, several GB) is what you get:
+#   make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -27,14 +30,17 @@ test: setup system-deps
 	$(PY) -m pytest -q
 
 test-unit: setup
-	$(PY) -m pytest -q tests/unit -m "not integration"
+	$(PY) -m pytest -q tests/unit
 
 # Regenerate helm/shadowd/values.schema.json after changing shadowd/config.py (a test checks they agree).
 chart-schema: setup
 	$(PY) helm/shadowd/hack/gen_values_schema.py
 
+# The commands bench/RESULTS.md quotes (about 6 minutes on 2 cores).
 bench: setup
-	$(PY) bench/latency.py
+	$(PY) bench/latency.py --rounds 10 --block 100
+	$(PY) bench/stats_simulation.py --runs 200
+	$(PY) bench/expectations_bench.py
 
 clean:
 	rm -rf $(VENV) shadowd-data .pytest_cache

@@ -15,7 +15,7 @@ import typer
 
 from shadowd.errors import ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+app = typer.Typer(add_completion=False, no_args_is_help=True)
 
 EXIT_CONFIG = 2
 
@@ -98,7 +98,7 @@ app.add_typer(profile_app, name="profile")
 
 @profile_app.command("build")
 def profile_build(
-    data: Path = typer.Argument(..., help="Training data: .csv, .jsonl or .npz (2-D arrays become name[i] columns)."),
+    data: Path = typer.Argument(..., help="Training data: .csv, .jsonl or .npz (2-D arrays become name\\[i] columns)."),
     out: Path = typer.Option(..., "--out", "-o", help="Profile JSON to write (expectations.drift.profile)."),
     output_column: Optional[str] = typer.Option(
         None, help="Column holding class labels (or regression targets): profiled as the output distribution."

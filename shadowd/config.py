@@ -229,8 +229,12 @@ class KafkaConfig(_Strict):
     bootstrap_servers: list[str] = Field(min_length=1, description="host:port of the brokers.")
     annotations_topic: str = Field("shadowd.annotations", description="Topic annotation items are produced to.")
     labels_topic: str = Field("shadowd.labels", description="Topic annotators' labels are produced to.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT")
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to the brokers (kafka-python security_protocol)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism with SASL_PLAINTEXT / SASL_SSL; credentials come from the *_env variables."
+    )
     sasl_username_env: str | None = Field(None, description="Environment variable holding the SASL user name.")
     sasl_password_env: str | None = Field(None, description="Environment variable holding the SASL password.")
     ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
@@ -608,16 +612,20 @@ class ShadowdConfig(_Strict):
 
     task: Literal["classification", "regression"] = Field(description="What the models predict.")
     data_dir: Path = Field(Path("shadowd-data"), description="State that survives restarts: spool, pair store, gate state.")
-    models: ModelsConfig
-    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
-    serving: ServingConfig = Field(default_factory=ServingConfig)
+    models: ModelsConfig = Field(description="The production model and the candidate under test.")
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig, description="Sampling, timeouts and bounds of the shadow path.")
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="HTTP, replicas and CPUs on Ray Serve.")
     slices: list[SliceConfig] = Field(default_factory=list, description="Named slices, reported and checked on their own.")
-    divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
-    annotations: AnnotationConfig = Field(default_factory=AnnotationConfig)
+    divergence: DivergenceConfig = Field(
+        default_factory=DivergenceConfig, description="When a pair counts as divergent (and is queued for a label)."
+    )
+    annotations: AnnotationConfig = Field(
+        default_factory=AnnotationConfig, description="The annotation queue: spool, Kafka, policy, rotation."
+    )
     labels: LabelsConfig = Field(
         default_factory=LabelsConfig, description="Label joins, high-loss queueing and hard-example suites."
     )
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The Prometheus /metrics endpoint.")
     grafana: GrafanaConfig | None = Field(None, description="Annotate gate verdict changes in Grafana; none: off.")
     checks: list[CheckConfig] = Field(
         default_factory=default_checks, description="Statistical checks run overall and per slice; see docs/statistics.md."

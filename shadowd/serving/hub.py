@@ -117,7 +117,10 @@ class ShadowHub:
         result = self._flywheel.feedback(label)
         if result.status == "joined" and result.pair is not None:
             self._on_joined(result.pair, label, result.losses)
-        return result.http_status, result.as_dict()
+        body = result.as_dict()
+        if result.http_status >= 400:
+            body["error"] = result.message  # the same key every 4xx of the API has
+        return result.http_status, body
 
     async def report(self) -> dict[str, Any]:
         with self._lock:

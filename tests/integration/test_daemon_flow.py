@@ -90,7 +90,7 @@ def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):
         assert r.status_code == 200 and r.json()["status"] == "joined", r.text
         assert set(r.json()["losses"]) == {"production", "candidate"}
     unknown = requests.post(f"{url}/feedback", json={"request_id": "never-seen", "label": 1}, timeout=10)
-    assert unknown.status_code == 404 and "never-seen" in unknown.json()["message"]
+    assert unknown.status_code == 404 and "never-seen" in unknown.json()["error"]
     wrong = requests.post(f"{url}/feedback", json={"request_id": reqs[10][0], "label": 99}, timeout=10)
     assert wrong.status_code == 422 and "class index" in wrong.json()["message"]
     before = requests.get(f"{url}/shadow/report", timeout=10).json()
@@ -108,8 +108,9 @@ def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):
     # The CLI against the live daemon: the gate's exit code, then a new window.
     runner = CliRunner()
     gated = runner.invoke(app, ["report", "--url", again.url, "--gate", "--format", "json"])
-    verdict = json.loads(gated.stdout)["gate"]["verdict"]
-    assert gated.exit_code == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[verdict]
+    # 30 pairs and 11 labels are below every check's minimum sample: no verdict yet.
+    assert json.loads(gated.stdout)["gate"]["verdict"] == "INCONCLUSIVE"
+    assert gated.exit_code == 3
     assert runner.invoke(app, ["report", "--url", again.url, "--reset"]).exit_code == 0
     assert requests.get(f"{again.url}/shadow/report", timeout=10).json()["overall"]["pairs"] == 0
 

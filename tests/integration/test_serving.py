@@ -40,15 +40,18 @@ def _config(candidate: dict | None, **shadow) -> dict:
     }
 
 
-def _send_all(url: str, reqs: list[tuple[str, dict]]) -> dict[str, dict]:
-    answers = {}
+def _send_all(url: str, reqs: list[tuple[str, dict]]) -> tuple[dict[str, dict], float]:
+    """Answers by request id, and the slowest request's latency."""
+    answers, worst_s = {}, 0.0
     with requests.Session() as s:
         for rid, body in reqs:
+            t0 = time.perf_counter()
             r = s.post(f"{url}/predict", json=body, headers={"X-Request-ID": rid}, timeout=30)
+            worst_s = max(worst_s, time.perf_counter() - t0)
             assert r.status_code == 200, r.text
             assert r.headers["X-Request-ID"] == rid
             answers[rid] = r.json()
-    return answers
+    return answers, worst_s
 
 
 def _production_alone(reqs) -> dict[str, list[float]]:
@@ -64,9 +67,7 @@ def test_production_answers_unchanged_whatever_the_candidate_does(shadowd_app, m
     reqs = _requests()
     candidate = toy_model("cand", "shadowd.testing:FaultyModel", mode=mode, hang_s=6.0, seed=1)
     daemon = shadowd_app(_config(candidate))
-    t0 = time.perf_counter()
-    answers = _send_all(daemon.url, reqs)
-    elapsed_s = time.perf_counter() - t0
+    answers, worst_s = _send_all(daemon.url, reqs)
 
     expected = _production_alone(reqs)
     for rid, _ in reqs:
@@ -74,8 +75,8 @@ def test_production_answers_unchanged_whatever_the_candidate_does(shadowd_app, m
         assert np.allclose(answers[rid]["outputs"], expected[rid], rtol=1e-6, atol=1e-9)
         assert answers[rid]["prediction"] == int(np.argmax(expected[rid]))
     if mode == "hang":
-        # 40 requests answered while the candidate hangs 6 s per call: nobody waited for it.
-        assert elapsed_s < 6.0
+        # The candidate hangs 6 s per call; no request waited for it.
+        assert worst_s < 3.0, worst_s
 
     report = wait_for_pairs(daemon.url, N, 60)
     overall = report["overall"]

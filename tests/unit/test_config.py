@@ -97,3 +97,34 @@ def test_union_tags_are_not_shown_as_keys(tmp_path):
     assert ": checks[0].abs_margin: " in message and "flip_rate.abs_margin" not in message
     top = _error(tmp_path, {**BASE, "slices": [{"name": "overall", "where": {"field": "x", "op": "exists"}}]})
     assert "(got" not in top  # a top-level rule does not dump the whole file
+
+
+def test_every_config_field_is_described():
+    """Users read field descriptions in the Helm values schema and error messages: none may be missing."""
+    from pydantic import BaseModel
+
+    from shadowd.config import ShadowdConfig
+
+    missing, seen = [], set()
+
+    def models_in(annotation):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield annotation
+        for arg in getattr(annotation, "__args__", ()) or ():
+            yield from models_in(arg)
+        for meta in getattr(annotation, "__metadata__", ()) or ():
+            yield from models_in(meta) if isinstance(meta, type) else ()
+
+    def walk(model):
+        if model in seen:
+            return
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            if not field.description and name != "schema_version":
+                missing.append(f"{model.__name__}.{name}")
+            for sub in models_in(field.annotation):
+                walk(sub)
+
+    walk(ShadowdConfig)
+    assert len(seen) > 20  # the walk reached the nested sections
+    assert not missing, missing

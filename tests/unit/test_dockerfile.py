@@ -1,7 +1,7 @@
 """The Dockerfile, without a Docker engine (none runs here): hadolint, and
 the Dockerfile's promises checked against the code they rely on (CLI, config
 defaults, pinned torch, build context). The install steps themselves run in
-test_dockerfile_install.py."""
+tests/integration/test_dockerfile_install.py."""
 
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def test_submit_never_waits_for_a_hung_broker_and_nothing_is_lost(tmp_path):
     # all 2000 are on disk: spooled by the spooler, by submit on overflow, or by close
     assert sorted(r.key for r in read_spool(tmp_path)) == sorted(f"req-{i}" for i in range(2000))
     # worst case is an overflow append (one fsync), far below any broker timeout
-    assert worst_s < 0.5, worst_s
+    assert worst_s < 2.0, worst_s  # bounded; a submit that waited on the hung broker would never return
 
 
 def test_restart_replays_what_the_last_run_did_not_deliver(tmp_path):

@@ -140,11 +140,17 @@ def test_shadow_buffer_batches_bounds_and_counts_drops():
         buf = ShadowBuffer(send, max_in_flight=5, flush_interval_s=0.01, max_flush_size=2, on_drop=lambda r, n: drops.update({r: drops.get(r, 0) + n}))
         accepted = [buf.offer(i) for i in range(8)]
         assert accepted == [True] * 5 + [False] * 3
-        await asyncio.sleep(0.05)
+        for _ in range(200):  # until the flush loop has run (a loaded machine may stall it)
+            if len(sent) == 3:
+                break
+            await asyncio.sleep(0.01)
         assert [len(b) for b in sent] == [2, 2, 1] and buf.outstanding == 5
         assert not buf.offer(99)  # still in flight: the budget holds
         release.set()
-        await asyncio.sleep(0.01)
+        for _ in range(200):
+            if buf.outstanding == 0:
+                break
+            await asyncio.sleep(0.01)
         assert buf.outstanding == 0 and buf.offer(100)
         await buf.drain(1.0)
 

@@ -40,6 +40,8 @@ from packaging.requirements import Requirement
 
 from tests.unit.test_dockerfile import dockerignore_context, parse_dockerfile
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # What `shadowd --help` and `validate-config` import at start-up; their own
@@ -148,7 +150,6 @@ def test_the_image_s_project_install_gives_a_working_cli(tmp_path, steps):
     assert str(venv_bin.parent) in where
 
 
-@pytest.mark.integration
 @pytest.mark.timeout(400)
 def test_the_image_s_dependencies_resolve_with_cpu_torch(tmp_path, steps):
     """Part 1 of the module docstring. Marked integration: it moves about 1 GB of
