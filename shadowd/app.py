@@ -30,7 +30,7 @@ def metrics_dir(config: ShadowdConfig) -> Path:
 def build_app(config: ShadowdConfig) -> Application:
     from shadowd.serving.hub import ShadowHub
     from shadowd.serving.ingress import ShadowIngress
-    from shadowd.serving.worker import ShadowWorker
+    from shadowd.serving.worker import MODEL_THREADS, ShadowWorker
 
     serving = config.serving
     env = {"runtime_env": {"env_vars": {MULTIPROC_ENV: str(metrics_dir(config))}}}
@@ -41,12 +41,15 @@ def build_app(config: ShadowdConfig) -> Application:
     worker = None
     if config.models.candidate is not None and config.shadow.sample_share > 0:
         worker = ShadowWorker.options(
-            num_replicas=serving.worker_replicas, ray_actor_options={"num_cpus": serving.worker_cpus, **env}
+            num_replicas=serving.worker_replicas,
+            max_ongoing_requests=MODEL_THREADS,
+            ray_actor_options={"num_cpus": serving.worker_cpus, **env},
         ).bind(config, hub)
     return ShadowIngress.options(
         num_replicas=serving.ingress_replicas,
         ray_actor_options={"num_cpus": serving.ingress_cpus, **env},
-        max_ongoing_requests=256,
+        max_ongoing_requests=serving.max_ongoing_requests,
+        max_queued_requests=serving.max_queued_requests,
     ).bind(config, worker, hub)
 
 

@@ -134,6 +134,13 @@ class ServingConfig(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=64, description="Larger request bodies get a 413.")
     ingress_replicas: int = Field(1, ge=1, description="Replicas of the ingress (which also runs production).")
     ingress_cpus: float = Field(0.5, gt=0, description="CPUs reserved per ingress replica.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests one ingress replica works on at once.")
+    max_queued_requests: int = Field(
+        1024, ge=1, description="Requests waiting for an ingress replica; beyond this Ray Serve answers 503."
+    )
+    hub_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the hub on /feedback, /shadow/report, /shadow/reset; then 503."
+    )
     worker_replicas: int = Field(1, ge=1, description="Replicas of the shadow worker (candidate).")
     worker_cpus: float = Field(0.25, gt=0, description="CPUs reserved per shadow worker replica.")
     comparator_cpus: float = Field(0.25, gt=0, description="CPUs reserved for the hub (comparator, flywheel, /metrics).")

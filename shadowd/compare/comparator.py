@@ -44,6 +44,7 @@ OVERALL = "overall"
 STATE_SCHEMA_VERSION = 1
 REPORT_SCHEMA_VERSION = 1
 _STATE_KIND = "shadowd.comparator.state"
+_SCORE_LIMIT = 1e150
 
 
 def state_path(data_dir: Path) -> Path:
@@ -102,10 +103,13 @@ class Comparator:
         if other.values is None:
             return "bad_shape", None
         try:
-            return "ok", pair_divergence(self._task, production.values or [], other.values, self._cfg.divergence)
+            div = pair_divergence(self._task, production.values or [], other.values, self._cfg.divergence)
         except ValueError:
             finite = all(math.isfinite(v) for v in other.values)
             return ("bad_shape" if finite else "nan"), None
+        if not abs(div.score) < _SCORE_LIMIT:  # inf, or so large its square (in the variance) overflows
+            return "nan", None  # numerically broken output: counted, never allowed to poison the tallies
+        return "ok", div
 
     def add(self, pair: Pair) -> list[AnnotationItem]:
         """Count one pair overall and in its slices; return annotation items for a divergent one."""

@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["example_loss", "PROB_FLOOR"]
+__all__ = ["example_loss", "PROB_FLOOR", "LOSS_CAP"]
 
 PROB_FLOOR = 1e-7
+LOSS_CAP = 1e300
 
 
 def example_loss(task: str, values: Sequence[float], label: float | int | Sequence[float]) -> float:
     if task == "classification":
+        if isinstance(label, list):
+            raise ValueError(f"label {label!r} is a list; classification takes a class index")
         k = int(label)
         if k != label or not 0 <= k < len(values):
             raise ValueError(f"label {label!r} is not a class index in [0, {len(values) - 1}]")
@@ -25,5 +28,6 @@ def example_loss(task: str, values: Sequence[float], label: float | int | Sequen
         target = [float(label)] if isinstance(label, (int, float)) else [float(x) for x in label]
         if len(target) != len(values):
             raise ValueError(f"label has {len(target)} values; the model returns {len(values)}")
-        return sum((float(v) - t) ** 2 for v, t in zip(values, target)) / len(target)
+        mean_sq = sum((float(v) - t) * (float(v) - t) for v, t in zip(values, target)) / len(target)
+        return min(mean_sq, LOSS_CAP)  # an absurd output costs a huge loss, not an inf that breaks JSON
     raise ValueError(f"unknown task {task!r}")

@@ -8,6 +8,7 @@ shadow report and where the annotation items went.
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,9 @@ def run_demo(data_dir: Path, n_requests: int, port: int, metrics_port: int, feed
     echo("starting Ray Serve ...")
     daemon = start_daemon(cfg, num_cpus=2)
     try:
-        reqs = list(demo_requests(n_requests))
+        # A rerun on the same data dir starts a new test window, with request ids of its own.
+        requests.post(f"{daemon.url}/shadow/reset", timeout=30).raise_for_status()
+        reqs = list(demo_requests(n_requests, run_id=uuid.uuid4().hex[:8]))
         statuses: dict[int, int] = {}
         with requests.Session() as session, ThreadPoolExecutor(4) as pool:
             for req, status in tqdm(

@@ -29,8 +29,9 @@ class DemoRequest:
     label: int
 
 
-def demo_requests(n: int, seed: int = DEMO_SEED + 100) -> Iterator[DemoRequest]:
-    """Hours uniform over the day; dim light for 80 % of night requests (21:00-06:00) and 10 % of day ones."""
+def demo_requests(n: int, run_id: str = "0", seed: int = DEMO_SEED + 100) -> Iterator[DemoRequest]:
+    """Hours uniform over the day; dim light for 80 % of night requests (21:00-06:00) and 10 % of day ones.
+    The same seed gives the same traffic; ``run_id`` keeps request ids unique across runs."""
     data = load_demo_data()
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -46,4 +47,4 @@ def demo_requests(n: int, seed: int = DEMO_SEED + 100) -> Iterator[DemoRequest]:
             "new_user": bool(rng.random() < 0.2),
         }
         body = {"inputs": np.round(x[0], 4).tolist(), "features": features}
-        yield DemoRequest(f"demo-{seed}-{i:06d}", body, int(data.y_test[k]))
+        yield DemoRequest(f"demo-{run_id}-{i:06d}", body, int(data.y_test[k]))

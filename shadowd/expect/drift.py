@@ -273,7 +273,10 @@ class DriftMonitor:
                 v = feats.get(key)
             if numeric:
                 ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                v = float(v) if ok and math.isfinite(v) else None
+                try:
+                    v = float(v) if ok and math.isfinite(v) else None
+                except OverflowError:  # an int too large for a float
+                    v = None
             elif v is not None:
                 v = category_key(v)
             for s in names:

@@ -78,6 +78,13 @@ def _bounds(lo: float | None, hi: float | None) -> str:
     return f">= {lo:g}" if lo is not None else f"<= {hi:g}"
 
 
+def _finite(v: float | int) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float: not finite for any model
+        return False
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -120,7 +127,7 @@ def _feature_check(name: str, exp: FeatureExpectation) -> Callable[[Any], list[V
             return [viol("type", f"got {_show(value)} ({type(value).__name__}); must be {exp.type}")]
         out: list[Violation] = []
         if _is_number(value):
-            if exp.finite and not math.isfinite(value):
+            if exp.finite and not _finite(value):
                 out.append(viol("finite", f"got {value!r}; must be finite"))
             elif has_range and ((lo is not None and value < lo) or (hi is not None and value > hi)):
                 out.append(viol("range", f"got {value!r}; must be {_bounds(lo, hi)}"))

@@ -197,7 +197,7 @@ class Flywheel:
                 for role, out in (("production", pair.production), ("candidate", pair.candidate))
                 if out is not None and out.ok and out.values
             }
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             return JoinResult("rejected", rid, f"label for {rid!r} does not fit the {self.config.task} task: {err}")
         if not self.pairs.mark_labelled(rid, label.source):
             return JoinResult("duplicate", rid, f"{label.source} label for {rid!r} was already joined", pair, losses)
@@ -308,12 +308,14 @@ class Flywheel:
             if self._metrics is not None:
                 self._metrics.labels.labels(source="annotator", outcome="rejected").inc()
             return
-        result = self.feedback(label)
-        if result.status == "joined" and self._on_joined is not None and result.pair is not None:
-            try:
+        try:  # one bad label must not stop the stream (nor, on Kafka, be re-polled forever)
+            result = self.feedback(label)
+            if result.status == "joined" and self._on_joined is not None and result.pair is not None:
                 self._on_joined(result.pair, label, result.losses)
-            except Exception:  # noqa: BLE001 - a comparator bug must not stop the label stream
-                log.exception("on_joined failed for %s", label.request_id)
+        except Exception:  # noqa: BLE001
+            log.exception("label for %s skipped", label.request_id)
+            if self._metrics is not None:
+                self._metrics.labels.labels(source=label.source, outcome="rejected").inc()
 
     def _tail_labels_file(self) -> None:
         """Embedded mode: annotators' labels arrive in the local labels file instead of a topic."""

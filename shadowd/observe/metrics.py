@@ -111,7 +111,7 @@ class ShadowdMetrics:
             "shadowd_spool_items",
             "Annotation items in the local spool not yet delivered to Kafka (all of them without Kafka).",
             registry=reg,
-            multiprocess_mode="livemax",
+            multiprocess_mode="mostrecent",  # one writer (the hub); a dead one's value must not linger
         )
         # issue 7: expectations, numerical stability, drift (shadowd/expect/)
         self.expectation_violations = Counter(

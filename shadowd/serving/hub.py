@@ -79,14 +79,20 @@ class ShadowHub:
     async def _persist_loop(self) -> None:
         while True:
             await asyncio.sleep(_PERSIST_EVERY_S)
-            self._save()
-            with self._lock:
-                gate = self._comparator.report()["gate"]  # also refreshes the check-status and gate gauges
-            if self._annotator is not None:
-                text = "; ".join(gate["reasons"][:3])
-                await asyncio.to_thread(self._annotator.observe, gate["verdict"], text)
-            if self._drift is not None:
-                self._drift.tick()  # close a time window even when traffic stops
+            try:
+                await self._persist_tick()
+            except Exception:  # a full disk or a bug must not end persistence for good
+                log.exception("hub persist tick failed; retrying in %s s", _PERSIST_EVERY_S)
+
+    async def _persist_tick(self) -> None:
+        self._save()
+        with self._lock:
+            gate = self._comparator.report()["gate"]  # also refreshes the check-status and gate gauges
+        if self._annotator is not None:
+            text = "; ".join(gate["reasons"][:3])
+            await asyncio.to_thread(self._annotator.observe, gate["verdict"], text)
+        if self._drift is not None:
+            self._drift.tick()  # close a time window even when traffic stops
 
     def _save(self) -> None:
         with self._lock:
@@ -110,10 +116,12 @@ class ShadowHub:
 
     async def add_items(self, items: list[AnnotationItem]) -> int:
         """Items found on the request path (expectation violations): through the policy to the queue."""
+        self._ensure_persisting()
         return sum(self._flywheel.submit(item) for item in items)
 
     async def feedback(self, label: Label) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) for POST /feedback."""
+        self._ensure_persisting()
         result = self._flywheel.feedback(label)
         if result.status == "joined" and result.pair is not None:
             self._on_joined(result.pair, label, result.losses)
@@ -123,6 +131,7 @@ class ShadowHub:
         return result.http_status, body
 
     async def report(self) -> dict[str, Any]:
+        self._ensure_persisting()
         with self._lock:
             report = self._comparator.report()
         report["annotations"] = self._flywheel.stats()
@@ -136,14 +145,16 @@ class ShadowHub:
             self._comparator.reset()
             self._violations = ViolationTally()
             self._dirty = True
+            started_ts = self._comparator.window_started_ts
         self._save()
-        return {"status": "reset", "window_started_ts": self._comparator.report()["window_started_ts"]}
+        return {"status": "reset", "window_started_ts": started_ts}
 
     def __del__(self) -> None:
         # Ray Serve calls this on graceful shutdown: keep the evidence, flush the queue.
         if not hasattr(self, "_flywheel"):
             return  # the constructor failed; nothing to keep
         try:
-            self._save()
+            self._flywheel.close(timeout_s=10.0)  # first: labels joined while closing still get saved
         finally:
-            self._flywheel.close(timeout_s=10.0)
+            self._dirty = True
+            self._save()

@@ -11,6 +11,7 @@ GET /healthz.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import asdict
@@ -36,6 +37,8 @@ __all__ = ["ShadowIngress"]
 
 log = logging.getLogger(__name__)
 
+_HUB_CALLS = 16  # report/feedback/reset calls one ingress replica lets wait on the hub at once
+
 def _serve_request_id() -> str | None:
     """The id Ray Serve's proxy gave this request: the client's X-Request-ID, or one it
     generated and echoes in the response's X-Request-ID header."""
@@ -59,6 +62,7 @@ class ShadowIngress:
             self._predict_batch.set_max_batch_size(prod.max_batch_size)
             self._predict_batch.set_batch_wait_timeout_s(prod.batch_wait_timeout_s)
         self._batching = prod.max_batch_size > 1
+        self._hub_calls = asyncio.Semaphore(_HUB_CALLS)
         self._expect = ExpectationSet(config.expectations)
         # Violating requests worth a human look travel to the hub beside the shadow path, bounded the same way.
         self._violation_items = ShadowBuffer(
@@ -106,7 +110,22 @@ class ShadowIngress:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise BadRequest(f"request body is {declared} bytes; the limit is {limit}", 413)
-        return read_json(await request.body(), limit)
+        body = bytearray()
+        async for chunk in request.stream():  # chunked uploads have no length to check up front
+            body += chunk
+            if len(body) > limit:
+                raise BadRequest(f"request body is over the limit of {limit} bytes", 413)
+        return read_json(bytes(body), limit)
+
+    async def _hub_call(self, method: str, *args: Any) -> Any:
+        """Call the hub, bounded: a slow or restarting hub gets a 503, never a hung ingress."""
+        if self._hub_calls.locked():
+            raise BadRequest("too many report/feedback calls in flight; retry shortly", 503)
+        async with self._hub_calls:
+            try:
+                return await asyncio.wait_for(getattr(self._hub, method).remote(*args), self._cfg.serving.hub_timeout_s)
+            except asyncio.TimeoutError:
+                raise BadRequest(f"the hub did not answer within {self._cfg.serving.hub_timeout_s} s; retry", 503) from None
 
     @serve.batch(max_batch_size=1)
     async def _predict_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -192,14 +211,20 @@ class ShadowIngress:
 
     async def _feedback(self, request: Request) -> Response:
         label = parse_feedback(await self._json(request), time.time())
-        status, body = await self._hub.feedback.remote(label)
+        status, body = await self._hub_call("feedback", label)
         return JSONResponse(body, status_code=status)
 
     async def _report(self, request: Request) -> Response:
-        return JSONResponse(await self._hub.report.remote())
+        return JSONResponse(await self._hub_call("report"))
 
     async def _reset(self, request: Request) -> Response:
-        return JSONResponse(await self._hub.reset.remote())
+        return JSONResponse(await self._hub_call("reset"))
+
+    async def __del__(self) -> None:
+        # Graceful shutdown: what is buffered still reaches the worker and the hub's durable spool.
+        for buffer in (self._buffer, self._violation_items):
+            if buffer is not None:
+                await buffer.drain(timeout_s=5.0)
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse(

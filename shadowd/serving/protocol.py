@@ -7,6 +7,7 @@ a one-line reason, so the ingress never answers a bad request with a 500.
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -44,8 +45,10 @@ def read_json(body: bytes, max_body_bytes: int) -> dict[str, Any]:
         raise PayloadTooLarge(len(body), max_body_bytes)
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"body is not valid JSON: {err}", 400) from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError, or an int literal over Python's digit limit
+        raise BadRequest(f"body is not valid JSON: {err}"[:300], 400) from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply", 400) from None
     if not isinstance(data, dict):
         raise BadRequest(f"body must be a JSON object, got {type(data).__name__}", 422)
     return data
@@ -63,11 +66,20 @@ def parse_predict(data: dict[str, Any], request_id: str, input_shape: tuple[int,
     raw = data["inputs"]
     try:
         x = np.asarray(raw, dtype=np.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise BadRequest(f"'inputs' must be numbers nested as {list(input_shape)}", 422) from None
     if x.shape != input_shape:
         raise BadRequest(f"'inputs' has shape {list(x.shape)}; the model takes {list(input_shape)}", 422)
     return PredictRequest(request_id, x, features)
+
+
+def _finite_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def parse_feedback(data: dict[str, Any], now_s: float) -> Label:
@@ -77,8 +89,7 @@ def parse_feedback(data: dict[str, Any], now_s: float) -> Label:
     if "label" not in data:
         raise BadRequest("missing 'label'", 422)
     label = data["label"]
-    ok = isinstance(label, (int, float)) and not isinstance(label, bool)
-    ok = ok or (isinstance(label, list) and label and all(isinstance(v, (int, float)) for v in label))
-    if not ok:
-        raise BadRequest("'label' must be a class index, a number or a list of numbers", 422)
+    values = label if isinstance(label, list) and label else [label]
+    if not all(_finite_number(v) for v in values):
+        raise BadRequest("'label' must be a class index, a finite number or a list of finite numbers", 422)
     return Label(request_id=rid, label=label, source="feedback", ts=now_s)

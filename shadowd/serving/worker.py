@@ -30,11 +30,14 @@ from shadowd.serving.models import LoadedModel, check_rows, load_model
 from shadowd.serving.runtime import process_metrics
 from shadowd.serving.sampling import is_sampled
 
-__all__ = ["Mirrored", "MirroredBatch", "ShadowWorker", "run_role"]
+__all__ = ["Mirrored", "MirroredBatch", "ShadowWorker", "run_role", "MODEL_THREADS"]
 
 log = logging.getLogger(__name__)
 
-_POOL_THREADS = 2
+# Threads per model. The worker deployment takes at most this many calls at once, so a busy
+# candidate applies backpressure (the ingress's budget then drops and counts) instead of a call
+# finding no free thread; only calls stuck past the timeout can leave none free.
+MODEL_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,9 @@ class _Runner:
     def __init__(self, model: LoadedModel, timeout_s: float):
         self.model = model
         self._timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=_POOL_THREADS, thread_name_prefix=f"shadow-{model.name}")
+        self._pool = ThreadPoolExecutor(max_workers=MODEL_THREADS, thread_name_prefix=f"shadow-{model.name}")
         # Free threads; released by the thread itself, so a hung call keeps its slot.
-        self._slots = threading.Semaphore(_POOL_THREADS)
+        self._slots = threading.Semaphore(MODEL_THREADS)
 
     def _call(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
@@ -98,7 +101,7 @@ class _Runner:
     async def __call__(self, x: np.ndarray) -> tuple[str | np.ndarray, float, str | None]:
         """(output array | failed outcome, seconds per example, reason)."""
         if not self._slots.acquire(blocking=False):
-            return "timeout", 0.0, f"all {_POOL_THREADS} model threads are still busy with earlier calls"
+            return "timeout", 0.0, f"all {MODEL_THREADS} model threads are still busy with earlier calls"
         loop = asyncio.get_running_loop()
         try:
             out, elapsed_s = await asyncio.wait_for(

@@ -133,6 +133,10 @@ def test_bad_requests_get_4xx_and_daemon_keeps_serving(shadowd_app):
         r = requests.post(f"{url}/predict", timeout=10, **kwargs)
         assert r.status_code == status, (kwargs, r.status_code, r.text)
         assert reason in r.json()["error"], r.text
+    chunked = requests.post(f"{url}/predict", data=(b" " * 1024 for _ in range(8)), timeout=10)  # no Content-Length
+    assert chunked.status_code == 413 and "limit of 2048" in chunked.json()["error"]
+    inf_label = requests.post(f"{url}/feedback", data=b'{"request_id": "x", "label": Infinity}', timeout=10)
+    assert inf_label.status_code == 422 and "finite" in inf_label.json()["error"]
     assert requests.get(f"{url}/predict", timeout=10).status_code == 405
     assert requests.get(f"{url}/nope", timeout=10).status_code == 404
     fb = requests.post(f"{url}/feedback", json={"request_id": "x"}, timeout=10)

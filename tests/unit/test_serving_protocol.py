@@ -175,3 +175,29 @@ def test_shadow_buffer_counts_failed_sends():
 
     asyncio.run(scenario())
     assert drops == {"worker": 3}
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (b"[" * 5000 + b"]" * 5000, 400),  # nested past Python's recursion limit
+        (b'{"inputs": ' + b"9" * 5000 + b"}", 400),  # an int literal past Python's digit limit
+    ],
+)
+def test_pathological_json_is_a_client_error(body, status):
+    with pytest.raises(BadRequest) as err:
+        read_json(body, 1_000_000)
+    assert err.value.http_status == status
+
+
+def test_inputs_too_large_for_float32_are_a_client_error():
+    with pytest.raises(BadRequest) as err:
+        parse_predict({"inputs": [10**400, 1]}, "r", (2,))
+    assert err.value.http_status == 422
+
+
+@pytest.mark.parametrize("label", [float("inf"), float("nan"), 10**400, [1.0, float("inf")], [], "3", None])
+def test_feedback_labels_must_be_finite_numbers(label):
+    with pytest.raises(BadRequest) as err:
+        parse_feedback({"request_id": "r1", "label": label}, 0.0)
+    assert err.value.http_status == 422
