@@ -108,8 +108,10 @@ class ShadowIngress:
     async def _json(self, request: Request) -> dict[str, Any]:
         limit = self._cfg.serving.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise BadRequest(f"request body is {declared} bytes; the limit is {limit}", 413)
+        if declared and declared.isdigit():
+            if int(declared) > limit:
+                raise BadRequest(f"request body is {declared} bytes; the limit is {limit}", 413)
+            return read_json(await request.body(), limit)  # the usual case: the length is known and small
         body = bytearray()
         async for chunk in request.stream():  # chunked uploads have no length to check up front
             body += chunk
