@@ -229,13 +229,19 @@ def replay(
     min_accuracy: Optional[float] = typer.Option(None, help="Override labels.suite_thresholds.min_accuracy."),
     max_mean_loss: Optional[float] = typer.Option(None, help="Override labels.suite_thresholds.max_mean_loss."),
     max_mae: Optional[float] = typer.Option(None, help="Override labels.suite_thresholds.max_mae."),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="Judge against the config's 'production' (or 'candidate') model instead of thresholds."
+    ),
+    max_accuracy_drop: float = typer.Option(0.02, min=0.0, help="With --baseline: largest accuracy drop allowed."),
+    max_mae_increase: float = typer.Option(0.0, min=0.0, help="With --baseline: largest MAE increase allowed."),
 ) -> None:
-    """Run a model offline over hard-example suites; exit 1 if a suite fails its thresholds."""
+    """Run a model offline over hard-example suites; exit 1 if a suite fails its thresholds (or, with
+    --baseline, is worse than the baseline model on it)."""
     from rich.console import Console
 
     from shadowd.errors import ShadowdError
     from shadowd.flywheel.hub import suites_dir as default_suites_dir
-    from shadowd.flywheel.replay import load_model_file, render_results, replay_suites, thresholds_for
+    from shadowd.flywheel.replay import against_baseline, load_model_file, render_results, replay_suites, thresholds_for
 
     cfg = _load(config) if config is not None else None
     if (role is None) == (model is None):
@@ -255,6 +261,12 @@ def replay(
     try:
         thresholds = thresholds_for(cfg, min_accuracy=min_accuracy, max_mean_loss=max_mean_loss, max_mae=max_mae)
         results = replay_suites(suites, model_cfg, folder, thresholds)
+        if baseline is not None:
+            base_cfg = getattr(cfg.models, baseline, None) if cfg is not None and baseline in ("production", "candidate") else None
+            if base_cfg is None:
+                _fail("--baseline needs --config and a configured 'production' or 'candidate' model")
+            base = replay_suites(suites, base_cfg, folder, thresholds)
+            results = against_baseline(results, base, max_accuracy_drop, max_mae_increase)
     except (ShadowdError, ValueError) as err:
         _fail(str(err))
     Console().print(render_results(results, model_cfg.name))

@@ -54,7 +54,7 @@ def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
         f"labels joined: {labels.get('joined', 0)}, unknown: {labels.get('unknown', 0)}\n"
         f"hard-example suites ({cfg.data_dir / 'suites'}): {suites}\n"
         f"next: label the queue with `shadowd annotate -c {cfg.data_dir / 'demo' / 'shadowd.yaml'}`, "
-        f"replay the hard examples: `shadowd replay all-suites -c {cfg.data_dir / 'demo' / 'shadowd.yaml'} --role candidate`"
+        f"replay the hard examples: `shadowd replay all-suites -c {cfg.data_dir / 'demo' / 'shadowd.yaml'} --role candidate --baseline production`"
     )
 
 

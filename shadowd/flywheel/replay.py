@@ -19,7 +19,7 @@ from shadowd.config import ModelConfig, ShadowdConfig, SuiteThresholds
 from shadowd.errors import ConfigError
 from shadowd.flywheel.suites import SuiteResult, replay_suite, resolve_suites
 
-__all__ = ["load_model_file", "replay_suites", "render_results", "thresholds_for"]
+__all__ = ["load_model_file", "replay_suites", "against_baseline", "render_results", "thresholds_for"]
 
 
 def load_model_file(path: str | Path) -> ModelConfig:
@@ -50,6 +50,30 @@ def replay_suites(
     folders = resolve_suites(specs, suites_dir)
     model = load_model(model_cfg)
     return [replay_suite(f, model.predict, model_cfg.input_shape, thresholds) for f in folders]
+
+
+def against_baseline(
+    results: Sequence[SuiteResult],
+    baseline: Sequence[SuiteResult],
+    max_accuracy_drop: float,
+    max_mae_increase: float,
+) -> list[SuiteResult]:
+    """Judge each suite by how much worse than a baseline model (usually production) the model is.
+
+    Suites hold production's own mistakes too (tag.production_wrong, tag.both_wrong), which no
+    absolute threshold can ask a candidate to get right; "no worse than production" can."""
+    judged = []
+    for r, b in zip(results, baseline, strict=True):
+        reasons = []
+        if r.accuracy is not None and b.accuracy is not None and b.accuracy - r.accuracy > max_accuracy_drop:
+            reasons.append(
+                f"accuracy {r.accuracy:.3f} vs baseline {b.accuracy:.3f}: "
+                f"drop {b.accuracy - r.accuracy:.3f} > {max_accuracy_drop}"
+            )
+        if r.mae is not None and b.mae is not None and r.mae - b.mae > max_mae_increase:
+            reasons.append(f"mae {r.mae:.4g} vs baseline {b.mae:.4g}: increase {r.mae - b.mae:.4g} > {max_mae_increase}")
+        judged.append(r.model_copy(update={"passed": not reasons, "reasons": reasons}))
+    return judged
 
 
 def render_results(results: Sequence[SuiteResult], model_name: str):

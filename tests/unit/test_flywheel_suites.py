@@ -158,3 +158,26 @@ def test_regression_suite_mae_threshold(tmp_path):
     off = replay_suite(tmp_path / "all", lambda b: 2.0 * np.asarray(b) + 1.0, [1], thresholds)
     assert exact.passed and exact.mae == 0.0
     assert not off.passed and off.mae == pytest.approx(1.0) and off.mean_loss == pytest.approx(1.0)
+
+
+def test_replay_against_a_baseline_judges_by_regression_not_by_absolute_accuracy(tmp_path):
+    cfg, _ = build_suites(tmp_path)
+    cfg_path = tmp_path / "shadowd.yaml"
+    cfg_path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    runner = CliRunner()
+    # The regressed candidate against production (the good model): worse on the dark suites.
+    res = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "production"])
+    assert res.exit_code == 1, res.output
+    assert "FAIL: all, slice.dark, tag.candidate_wrong, tag.divergent" in res.output
+    # The same regressed model judged against itself: as good as its baseline everywhere, so it
+    # passes, although its absolute accuracy on the dark suites is 0.
+    res = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "candidate"])
+    assert res.exit_code == 0, res.output
+    absolute = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate"])
+    assert absolute.exit_code == 1
+    model_file = tmp_path / "good.yaml"
+    model_file.write_text(yaml.safe_dump(model_cfg("good", "GoodModel")))
+    no_config = runner.invoke(
+        app, ["replay", "all-suites", "--suites-dir", str(tmp_path / "suites"), "--model", str(model_file), "--baseline", "production"]
+    )
+    assert no_config.exit_code == 2 and "--baseline needs --config" in no_config.output
