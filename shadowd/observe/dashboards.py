@@ -48,37 +48,16 @@ _DS = {"type": "prometheus", "uid": "${datasource}"}
 _RATE = "$__rate_interval"
 _SLICE = 'slice=~"$slice"'
 
-# Value mappings shared by the gate verdict, check status and drift status
-# gauges (0 pass, 1 fail, 2 inconclusive).
-_STATUS_MAPPINGS = [
-    {
-        "type": "value",
-        "options": {
-            "0": {"text": "PASS", "color": "green", "index": 0},
-            "1": {"text": "FAIL", "color": "red", "index": 1},
-            "2": {"text": "INCONCLUSIVE", "color": "yellow", "index": 2},
-        },
-    }
-]
-_DRIFT_MAPPINGS = [
-    {
-        "type": "value",
-        "options": {
-            "0": {"text": "OK", "color": "green", "index": 0},
-            "1": {"text": "DRIFT", "color": "red", "index": 1},
-            "2": {"text": "INCONCLUSIVE", "color": "yellow", "index": 2},
-        },
-    }
-]
-_UP_MAPPINGS = [
-    {
-        "type": "value",
-        "options": {
-            "0": {"text": "DOWN", "color": "red", "index": 0},
-            "1": {"text": "UP", "color": "green", "index": 1},
-        },
-    }
-]
+def _value_mappings(*texts: tuple[str, str]) -> list[dict]:
+    """Grafana value mappings for a gauge whose value is the index of (text, color)."""
+    options = {str(i): {"text": text, "color": color, "index": i} for i, (text, color) in enumerate(texts)}
+    return [{"type": "value", "options": options}]
+
+
+# Gate verdict and check status gauges: 0 pass, 1 fail, 2 inconclusive; drift status likewise.
+_STATUS_MAPPINGS = _value_mappings(("PASS", "green"), ("FAIL", "red"), ("INCONCLUSIVE", "yellow"))
+_DRIFT_MAPPINGS = _value_mappings(("OK", "green"), ("DRIFT", "red"), ("INCONCLUSIVE", "yellow"))
+_UP_MAPPINGS = _value_mappings(("DOWN", "red"), ("UP", "green"))
 
 
 @dataclass(frozen=True)
