@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-unit bench chart-schema clean
+.PHONY: setup system-deps demo test test-unit lint bench chart-schema clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,12 @@ system-deps:
 demo: setup
 	$(VENV)/bin/shadowd demo
 
-test: setup system-deps
+# Lint and format check first: a finding fails `make test` (and CI) before any test runs.
+lint: setup
+	$(VENV)/bin/ruff check shadowd tests bench helm
+	$(VENV)/bin/ruff format --check shadowd tests bench helm
+
+test: setup system-deps lint
 	$(PY) -m pytest -q
 
 test-unit: setup

@@ -70,7 +70,7 @@ def main() -> None:
     reqs = [(np.asarray(r.body["inputs"], dtype=np.float32), r.body["features"]) for r in demo]
     bodies = [json.dumps(r.body).encode() for r in demo]
 
-    for x, f in reqs[:200]:  # warm-up: torch's first calls are slow
+    for x, _f in reqs[:200]:  # warm-up: torch's first calls are slow
         model.predict(x[None])
 
     rng = np.random.default_rng(0)
@@ -123,7 +123,7 @@ def main() -> None:
     mon = DriftMonitor(DriftConfig(profile=Path("demo-profile.json"), window_size=500, window_s=None), prof)
     outs = [model.predict(x[None])[0] for x, _ in reqs]
     t0 = perf()
-    for (x, f), o in zip(reqs, outs):
+    for (x, f), o in zip(reqs, outs, strict=True):
         mon.add(f, {"production": o}, [], inputs=x)
     drift_us = (perf() - t0) / len(reqs) * 1e6
 
@@ -145,8 +145,10 @@ def main() -> None:
         p = res[name]
         print(f"{name:22}{p['p50_us']:10.1f}{p['p99_us']:10.1f}{p['mean_us']:10.1f}")
     print(f"ratio on/off, model call alone:        p50 {res['ratio_model_p50']:.3f}, p99 {res['ratio_model_p99']:.3f}")
-    print(f"ratio on/off, ingress path (no Ray):   p50 {res['ratio_ingress_p50']:.3f}, p99 {res['ratio_ingress_p99']:.3f}"
-          " (issue target: p99 <= 1.05 end to end)")
+    print(
+        f"ratio on/off, ingress path (no Ray):   p50 {res['ratio_ingress_p50']:.3f}, p99 {res['ratio_ingress_p99']:.3f}"
+        " (issue target: p99 <= 1.05 end to end)"
+    )
     print(f"drift monitor on the hub: {drift_us:.1f} us per request ({mon.windows_closed} windows tested)")
     print(f"violations on clean demo traffic: {violations}")
     if args.json:

@@ -49,7 +49,13 @@ class PlainModel:
 
 
 def _model(name: str, **kwargs) -> dict:
-    return {"name": name, "kind": "python", "target": "shadowd.testing:SleepyModel", "kwargs": kwargs, "input_shape": [8]}
+    return {
+        "name": name,
+        "kind": "python",
+        "target": "shadowd.testing:SleepyModel",
+        "kwargs": kwargs,
+        "input_shape": [8],
+    }
 
 
 EXPECTATIONS = {
@@ -96,12 +102,30 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="shadowd-bench-"))
     serve.run(PlainModel.bind(), name="a", route_prefix="/a", blocking=False)
     serve.run(_shadowd("/b", tmp, args.port, None, args.flush_ms), name="b", route_prefix="/b", blocking=False)
-    serve.run(_shadowd("/c", tmp, args.port, _model("cand", latency_ms=MODEL_MS), args.flush_ms), name="c", route_prefix="/c", blocking=False)
-    serve.run(_shadowd("/d", tmp, args.port, _model("cand", latency_ms=MODEL_MS, busy=True), args.flush_ms), name="d", route_prefix="/d", blocking=False)
-    serve.run(_shadowd("/e", tmp, args.port, None, args.flush_ms, EXPECTATIONS), name="e", route_prefix="/e", blocking=False)
+    serve.run(
+        _shadowd("/c", tmp, args.port, _model("cand", latency_ms=MODEL_MS), args.flush_ms),
+        name="c",
+        route_prefix="/c",
+        blocking=False,
+    )
+    serve.run(
+        _shadowd("/d", tmp, args.port, _model("cand", latency_ms=MODEL_MS, busy=True), args.flush_ms),
+        name="d",
+        route_prefix="/d",
+        blocking=False,
+    )
+    serve.run(
+        _shadowd("/e", tmp, args.port, None, args.flush_ms, EXPECTATIONS), name="e", route_prefix="/e", blocking=False
+    )
     for prefix in ("/b", "/c", "/d", "/e"):
         wait_healthy(f"{base}{prefix}", 120)
-    urls = {"a": f"{base}/a", "b": f"{base}/b/predict", "c": f"{base}/c/predict", "d": f"{base}/d/predict", "e": f"{base}/e/predict"}
+    urls = {
+        "a": f"{base}/a",
+        "b": f"{base}/b/predict",
+        "c": f"{base}/c/predict",
+        "d": f"{base}/d/predict",
+        "e": f"{base}/e/predict",
+    }
     arms = list(urls)
     samples: dict[str, list[float]] = {a: [] for a in arms}
     rng = np.random.default_rng(0)
@@ -109,19 +133,25 @@ def main() -> None:
         for arm in arms:  # warm-up, discarded
             _block(session, urls[arm], 30, rng)
         for r in range(args.rounds):
-            order = arms[r % len(arms):] + arms[: r % len(arms)]
+            order = arms[r % len(arms) :] + arms[: r % len(arms)]
             for arm in order:
                 samples[arm] += _block(session, urls[arm], args.block, rng)
                 time.sleep(0.2)  # let the arm's shadow path drain before the next arm
     serve.shutdown()
 
     q = {a: (np.percentile(s, 50) * 1e3, np.percentile(s, 99) * 1e3) for a, s in samples.items()}
-    names = {"a": "plain Ray Serve", "b": "shadowd, shadowing off", "c": "shadowd, 100% shadow, sleep candidate", "d": "shadowd, 100% shadow, CPU-bound candidate", "e": "shadowd, shadowing off, expectations on"}
-    print(f"| arm | what | n | p50 ms | p99 ms |\n|---|---|---|---|---|")
+    names = {
+        "a": "plain Ray Serve",
+        "b": "shadowd, shadowing off",
+        "c": "shadowd, 100% shadow, sleep candidate",
+        "d": "shadowd, 100% shadow, CPU-bound candidate",
+        "e": "shadowd, shadowing off, expectations on",
+    }
+    print("| arm | what | n | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for a in arms:
         print(f"| {a} | {names[a]} | {len(samples[a])} | {q[a][0]:.2f} | {q[a][1]:.2f} |")
     print()
-    print(f"| ratio | p50 | p99 |\n|---|---|---|")
+    print("| ratio | p50 | p99 |\n|---|---|---|")
     for num, den in (("c", "a"), ("c", "b"), ("b", "a"), ("d", "a"), ("e", "b")):
         print(f"| {num}/{den} | {q[num][0] / q[den][0]:.3f} | {q[num][1] / q[den][1]:.3f} |")
 

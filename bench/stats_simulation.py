@@ -83,8 +83,19 @@ def make_config(boundary: bool) -> ShadowdConfig:
             {"type": "mean_divergence", "name": "mean_divergence", "abs_margin": 0, "rel_margin": 0},
             {"type": "distribution_shift", "name": "distribution_shift", "max_shift": 1e-9},
             {"type": "candidate_failure_rate", "name": "error_rate", "outcomes": ["error"], "max_rate": ERROR_RATE},
-            {"type": "candidate_failure_rate", "name": "timeout_rate", "outcomes": ["timeout"], "max_rate": TIMEOUT_RATE},
-            {"type": "latency_ratio", "name": "latency_p50_ratio", "quantile": 0.5, "max_ratio": 1.0, "slices": ["overall"]},
+            {
+                "type": "candidate_failure_rate",
+                "name": "timeout_rate",
+                "outcomes": ["timeout"],
+                "max_rate": TIMEOUT_RATE,
+            },
+            {
+                "type": "latency_ratio",
+                "name": "latency_p50_ratio",
+                "quantile": 0.5,
+                "max_ratio": 1.0,
+                "slices": ["overall"],
+            },
             {"type": "paired_accuracy", "name": "accuracy", "max_drop": 0, "min_samples": 100},
             {"type": "paired_loss", "name": "loss", "max_increase": 0, "min_samples": 100},
         ]
@@ -103,7 +114,7 @@ def _histogram(x: np.ndarray) -> LogHistogram:
     h.n = int(x.size)
     idx = np.ceil(np.log(x) / math.log(LogHistogram.GAMMA)).astype(int)
     keys, counts = np.unique(idx, return_counts=True)
-    h.counts = dict(zip(keys.tolist(), counts.tolist()))
+    h.counts = dict(zip(keys.tolist(), counts.tolist(), strict=True))
     return h
 
 
@@ -120,7 +131,7 @@ def _tally(m: np.ndarray, d: dict[str, np.ndarray]) -> SliceTally:
     t.candidate.divergent = int((flip | (tvd > 0.3)).sum())
     t.candidate.score = _moments(tvd)
     keys, counts = np.unique(d["prod"][ok] * K + d["cand"][ok], return_counts=True)
-    t.candidate.classes = {(int(k) // K, int(k) % K): int(c) for k, c in zip(keys, counts)}
+    t.candidate.classes = {(int(k) // K, int(k) % K): int(c) for k, c in zip(keys, counts, strict=True)}
     nm = m & d["has_noise"]
     t.noise.compared = int(nm.sum())
     t.noise.flips = int(d["noise_flip"][nm].sum())
@@ -236,7 +247,7 @@ def main() -> None:
     args = parser.parse_args()
     alpha = make_config(False).gate.alpha
     started = time.time()
-    all_idx = list(range(1 + len(NAMES)))
+    list(range(1 + len(NAMES)))
     lines: list[str] = []
     with Pool(args.processes) as pool:
         lines += [
@@ -246,7 +257,8 @@ def main() -> None:
             "",
             "**A/A (candidate = production's distribution): false-alarm rate, any check on any slice, any look**",
             "",
-            "| config | runs | runs with any FAIL | false-alarm rate | 95% upper bound | final PASS | final INCONCLUSIVE |",
+            "| config | runs | runs with any FAIL | false-alarm rate | 95% upper bound "
+            "| final PASS | final INCONCLUSIVE |",
             "|---|---|---|---|---|---|---|",
         ]
         aa = {}
@@ -268,7 +280,8 @@ def main() -> None:
             "**A/B (regression on the dark slice only): share of runs flagged by pairs seen so far**",
             "",
             f"| extra wrong answers on dark ({args.runs // 2} runs each) | slice | "
-            + " | ".join(f"{n} pairs" for n in POWER_AT) + " |",
+            + " | ".join(f"{n} pairs" for n in POWER_AT)
+            + " |",
             "|---|---|" + "---|" * len(POWER_AT),
         ]
         for j, effect in enumerate(args.effects):

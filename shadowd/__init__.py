@@ -12,13 +12,13 @@ from shadowd.records import AnnotationItem, Label, ModelOutput, Pair
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
-    "ShadowdConfig",
-    "load_config",
-    "ShadowdError",
-    "ConfigError",
-    "Pair",
-    "ModelOutput",
     "AnnotationItem",
+    "ConfigError",
     "Label",
+    "ModelOutput",
+    "Pair",
+    "ShadowdConfig",
+    "ShadowdError",
+    "__version__",
+    "load_config",
 ]

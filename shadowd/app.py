@@ -19,7 +19,7 @@ from ray.serve import Application
 from shadowd.config import ShadowdConfig, load_config
 from shadowd.observe.metrics import MULTIPROC_ENV
 
-__all__ = ["build_app", "app_builder", "metrics_dir"]
+__all__ = ["app_builder", "build_app", "metrics_dir"]
 
 
 def metrics_dir(config: ShadowdConfig) -> Path:

@@ -9,7 +9,6 @@ Exit codes: 0 ok, 1 failed (e.g. gate FAIL), 2 usage or config error,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -84,7 +83,9 @@ def demo(
     requests: int = typer.Option(1500, min=1, help="Live requests to send."),
     port: int = typer.Option(8000, help="HTTP port for Ray Serve."),
     metrics_port: int = typer.Option(9100, help="Port of /metrics; 0 turns it off."),
-    feedback_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of requests that get delayed ground truth."),
+    feedback_share: float = typer.Option(
+        0.5, min=0.0, max=1.0, help="Share of requests that get delayed ground truth."
+    ),
 ) -> None:
     """Train two real models, shadow one behind the other on live HTTP traffic, print the report."""
     from shadowd.demo.run import run_demo
@@ -100,7 +101,7 @@ app.add_typer(profile_app, name="profile")
 def profile_build(
     data: Path = typer.Argument(..., help="Training data: .csv, .jsonl or .npz (2-D arrays become name\\[i] columns)."),
     out: Path = typer.Option(..., "--out", "-o", help="Profile JSON to write (expectations.drift.profile)."),
-    output_column: Optional[str] = typer.Option(
+    output_column: str | None = typer.Option(
         None, help="Column holding class labels (or regression targets): profiled as the output distribution."
     ),
     output_kind: str = typer.Option("class", help="'class' (labels, categorical) or 'value' (regression targets)."),
@@ -119,8 +120,14 @@ def profile_build(
         if not columns:
             _fail(f"{data}: no columns found")
         prof = build_profile(
-            columns, source=str(data), output_column=output_column, output_kind=output_kind,  # type: ignore[arg-type]
-            categorical=categorical, bins=bins, sample_size=sample_size, seed=seed,
+            columns,
+            source=str(data),
+            output_column=output_column,
+            output_kind=output_kind,  # type: ignore[arg-type]
+            categorical=categorical,
+            bins=bins,
+            sample_size=sample_size,
+            seed=seed,
         )
     except ConfigError as err:
         _fail(str(err))
@@ -151,9 +158,11 @@ def dashboards_write(
 @dashboards_app.command("push")
 def dashboards_push(
     grafana_url: str = typer.Option(..., envvar="GRAFANA_URL", help="Grafana base URL, e.g. http://grafana:3000."),
-    token: str = typer.Option(..., envvar="GRAFANA_TOKEN", help="Service-account token (Editor); or set GRAFANA_TOKEN."),
+    token: str = typer.Option(
+        ..., envvar="GRAFANA_TOKEN", help="Service-account token (Editor); or set GRAFANA_TOKEN."
+    ),
     folder: str = typer.Option("shadowd", help="Folder title (and uid) the dashboards go into."),
-    from_dir: Optional[Path] = typer.Option(
+    from_dir: Path | None = typer.Option(
         None, help="Push the *.json dashboards in this folder instead of the built-in ones."
     ),
 ) -> None:
@@ -181,13 +190,12 @@ def dashboards_push(
         typer.echo(f"{d.uid}: version {d.version} {grafana_url.rstrip('/')}{d.url}")
 
 
-
 @app.command("annotate")
 def annotate(
     config: Path = typer.Option(..., "--config", "-c", help="YAML config file of the daemon."),
-    as_: Optional[str] = typer.Option(None, "--as", help="Annotator name; default: who is on call now."),
+    as_: str | None = typer.Option(None, "--as", help="Annotator name; default: who is on call now."),
     status: bool = typer.Option(False, "--status", help="Print on-call, backlog and oldest item age, then exit."),
-    max_items: Optional[int] = typer.Option(None, "--max-items", help="Stop after this many items."),
+    max_items: int | None = typer.Option(None, "--max-items", help="Stop after this many items."),
     wait_s: float = typer.Option(10.0, "--wait-s", help="How long to wait for an item before stopping."),
 ) -> None:
     """Label the annotation queue as the on-call annotator, one item at a time."""
@@ -220,16 +228,16 @@ def annotate(
 @app.command("replay")
 def replay(
     suites: list[str] = typer.Argument(..., help="Suite names (in the suites folder), suite folders, or 'all-suites'."),
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, "--config", "-c", "--model-config", help="Daemon config: suites folder, thresholds, models."
     ),
-    role: Optional[str] = typer.Option(None, "--role", help="Replay the config's 'candidate' or 'production' model."),
-    model: Optional[Path] = typer.Option(None, "--model", help="YAML file with one model config, instead of --role."),
-    suites_dir: Optional[Path] = typer.Option(None, "--suites-dir", help="Folder holding suites; default from config."),
-    min_accuracy: Optional[float] = typer.Option(None, help="Override labels.suite_thresholds.min_accuracy."),
-    max_mean_loss: Optional[float] = typer.Option(None, help="Override labels.suite_thresholds.max_mean_loss."),
-    max_mae: Optional[float] = typer.Option(None, help="Override labels.suite_thresholds.max_mae."),
-    baseline: Optional[str] = typer.Option(
+    role: str | None = typer.Option(None, "--role", help="Replay the config's 'candidate' or 'production' model."),
+    model: Path | None = typer.Option(None, "--model", help="YAML file with one model config, instead of --role."),
+    suites_dir: Path | None = typer.Option(None, "--suites-dir", help="Folder holding suites; default from config."),
+    min_accuracy: float | None = typer.Option(None, help="Override labels.suite_thresholds.min_accuracy."),
+    max_mean_loss: float | None = typer.Option(None, help="Override labels.suite_thresholds.max_mean_loss."),
+    max_mae: float | None = typer.Option(None, help="Override labels.suite_thresholds.max_mae."),
+    baseline: str | None = typer.Option(
         None, "--baseline", help="Judge against the config's 'production' (or 'candidate') model instead of thresholds."
     ),
     max_accuracy_drop: float = typer.Option(0.02, min=0.0, help="With --baseline: largest accuracy drop allowed."),
@@ -262,7 +270,11 @@ def replay(
         thresholds = thresholds_for(cfg, min_accuracy=min_accuracy, max_mean_loss=max_mean_loss, max_mae=max_mae)
         results = replay_suites(suites, model_cfg, folder, thresholds)
         if baseline is not None:
-            base_cfg = getattr(cfg.models, baseline, None) if cfg is not None and baseline in ("production", "candidate") else None
+            base_cfg = (
+                getattr(cfg.models, baseline, None)
+                if cfg is not None and baseline in ("production", "candidate")
+                else None
+            )
             if base_cfg is None:
                 _fail("--baseline needs --config and a configured 'production' or 'candidate' model")
             base = replay_suites(suites, base_cfg, folder, thresholds)
@@ -279,12 +291,17 @@ def replay(
 
 @app.command("report")
 def report(
-    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Base URL of a running shadowd (route prefix included)."),
-    data_dir: Optional[Path] = typer.Option(
+    url: str = typer.Option(
+        "http://127.0.0.1:8000", "--url", help="Base URL of a running shadowd (route prefix included)."
+    ),
+    data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Report on the state persisted in this data dir instead of asking a daemon."
     ),
-    config: Optional[Path] = typer.Option(
-        None, "-c", "--config", help="With --data-dir: run this config's checks (default: the config saved with the state)."
+    config: Path | None = typer.Option(
+        None,
+        "-c",
+        "--config",
+        help="With --data-dir: run this config's checks (default: the config saved with the state).",
     ),
     gate: bool = typer.Option(False, "--gate", help="Exit with the gate verdict: 0 PASS, 1 FAIL, 3 INCONCLUSIVE."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json or markdown."),

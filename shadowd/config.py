@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -19,36 +19,36 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from shadowd.errors import ConfigError
 
 __all__ = [
-    "ShadowdConfig",
-    "ModelConfig",
-    "ShadowConfig",
-    "ServingConfig",
-    "SliceConfig",
-    "DivergenceConfig",
     "AnnotationConfig",
-    "KafkaConfig",
-    "MetricsConfig",
-    "GrafanaConfig",
+    "AnnotationPolicyConfig",
     "CheckConfig",
-    "FlipRateCheck",
-    "MeanDivergenceCheck",
     "DistributionShiftCheck",
+    "DivergenceConfig",
+    "DriftConfig",
+    "ExpectationsConfig",
     "FailureRateCheck",
+    "FeatureExpectation",
+    "FlipRateCheck",
+    "GateConfig",
+    "GrafanaConfig",
+    "InputsExpectation",
+    "KafkaConfig",
+    "LabelsConfig",
     "LatencyRatioCheck",
+    "MeanDivergenceCheck",
+    "MetricsConfig",
+    "ModelConfig",
+    "OutputsExpectation",
     "PairedAccuracyCheck",
     "PairedLossCheck",
-    "GateConfig",
-    "default_checks",
-    "AnnotationPolicyConfig",
     "RedactionConfig",
     "RotationConfig",
-    "LabelsConfig",
+    "ServingConfig",
+    "ShadowConfig",
+    "ShadowdConfig",
+    "SliceConfig",
     "SuiteThresholds",
-    "ExpectationsConfig",
-    "FeatureExpectation",
-    "InputsExpectation",
-    "OutputsExpectation",
-    "DriftConfig",
+    "default_checks",
     "load_config",
     "parse_config",
 ]
@@ -87,7 +87,7 @@ class ModelConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _source_matches_kind(self) -> "ModelConfig":
+    def _source_matches_kind(self) -> ModelConfig:
         if self.kind == "torchscript" and self.path is None:
             raise ValueError("kind 'torchscript' needs 'path'")
         if self.kind == "python" and self.target is None:
@@ -114,7 +114,9 @@ class ShadowConfig(_Strict):
     )
     candidate_timeout_s: float = Field(1.0, gt=0, le=600, description="Longest wait for one candidate batch.")
     max_in_flight: int = Field(
-        2000, ge=1, description="Pairs buffered or in flight to the shadow worker; beyond this, pairs are dropped and counted."
+        2000,
+        ge=1,
+        description="Pairs buffered or in flight to the shadow worker; beyond this, pairs are dropped and counted.",
     )
     flush_interval_ms: float = Field(
         100.0,
@@ -124,7 +126,9 @@ class ShadowConfig(_Strict):
         "so fewer, larger sends keep production latency flat (bench/RESULTS.md).",
     )
     max_flush_size: int = Field(256, ge=1, description="Most pairs sent in one call to the shadow worker.")
-    store_inputs: bool = Field(True, description="Keep request inputs on pairs (needed for annotation items and replay).")
+    store_inputs: bool = Field(
+        True, description="Keep request inputs on pairs (needed for annotation items and replay)."
+    )
 
 
 class ServingConfig(_Strict):
@@ -143,7 +147,9 @@ class ServingConfig(_Strict):
     )
     worker_replicas: int = Field(1, ge=1, description="Replicas of the shadow worker (candidate).")
     worker_cpus: float = Field(0.25, gt=0, description="CPUs reserved per shadow worker replica.")
-    comparator_cpus: float = Field(0.25, gt=0, description="CPUs reserved for the hub (comparator, flywheel, /metrics).")
+    comparator_cpus: float = Field(
+        0.25, gt=0, description="CPUs reserved for the hub (comparator, flywheel, /metrics)."
+    )
     hub_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Custom Ray resources the hub needs, e.g. {shadowd_state: 0.01} to place it on the node "
@@ -154,7 +160,7 @@ class ServingConfig(_Strict):
 
 # --- slices: a small declarative predicate language, never code ---
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 
 class Condition(_Strict):
@@ -165,7 +171,7 @@ class Condition(_Strict):
     value: Scalar | list[Scalar] = Field(None, description="Right-hand side; a list for 'in' / 'not_in'.")
 
     @model_validator(mode="after")
-    def _value_fits_op(self) -> "Condition":
+    def _value_fits_op(self) -> Condition:
         if self.op in ("in", "not_in") and not isinstance(self.value, list):
             raise ValueError(f"op '{self.op}' needs a list value, got {self.value!r}")
         if self.op in ("lt", "le", "gt", "ge") and not isinstance(self.value, (int, float)):
@@ -174,15 +180,15 @@ class Condition(_Strict):
 
 
 class AllOf(_Strict):
-    all: list["Predicate"] = Field(min_length=1, description="True when every predicate is.")
+    all: list[Predicate] = Field(min_length=1, description="True when every predicate is.")
 
 
 class AnyOf(_Strict):
-    any: list["Predicate"] = Field(min_length=1, description="True when one predicate is.")
+    any: list[Predicate] = Field(min_length=1, description="True when one predicate is.")
 
 
 class NotOf(_Strict):
-    not_: "Predicate" = Field(alias="not", description="True when the predicate is not.")
+    not_: Predicate = Field(alias="not", description="True when the predicate is not.")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
@@ -195,12 +201,10 @@ def _predicate_kind(value: Any) -> str | None:
 
 
 Predicate = Annotated[
-    Union[
-        Annotated[Condition, Tag("condition")],
-        Annotated[AllOf, Tag("all")],
-        Annotated[AnyOf, Tag("any")],
-        Annotated[NotOf, Tag("not")],
-    ],
+    Annotated[Condition, Tag("condition")]
+    | Annotated[AllOf, Tag("all")]
+    | Annotated[AnyOf, Tag("any")]
+    | Annotated[NotOf, Tag("not")],
     Discriminator(
         _predicate_kind,
         custom_error_type="predicate",
@@ -226,9 +230,16 @@ class DivergenceConfig(_Strict):
         0.3, ge=0, le=1, description="Classification: total variation distance above which a pair is divergent."
     )
     flip_is_divergent: bool = Field(True, description="Classification: a changed top label is always divergent.")
-    abs_threshold: float = Field(1.0, ge=0, description="Regression: |candidate - production| above this (and rel_threshold exceeded too) is divergent.")
+    abs_threshold: float = Field(
+        1.0,
+        ge=0,
+        description="Regression: |candidate - production| above this (and rel_threshold exceeded too) is divergent.",
+    )
     rel_threshold: float = Field(
-        0.2, ge=0, description="Regression: |candidate - production| / max(|production|, eps) above this (and abs_threshold exceeded too) is divergent."
+        0.2,
+        ge=0,
+        description="Regression: |candidate - production| / max(|production|, eps) above this "
+        "(and abs_threshold exceeded too) is divergent.",
     )
 
 
@@ -245,7 +256,9 @@ class KafkaConfig(_Strict):
     sasl_username_env: str | None = Field(None, description="Environment variable holding the SASL user name.")
     sasl_password_env: str | None = Field(None, description="Environment variable holding the SASL password.")
     ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
-    delivery_timeout_ms: int = Field(30_000, gt=0, description="Give up on a send after this long; the item stays in the spool.")
+    delivery_timeout_ms: int = Field(
+        30_000, gt=0, description="Give up on a send after this long; the item stays in the spool."
+    )
 
 
 class AnnotationPolicyConfig(_Strict):
@@ -255,8 +268,11 @@ class AnnotationPolicyConfig(_Strict):
         10_000, ge=0, description="How many recent item fingerprints are remembered for dedup; 0 turns dedup off."
     )
     dedup_decimals: int = Field(
-        2, ge=0, le=12, description="Numbers in inputs and features are rounded to this many decimals before "
-        "fingerprinting, so near-identical items count as the same."
+        2,
+        ge=0,
+        le=12,
+        description="Numbers in inputs and features are rounded to this many decimals before "
+        "fingerprinting, so near-identical items count as the same.",
     )
     rate_per_s: float = Field(10.0, gt=0, description="Global rate limit (token bucket refill), items per second.")
     burst_items: int = Field(100, ge=1, description="Token bucket size: items let through in one burst.")
@@ -284,7 +300,7 @@ class RedactionConfig(_Strict):
     salt_env: str | None = Field(None, description="Environment variable holding the hash salt; none means unsalted.")
 
     @model_validator(mode="after")
-    def _paths_ok(self) -> "RedactionConfig":
+    def _paths_ok(self) -> RedactionConfig:
         allowed = ("features", "inputs", "detail")
         for path in [*self.drop, *self.hash]:
             if path.split(".")[0] not in allowed:
@@ -299,7 +315,8 @@ class RotationConfig(_Strict):
     """The on-call annotation rotation: who labels the queue right now."""
 
     name: str = Field(
-        "default", description="Rotation name; the Kafka consumer group is 'shadowd.annotate.<name>'.",
+        "default",
+        description="Rotation name; the Kafka consumer group is 'shadowd.annotate.<name>'.",
         pattern=r"^[A-Za-z0-9_.-]{1,60}$",
     )
     annotators: list[Annotated[str, Field(min_length=1)]] = Field(
@@ -309,25 +326,35 @@ class RotationConfig(_Strict):
     start: datetime = Field(description="When the first annotator's first shift began (ISO 8601 with time zone).")
 
     @model_validator(mode="after")
-    def _aware(self) -> "RotationConfig":
+    def _aware(self) -> RotationConfig:
         if self.start.tzinfo is None:
             raise ValueError(f"start {self.start.isoformat()} needs a time zone, e.g. '2026-01-05T09:00:00Z'")
         return self
 
 
 class AnnotationConfig(_Strict):
-    kafka: KafkaConfig | None = Field(None, description="Produce items to Kafka; without it the local spool alone holds them.")
+    kafka: KafkaConfig | None = Field(
+        None, description="Produce items to Kafka; without it the local spool alone holds them."
+    )
     max_buffered_items: int = Field(10_000, ge=1, description="Items held in memory before the spool takes them.")
-    batch_items: int = Field(500, ge=1, le=100_000, description="Most items per spool write (one fsync) and per Kafka send.")
-    spool_segment_items: int = Field(1000, ge=1, description="Items per spool segment file; delivered segments are deleted.")
-    policy: AnnotationPolicyConfig = Field(default_factory=AnnotationPolicyConfig, description="Dedup, quotas, rate limit.")
+    batch_items: int = Field(
+        500, ge=1, le=100_000, description="Most items per spool write (one fsync) and per Kafka send."
+    )
+    spool_segment_items: int = Field(
+        1000, ge=1, description="Items per spool segment file; delivered segments are deleted."
+    )
+    policy: AnnotationPolicyConfig = Field(
+        default_factory=AnnotationPolicyConfig, description="Dedup, quotas, rate limit."
+    )
     redaction: RedactionConfig = Field(default_factory=RedactionConfig, description="Fields dropped or hashed.")
     rotation: RotationConfig | None = Field(None, description="On-call rotation; none leaves items unassigned.")
 
 
 class SuiteThresholds(_Strict):
     min_accuracy: float = Field(0.9, ge=0, le=1, description="Classification: a suite fails below this accuracy.")
-    max_mean_loss: float | None = Field(None, gt=0, description="A suite fails above this mean loss; none: not checked.")
+    max_mean_loss: float | None = Field(
+        None, gt=0, description="A suite fails above this mean loss; none: not checked."
+    )
     max_mae: float | None = Field(None, gt=0, description="Regression: a suite fails above this mean absolute error.")
 
 
@@ -344,7 +371,9 @@ class LabelsConfig(_Strict):
     )
     high_loss_window: int = Field(1000, ge=10, description="Recent losses the quantile is taken over.")
     high_loss_min_labels: int = Field(50, ge=1, description="No quantile-based queueing before this many labels.")
-    suites_dir: Path | None = Field(None, description="Where hard-example suites are written; default <data_dir>/suites.")
+    suites_dir: Path | None = Field(
+        None, description="Where hard-example suites are written; default <data_dir>/suites."
+    )
     suite_thresholds: SuiteThresholds = Field(
         default_factory=SuiteThresholds, description="Pass/fail thresholds for `shadowd replay`."
     )
@@ -360,7 +389,8 @@ class GrafanaConfig(_Strict):
 
     url: str = Field(description="Grafana base URL, e.g. http://grafana:3000.", pattern=r"^https?://\S+$")
     token_env: str = Field(
-        "GRAFANA_TOKEN", description="Environment variable holding a Grafana service-account token (never the token itself)."
+        "GRAFANA_TOKEN",
+        description="Environment variable holding a Grafana service-account token (never the token itself).",
     )
     annotate_verdicts: bool = Field(True, description="Write an annotation whenever the gate verdict changes.")
     timeout_s: float = Field(5.0, gt=0, le=60, description="Longest wait for one Grafana call.")
@@ -391,7 +421,7 @@ class FeatureExpectation(_Strict):
     )
 
     @model_validator(mode="after")
-    def _rules_fit_type(self) -> "FeatureExpectation":
+    def _rules_fit_type(self) -> FeatureExpectation:
         _check_range(self.min, self.max)
         if (self.min is not None or self.max is not None) and self.type not in ("number", "integer", "any"):
             raise ValueError(f"min/max need type 'number', 'integer' or 'any', got type '{self.type}'")
@@ -411,7 +441,7 @@ class InputsExpectation(_Strict):
     max: float | None = Field(None, description="Largest allowed element (inclusive).")
 
     @model_validator(mode="after")
-    def _range(self) -> "InputsExpectation":
+    def _range(self) -> InputsExpectation:
         _check_range(self.min, self.max)
         return self
 
@@ -419,7 +449,9 @@ class InputsExpectation(_Strict):
 class OutputsExpectation(_Strict):
     """What every model output (production, candidate, noise) must look like: numerical stability."""
 
-    finite: bool = Field(True, description="No NaN or +-inf in an output; counted per role in shadowd_nonfinite_outputs_total.")
+    finite: bool = Field(
+        True, description="No NaN or +-inf in an output; counted per role in shadowd_nonfinite_outputs_total."
+    )
     min: float | None = Field(None, description="Smallest allowed output value (inclusive), e.g. 0 for probabilities.")
     max: float | None = Field(None, description="Largest allowed output value (inclusive), e.g. 1 for probabilities.")
     sum_to_one: bool = Field(False, description="Each output row must sum to 1 (class probabilities).")
@@ -429,7 +461,7 @@ class OutputsExpectation(_Strict):
     )
 
     @model_validator(mode="after")
-    def _range(self) -> "OutputsExpectation":
+    def _range(self) -> OutputsExpectation:
         _check_range(self.min, self.max)
         return self
 
@@ -458,7 +490,8 @@ class DriftConfig(_Strict):
     )
     features: list[str] = Field(
         default_factory=list,
-        description="Profile features to monitor (request feature names or 'inputs[i]'); empty means all in the profile.",
+        description="Profile features to monitor (request feature names or 'inputs[i]'); "
+        "empty means all in the profile.",
     )
     outputs: bool = Field(True, description="Also check each model's output distribution against the profile's.")
     history_windows: int = Field(50, ge=1, description="Closed windows kept for the report.")
@@ -496,7 +529,8 @@ class _CheckBase(_Strict):
         200, ge=1, description="Pairs (labels for label-based checks) a slice needs before the check gives a verdict."
     )
     required: bool = Field(
-        True, description="PASS needs this check to pass; an optional check can still FAIL the gate but never holds it up."
+        True,
+        description="PASS needs this check to pass; an optional check can still FAIL the gate but never holds it up.",
     )
     slices: list[str] | None = Field(
         None, description="Where the check runs: 'overall' and/or slice names; none means overall and every slice."
@@ -570,15 +604,13 @@ class PairedLossCheck(_CheckBase):
 
 
 CheckConfig = Annotated[
-    Union[
-        FlipRateCheck,
-        MeanDivergenceCheck,
-        DistributionShiftCheck,
-        FailureRateCheck,
-        LatencyRatioCheck,
-        PairedAccuracyCheck,
-        PairedLossCheck,
-    ],
+    FlipRateCheck
+    | MeanDivergenceCheck
+    | DistributionShiftCheck
+    | FailureRateCheck
+    | LatencyRatioCheck
+    | PairedAccuracyCheck
+    | PairedLossCheck,
     Field(discriminator="type"),
 ]
 
@@ -609,20 +641,24 @@ class GateConfig(_Strict):
     noise_floor: bool = Field(
         True, description="Judge divergence checks against production's own noise when noise pairs exist."
     )
-    tuning_samples: int = Field(
-        2000, ge=10, description="Sample size at which the confidence sequences are tightest."
-    )
+    tuning_samples: int = Field(2000, ge=10, description="Sample size at which the confidence sequences are tightest.")
 
 
 class ShadowdConfig(_Strict):
     """The whole daemon."""
 
     task: Literal["classification", "regression"] = Field(description="What the models predict.")
-    data_dir: Path = Field(Path("shadowd-data"), description="State that survives restarts: spool, pair store, gate state.")
+    data_dir: Path = Field(
+        Path("shadowd-data"), description="State that survives restarts: spool, pair store, gate state."
+    )
     models: ModelsConfig = Field(description="The production model and the candidate under test.")
-    shadow: ShadowConfig = Field(default_factory=ShadowConfig, description="Sampling, timeouts and bounds of the shadow path.")
+    shadow: ShadowConfig = Field(
+        default_factory=ShadowConfig, description="Sampling, timeouts and bounds of the shadow path."
+    )
     serving: ServingConfig = Field(default_factory=ServingConfig, description="HTTP, replicas and CPUs on Ray Serve.")
-    slices: list[SliceConfig] = Field(default_factory=list, description="Named slices, reported and checked on their own.")
+    slices: list[SliceConfig] = Field(
+        default_factory=list, description="Named slices, reported and checked on their own."
+    )
     divergence: DivergenceConfig = Field(
         default_factory=DivergenceConfig, description="When a pair counts as divergent (and is queued for a label)."
     )
@@ -635,7 +671,8 @@ class ShadowdConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The Prometheus /metrics endpoint.")
     grafana: GrafanaConfig | None = Field(None, description="Annotate gate verdict changes in Grafana; none: off.")
     checks: list[CheckConfig] = Field(
-        default_factory=default_checks, description="Statistical checks run overall and per slice; see docs/statistics.md."
+        default_factory=default_checks,
+        description="Statistical checks run overall and per slice; see docs/statistics.md.",
     )
     gate: GateConfig = Field(default_factory=GateConfig, description="How check results become a promotion verdict.")
     expectations: ExpectationsConfig = Field(
@@ -643,7 +680,7 @@ class ShadowdConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ShadowdConfig":
+    def _consistent(self) -> ShadowdConfig:
         names = [s.name for s in self.slices]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -661,7 +698,7 @@ class ShadowdConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _checks_consistent(self) -> "ShadowdConfig":
+    def _checks_consistent(self) -> ShadowdConfig:
         names = [c.name for c in self.checks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -8,11 +8,11 @@ is what the ingress answers when the error reaches a client.
 from __future__ import annotations
 
 __all__ = [
-    "ShadowdError",
-    "ConfigError",
     "BadRequest",
-    "PayloadTooLarge",
+    "ConfigError",
     "ModelError",
+    "PayloadTooLarge",
+    "ShadowdError",
     "SinkError",
 ]
 

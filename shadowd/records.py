@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SCHEMA_VERSION", "Role", "Outcome", "ModelOutput", "Pair", "AnnotationItem", "Label"]
+__all__ = ["SCHEMA_VERSION", "AnnotationItem", "Label", "ModelOutput", "Outcome", "Pair", "Role"]
 
 SCHEMA_VERSION = 1
 
@@ -80,7 +80,9 @@ class Label(_Record):
     """Ground truth for a request, from product systems (feedback) or annotators."""
 
     request_id: str
-    label: float | int | list[float] | None = Field(description="Class index or target value; None for skip / bad data.")
+    label: float | int | list[float] | None = Field(
+        description="Class index or target value; None for skip / bad data."
+    )
     source: Literal["feedback", "annotator"] = "feedback"
     verdict: Literal["label", "skip", "bad_data"] = "label"
     annotator: str | None = None

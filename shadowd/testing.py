@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-__all__ = ["ToyClassifier", "ToyRegressor", "FaultyModel", "SleepyModel"]
+__all__ = ["FaultyModel", "SleepyModel", "ToyClassifier", "ToyRegressor"]
 
 
 class ToyClassifier:

@@ -9,4 +9,4 @@ from shadowd.compare.comparator import OVERALL, Comparator
 from shadowd.compare.divergence import Divergence, pair_divergence
 from shadowd.compare.slices import SliceMatcher
 
-__all__ = ["Comparator", "OVERALL", "Divergence", "pair_divergence", "SliceMatcher"]
+__all__ = ["OVERALL", "Comparator", "Divergence", "SliceMatcher", "pair_divergence"]

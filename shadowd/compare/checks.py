@@ -38,7 +38,7 @@ from shadowd.config import (
     PairedLossCheck,
 )
 
-__all__ = ["CheckResult", "CheckStatus", "Evidence", "build_evidence", "applies_to_task"]
+__all__ = ["CheckResult", "CheckStatus", "Evidence", "applies_to_task", "build_evidence"]
 
 CheckStatus = Literal["pass", "fail", "inconclusive"]
 
@@ -194,7 +194,9 @@ def _noise_aware(
     )
 
 
-def _distribution_shift(check: DistributionShiftCheck, cand: CandidateTally, gate: GateConfig, explain: bool) -> Evidence:
+def _distribution_shift(
+    check: DistributionShiftCheck, cand: CandidateTally, gate: GateConfig, explain: bool
+) -> Evidence:
     """Per class k, the paired difference 1[candidate says k] - 1[production says k]; its mean is the share change."""
     rho = stats.gaussian_mixture_rho(gate.alpha, gate.tuning_samples)
     n = sum(cand.classes.values())
@@ -218,8 +220,8 @@ def _distribution_shift(check: DistributionShiftCheck, cand: CandidateTally, gat
     def bounds(a: float, s: float) -> tuple[float, float]:
         # Bonferroni over classes: every class's interval holds at once.
         hws = [stats.mean_cs_halfwidth(n * s, sd, a / classes, rho) for sd in sds]
-        lo = max((abs(d) - hw for d, hw in zip(shifts, hws)), default=0.0)
-        hi = max((abs(d) + hw for d, hw in zip(shifts, hws)), default=math.inf)
+        lo = max((abs(d) - hw for d, hw in zip(shifts, hws, strict=True)), default=0.0)
+        hi = max((abs(d) + hw for d, hw in zip(shifts, hws, strict=True)), default=math.inf)
         return max(lo, 0.0), hi
 
     worst = max(range(k_max), key=lambda k: abs(shifts[k])) if k_max and n else None
@@ -261,8 +263,9 @@ def _latency_ratio(check: LatencyRatioCheck, t: SliceTally) -> Evidence:
     q = check.quantile
     if cand is None or prod is None or cand.n == 0 or prod.n == 0:
         never = lambda a, s: False  # noqa: E731
-        return Evidence(0, "pairs", None, check.max_ratio, f"p{q * 100:g} latency ratio", never, never,
-                        lambda a: (0.0, math.inf))
+        return Evidence(
+            0, "pairs", None, check.max_ratio, f"p{q * 100:g} latency ratio", never, never, lambda a: (0.0, math.inf)
+        )
     cv, cc = cand.cumulative()
     pv, pc = prod.cumulative()
 
@@ -308,8 +311,11 @@ def _paired_accuracy(check: PairedAccuracyCheck, t: SliceTally, gate: GateConfig
         fails=lambda a, s: _mean_bounds(drop, sd, n, a, s, rho)[0] > check.max_drop,
         passes=lambda a, s: _mean_bounds(drop, sd, n, a, s, rho)[1] <= check.max_drop,
         interval=lambda a: _mean_bounds(drop, sd, n, a, 1.0, rho),
-        extra={"accuracy": acc, "discordant": {"production_only": b, "candidate_only": c},
-               "mcnemar_mid_p_fixed_n": stats.mcnemar_mid_p(b, c) if explain else None},
+        extra={
+            "accuracy": acc,
+            "discordant": {"production_only": b, "candidate_only": c},
+            "mcnemar_mid_p_fixed_n": stats.mcnemar_mid_p(b, c) if explain else None,
+        },
     )
 
 
@@ -327,8 +333,10 @@ def _paired_loss(check: PairedLossCheck, t: SliceTally, gate: GateConfig, explai
         fails=lambda a, s: _mean_bounds(m.mean, sd, m.n, a, s, rho)[0] > check.max_increase,
         passes=lambda a, s: _mean_bounds(m.mean, sd, m.n, a, s, rho)[1] <= check.max_increase,
         interval=lambda a: _mean_bounds(m.mean, sd, m.n, a, 1.0, rho),
-        extra={"mean_loss": {role: mm.mean for role, mm in lab.loss.items()} if m.n else None,
-               "wilcoxon_p_fixed_n": stats.wilcoxon_p(lab.diff_sample) if explain else None},
+        extra={
+            "mean_loss": {role: mm.mean for role, mm in lab.loss.items()} if m.n else None,
+            "wilcoxon_p_fixed_n": stats.wilcoxon_p(lab.diff_sample) if explain else None,
+        },
     )
 
 

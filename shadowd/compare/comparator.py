@@ -36,7 +36,14 @@ from shadowd.errors import BadRequest, ShadowdError
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, Label, ModelOutput, Pair
 
-__all__ = ["Comparator", "OVERALL", "STATE_SCHEMA_VERSION", "REPORT_SCHEMA_VERSION", "state_path", "report_from_data_dir"]
+__all__ = [
+    "OVERALL",
+    "REPORT_SCHEMA_VERSION",
+    "STATE_SCHEMA_VERSION",
+    "Comparator",
+    "report_from_data_dir",
+    "state_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -300,10 +307,13 @@ class Comparator:
             raise ShadowdError("not a shadowd comparator state")
         if state.get("schema_version") != STATE_SCHEMA_VERSION:
             raise ShadowdError(
-                f"comparator state schema_version {state.get('schema_version')!r}; this shadowd reads {STATE_SCHEMA_VERSION}"
+                f"comparator state schema_version {state.get('schema_version')!r}; "
+                f"this shadowd reads {STATE_SCHEMA_VERSION}"
             )
         if state.get("task") != self._task:
-            raise ShadowdError(f"comparator state is for task {state.get('task')!r}; this comparator's is {self._task!r}")
+            raise ShadowdError(
+                f"comparator state is for task {state.get('task')!r}; this comparator's is {self._task!r}"
+            )
 
     def merge(self, state: dict[str, Any]) -> None:
         """Add another comparator's window (e.g. another replica's) into this one."""

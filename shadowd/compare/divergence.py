@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from shadowd.config import DivergenceConfig
 
-__all__ = ["Divergence", "pair_divergence", "top_class", "REL_EPS"]
+__all__ = ["REL_EPS", "Divergence", "pair_divergence", "top_class"]
 
 # Floor on |production| in the relative difference, so an exact zero from
 # production gives a large but finite relative difference instead of inf.
@@ -66,7 +66,7 @@ def pair_divergence(
     if task == "classification":
         top = top_class(production)
         flip = top_class(candidate) != top
-        tvd = 0.5 * sum(abs(p - c) for p, c in zip(production, candidate))
+        tvd = 0.5 * sum(abs(p - c) for p, c in zip(production, candidate, strict=True))
         # Rounding can push a sum of probabilities a hair past 1.
         tvd = min(tvd, 1.0)
         divergent = (flip and cfg.flip_is_divergent) or tvd > cfg.tvd_threshold
@@ -80,14 +80,14 @@ def pair_divergence(
             divergent=divergent,
         )
     if task == "regression":
-        abs_diffs = [abs(c - p) for p, c in zip(production, candidate)]
-        rel_diffs = [d / max(abs(p), REL_EPS) for d, p in zip(abs_diffs, production)]
+        abs_diffs = [abs(c - p) for p, c in zip(production, candidate, strict=True)]
+        rel_diffs = [d / max(abs(p), REL_EPS) for d, p in zip(abs_diffs, production, strict=True)]
         abs_diff, rel_diff = max(abs_diffs), max(rel_diffs)
         # Both margins must be exceeded on the same output (as numpy.isclose's
         # atol + rtol): a small absolute wobble around zero is not divergent,
         # nor is a large absolute change on a large value.
         divergent = any(
-            a > cfg.abs_threshold and r > cfg.rel_threshold for a, r in zip(abs_diffs, rel_diffs)
+            a > cfg.abs_threshold and r > cfg.rel_threshold for a, r in zip(abs_diffs, rel_diffs, strict=True)
         )
         return Divergence(
             flip=None,

@@ -28,7 +28,7 @@ from shadowd.compare.tally import SliceTally
 from shadowd.config import ShadowdConfig
 from shadowd.observe.metrics import ShadowdMetrics
 
-__all__ = ["evaluate_checks", "evaluate_gate", "gate_summary", "STATUS_CODE", "VERDICT_CODE"]
+__all__ = ["STATUS_CODE", "VERDICT_CODE", "evaluate_checks", "evaluate_gate", "gate_summary"]
 
 OVERALL = "overall"
 STATUS_CODE = {"pass": 0, "fail": 1, "inconclusive": 2}
@@ -43,8 +43,9 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def _reason(status: str, ev: Evidence, ci: tuple[float, float], min_samples: int, needed: int | None,
-            p: float, p_adj: float) -> str:
+def _reason(
+    status: str, ev: Evidence, ci: tuple[float, float], min_samples: int, needed: int | None, p: float, p_adj: float
+) -> str:
     if ev.n < min_samples:
         more = f"; needs ~{needed} more {ev.unit}" if needed else ""
         return f"{ev.n} of {min_samples} {ev.unit} needed before a verdict{more}"
@@ -87,7 +88,7 @@ def evaluate_checks(
     raw = [p for *_, p in entries]
     adjusted = stats.holm(raw) if gate.correction == "holm" else stats.bonferroni(raw)
     results = []
-    for (check, name, ev, p), p_adj in zip(entries, adjusted):
+    for (check, name, ev, p), p_adj in zip(entries, adjusted, strict=True):
         needed: int | None
         if ev.n < check.min_samples or ev.value is None:
             status = "inconclusive"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["example_loss", "PROB_FLOOR", "LOSS_CAP"]
+__all__ = ["LOSS_CAP", "PROB_FLOOR", "example_loss"]
 
 PROB_FLOOR = 1e-7
 LOSS_CAP = 1e300
@@ -28,6 +28,6 @@ def example_loss(task: str, values: Sequence[float], label: float | int | Sequen
         target = [float(label)] if isinstance(label, (int, float)) else [float(x) for x in label]
         if len(target) != len(values):
             raise ValueError(f"label has {len(target)} values; the model returns {len(values)}")
-        mean_sq = sum((float(v) - t) * (float(v) - t) for v, t in zip(values, target)) / len(target)
+        mean_sq = sum((float(v) - t) * (float(v) - t) for v, t in zip(values, target, strict=True)) / len(target)
         return min(mean_sq, LOSS_CAP)  # an absurd output costs a huge loss, not an inf that breaks JSON
     raise ValueError(f"unknown task {task!r}")

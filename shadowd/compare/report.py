@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["render_report", "FORMATS", "gate_exit_code"]
+__all__ = ["FORMATS", "gate_exit_code", "render_report"]
 
 FORMATS = ("table", "json", "markdown")
 # `shadowd report --gate`: what a CI/CD pipeline sees.
@@ -46,7 +46,7 @@ def _ms(x: float | None) -> str:
 def _ts(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _slice_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -70,7 +70,8 @@ def _slice_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row += [
             _num(s.get("divergent")),
             _num(s.get("mean_divergence")),
-            (_pct(floor) if classification else _num(floor)) + (f" (n={noise.get('compared')})" if noise.get("compared") else ""),
+            (_pct(floor) if classification else _num(floor))
+            + (f" (n={noise.get('compared')})" if noise.get("compared") else ""),
             f"{_ms(prod.get('p50'))}/{_ms(cand.get('p50'))}",
             f"{_ms(prod.get('p99'))}/{_ms(cand.get('p99'))}",
             _num(labels.get("labels")),
@@ -92,10 +93,18 @@ def _check_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ci = c.get("ci")
         interval = f"[{_num(ci[0])}, {_num(ci[1]) if ci[1] is not None else 'inf'}]" if ci else "-"
         status = c.get("status", "?").upper() + ("" if c.get("required", True) else " (optional)")
-        rows.append([
-            c.get("check", "?"), c.get("slice", "?"), status, _num(c.get("value")), interval,
-            _num(c.get("threshold")), f"{c.get('n', 0)} {c.get('unit', '')}".strip(), c.get("reason", ""),
-        ])
+        rows.append(
+            [
+                c.get("check", "?"),
+                c.get("slice", "?"),
+                status,
+                _num(c.get("value")),
+                interval,
+                _num(c.get("threshold")),
+                f"{c.get('n', 0)} {c.get('unit', '')}".strip(),
+                c.get("reason", ""),
+            ]
+        )
     return header, rows
 
 
@@ -148,7 +157,17 @@ def _markdown(report: dict[str, Any]) -> str:
     head = _headline(report)
     lines = [f"## {head[0]}", "", f"**{head[1]}**", ""]
     lines += [line.replace("  - ", "- ", 1) for line in head[2:]]
-    lines += ["", "### Slices", "", *table(*_slice_rows(report)), "", "### Checks", "", *table(*_check_rows(report)), ""]
+    lines += [
+        "",
+        "### Slices",
+        "",
+        *table(*_slice_rows(report)),
+        "",
+        "### Checks",
+        "",
+        *table(*_check_rows(report)),
+        "",
+    ]
     lines += [f"_{line}_" for line in _footer(report)]
     return "\n".join(lines) + "\n"
 

@@ -37,21 +37,21 @@ import numpy as np
 from scipy import optimize, special, stats
 
 __all__ = [
+    "MIN_ALPHA",
     "PRIOR_A",
     "PRIOR_B",
-    "proportion_cs",
-    "proportion_bound",
-    "proportion_p_above",
-    "gaussian_mixture_rho",
-    "mean_cs_halfwidth",
-    "quantile_cs",
     "anytime_p_value",
-    "holm",
     "bonferroni",
-    "mcnemar_mid_p",
     "chi2_shift_p",
+    "gaussian_mixture_rho",
+    "holm",
+    "mcnemar_mid_p",
+    "mean_cs_halfwidth",
+    "proportion_bound",
+    "proportion_cs",
+    "proportion_p_above",
+    "quantile_cs",
     "wilcoxon_p",
-    "MIN_ALPHA",
 ]
 
 # Jeffreys prior on the rate: no rate is favoured, and the interval stays
@@ -107,10 +107,7 @@ def proportion_p_above(s: float, n: float, p0: float) -> float:
     if n <= 0:
         return 1.0
     p_null = min(s / n, p0)
-    if p_null <= 0:
-        log_null = 0.0 if s <= 0 else -math.inf
-    else:
-        log_null = _log_lik(p_null, s, n)
+    log_null = (0.0 if s <= 0 else -math.inf) if p_null <= 0 else _log_lik(p_null, s, n)
     return float(min(1.0, max(MIN_ALPHA, math.exp(min(0.0, log_null - _log_mix(s, n))))))
 
 
@@ -216,7 +213,10 @@ def mcnemar_mid_p(b: int, c: int) -> float:
 
 
 def chi2_shift_p(production_counts: Sequence[int], candidate_counts: Sequence[int]) -> float | None:
-    """Chi-square test that two predicted-class count vectors share one distribution (treats them as independent samples)."""
+    """Chi-square test that two predicted-class count vectors share one distribution.
+
+    Treats them as independent samples (they are paired: shown, never deciding).
+    """
     table = np.array([production_counts, candidate_counts], dtype=float)
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():

@@ -22,11 +22,11 @@ from typing import Any, ClassVar
 
 __all__ = [
     "OUTCOMES",
-    "Moments",
-    "LogHistogram",
     "CandidateTally",
-    "NoiseTally",
     "LabelTally",
+    "LogHistogram",
+    "Moments",
+    "NoiseTally",
     "SliceTally",
 ]
 
@@ -47,7 +47,7 @@ class Moments:
         self.mean += delta / self.n
         self.m2 += delta * (x - self.mean)
 
-    def merge(self, other: "Moments") -> None:
+    def merge(self, other: Moments) -> None:
         if other.n == 0:
             return
         if self.n == 0:
@@ -68,7 +68,7 @@ class Moments:
         return {"n": self.n, "mean": self.mean, "m2": self.m2}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Moments":
+    def from_dict(cls, d: dict[str, Any]) -> Moments:
         return cls(int(d["n"]), float(d["mean"]), float(d["m2"]))
 
 
@@ -98,7 +98,7 @@ class LogHistogram:
         i = math.ceil(math.log(x) / self._LOG_GAMMA)
         self.counts[i] = self.counts.get(i, 0) + 1
 
-    def merge(self, other: "LogHistogram") -> None:
+    def merge(self, other: LogHistogram) -> None:
         self.n += other.n
         self.zero += other.zero
         for i, c in other.counts.items():
@@ -127,7 +127,7 @@ class LogHistogram:
         if self.n == 0:
             return None
         rank = max(1, math.ceil(q * self.n))
-        for value, cum in zip(*self.cumulative()):
+        for value, cum in zip(*self.cumulative(), strict=True):
             if cum >= rank:
                 return value
         return None  # unreachable: the last cumulative count is n
@@ -136,7 +136,7 @@ class LogHistogram:
         return {"zero": self.zero, "n": self.n, "counts": {str(i): c for i, c in sorted(self.counts.items())}}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LogHistogram":
+    def from_dict(cls, d: dict[str, Any]) -> LogHistogram:
         h = cls()
         h.zero, h.n = int(d["zero"]), int(d["n"])
         h.counts = {int(i): int(c) for i, c in d["counts"].items()}
@@ -158,7 +158,7 @@ class _DivergenceTally:
         self.flips += int(bool(flip))
         self.score.add(score)
 
-    def merge(self, other: "_DivergenceTally") -> None:
+    def merge(self, other: _DivergenceTally) -> None:
         if type(other) is not type(self):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         self.compared += other.compared
@@ -167,7 +167,12 @@ class _DivergenceTally:
         self.score.merge(other.score)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"compared": self.compared, "divergent": self.divergent, "flips": self.flips, "score": self.score.to_dict()}
+        return {
+            "compared": self.compared,
+            "divergent": self.divergent,
+            "flips": self.flips,
+            "score": self.score.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
@@ -189,7 +194,7 @@ class CandidateTally(_DivergenceTally):
         key = (production_class, candidate_class)
         self.classes[key] = self.classes.get(key, 0) + 1
 
-    def merge(self, other: "_DivergenceTally") -> None:
+    def merge(self, other: _DivergenceTally) -> None:
         super().merge(other)
         for key, c in other.classes.items():  # type: ignore[attr-defined]
             self.classes[key] = self.classes.get(key, 0) + c
@@ -200,7 +205,7 @@ class CandidateTally(_DivergenceTally):
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CandidateTally":
+    def from_dict(cls, d: dict[str, Any]) -> CandidateTally:
         t = super().from_dict(d)
         t.classes = {tuple(int(x) for x in k.split(":")): int(n) for k, n in d.get("classes", {}).items()}  # type: ignore[misc]
         return t
@@ -212,7 +217,7 @@ class NoiseTally(_DivergenceTally):
 
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
 
-    def merge(self, other: "_DivergenceTally") -> None:
+    def merge(self, other: _DivergenceTally) -> None:
         super().merge(other)
         for k, c in other.outcomes.items():  # type: ignore[attr-defined]
             self.outcomes[k] = self.outcomes.get(k, 0) + c
@@ -221,7 +226,7 @@ class NoiseTally(_DivergenceTally):
         return {**super().to_dict(), "outcomes": dict(self.outcomes)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NoiseTally":
+    def from_dict(cls, d: dict[str, Any]) -> NoiseTally:
         t = super().from_dict(d)
         t.outcomes = {**dict.fromkeys(OUTCOMES, 0), **{k: int(v) for k, v in d.get("outcomes", {}).items()}}
         return t
@@ -248,7 +253,9 @@ class LabelTally:
     loss_diff: Moments = field(default_factory=Moments)
     diff_sample: list[float] = field(default_factory=list)
 
-    def add(self, loss_production: float, loss_candidate: float, correct: tuple[bool, bool] | None, rng: random.Random) -> None:
+    def add(
+        self, loss_production: float, loss_candidate: float, correct: tuple[bool, bool] | None, rng: random.Random
+    ) -> None:
         self.labels += 1
         if correct is not None:
             p, c = correct
@@ -272,7 +279,7 @@ class LabelTally:
             if j < self.SAMPLE_CAP:
                 self.diff_sample[j] = diff
 
-    def merge(self, other: "LabelTally", rng: random.Random) -> None:
+    def merge(self, other: LabelTally, rng: random.Random) -> None:
         n_self, n_other = self.loss_diff.n, other.loss_diff.n
         for name in ("labels", "both_correct", "prod_only_correct", "cand_only_correct", "neither_correct"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -301,7 +308,7 @@ class LabelTally:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LabelTally":
+    def from_dict(cls, d: dict[str, Any]) -> LabelTally:
         return cls(
             labels=int(d["labels"]),
             both_correct=int(d["both_correct"]),
@@ -330,7 +337,7 @@ class SliceTally:
     def add_latency(self, role: str, latency_s: float) -> None:
         self.latency_s.setdefault(role, LogHistogram()).add(latency_s)
 
-    def merge(self, other: "SliceTally", rng: random.Random) -> None:
+    def merge(self, other: SliceTally, rng: random.Random) -> None:
         self.pairs += other.pairs
         self.production_only += other.production_only
         self.production_failed += other.production_failed
@@ -355,12 +362,15 @@ class SliceTally:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SliceTally":
+    def from_dict(cls, d: dict[str, Any]) -> SliceTally:
         return cls(
             pairs=int(d["pairs"]),
             production_only=int(d["production_only"]),
             production_failed=int(d["production_failed"]),
-            candidate_outcomes={**dict.fromkeys(OUTCOMES, 0), **{k: int(v) for k, v in d["candidate_outcomes"].items()}},
+            candidate_outcomes={
+                **dict.fromkeys(OUTCOMES, 0),
+                **{k: int(v) for k, v in d["candidate_outcomes"].items()},
+            },
             candidate=CandidateTally.from_dict(d["candidate"]),
             noise=NoiseTally.from_dict(d["noise"]),
             latency_s={role: LogHistogram.from_dict(h) for role, h in d["latency_s"].items()},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DemoData", "load_demo_data", "darken", "train_demo_models", "DEMO_SEED"]
+__all__ = ["DEMO_SEED", "DemoData", "darken", "load_demo_data", "train_demo_models"]
 
 DEMO_SEED = 7
 _DARK_RANGE = (0.15, 0.35)
@@ -36,7 +36,9 @@ def load_demo_data(seed: int = DEMO_SEED) -> DemoData:
 
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, digits.target, test_size=0.35, random_state=seed, stratify=digits.target)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, digits.target, test_size=0.35, random_state=seed, stratify=digits.target
+    )
     return DemoData(x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64))
 
 
@@ -46,7 +48,9 @@ def darken(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x * factor
 
 
-def _train(hidden: int, x: np.ndarray, y: np.ndarray, seed: int, background_level: float | None = None, epochs: int = 60):
+def _train(
+    hidden: int, x: np.ndarray, y: np.ndarray, seed: int, background_level: float | None = None, epochs: int = 60
+):
     import torch
     from torch import nn
 
@@ -91,7 +95,10 @@ def train_demo_models(out_dir: Path, seed: int = DEMO_SEED) -> dict[str, Path]:
     rng = np.random.default_rng(seed)
     x_aug = np.concatenate([data.x_train, darken(data.x_train, rng)])
     y_aug = np.concatenate([data.y_train, data.y_train])
-    nets = {"production": _train(64, x_aug, y_aug, seed), "candidate": _train(64, data.x_train, data.y_train, seed + 1, background_level=0.2)}
+    nets = {
+        "production": _train(64, x_aug, y_aug, seed),
+        "candidate": _train(64, data.x_train, data.y_train, seed + 1, background_level=0.2),
+    }
     x_dark = darken(data.x_test, np.random.default_rng(seed + 2))
     summary = {}
     for role, net in nets.items():

@@ -25,12 +25,21 @@ __all__ = ["demo_config_dict", "run_demo"]
 
 def demo_config_dict(data_dir: Path, model_paths: dict[str, Path], port: int, metrics_port: int) -> dict[str, Any]:
     def model(role: str, name: str) -> dict[str, Any]:
-        return {"name": name, "kind": "torchscript", "path": str(model_paths[role]), "input_shape": [64], "output": "logits"}
+        return {
+            "name": name,
+            "kind": "torchscript",
+            "path": str(model_paths[role]),
+            "input_shape": [64],
+            "output": "logits",
+        }
 
     return {
         "task": "classification",
         "data_dir": str(data_dir),
-        "models": {"production": model("production", "digits-mlp-v1"), "candidate": model("candidate", "digits-bgsub-v2")},
+        "models": {
+            "production": model("production", "digits-mlp-v1"),
+            "candidate": model("candidate", "digits-bgsub-v2"),
+        },
         "shadow": {"sample_share": 1.0, "candidate_timeout_s": 2.0},
         "serving": {"port": port},
         "slices": DEMO_SLICES,
@@ -54,11 +63,14 @@ def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
         f"labels joined: {labels.get('joined', 0)}, unknown: {labels.get('unknown', 0)}\n"
         f"hard-example suites ({cfg.data_dir / 'suites'}): {suites}\n"
         f"next: label the queue with `shadowd annotate -c {cfg.data_dir / 'demo' / 'shadowd.yaml'}`, "
-        f"replay the hard examples: `shadowd replay all-suites -c {cfg.data_dir / 'demo' / 'shadowd.yaml'} --role candidate --baseline production`"
+        f"replay the hard examples: `shadowd replay all-suites -c {cfg.data_dir / 'demo' / 'shadowd.yaml'} "
+        "--role candidate --baseline production`"
     )
 
 
-def run_demo(data_dir: Path, n_requests: int, port: int, metrics_port: int, feedback_share: float, echo) -> dict[str, Any]:
+def run_demo(
+    data_dir: Path, n_requests: int, port: int, metrics_port: int, feedback_share: float, echo
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     from shadowd.compare.report import render_report
@@ -81,8 +93,11 @@ def run_demo(data_dir: Path, n_requests: int, port: int, metrics_port: int, feed
         reqs = list(demo_requests(n_requests, run_id=uuid.uuid4().hex[:8]))
         statuses: dict[int, int] = {}
         with requests.Session() as session, ThreadPoolExecutor(4) as pool:
-            for req, status in tqdm(
-                pool.map(lambda r: _send(session, daemon.url, r), reqs), total=len(reqs), desc="live traffic", unit="req"
+            for _req, status in tqdm(
+                pool.map(lambda r: _send(session, daemon.url, r), reqs),
+                total=len(reqs),
+                desc="live traffic",
+                unit="req",
             ):
                 statuses[status] = statuses.get(status, 0) + 1
         echo(f"responses by HTTP status: {statuses}")
@@ -90,7 +105,9 @@ def run_demo(data_dir: Path, n_requests: int, port: int, metrics_port: int, feed
         labelled = reqs[: int(len(reqs) * feedback_share)]
         with requests.Session() as session:
             for req in tqdm(labelled, desc="delayed ground truth", unit="label"):
-                session.post(f"{daemon.url}/feedback", json={"request_id": req.request_id, "label": req.label}, timeout=30)
+                session.post(
+                    f"{daemon.url}/feedback", json={"request_id": req.request_id, "label": req.label}, timeout=30
+                )
         report = requests.get(f"{daemon.url}/shadow/report", timeout=30).json()
         echo(render_report(report, "table"))
         echo(_flywheel_summary(report.get("annotations", {}), cfg))

@@ -11,13 +11,16 @@ import numpy as np
 
 from shadowd.demo.models import DEMO_SEED, darken, load_demo_data
 
-__all__ = ["DemoRequest", "demo_requests", "DEMO_SLICES"]
+__all__ = ["DEMO_SLICES", "DemoRequest", "demo_requests"]
 
 # The demo config's slices, in the config's own declarative form.
 DEMO_SLICES = [
     {"name": "dark", "where": {"field": "brightness", "op": "lt", "value": 0.13}},
     {"name": "daylight", "where": {"field": "brightness", "op": "ge", "value": 0.13}},
-    {"name": "night", "where": {"any": [{"field": "hour", "op": "ge", "value": 21}, {"field": "hour", "op": "lt", "value": 6}]}},
+    {
+        "name": "night",
+        "where": {"any": [{"field": "hour", "op": "ge", "value": 21}, {"field": "hour", "op": "lt", "value": 6}]},
+    },
     {"name": "new_users", "where": {"field": "new_user", "op": "eq", "value": True}},
 ]
 

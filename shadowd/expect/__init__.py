@@ -15,4 +15,4 @@ from shadowd.expect.expectations import (
     violation_item,
 )
 
-__all__ = ["ExpectationSet", "ExpectationFailed", "Violation", "ViolationTally", "record_violations", "violation_item"]
+__all__ = ["ExpectationFailed", "ExpectationSet", "Violation", "ViolationTally", "record_violations", "violation_item"]

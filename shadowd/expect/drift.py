@@ -37,7 +37,7 @@ from shadowd.config import DriftConfig
 from shadowd.errors import ConfigError
 from shadowd.expect.profile import OTHER, CategoricalProfile, NumericProfile, Profile, bin_index, category_key
 
-__all__ = ["DriftResult", "DriftWindow", "DriftMonitor", "psi", "adjust_p_values", "STATUS_CODE"]
+__all__ = ["STATUS_CODE", "DriftMonitor", "DriftResult", "DriftWindow", "adjust_p_values", "psi"]
 
 Status = Literal["pass", "fail", "inconclusive"]
 # shadowd_drift_status gauge values
@@ -86,8 +86,12 @@ class DriftWindow:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "index": self.index, "opened_s": self.opened_s, "closed_s": self.closed_s, "requests": self.requests,
-            "tests": self.tests, "results": [r.to_dict() for r in self.results],
+            "index": self.index,
+            "opened_s": self.opened_s,
+            "closed_s": self.closed_s,
+            "requests": self.requests,
+            "tests": self.tests,
+            "results": [r.to_dict() for r in self.results],
         }
 
 
@@ -267,10 +271,7 @@ class DriftMonitor:
         feats = features or {}
         flat = None if inputs is None else np.asarray(inputs).ravel()
         for name, source, key, numeric in self._readers:
-            if source == "inputs":
-                v = flat[key] if flat is not None and key < flat.size else None
-            else:
-                v = feats.get(key)
+            v = (flat[key] if flat is not None and key < flat.size else None) if source == "inputs" else feats.get(key)
             if numeric:
                 ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
                 try:
@@ -338,7 +339,7 @@ class DriftMonitor:
                 results.append(DriftResult("drift", feature, s, "inconclusive", None, cfg.psi_threshold, n, why))
         adjusted = adjust_p_values(np.array([p[-1] for p in pending], dtype=float), cfg.correction)
         m = len(pending)
-        for (feature, s, n, test, value, statistic, p_raw), p_adj in zip(pending, adjusted):
+        for (feature, s, n, test, value, statistic, p_raw), p_adj in zip(pending, adjusted, strict=True):
             significant = p_adj < cfg.alpha
             large = value >= cfg.psi_threshold
             status: Status = "fail" if significant and large else "pass"
@@ -349,9 +350,22 @@ class DriftMonitor:
                 reason = f"no significant drift: {tested} >= alpha {cfg.alpha:g} (PSI {value:.3f})"
             else:
                 reason = f"shift too small: PSI {value:.3f} < {cfg.psi_threshold:g} ({tested})"
-            results.append(DriftResult(
-                "drift", feature, s, status, value, cfg.psi_threshold, n, reason, test, statistic, p_raw, float(p_adj)
-            ))
+            results.append(
+                DriftResult(
+                    "drift",
+                    feature,
+                    s,
+                    status,
+                    value,
+                    cfg.psi_threshold,
+                    n,
+                    reason,
+                    test,
+                    statistic,
+                    p_raw,
+                    float(p_adj),
+                )
+            )
         results.sort(key=lambda r: (r.slice != "overall", r.slice, r.feature))
         window = DriftWindow(self.windows_closed, self._opened_s or now_s, now_s, self._requests, m, tuple(results))
         self.windows.append(window)
@@ -378,7 +392,9 @@ class DriftMonitor:
                 "requests": self._requests,
                 "age_s": 0.0 if self._opened_s is None else max(self._clock() - self._opened_s, 0.0),
             },
-            "drifting": [] if last is None else [
+            "drifting": []
+            if last is None
+            else [
                 {"feature": r.feature, "slice": r.slice, "reason": r.reason} for r in last.results if r.status == "fail"
             ],
             "alarms": alarms,

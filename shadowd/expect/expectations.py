@@ -29,9 +29,9 @@ from shadowd.errors import BadRequest
 from shadowd.records import AnnotationItem, ModelOutput
 
 __all__ = [
-    "Violation",
-    "ExpectationSet",
     "ExpectationFailed",
+    "ExpectationSet",
+    "Violation",
     "ViolationTally",
     "record_violations",
     "violation_item",
@@ -91,8 +91,7 @@ def _is_number(v: Any) -> bool:
 
 _TYPE_TESTS: dict[str, Callable[[Any], bool]] = {
     "number": _is_number,
-    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
-    or (isinstance(v, float) and v.is_integer()),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
     "string": lambda v: isinstance(v, str),
     "boolean": lambda v: isinstance(v, bool),
     "list": lambda v: isinstance(v, list),
@@ -252,9 +251,13 @@ class _OutputRules:
                 if bad_rows is not None:
                     outside &= np.isfinite(rows)  # inf is counted as non-finite, not twice
             k = int(np.count_nonzero(outside.any(axis=1)))
-            out.append(self._viol(
-                "range", f"{k} of {n} examples not {_bounds(exp.min, exp.max)} (values {float(lo)!r} to {float(hi)!r})", k
-            ))
+            out.append(
+                self._viol(
+                    "range",
+                    f"{k} of {n} examples not {_bounds(exp.min, exp.max)} (values {float(lo)!r} to {float(hi)!r})",
+                    k,
+                )
+            )
         if exp.sum_to_one:
             dev = np.abs(rows.sum(axis=1) - 1.0)
             if bad_rows is not None:
@@ -262,9 +265,11 @@ class _OutputRules:
             k = int(np.count_nonzero(dev > exp.sum_tolerance))
             if k:
                 worst = float(rows.sum(axis=1)[int(np.argmax(dev))])
-                out.append(self._viol(
-                    "sum_to_one", f"{k} of {n} examples sum outside 1 +- {exp.sum_tolerance} (worst {worst!r})", k
-                ))
+                out.append(
+                    self._viol(
+                        "sum_to_one", f"{k} of {n} examples sum outside 1 +- {exp.sum_tolerance} (worst {worst!r})", k
+                    )
+                )
         return out
 
 
@@ -286,9 +291,18 @@ class ExpectationSet:
         for name, exp in self.cfg.features.items():
             f = f"features.{name}"
             rules = ["type"] if exp.type != "any" else []
-            rules += [r for r, on in (("required", exp.required), ("not_null", exp.not_null), ("finite", exp.finite),
-                                      ("range", exp.min is not None or exp.max is not None),
-                                      ("allowed", exp.allowed is not None), ("shape", exp.shape is not None)) if on]
+            rules += [
+                r
+                for r, on in (
+                    ("required", exp.required),
+                    ("not_null", exp.not_null),
+                    ("finite", exp.finite),
+                    ("range", exp.min is not None or exp.max is not None),
+                    ("allowed", exp.allowed is not None),
+                    ("shape", exp.shape is not None),
+                )
+                if on
+            ]
             names += [f"{f}.{r}" for r in rules]
         if self.cfg.inputs is not None:
             names += [f"inputs.{r}" for r in ("shape", "type", "finite", "range")]
@@ -411,7 +425,7 @@ class ViolationTally:
             if len(ex) < self._examples_per:
                 ex.append(v.message)
 
-    def merge(self, other: "ViolationTally") -> None:
+    def merge(self, other: ViolationTally) -> None:
         self.requests.update(other.requests)
         for s, c in other.counts.items():
             self.counts.setdefault(s, _Counter()).update(c)

@@ -19,12 +19,13 @@ so ``inputs[3]`` is element 3 of the request's flattened ``inputs``.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, ValidationError, model_validator
@@ -32,17 +33,17 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, ValidationErro
 from shadowd.errors import ConfigError
 
 __all__ = [
-    "PROFILE_SCHEMA_VERSION",
     "OTHER",
-    "NumericProfile",
+    "PROFILE_SCHEMA_VERSION",
     "CategoricalProfile",
+    "NumericProfile",
     "Profile",
-    "category_key",
     "bin_index",
-    "read_table",
     "build_profile",
-    "save_profile",
+    "category_key",
     "load_profile",
+    "read_table",
+    "save_profile",
 ]
 
 PROFILE_SCHEMA_VERSION = 1
@@ -59,18 +60,19 @@ class NumericProfile(_Strict):
     missing: int = Field(ge=0, description="Missing (null, NaN, non-numeric) values in the training data.")
     stats: dict[str, float] = Field(description="mean, std, min, p01, p50, p99, max of the non-missing values.")
     bin_edges: list[float] = Field(
-        min_length=1, description="Sorted unique quantile edges; live values below the first or above the last "
-        "fall into the outer bins."
+        min_length=1,
+        description="Sorted unique quantile edges; live values below the first or above the last "
+        "fall into the outer bins.",
     )
     bin_counts: list[int] = Field(description="Training values per bin; len(bin_edges) - 1 bins (at least one).")
     sample: list[float] = Field(description="Seeded random sample of training values, for two-sample tests.")
 
     @model_validator(mode="after")
-    def _shapes(self) -> "NumericProfile":
+    def _shapes(self) -> NumericProfile:
         want = max(len(self.bin_edges) - 1, 1)
         if len(self.bin_counts) != want:
             raise ValueError(f"{len(self.bin_edges)} bin_edges need {want} bin_counts, got {len(self.bin_counts)}")
-        if any(b <= a for a, b in zip(self.bin_edges, self.bin_edges[1:])):
+        if any(b <= a for a, b in itertools.pairwise(self.bin_edges)):
             raise ValueError("bin_edges must be strictly increasing")
         return self
 
@@ -88,7 +90,7 @@ class CategoricalProfile(_Strict):
     )
 
 
-ColumnProfile = Annotated[Union[NumericProfile, CategoricalProfile], Discriminator("kind")]
+ColumnProfile = Annotated[NumericProfile | CategoricalProfile, Discriminator("kind")]
 
 
 class Profile(_Strict):
@@ -102,10 +104,12 @@ class Profile(_Strict):
     )
 
     @model_validator(mode="after")
-    def _version(self) -> "Profile":
+    def _version(self) -> Profile:
         if self.schema_version != PROFILE_SCHEMA_VERSION:
-            raise ValueError(f"schema_version {self.schema_version} is not supported (this shadowd reads "
-                             f"{PROFILE_SCHEMA_VERSION}); rebuild it with 'shadowd profile build'")
+            raise ValueError(
+                f"schema_version {self.schema_version} is not supported (this shadowd reads "
+                f"{PROFILE_SCHEMA_VERSION}); rebuild it with 'shadowd profile build'"
+            )
         return self
 
 
@@ -236,18 +240,31 @@ def _numeric_values(values: list[Any] | np.ndarray) -> tuple[np.ndarray, int] | 
     return arr[keep], missing + int(arr.size - keep.sum())
 
 
-def _numeric_profile(arr: np.ndarray, missing: int, bins: int, sample_size: int, rng: np.random.Generator) -> NumericProfile:
+def _numeric_profile(
+    arr: np.ndarray, missing: int, bins: int, sample_size: int, rng: np.random.Generator
+) -> NumericProfile:
     if arr.size == 0:
         return NumericProfile(count=0, missing=missing, stats={}, bin_edges=[0.0], bin_counts=[0], sample=[])
     edges = np.unique(np.quantile(arr, np.linspace(0, 1, bins + 1)))
     counts = np.bincount(bin_index(edges[1:-1], arr), minlength=max(len(edges) - 1, 1))
     sample = arr if arr.size <= sample_size else rng.choice(arr, size=sample_size, replace=False)
     q = np.quantile(arr, [0.01, 0.5, 0.99])
-    stats = {"mean": float(arr.mean()), "std": float(arr.std()), "min": float(arr.min()),
-             "p01": float(q[0]), "p50": float(q[1]), "p99": float(q[2]), "max": float(arr.max())}
+    stats = {
+        "mean": float(arr.mean()),
+        "std": float(arr.std()),
+        "min": float(arr.min()),
+        "p01": float(q[0]),
+        "p50": float(q[1]),
+        "p99": float(q[2]),
+        "max": float(arr.max()),
+    }
     return NumericProfile(
-        count=int(arr.size), missing=missing, stats=stats, bin_edges=[float(e) for e in edges],
-        bin_counts=[int(c) for c in counts], sample=[float(v) for v in sample],
+        count=int(arr.size),
+        missing=missing,
+        stats=stats,
+        bin_edges=[float(e) for e in edges],
+        bin_counts=[int(c) for c in counts],
+        sample=[float(v) for v in sample],
     )
 
 
@@ -262,8 +279,14 @@ def _categorical_profile(values: list[Any] | np.ndarray, max_categories: int) ->
     return CategoricalProfile(count=sum(counts.values()), missing=missing, frequencies=top)
 
 
-def _column(values: list[Any] | np.ndarray, categorical: bool, bins: int, sample_size: int,
-            max_categories: int, rng: np.random.Generator) -> NumericProfile | CategoricalProfile:
+def _column(
+    values: list[Any] | np.ndarray,
+    categorical: bool,
+    bins: int,
+    sample_size: int,
+    max_categories: int,
+    rng: np.random.Generator,
+) -> NumericProfile | CategoricalProfile:
     numeric = None if categorical else _numeric_values(values)
     if numeric is None:
         return _categorical_profile(values, max_categories)
@@ -332,4 +355,6 @@ def load_profile(path: str | Path) -> Profile:
         first = err.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
         more = f" (and {err.error_count() - 1} more errors)" if err.error_count() > 1 else ""
-        raise ConfigError(f"{path}: not a valid shadowd profile: {loc}: {first['msg'].removeprefix('Value error, ')}{more}") from None
+        raise ConfigError(
+            f"{path}: not a valid shadowd profile: {loc}: {first['msg'].removeprefix('Value error, ')}{more}"
+        ) from None

@@ -11,4 +11,4 @@ from shadowd.flywheel.hub import Flywheel, JoinResult
 from shadowd.flywheel.sink import AnnotationSink, build_sink
 from shadowd.flywheel.spool import Spool, read_spool
 
-__all__ = ["Flywheel", "JoinResult", "AnnotationSink", "build_sink", "Spool", "read_spool"]
+__all__ = ["AnnotationSink", "Flywheel", "JoinResult", "Spool", "build_sink", "read_spool"]

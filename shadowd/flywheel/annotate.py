@@ -19,6 +19,7 @@ offset a small file per rotation; the Flywheel tails the labels file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -35,16 +36,16 @@ from shadowd.flywheel.spool import read_spool, spool_last_seq
 from shadowd.records import AnnotationItem, Label
 
 __all__ = [
-    "Annotator",
     "AnnotateError",
+    "Annotator",
     "Backlog",
     "LabelsFile",
-    "kafka_backlog",
-    "spool_backlog",
-    "labels_path",
-    "render_item",
-    "parse_answer",
     "annotate_session",
+    "kafka_backlog",
+    "labels_path",
+    "parse_answer",
+    "render_item",
+    "spool_backlog",
 ]
 
 Answer = float | int | list[float] | Literal["skip", "bad_data"]
@@ -139,7 +140,7 @@ class _KafkaQueue:
         tp, offset = handle
         try:
             self._consumer.commit({tp: OffsetAndMetadata(offset + 1, "", -1)})
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise AnnotateError(
                 f"could not commit the queue offset ({type(err).__name__}: {err}); the label is saved, "
                 "the item may come back and will be passed over by request id"
@@ -227,7 +228,9 @@ def kafka_backlog(
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        **kafka_client_config(kafka), group_id=consumer_group(rotation_name), enable_auto_commit=False,
+        **kafka_client_config(kafka),
+        group_id=consumer_group(rotation_name),
+        enable_auto_commit=False,
         fetch_max_wait_ms=100,
     )
     try:
@@ -282,7 +285,9 @@ class Annotator:
         rot_cfg = config.annotations.rotation
         self.rotation = Rotation(rot_cfg, clock) if rot_cfg is not None else None
         self.rotation_name = rot_cfg.name if rot_cfg is not None else "default"
-        self.annotator = annotator or (self.rotation.on_call() if self.rotation else None) or os.environ.get("USER", "annotator")
+        self.annotator = (
+            annotator or (self.rotation.on_call() if self.rotation else None) or os.environ.get("USER", "annotator")
+        )
         self.labels = LabelsFile(labels_file or labels_path(config))
         kafka = config.annotations.kafka
         self._kafka = kafka
@@ -319,11 +324,23 @@ class Annotator:
         if self.current is None:
             raise AnnotateError("no current item: call next_item() first")
         if answer in ("skip", "bad_data"):
-            label = Label(request_id=self.current.request_id, label=None, source="annotator",
-                          verdict=answer, annotator=self.annotator, ts=self._clock())  # type: ignore[arg-type]
+            label = Label(
+                request_id=self.current.request_id,
+                label=None,
+                source="annotator",
+                verdict=answer,
+                annotator=self.annotator,
+                ts=self._clock(),
+            )  # type: ignore[arg-type]
         else:
-            label = Label(request_id=self.current.request_id, label=answer, source="annotator",
-                          verdict="label", annotator=self.annotator, ts=self._clock())
+            label = Label(
+                request_id=self.current.request_id,
+                label=answer,
+                source="annotator",
+                verdict="label",
+                annotator=self.annotator,
+                ts=self._clock(),
+            )
         if self._kafka is not None:
             self._produce(label)
         self.labels.append(label)
@@ -338,7 +355,9 @@ class Annotator:
         try:
             if self._producer is None:
                 self._producer = KafkaProducer(
-                    **kafka_client_config(self._kafka), acks="all", enable_idempotence=True,
+                    **kafka_client_config(self._kafka),
+                    acks="all",
+                    enable_idempotence=True,
                     delivery_timeout_ms=self._kafka.delivery_timeout_ms,
                     request_timeout_ms=max(1, min(30_000, self._kafka.delivery_timeout_ms - 5)),
                     max_block_ms=min(self._kafka.delivery_timeout_ms, 10_000),
@@ -346,13 +365,11 @@ class Annotator:
             self._producer.send(
                 self._kafka.labels_topic, key=label.request_id.encode(), value=label.model_dump_json().encode()
             ).get(timeout=self._kafka.delivery_timeout_ms / 1000)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             producer, self._producer = self._producer, None
             if producer is not None:
-                try:
+                with contextlib.suppress(Exception):
                     producer.close(timeout=0, null_logger=True)
-                except Exception:  # noqa: BLE001
-                    pass
             raise AnnotateError(
                 f"label for {label.request_id} not written to topic {self._kafka.labels_topic}: "
                 f"{type(err).__name__}: {err}; the item stays current, try again"
@@ -390,7 +407,7 @@ def _image(values: Any) -> str | None:
         arr = np.asarray(values, dtype=float).ravel()
     except (TypeError, ValueError):
         return None
-    side = int(round(arr.size ** 0.5))
+    side = round(arr.size**0.5)
     if side * side != arr.size or not 4 <= side <= 32 or not np.isfinite(arr).all():
         return None
     lo, hi = float(arr.min()), float(arr.max())

@@ -20,6 +20,7 @@ pair aged out gets "expired" (410), one that does not fit the task gets
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -43,7 +44,7 @@ from shadowd.flywheel.suites import SuiteExample, SuiteStore
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, Label, Pair
 
-__all__ = ["Flywheel", "JoinResult", "OnJoined", "LABELS_GROUP", "suites_dir"]
+__all__ = ["LABELS_GROUP", "Flywheel", "JoinResult", "OnJoined", "suites_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class Flywheel:
 
     # --- lifecycle ---
 
-    def start(self, on_joined: OnJoined | None = None) -> "Flywheel":
+    def start(self, on_joined: OnJoined | None = None) -> Flywheel:
         """Start the labels-topic consumer (and the backlog monitor) when Kafka is configured."""
         self._on_joined = on_joined
         if self._threads:
@@ -178,13 +179,16 @@ class Flywheel:
         look = self.pairs.get(rid)
         if look.status == "unknown":
             return JoinResult(
-                "unknown", rid, f"no pair stored for request id {rid!r}: it was not sampled for shadowing, "
-                "or shadowd never saw it"
+                "unknown",
+                rid,
+                f"no pair stored for request id {rid!r}: it was not sampled for shadowing, or shadowd never saw it",
             )
         if look.status == "expired":
             return JoinResult(
-                "expired", rid, f"the pair for request id {rid!r} expired: labels are joined for "
-                f"{self.config.labels.pair_retention_s:g} s (labels.pair_retention_s)"
+                "expired",
+                rid,
+                f"the pair for request id {rid!r} expired: labels are joined for "
+                f"{self.config.labels.pair_retention_s:g} s (labels.pair_retention_s)",
             )
         pair = look.pair
         assert pair is not None
@@ -288,13 +292,11 @@ class Flywheel:
                         self._on_topic_label(rec.value)
                 if batches:
                     consumer.commit()  # after the joins: a crash re-joins, duplicates are recognised
-            except Exception as err:  # noqa: BLE001 - broker trouble: retry, labels wait on the topic
+            except Exception as err:
                 log.warning("labels consumer: %s: %s", type(err).__name__, err)
                 if consumer is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         consumer.close()
-                    except Exception:  # noqa: BLE001
-                        pass
                     consumer = None
                 self._stop.wait(1.0)
         if consumer is not None:
@@ -312,7 +314,7 @@ class Flywheel:
             result = self.feedback(label)
             if result.status == "joined" and self._on_joined is not None and result.pair is not None:
                 self._on_joined(result.pair, label, result.losses)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("label for %s skipped", label.request_id)
             if self._metrics is not None:
                 self._metrics.labels.labels(source=label.source, outcome="rejected").inc()
@@ -365,7 +367,7 @@ class Flywheel:
         while not self._stop.wait(self._backlog_every_s if self.backlog is not None else 1.0):
             try:
                 backlog = kafka_backlog(kafka, name, self._clock)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 log.debug("backlog: %s", err)
                 continue
             self.backlog = {"items": backlog.items, "oldest_age_s": backlog.oldest_age_s}

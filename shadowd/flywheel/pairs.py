@@ -21,7 +21,7 @@ from typing import Literal
 
 from shadowd.records import Pair
 
-__all__ = ["PairStore", "Lookup"]
+__all__ = ["Lookup", "PairStore"]
 
 _PRUNE_EVERY_PUTS = 500
 
@@ -84,7 +84,9 @@ class PairStore:
         ts, body, tags = row
         if now - ts > self.retention_s:
             return Lookup("expired", age_s=now - ts)
-        return Lookup("found", Pair.model_validate_json(body), age_s=now - ts, tags=tuple(t for t in tags.split(",") if t))
+        return Lookup(
+            "found", Pair.model_validate_json(body), age_s=now - ts, tags=tuple(t for t in tags.split(",") if t)
+        )
 
     def mark_labelled(self, request_id: str, source: str) -> bool:
         """Record that ``source`` labelled the pair; False if it already had (a duplicate delivery)."""
@@ -112,7 +114,8 @@ class PairStore:
             extra = self._db.execute("SELECT COUNT(*) FROM evicted").fetchone()[0] - self.max_pairs
             if extra > 0:
                 self._db.execute(
-                    "DELETE FROM evicted WHERE request_id IN (SELECT request_id FROM evicted ORDER BY evicted_ts LIMIT ?)",
+                    "DELETE FROM evicted WHERE request_id IN "
+                    "(SELECT request_id FROM evicted ORDER BY evicted_ts LIMIT ?)",
                     (extra,),
                 )
             return n

@@ -26,7 +26,7 @@ from shadowd.flywheel.rotation import Rotation
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem
 
-__all__ = ["ItemPolicy", "TokenBucket", "Redactor", "fingerprint", "OVERALL"]
+__all__ = ["OVERALL", "ItemPolicy", "Redactor", "TokenBucket", "fingerprint"]
 
 OVERALL = "overall"  # the quota key of items in no configured slice
 

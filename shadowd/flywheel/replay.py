@@ -19,7 +19,7 @@ from shadowd.config import ModelConfig, ShadowdConfig, SuiteThresholds
 from shadowd.errors import ConfigError
 from shadowd.flywheel.suites import SuiteResult, replay_suite, resolve_suites
 
-__all__ = ["load_model_file", "replay_suites", "against_baseline", "render_results", "thresholds_for"]
+__all__ = ["against_baseline", "load_model_file", "render_results", "replay_suites", "thresholds_for"]
 
 
 def load_model_file(path: str | Path) -> ModelConfig:
@@ -71,7 +71,9 @@ def against_baseline(
                 f"drop {b.accuracy - r.accuracy:.3f} > {max_accuracy_drop}"
             )
         if r.mae is not None and b.mae is not None and r.mae - b.mae > max_mae_increase:
-            reasons.append(f"mae {r.mae:.4g} vs baseline {b.mae:.4g}: increase {r.mae - b.mae:.4g} > {max_mae_increase}")
+            reasons.append(
+                f"mae {r.mae:.4g} vs baseline {b.mae:.4g}: increase {r.mae - b.mae:.4g} > {max_mae_increase}"
+            )
         judged.append(r.model_copy(update={"passed": not reasons, "reasons": reasons}))
     return judged
 

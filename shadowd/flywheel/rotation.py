@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from shadowd.config import RotationConfig
 
@@ -34,8 +34,8 @@ class Shift:
 
     def describe(self) -> str:
         fmt = "%Y-%m-%d %H:%M UTC"
-        start = datetime.fromtimestamp(self.start_ts, timezone.utc).strftime(fmt)
-        end = datetime.fromtimestamp(self.end_ts, timezone.utc).strftime(fmt)
+        start = datetime.fromtimestamp(self.start_ts, UTC).strftime(fmt)
+        end = datetime.fromtimestamp(self.end_ts, UTC).strftime(fmt)
         return f"{self.annotator} ({start} - {end})"
 
 

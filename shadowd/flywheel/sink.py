@@ -36,12 +36,12 @@ from shadowd.records import AnnotationItem
 
 __all__ = [
     "AnnotationSink",
+    "KafkaTransport",
+    "SendResult",
     "SinkStats",
     "Transport",
-    "SendResult",
-    "KafkaTransport",
-    "kafka_client_config",
     "build_sink",
+    "kafka_client_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class AnnotationSink:
 
     # --- public ---
 
-    def start(self) -> "AnnotationSink":
+    def start(self) -> AnnotationSink:
         if self._threads:
             return self
         self._threads.append(threading.Thread(target=self._spooler, name="shadowd-spooler", daemon=True))
@@ -249,7 +249,7 @@ class AnnotationSink:
                 if self._stop.is_set():
                     return
                 continue
-            batch = [first] + self._drain(self._batch_items - 1)
+            batch = [first, *self._drain(self._batch_items - 1)]
             self._append_to_spool(batch)
             for _ in batch:
                 self._buffer.task_done()
@@ -288,7 +288,9 @@ class AnnotationSink:
                 backoff_s = self._backoff_max_s
                 log.error("annotation sink: %s; %d items wait in the spool", self._last_error, self.spool.pending_count)
             else:
-                log.warning("annotation sink: %s; %d items wait in the spool", self._last_error, self.spool.pending_count)
+                log.warning(
+                    "annotation sink: %s; %d items wait in the spool", self._last_error, self.spool.pending_count
+                )
             self._sleep(backoff_s)
             backoff_s = min(backoff_s * 2, self._backoff_max_s)
 
@@ -320,8 +322,13 @@ _POISON_ERRORS = ("MessageSizeTooLargeError", "RecordListTooLargeError", "Corrup
 # The setup is wrong (credentials, ACLs, protocol): keep everything, retry slowly, say so loudly.
 # Other non-retriable kafka-python errors (UnknownProducerIdError after a broker
 # restart, ...) are cured by a fresh producer and are retried normally.
-_FATAL_ERRORS = ("AuthorizationError", "SaslAuthenticationFailedError", "UnsupportedVersionError",
-                 "UnsupportedSaslMechanismError", "IllegalSaslStateError")
+_FATAL_ERRORS = (
+    "AuthorizationError",
+    "SaslAuthenticationFailedError",
+    "UnsupportedVersionError",
+    "UnsupportedSaslMechanismError",
+    "IllegalSaslStateError",
+)
 
 
 def _classify(err: BaseException) -> dict[str, bool]:
@@ -334,7 +341,10 @@ def kafka_client_config(kafka: KafkaConfig) -> dict:
     cfg: dict = {"bootstrap_servers": list(kafka.bootstrap_servers), "security_protocol": kafka.security_protocol}
     if kafka.sasl_mechanism:
         cfg["sasl_mechanism"] = kafka.sasl_mechanism
-        for env, key in ((kafka.sasl_username_env, "sasl_plain_username"), (kafka.sasl_password_env, "sasl_plain_password")):
+        for env, key in (
+            (kafka.sasl_username_env, "sasl_plain_username"),
+            (kafka.sasl_password_env, "sasl_plain_password"),
+        ):
             if env:
                 if env not in os.environ:
                     raise SinkError(f"annotations.kafka: environment variable {env} is not set")
@@ -353,7 +363,9 @@ class KafkaTransport:
     tansu: UnknownProducerIdError, then every later send timing out).
     """
 
-    def __init__(self, kafka: KafkaConfig, topic: str | None = None, client_factory: Callable[..., object] | None = None):
+    def __init__(
+        self, kafka: KafkaConfig, topic: str | None = None, client_factory: Callable[..., object] | None = None
+    ):
         self._kafka = kafka
         self.topic = topic or kafka.annotations_topic
         self._factory = client_factory
@@ -402,14 +414,14 @@ class KafkaTransport:
                 )
                 for r in records
             ]
-        except Exception as err:  # noqa: BLE001 - any client failure means: retry later
+        except Exception as err:
             self._discard(producer)
             return SendResult(0, err, fatal=_classify(err)["fatal"])
         acked = 0
         for fut in futures:
             try:
                 fut.get(timeout=max(0.001, deadline - time.monotonic()))
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 self._discard(producer)
                 return SendResult(acked, err, **_classify(err))
             acked += 1
@@ -434,7 +446,7 @@ class KafkaTransport:
 def _force_close(producer) -> None:
     try:
         producer.close(timeout=0, null_logger=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         # close(0) raises when records are still in flight and then skips its
         # own force-close; do it so the client's I/O thread ends.
         sender = getattr(producer, "_sender", None)

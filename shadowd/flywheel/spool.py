@@ -30,7 +30,7 @@ from pathlib import Path
 
 from shadowd.errors import ShadowdError
 
-__all__ = ["Spool", "SpoolRecord", "SpoolError", "read_spool", "spool_last_seq"]
+__all__ = ["Spool", "SpoolError", "SpoolRecord", "read_spool", "spool_last_seq"]
 
 _SEGMENT_PREFIX = "seg-"
 _SEGMENT_SUFFIX = ".jsonl"
@@ -89,7 +89,7 @@ class Spool:
         self._lock = threading.Lock()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(self.directory / "lock", "a+")
+            self._lock_file = open(self.directory / "lock", "a+")  # noqa: SIM115 - held (flock) while the spool is open
         except OSError as err:
             raise SpoolError(f"{self.directory}: cannot open spool: {err.strerror}") from None
         try:
@@ -220,7 +220,7 @@ class Spool:
             segments = [s for s in self._segments if s.last_seq >= start]
             snapshot = [(s.path, s.first_seq, s.count) for s in segments]
         out: list[SpoolRecord] = []
-        for path, first, count in snapshot:
+        for path, _first, count in snapshot:
             for rec in _read_segment(path, count):
                 if rec.seq >= start:
                     out.append(rec)
@@ -258,7 +258,7 @@ class Spool:
         if self._closed:
             raise SpoolError(f"{self.directory}: spool is closed")
 
-    def __enter__(self) -> "Spool":
+    def __enter__(self) -> Spool:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -305,7 +305,7 @@ def read_spool(
     out: list[SpoolRecord] = []
     for _, path in files:
         try:
-            f = open(path, encoding="utf-8")
+            f = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the `with f` below
         except FileNotFoundError:
             continue  # compacted meanwhile
         with f:

@@ -32,14 +32,14 @@ from shadowd.errors import ShadowdError
 
 __all__ = [
     "SUITE_SCHEMA_VERSION",
+    "SuiteError",
     "SuiteExample",
     "SuiteManifest",
-    "SuiteStore",
     "SuiteResult",
-    "SuiteError",
+    "SuiteStore",
     "load_suite",
-    "resolve_suites",
     "replay_suite",
+    "resolve_suites",
     "suite_names",
 ]
 
@@ -243,20 +243,24 @@ def replay_suite(
     except ValueError as err:
         raise SuiteError(f"{folder}: inputs do not fit the model's input_shape {list(input_shape)}: {err}") from None
     outputs = np.concatenate(
-        [np.asarray(predict(x[i : i + batch_size]), dtype=np.float64).reshape(len(x[i : i + batch_size]), -1)
-         for i in range(0, len(x), batch_size)]
+        [
+            np.asarray(predict(x[i : i + batch_size]), dtype=np.float64).reshape(len(x[i : i + batch_size]), -1)
+            for i in range(0, len(x), batch_size)
+        ]
     )
-    losses = [example_loss(manifest.task, list(out), e.label) for out, e in zip(outputs, examples)]
+    losses = [example_loss(manifest.task, list(out), e.label) for out, e in zip(outputs, examples, strict=True)]
     mean_loss = float(np.mean(losses))
     reasons = []
     accuracy = mae = None
     if manifest.task == "classification":
-        accuracy = float(np.mean([int(np.argmax(out)) == int(e.label) for out, e in zip(outputs, examples)]))
+        accuracy = float(
+            np.mean([int(np.argmax(out)) == int(e.label) for out, e in zip(outputs, examples, strict=True)])
+        )
         if accuracy < thresholds.min_accuracy:
             reasons.append(f"accuracy {accuracy:.3f} < min_accuracy {thresholds.min_accuracy}")
     else:
         targets = [np.atleast_1d(np.asarray(e.label, dtype=np.float64)) for e in examples]
-        mae = float(np.mean([np.mean(np.abs(out - t)) for out, t in zip(outputs, targets)]))
+        mae = float(np.mean([np.mean(np.abs(out - t)) for out, t in zip(outputs, targets, strict=True)]))
         if thresholds.max_mae is not None and mae > thresholds.max_mae:
             reasons.append(f"mae {mae:.4g} > max_mae {thresholds.max_mae}")
     if thresholds.max_mean_loss is not None and mean_loss > thresholds.max_mean_loss:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = [
     "DASHBOARD_FILES",
@@ -47,6 +48,7 @@ ANNOTATION_SLO_S = 86_400
 _DS = {"type": "prometheus", "uid": "${datasource}"}
 _RATE = "$__rate_interval"
 _SLICE = 'slice=~"$slice"'
+
 
 def _value_mappings(*texts: tuple[str, str]) -> list[dict]:
     """Grafana value mappings for a gauge whose value is the index of (text, color)."""
@@ -139,7 +141,11 @@ def _timeseries(
         "datasource": _DS,
         "targets": targets,
         "fieldConfig": {
-            "defaults": {"unit": unit, "custom": {"lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}, **defaults},
+            "defaults": {
+                "unit": unit,
+                "custom": {"lineWidth": 1, "fillOpacity": 10, "showPoints": "never"},
+                **defaults,
+            },
             "overrides": [],
         },
         "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]}},
@@ -189,8 +195,11 @@ def _state_timeline(
         "datasource": _DS,
         "targets": targets,
         "fieldConfig": {
-            "defaults": {"mappings": mappings, "color": {"mode": "thresholds"},
-                         "thresholds": {"mode": "absolute", "steps": [{"value": None, "color": "green"}]}},
+            "defaults": {
+                "mappings": mappings,
+                "color": {"mode": "thresholds"},
+                "thresholds": {"mode": "absolute", "steps": [{"value": None, "color": "green"}]},
+            },
             "overrides": [],
         },
         "options": {"showValue": "auto", "mergeValues": True, "rowHeight": 0.9},
@@ -271,8 +280,14 @@ def _dashboard(uid: str, title: str, description: str, panels: list[dict[str, An
             ]
         },
         "links": [
-            {"type": "dashboards", "title": "shadowd", "tags": ["shadowd"], "asDropdown": False, "includeVars": True,
-             "keepTime": True},
+            {
+                "type": "dashboards",
+                "title": "shadowd",
+                "tags": ["shadowd"],
+                "asDropdown": False,
+                "includeVars": True,
+                "keepTime": True,
+            },
         ],
         "panels": panels,
     }
@@ -282,181 +297,433 @@ def overview_dashboard() -> dict[str, Any]:
     """Traffic, latency production vs candidate, divergence and gate status per slice, noise floor, Ray Serve."""
     g = _Grid()
     g.row("Gate")
-    g.add(_stat("Gate verdict", "Overall gate verdict of the candidate (shadowd_gate_verdict).",
-                _targets(("max(shadowd_gate_verdict)", "verdict")), mappings=_STATUS_MAPPINGS,
-                thresholds=[(None, "green"), (1, "red"), (2, "yellow")]), w=6, h=4)
-    g.add(_stat("Daemon up", "Whether Prometheus can scrape the shadowd metrics endpoint (up{job=\"shadowd\"}).",
-                _targets(('min(up{job="shadowd"})', "up")), mappings=_UP_MAPPINGS,
-                thresholds=[(None, "red"), (1, "green")]), w=6, h=4)
-    g.add(_stat("Shadowed share", "Share of production requests sampled for shadowing.",
-                _targets((f"sum(rate(shadowd_pairs_sampled_total[{_RATE}])) / "
-                          f'sum(rate(shadowd_requests_total{{role="production"}}[{_RATE}]))', "share")),
-                unit="percentunit"), w=6, h=4)
-    g.add(_stat("Pairs compared", "Pairs compared over the dashboard's time range (all slices).",
-                _targets(('sum(increase(shadowd_pairs_compared_total{slice="overall"}[$__range]))', "pairs"))),
-          w=6, h=4)
-    g.add(_state_timeline("Check status per slice",
-                          "Each statistical check of the gate, per slice: PASS, FAIL or INCONCLUSIVE "
-                          "(shadowd_check_status).",
-                          _targets((f"max by (check, slice) (shadowd_check_status{{{_SLICE}}})",
-                                    "{{check}} / {{slice}}"))), w=24, h=8)
+    g.add(
+        _stat(
+            "Gate verdict",
+            "Overall gate verdict of the candidate (shadowd_gate_verdict).",
+            _targets(("max(shadowd_gate_verdict)", "verdict")),
+            mappings=_STATUS_MAPPINGS,
+            thresholds=[(None, "green"), (1, "red"), (2, "yellow")],
+        ),
+        w=6,
+        h=4,
+    )
+    g.add(
+        _stat(
+            "Daemon up",
+            'Whether Prometheus can scrape the shadowd metrics endpoint (up{job="shadowd"}).',
+            _targets(('min(up{job="shadowd"})', "up")),
+            mappings=_UP_MAPPINGS,
+            thresholds=[(None, "red"), (1, "green")],
+        ),
+        w=6,
+        h=4,
+    )
+    g.add(
+        _stat(
+            "Shadowed share",
+            "Share of production requests sampled for shadowing.",
+            _targets(
+                (
+                    f"sum(rate(shadowd_pairs_sampled_total[{_RATE}])) / "
+                    f'sum(rate(shadowd_requests_total{{role="production"}}[{_RATE}]))',
+                    "share",
+                )
+            ),
+            unit="percentunit",
+        ),
+        w=6,
+        h=4,
+    )
+    g.add(
+        _stat(
+            "Pairs compared",
+            "Pairs compared over the dashboard's time range (all slices).",
+            _targets(('sum(increase(shadowd_pairs_compared_total{slice="overall"}[$__range]))', "pairs")),
+        ),
+        w=6,
+        h=4,
+    )
+    g.add(
+        _state_timeline(
+            "Check status per slice",
+            "Each statistical check of the gate, per slice: PASS, FAIL or INCONCLUSIVE (shadowd_check_status).",
+            _targets((f"max by (check, slice) (shadowd_check_status{{{_SLICE}}})", "{{check}} / {{slice}}")),
+        ),
+        w=24,
+        h=8,
+    )
 
     g.row("Traffic")
-    g.add(_timeseries("Requests by role and outcome",
-                      "Model calls per second by role (production, candidate, noise) and outcome.",
-                      _targets((f"sum by (role, outcome) (rate(shadowd_requests_total[{_RATE}]))",
-                                "{{role}} {{outcome}}")), unit="reqps"), w=12, h=8)
+    g.add(
+        _timeseries(
+            "Requests by role and outcome",
+            "Model calls per second by role (production, candidate, noise) and outcome.",
+            _targets((f"sum by (role, outcome) (rate(shadowd_requests_total[{_RATE}]))", "{{role}} {{outcome}}")),
+            unit="reqps",
+        ),
+        w=12,
+        h=8,
+    )
     cand = 'role="candidate"'
-    g.add(_timeseries("Candidate errors and timeouts",
-                      "Share of candidate calls that raised or timed out. Production answers are unaffected.",
-                      _targets(
-                          (f'(sum(rate(shadowd_requests_total{{{cand},outcome="error"}}[{_RATE}])) or on() vector(0))'
-                           f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))", "error"),
-                          (f'(sum(rate(shadowd_requests_total{{{cand},outcome="timeout"}}[{_RATE}])) or on() vector(0))'
-                           f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))", "timeout"),
-                      ), unit="percentunit"), w=12, h=8)
-    g.add(_timeseries("Shadow path: sampled, compared, dropped",
-                      "Pairs per second sampled by the ingress, compared by the comparator, and dropped "
-                      "(the shadow path drops rather than slows production).",
-                      _targets(
-                          (f"sum(rate(shadowd_pairs_sampled_total[{_RATE}]))", "sampled"),
-                          (f'sum(rate(shadowd_pairs_compared_total{{slice="overall"}}[{_RATE}]))', "compared"),
-                          (f"sum(rate(shadowd_pairs_dropped_total[{_RATE}])) or on() vector(0)", "dropped"),
-                      ), unit="reqps"), w=12, h=8)
-    g.add(_timeseries("Bad requests by status",
-                      "Client requests refused with a 4xx, by HTTP status.",
-                      _targets((f"sum by (status) (rate(shadowd_bad_requests_total[{_RATE}])) or on() vector(0)",
-                                "{{status}}")), unit="reqps"), w=12, h=8)
+    g.add(
+        _timeseries(
+            "Candidate errors and timeouts",
+            "Share of candidate calls that raised or timed out. Production answers are unaffected.",
+            _targets(
+                (
+                    f'(sum(rate(shadowd_requests_total{{{cand},outcome="error"}}[{_RATE}])) or on() vector(0))'
+                    f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))",
+                    "error",
+                ),
+                (
+                    f'(sum(rate(shadowd_requests_total{{{cand},outcome="timeout"}}[{_RATE}])) or on() vector(0))'
+                    f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))",
+                    "timeout",
+                ),
+            ),
+            unit="percentunit",
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Shadow path: sampled, compared, dropped",
+            "Pairs per second sampled by the ingress, compared by the comparator, and dropped "
+            "(the shadow path drops rather than slows production).",
+            _targets(
+                (f"sum(rate(shadowd_pairs_sampled_total[{_RATE}]))", "sampled"),
+                (f'sum(rate(shadowd_pairs_compared_total{{slice="overall"}}[{_RATE}]))', "compared"),
+                (f"sum(rate(shadowd_pairs_dropped_total[{_RATE}])) or on() vector(0)", "dropped"),
+            ),
+            unit="reqps",
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Bad requests by status",
+            "Client requests refused with a 4xx, by HTTP status.",
+            _targets((f"sum by (status) (rate(shadowd_bad_requests_total[{_RATE}])) or on() vector(0)", "{{status}}")),
+            unit="reqps",
+        ),
+        w=12,
+        h=8,
+    )
 
     g.row("Latency")
-    g.add(_timeseries("Model latency by role (p50, p99)",
-                      "Per-example model latency, production vs candidate (and noise).",
-                      _targets(
-                          (f"histogram_quantile(0.5, sum by (le, role) (rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
-                           "p50 {{role}}"),
-                          (f"histogram_quantile(0.99, sum by (le, role) (rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
-                           "p99 {{role}}"),
-                      ), unit="s"), w=12, h=8)
-    g.add(_timeseries("Request latency in the ingress (p50, p99)",
-                      "From request parsed to production answer ready: what shadowing may cost clients.",
-                      _targets(
-                          (f"histogram_quantile(0.5, sum by (le) (rate(shadowd_request_latency_seconds_bucket[{_RATE}])))",
-                           "p50"),
-                          (f"histogram_quantile(0.99, sum by (le) (rate(shadowd_request_latency_seconds_bucket[{_RATE}])))",
-                           "p99"),
-                      ), unit="s"), w=12, h=8)
+    g.add(
+        _timeseries(
+            "Model latency by role (p50, p99)",
+            "Per-example model latency, production vs candidate (and noise).",
+            _targets(
+                (
+                    f"histogram_quantile(0.5, sum by (le, role) (rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
+                    "p50 {{role}}",
+                ),
+                (
+                    "histogram_quantile(0.99, sum by (le, role) "
+                    f"(rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
+                    "p99 {{role}}",
+                ),
+            ),
+            unit="s",
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Request latency in the ingress (p50, p99)",
+            "From request parsed to production answer ready: what shadowing may cost clients.",
+            _targets(
+                (
+                    f"histogram_quantile(0.5, sum by (le) (rate(shadowd_request_latency_seconds_bucket[{_RATE}])))",
+                    "p50",
+                ),
+                (
+                    f"histogram_quantile(0.99, sum by (le) (rate(shadowd_request_latency_seconds_bucket[{_RATE}])))",
+                    "p99",
+                ),
+            ),
+            unit="s",
+        ),
+        w=12,
+        h=8,
+    )
 
     g.row("Divergence per slice")
-    g.add(_timeseries("Divergent share per slice",
-                      "Share of compared pairs whose divergence is over the threshold.",
-                      _targets((_ratio_or_zero(f"shadowd_pairs_divergent_total{{{_SLICE}}}",
-                                               f"shadowd_pairs_compared_total{{{_SLICE}}}", "slice"), "{{slice}}")),
-                      unit="percentunit"), w=12, h=8)
-    g.add(_timeseries("Label flip share per slice",
-                      "Classification: share of compared pairs whose top label differs.",
-                      _targets((_ratio_or_zero(f"shadowd_label_flips_total{{{_SLICE}}}",
-                                               f"shadowd_pairs_compared_total{{{_SLICE}}}", "slice"), "{{slice}}")),
-                      unit="percentunit"), w=12, h=8)
-    g.add(_timeseries("Divergence per pair (p50, p90) per slice",
-                      "Distribution of per-pair divergence (total variation distance or relative difference).",
-                      _targets(
-                          (f"histogram_quantile(0.5, sum by (le, slice) (rate(shadowd_pair_divergence_bucket{{{_SLICE}}}[{_RATE}])))",
-                           "p50 {{slice}}"),
-                          (f"histogram_quantile(0.9, sum by (le, slice) (rate(shadowd_pair_divergence_bucket{{{_SLICE}}}[{_RATE}])))",
-                           "p90 {{slice}}"),
-                      )), w=12, h=8)
-    g.add(_timeseries("Noise floor per slice",
-                      "How often production disagrees with itself (noise replica); divergence is judged "
-                      "against this floor.",
-                      _targets((f"max by (slice) (shadowd_noise_floor{{{_SLICE}}})", "{{slice}}")),
-                      unit="percentunit"), w=12, h=8)
+    g.add(
+        _timeseries(
+            "Divergent share per slice",
+            "Share of compared pairs whose divergence is over the threshold.",
+            _targets(
+                (
+                    _ratio_or_zero(
+                        f"shadowd_pairs_divergent_total{{{_SLICE}}}",
+                        f"shadowd_pairs_compared_total{{{_SLICE}}}",
+                        "slice",
+                    ),
+                    "{{slice}}",
+                )
+            ),
+            unit="percentunit",
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Label flip share per slice",
+            "Classification: share of compared pairs whose top label differs.",
+            _targets(
+                (
+                    _ratio_or_zero(
+                        f"shadowd_label_flips_total{{{_SLICE}}}", f"shadowd_pairs_compared_total{{{_SLICE}}}", "slice"
+                    ),
+                    "{{slice}}",
+                )
+            ),
+            unit="percentunit",
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Divergence per pair (p50, p90) per slice",
+            "Distribution of per-pair divergence (total variation distance or relative difference).",
+            _targets(
+                (
+                    f"histogram_quantile(0.5, sum by (le, slice) "
+                    f"(rate(shadowd_pair_divergence_bucket{{{_SLICE}}}[{_RATE}])))",
+                    "p50 {{slice}}",
+                ),
+                (
+                    f"histogram_quantile(0.9, sum by (le, slice) "
+                    f"(rate(shadowd_pair_divergence_bucket{{{_SLICE}}}[{_RATE}])))",
+                    "p90 {{slice}}",
+                ),
+            ),
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Noise floor per slice",
+            "How often production disagrees with itself (noise replica); divergence is judged against this floor.",
+            _targets((f"max by (slice) (shadowd_noise_floor{{{_SLICE}}})", "{{slice}}")),
+            unit="percentunit",
+        ),
+        w=12,
+        h=8,
+    )
 
     g.row("Data quality")
-    g.add(_timeseries("Non-finite outputs by role",
-                      "Model outputs containing NaN or inf, per second, by role.",
-                      _targets((f"sum by (role) (rate(shadowd_nonfinite_outputs_total[{_RATE}])) or on() vector(0)",
-                                "{{role}}")), unit="reqps"), w=8, h=8)
-    g.add(_timeseries("Expectation violations",
-                      "Requests or outputs violating a configured expectation, per second, by expectation.",
-                      _targets((f"sum by (expectation) (rate(shadowd_expectation_violations_total[{_RATE}])) "
-                                "or on() vector(0)", "{{expectation}}")), unit="reqps"), w=8, h=8)
-    g.add(_state_timeline("Drift status per feature and slice",
-                          "Drift check of the last closed window per monitored feature and slice against the "
-                          "training profile: OK, DRIFT or INCONCLUSIVE.",
-                          _targets((f"max by (feature, slice) (shadowd_drift_status{{{_SLICE}}})",
-                                    "{{feature}} / {{slice}}")), mappings=_DRIFT_MAPPINGS), w=8, h=8)
+    g.add(
+        _timeseries(
+            "Non-finite outputs by role",
+            "Model outputs containing NaN or inf, per second, by role.",
+            _targets((f"sum by (role) (rate(shadowd_nonfinite_outputs_total[{_RATE}])) or on() vector(0)", "{{role}}")),
+            unit="reqps",
+        ),
+        w=8,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Expectation violations",
+            "Requests or outputs violating a configured expectation, per second, by expectation.",
+            _targets(
+                (
+                    f"sum by (expectation) (rate(shadowd_expectation_violations_total[{_RATE}])) or on() vector(0)",
+                    "{{expectation}}",
+                )
+            ),
+            unit="reqps",
+        ),
+        w=8,
+        h=8,
+    )
+    g.add(
+        _state_timeline(
+            "Drift status per feature and slice",
+            "Drift check of the last closed window per monitored feature and slice against the "
+            "training profile: OK, DRIFT or INCONCLUSIVE.",
+            _targets((f"max by (feature, slice) (shadowd_drift_status{{{_SLICE}}})", "{{feature}} / {{slice}}")),
+            mappings=_DRIFT_MAPPINGS,
+        ),
+        w=8,
+        h=8,
+    )
 
     g.row("Ray Serve")
-    g.add(_timeseries("Healthy replicas per deployment",
-                      "Ray Serve replicas passing health checks, per deployment (ingress, worker, comparator).",
-                      _targets(("sum by (application, deployment) (ray_serve_deployment_replica_healthy)",
-                                "{{deployment}}"))), w=12, h=8)
-    g.add(_timeseries("Queued and ongoing requests per deployment",
-                      "Requests waiting for a replica and requests running in replicas, per deployment.",
-                      _targets(
-                          ("sum by (deployment) (ray_serve_deployment_queued_queries)", "queued {{deployment}}"),
-                          ("sum by (deployment) (ray_serve_replica_processing_queries)", "processing {{deployment}}"),
-                      )), w=12, h=8)
-    return _dashboard(OVERVIEW_UID, "shadowd / overview",
-                      "Is the candidate safe to ship, and is shadowing costing production anything?",
-                      g.panels)
+    g.add(
+        _timeseries(
+            "Healthy replicas per deployment",
+            "Ray Serve replicas passing health checks, per deployment (ingress, worker, comparator).",
+            _targets(("sum by (application, deployment) (ray_serve_deployment_replica_healthy)", "{{deployment}}")),
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Queued and ongoing requests per deployment",
+            "Requests waiting for a replica and requests running in replicas, per deployment.",
+            _targets(
+                ("sum by (deployment) (ray_serve_deployment_queued_queries)", "queued {{deployment}}"),
+                ("sum by (deployment) (ray_serve_replica_processing_queries)", "processing {{deployment}}"),
+            ),
+        ),
+        w=12,
+        h=8,
+    )
+    return _dashboard(
+        OVERVIEW_UID,
+        "shadowd / overview",
+        "Is the candidate safe to ship, and is shadowing costing production anything?",
+        g.panels,
+    )
 
 
 def flywheel_dashboard() -> dict[str, Any]:
     """Annotation queue, backlog age against the on-call service level, labels, Kafka delivery, suites."""
     g = _Grid()
     g.row("Annotation queue")
-    g.add(_stat("Backlog items", "Items waiting for an on-call annotator, all rotations "
-                                 "(shadowd_annotation_backlog_items).",
-                _targets(("sum(shadowd_annotation_backlog_items)", "items"))), w=6, h=4)
-    g.add(_stat("Oldest item age", f"Age of the oldest unannotated item; red past the service level "
-                                   f"({ANNOTATION_SLO_S // 3600} h).",
-                _targets(("max(shadowd_annotation_oldest_item_age_seconds)", "age")), unit="s",
-                thresholds=[(None, "green"), (ANNOTATION_SLO_S / 2, "yellow"), (ANNOTATION_SLO_S, "red")]),
-          w=6, h=4)
-    g.add(_stat("Spool items", "Items in the local spool not yet delivered to Kafka (all items without Kafka).",
-                _targets(("sum(shadowd_spool_items)", "items"))), w=6, h=4)
-    g.add(_stat("Kafka delivery errors (1 h)", "Failed sends to Kafka in the last hour; the spool keeps the items.",
-                _targets(("sum(increase(shadowd_kafka_delivery_errors_total[1h])) or on() vector(0)", "errors")),
-                thresholds=[(None, "green"), (1, "red")]), w=6, h=4)
-    g.add(_timeseries("Annotation items by outcome",
-                      "Items per second queued, held back, spooled, delivered to Kafka, or failed.",
-                      _targets((f"sum by (outcome) (rate(shadowd_annotation_items_total[{_RATE}]))", "{{outcome}}")),
-                      unit="reqps"), w=12, h=8)
-    g.add(_timeseries("Backlog and spool",
-                      "Items waiting for annotation, and items in the spool waiting for Kafka.",
-                      _targets(("sum by (rotation) (shadowd_annotation_backlog_items)", "backlog {{rotation}}"),
-                               ("sum(shadowd_spool_items)", "spool"))), w=12, h=8)
-    g.add(_timeseries("Oldest item age vs service level",
-                      "Age of the oldest unannotated item per on-call rotation; the alert fires above the "
-                      "service level line.",
-                      _targets(("max by (rotation) (shadowd_annotation_oldest_item_age_seconds)", "{{rotation}}"),
-                               (f"vector({ANNOTATION_SLO_S})", "service level")), unit="s"), w=12, h=8)
-    g.add(_timeseries("Kafka delivery errors",
-                      "Failed sends to Kafka per second (broker unreachable, timeouts).",
-                      _targets((f"sum(rate(shadowd_kafka_delivery_errors_total[{_RATE}])) or on() vector(0)",
-                                "errors")), unit="reqps"), w=12, h=8)
+    g.add(
+        _stat(
+            "Backlog items",
+            "Items waiting for an on-call annotator, all rotations (shadowd_annotation_backlog_items).",
+            _targets(("sum(shadowd_annotation_backlog_items)", "items")),
+        ),
+        w=6,
+        h=4,
+    )
+    g.add(
+        _stat(
+            "Oldest item age",
+            f"Age of the oldest unannotated item; red past the service level ({ANNOTATION_SLO_S // 3600} h).",
+            _targets(("max(shadowd_annotation_oldest_item_age_seconds)", "age")),
+            unit="s",
+            thresholds=[(None, "green"), (ANNOTATION_SLO_S / 2, "yellow"), (ANNOTATION_SLO_S, "red")],
+        ),
+        w=6,
+        h=4,
+    )
+    g.add(
+        _stat(
+            "Spool items",
+            "Items in the local spool not yet delivered to Kafka (all items without Kafka).",
+            _targets(("sum(shadowd_spool_items)", "items")),
+        ),
+        w=6,
+        h=4,
+    )
+    g.add(
+        _stat(
+            "Kafka delivery errors (1 h)",
+            "Failed sends to Kafka in the last hour; the spool keeps the items.",
+            _targets(("sum(increase(shadowd_kafka_delivery_errors_total[1h])) or on() vector(0)", "errors")),
+            thresholds=[(None, "green"), (1, "red")],
+        ),
+        w=6,
+        h=4,
+    )
+    g.add(
+        _timeseries(
+            "Annotation items by outcome",
+            "Items per second queued, held back, spooled, delivered to Kafka, or failed.",
+            _targets((f"sum by (outcome) (rate(shadowd_annotation_items_total[{_RATE}]))", "{{outcome}}")),
+            unit="reqps",
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Backlog and spool",
+            "Items waiting for annotation, and items in the spool waiting for Kafka.",
+            _targets(
+                ("sum by (rotation) (shadowd_annotation_backlog_items)", "backlog {{rotation}}"),
+                ("sum(shadowd_spool_items)", "spool"),
+            ),
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Oldest item age vs service level",
+            "Age of the oldest unannotated item per on-call rotation; the alert fires above the service level line.",
+            _targets(
+                ("max by (rotation) (shadowd_annotation_oldest_item_age_seconds)", "{{rotation}}"),
+                (f"vector({ANNOTATION_SLO_S})", "service level"),
+            ),
+            unit="s",
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Kafka delivery errors",
+            "Failed sends to Kafka per second (broker unreachable, timeouts).",
+            _targets((f"sum(rate(shadowd_kafka_delivery_errors_total[{_RATE}])) or on() vector(0)", "errors")),
+            unit="reqps",
+        ),
+        w=12,
+        h=8,
+    )
 
     g.row("Labels")
-    g.add(_timeseries("Labels by source and outcome",
-                      "Labels per second by source (feedback: POST /feedback; annotator: the labels topic) and "
-                      "outcome (joined a stored pair, unknown request, expired, rejected).",
-                      _targets((f"sum by (source, outcome) (rate(shadowd_labels_total[{_RATE}]))",
-                                "{{source}} {{outcome}}")), unit="reqps"), w=12, h=8)
-    g.add(_timeseries("Label join share",
-                      "Share of labels that found their pair (the rest were for unknown or expired requests, "
-                      "or rejected).",
-                      _targets((f'(sum(rate(shadowd_labels_total{{outcome="joined"}}[{_RATE}])) or on() vector(0)) '
-                                f"/ sum(rate(shadowd_labels_total[{_RATE}]))", "joined")),
-                      unit="percentunit"), w=12, h=8)
+    g.add(
+        _timeseries(
+            "Labels by source and outcome",
+            "Labels per second by source (feedback: POST /feedback; annotator: the labels topic) and "
+            "outcome (joined a stored pair, unknown request, expired, rejected).",
+            _targets((f"sum by (source, outcome) (rate(shadowd_labels_total[{_RATE}]))", "{{source}} {{outcome}}")),
+            unit="reqps",
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        _timeseries(
+            "Label join share",
+            "Share of labels that found their pair (the rest were for unknown or expired requests, or rejected).",
+            _targets(
+                (
+                    f'(sum(rate(shadowd_labels_total{{outcome="joined"}}[{_RATE}])) or on() vector(0)) '
+                    f"/ sum(rate(shadowd_labels_total[{_RATE}]))",
+                    "joined",
+                )
+            ),
+            unit="percentunit",
+        ),
+        w=12,
+        h=8,
+    )
 
     g.row("Suites")
-    g.add(_timeseries("Hard examples per suite",
-                      "Labelled hard examples collected per suite (slice / failure tag) for offline replay.",
-                      _targets(("sum by (suite) (shadowd_suite_examples)", "{{suite}}"))), w=24, h=8)
-    return _dashboard(FLYWHEEL_UID, "shadowd / flywheel",
-                      "Annotation queue, labels and hard-example suites: is the flywheel turning?",
-                      g.panels)
+    g.add(
+        _timeseries(
+            "Hard examples per suite",
+            "Labelled hard examples collected per suite (slice / failure tag) for offline replay.",
+            _targets(("sum by (suite) (shadowd_suite_examples)", "{{suite}}")),
+        ),
+        w=24,
+        h=8,
+    )
+    return _dashboard(
+        FLYWHEEL_UID,
+        "shadowd / flywheel",
+        "Annotation queue, labels and hard-example suites: is the flywheel turning?",
+        g.panels,
+    )
 
 
 DASHBOARD_FILES: dict[str, Callable[[], dict[str, Any]]] = {

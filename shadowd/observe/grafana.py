@@ -118,7 +118,9 @@ def push_dashboards(
         # id None + overwrite: Grafana matches on uid, so a re-push updates in place.
         body = {"dashboard": {**dashboard, "id": None}, "folderUid": folder_uid, "overwrite": True, "message": message}
         answer = _call(f"save dashboard {dashboard['uid']!r}", client.dashboard.update_dashboard, body)
-        pushed.append(PushedDashboard(answer["uid"], dashboard["title"], answer.get("url", ""), answer.get("version", 0)))
+        pushed.append(
+            PushedDashboard(answer["uid"], dashboard["title"], answer.get("url", ""), answer.get("version", 0))
+        )
     return PushResult(folder_uid, created, tuple(pushed))
 
 
@@ -146,8 +148,10 @@ def annotate_verdict_change(
     new_name = _verdict_name(new)
     if old_name == new_name:
         return None
-    headline = f"gate verdict: {new_name.upper()}" if old_name is None else (
-        f"gate verdict: {old_name.upper()} -> {new_name.upper()}"
+    headline = (
+        f"gate verdict: {new_name.upper()}"
+        if old_name is None
+        else (f"gate verdict: {old_name.upper()} -> {new_name.upper()}")
     )
     answer = _call(
         "add a gate annotation",
@@ -176,7 +180,7 @@ class VerdictAnnotator:
     @classmethod
     def from_settings(
         cls, url: str, token_env: str = "GRAFANA_TOKEN", timeout_s: float = 5.0, env: Mapping[str, str] = os.environ
-    ) -> "VerdictAnnotator":
+    ) -> VerdictAnnotator:
         token = env.get(token_env, "")
         if not token:
             raise GrafanaError(f"grafana.token_env names {token_env!r}, which is not set in the environment")

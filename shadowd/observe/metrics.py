@@ -16,10 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
-__all__ = ["ShadowdMetrics", "MULTIPROC_ENV", "prepare_multiprocess_dir", "serve_metrics"]
+__all__ = ["MULTIPROC_ENV", "ShadowdMetrics", "prepare_multiprocess_dir", "serve_metrics"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -40,7 +39,10 @@ class ShadowdMetrics:
             registry=reg,
         )
         self.bad_requests = Counter(
-            "shadowd_bad_requests_total", "Client requests refused with a 4xx, by HTTP status.", ["status"], registry=reg
+            "shadowd_bad_requests_total",
+            "Client requests refused with a 4xx, by HTTP status.",
+            ["status"],
+            registry=reg,
         )
         self.latency = Histogram(
             "shadowd_model_latency_seconds",
@@ -60,7 +62,8 @@ class ShadowdMetrics:
         )
         self.pairs_dropped = Counter(
             "shadowd_pairs_dropped_total",
-            "Pairs dropped before comparison, by reason (budget: in-flight budget full; worker: shadow worker call failed).",
+            "Pairs dropped before comparison, by reason "
+            "(budget: in-flight budget full; worker: shadow worker call failed).",
             ["reason"],
             registry=reg,
         )
@@ -71,7 +74,10 @@ class ShadowdMetrics:
             "shadowd_pairs_divergent_total", "Pairs over the divergence threshold, by slice.", ["slice"], registry=reg
         )
         self.label_flips = Counter(
-            "shadowd_label_flips_total", "Classification pairs whose top label differs, by slice.", ["slice"], registry=reg
+            "shadowd_label_flips_total",
+            "Classification pairs whose top label differs, by slice.",
+            ["slice"],
+            registry=reg,
         )
         self.divergence = Histogram(
             "shadowd_pair_divergence",

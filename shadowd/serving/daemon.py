@@ -15,7 +15,7 @@ import requests
 from shadowd.config import ShadowdConfig
 from shadowd.errors import ShadowdError
 
-__all__ = ["Daemon", "start_daemon", "wait_healthy", "wait_for_pairs", "APP_NAME"]
+__all__ = ["APP_NAME", "Daemon", "start_daemon", "wait_for_pairs", "wait_healthy"]
 
 log = logging.getLogger(__name__)
 

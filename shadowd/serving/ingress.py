@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _HUB_CALLS = 16  # report/feedback/reset calls one ingress replica lets wait on the hub at once
 
+
 def _serve_request_id() -> str | None:
     """The id Ray Serve's proxy gave this request: the client's X-Request-ID, or one it
     generated and echoes in the response's X-Request-ID header."""
@@ -92,7 +93,7 @@ class ShadowIngress:
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
         if self._prefix and path.startswith(self._prefix):
-            path = path[len(self._prefix):] or "/"
+            path = path[len(self._prefix) :] or "/"
         handler = self._routes.get((request.method, path))
         try:
             if handler is None:
@@ -126,8 +127,10 @@ class ShadowIngress:
         async with self._hub_calls:
             try:
                 return await asyncio.wait_for(getattr(self._hub, method).remote(*args), self._cfg.serving.hub_timeout_s)
-            except asyncio.TimeoutError:
-                raise BadRequest(f"the hub did not answer within {self._cfg.serving.hub_timeout_s} s; retry", 503) from None
+            except TimeoutError:
+                raise BadRequest(
+                    f"the hub did not answer within {self._cfg.serving.hub_timeout_s} s; retry", 503
+                ) from None
 
     @serve.batch(max_batch_size=1)
     async def _predict_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -169,7 +172,9 @@ class ShadowIngress:
         self._hand_off(req, ts, listed if outcome == "ok" else None, outcome, latency_s, violations)
         body: dict[str, Any] = {"request_id": request_id, "model": self._model.name, "outputs": listed}
         if outcome == "ok":
-            body["prediction"] = int(values.argmax()) if self._classification else (listed[0] if len(listed) == 1 else listed)
+            body["prediction"] = (
+                int(values.argmax()) if self._classification else (listed[0] if len(listed) == 1 else listed)
+            )
         self._metrics.request_latency.observe(time.perf_counter() - t_start)
         return JSONResponse(body)
 

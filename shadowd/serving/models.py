@@ -19,7 +19,7 @@ import numpy as np
 from shadowd.config import ModelConfig
 from shadowd.errors import ModelError
 
-__all__ = ["LoadedModel", "load_model", "check_rows"]
+__all__ = ["LoadedModel", "check_rows", "load_model"]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -48,7 +48,9 @@ def _load_python(cfg: ModelConfig) -> Callable[[np.ndarray], Any]:
         obj = obj(**cfg.kwargs)
     predict = getattr(obj, "predict", obj)
     if not callable(predict):
-        raise ModelError(f"target {cfg.target!r} gives {type(obj).__name__}, which has no predict() and is not callable")
+        raise ModelError(
+            f"target {cfg.target!r} gives {type(obj).__name__}, which has no predict() and is not callable"
+        )
     return predict
 
 

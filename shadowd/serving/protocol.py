@@ -10,15 +10,16 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from shadowd.errors import BadRequest, PayloadTooLarge
 from shadowd.records import Label
 
-__all__ = ["PredictRequest", "request_id_from", "read_json", "parse_predict", "parse_feedback"]
+__all__ = ["PredictRequest", "parse_feedback", "parse_predict", "read_json", "request_id_from"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 

@@ -30,7 +30,7 @@ from shadowd.serving.models import LoadedModel, check_rows, load_model
 from shadowd.serving.runtime import process_metrics
 from shadowd.serving.sampling import is_sampled
 
-__all__ = ["Mirrored", "MirroredBatch", "ShadowWorker", "run_role", "MODEL_THREADS"]
+__all__ = ["MODEL_THREADS", "Mirrored", "MirroredBatch", "ShadowWorker", "run_role"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class MirroredBatch:
     violations: list[list[dict[str, Any]]]
 
     @classmethod
-    def of(cls, items: list[Mirrored]) -> "MirroredBatch":
+    def of(cls, items: list[Mirrored]) -> MirroredBatch:
         return cls(
             [m.request_id for m in items],
             [m.ts for m in items],
@@ -104,10 +104,8 @@ class _Runner:
             return "timeout", 0.0, f"all {MODEL_THREADS} model threads are still busy with earlier calls"
         loop = asyncio.get_running_loop()
         try:
-            out, elapsed_s = await asyncio.wait_for(
-                loop.run_in_executor(self._pool, self._call, x), self._timeout_s
-            )
-        except asyncio.TimeoutError:
+            out, elapsed_s = await asyncio.wait_for(loop.run_in_executor(self._pool, self._call, x), self._timeout_s)
+        except TimeoutError:
             return "timeout", self._timeout_s / len(x), f"no answer within {self._timeout_s} s"
         except Exception as err:  # the model's own failure, whatever it is
             return "error", 0.0, f"{type(err).__name__}: {err}"[:300]
@@ -170,13 +168,13 @@ class ShadowWorker:
             idx = [i for i, rid in enumerate(batch.request_ids) if is_sampled(rid, share, "noise")]
             if idx:
                 outs, noise_violations = await run_role(self._noise, "noise", x[idx], width, self._expect)
-                for i, out, vs in zip(idx, outs, noise_violations):
+                for i, out, vs in zip(idx, outs, noise_violations, strict=True):
                     noise[i] = out
                     violations[i] += self._record(vs)
         store_inputs = self._cfg.shadow.store_inputs
         prod_name = self._cfg.models.production.name
         pairs = []
-        for i, (cand, nz) in enumerate(zip(candidates, noise)):
+        for i, (cand, nz) in enumerate(zip(candidates, noise, strict=True)):
             for out in (cand, nz):
                 if out is not None:
                     self._metrics.requests.labels(out.role, out.outcome).inc()

@@ -18,7 +18,6 @@ import time
 
 import pytest
 import yaml
-
 from prometheus_client import CollectorRegistry
 
 from shadowd.config import parse_config
@@ -45,8 +44,12 @@ def config_dict(tmp_path, bootstrap, topics):
                 "labels_topic": topics[1],
                 "delivery_timeout_ms": 5000,
             },
-            "rotation": {"name": f"rot{topics[0][-6:]}", "annotators": ["ana", "bo"], "shift_s": 3600,
-                         "start": "2026-01-01T00:00:00Z"},
+            "rotation": {
+                "name": f"rot{topics[0][-6:]}",
+                "annotators": ["ana", "bo"],
+                "shift_s": 3600,
+                "start": "2026-01-01T00:00:00Z",
+            },
         },
     }
 
@@ -64,8 +67,14 @@ def make_pair(i, now):
 
 def item_for(pair, now):
     return AnnotationItem(
-        request_id=pair.request_id, reason="divergent", priority=0.5, features=pair.features, inputs=pair.inputs,
-        production=pair.production, candidate=pair.candidate, created_ts=now,
+        request_id=pair.request_id,
+        reason="divergent",
+        priority=0.5,
+        features=pair.features,
+        inputs=pair.inputs,
+        production=pair.production,
+        candidate=pair.candidate,
+        created_ts=now,
     )
 
 
@@ -96,7 +105,9 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
         rot = {"rotation": cfg.annotations.rotation.name}
         deadline = time.monotonic() + 20
         while metrics.registry.get_sample_value("shadowd_annotation_backlog_items", rot) != N_ITEMS:
-            assert time.monotonic() < deadline, metrics.registry.get_sample_value("shadowd_annotation_backlog_items", rot)
+            assert time.monotonic() < deadline, metrics.registry.get_sample_value(
+                "shadowd_annotation_backlog_items", rot
+            )
             time.sleep(0.2)
         age_s = metrics.registry.get_sample_value("shadowd_annotation_oldest_item_age_seconds", rot)
         assert 0 < age_s <= time.time() - t0 + 0.1  # the items were created at t0
@@ -104,8 +115,11 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
         # the real CLI shows an item, waits for a label, and is killed mid-item
         proc = subprocess.Popen(
             [sys.executable, "-m", "shadowd", "annotate", "-c", str(cfg_path), "--as", "ana"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"},
+            text=True,
         )
         shown = None
         deadline = time.monotonic() + 60

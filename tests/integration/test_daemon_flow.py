@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from shadowd.cli import app
 from shadowd.flywheel.spool import read_spool
-from shadowd.serving.daemon import wait_for_pairs
 from shadowd.records import AnnotationItem
+from shadowd.serving.daemon import wait_for_pairs
 from shadowd.testing import ToyClassifier
-from tests.fixtures.kafka import consumer_config, unique_topic
 from tests.fixtures.grafana import TOKEN as GRAFANA_TOKEN
+from tests.fixtures.kafka import consumer_config, unique_topic
 from tests.fixtures.ray_serve import GRAFANA_TOKEN_ENV, toy_model
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,13 @@ NO_BUDGET = {"dedup_window_items": 0, "rate_per_s": 10_000, "burst_items": 10_00
 
 def _bodies(n: int, seed: int) -> list[tuple[str, dict]]:
     rng = np.random.default_rng(seed)
-    return [(f"flow-{seed}-{i}", {"inputs": rng.normal(size=8).round(4).tolist(), "features": {"hour": int(rng.integers(24))}}) for i in range(n)]
+    return [
+        (
+            f"flow-{seed}-{i}",
+            {"inputs": rng.normal(size=8).round(4).tolist(), "features": {"hour": int(rng.integers(24))}},
+        )
+        for i in range(n)
+    ]
 
 
 def _send(url: str, reqs) -> None:
@@ -43,7 +49,7 @@ def _expected_divergent(reqs, tvd_threshold: float = 0.3) -> set[str]:
     p, c = ToyClassifier(seed=0).predict(x), ToyClassifier(seed=5).predict(x)
     tvd = 0.5 * np.abs(p - c).sum(1)
     divergent = (p.argmax(1) != c.argmax(1)) | (tvd > tvd_threshold)
-    return {rid for (rid, _), d in zip(reqs, divergent) if d}
+    return {rid for (rid, _), d in zip(reqs, divergent, strict=True) if d}
 
 
 def test_divergent_items_reach_kafka_keyed_by_request_id(shadowd_app, kafka_broker):
@@ -79,7 +85,10 @@ def test_divergent_items_reach_kafka_keyed_by_request_id(shadowd_app, kafka_brok
 
 
 def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):
-    raw = {"task": "classification", "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)}}
+    raw = {
+        "task": "classification",
+        "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
+    }
     daemon = shadowd_app(raw)
     reqs = _bodies(30, seed=12)
     _send(daemon.url, reqs)
@@ -121,7 +130,10 @@ def test_expectations_on_live_traffic(shadowd_app, tmp_path, mode):
         {
             "task": "classification",
             "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
-            "expectations": {"on_violation": mode, "features": {"hour": {"type": "integer", "required": True, "min": 0, "max": 23}}},
+            "expectations": {
+                "on_violation": mode,
+                "features": {"hour": {"type": "integer", "required": True, "min": 0, "max": 23}},
+            },
             "annotations": {"policy": NO_BUDGET},
         }
     )

@@ -160,7 +160,9 @@ def test_the_image_s_dependencies_resolve_with_cpu_torch(tmp_path, steps):
     torch_args = [a for a in torch_step if a != "--index-url" and not a.startswith("http")]
     report_path = tmp_path / "report.json"
     _run([*pip, "install", "--dry-run", "--quiet", "--report", str(report_path), *torch_args, *project_step], src, 400)
-    resolved = {_canon(p["metadata"]["name"]): p["metadata"]["version"] for p in json.loads(report_path.read_text())["install"]}
+    resolved = {
+        _canon(p["metadata"]["name"]): p["metadata"]["version"] for p in json.loads(report_path.read_text())["install"]
+    }
     pinned = next(a for a in torch_args if a.startswith("torch==")).split("==")[1]
     assert resolved["torch"].split("+")[0] == pinned
     assert resolved["torch"].partition("+")[2] in ("", "cpu")

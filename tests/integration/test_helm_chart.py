@@ -16,8 +16,9 @@ import importlib
 import json
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import helm_python as helm
 import jsonschema
@@ -37,7 +38,11 @@ K8S_VERSION = kubernetes_validate.latest_version()
 RELEASE = "shadow"
 NAMESPACE = "ml"
 
-KAFKA_CONFIG = {"bootstrap_servers": ["kafka-0.kafka:9093"], "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512"}
+KAFKA_CONFIG = {
+    "bootstrap_servers": ["kafka-0.kafka:9093"],
+    "security_protocol": "SASL_SSL",
+    "sasl_mechanism": "SCRAM-SHA-512",
+}
 SECRETS = {
     "config": {"annotations": {"kafka": KAFKA_CONFIG}},
     "kafka": {
@@ -46,7 +51,9 @@ SECRETS = {
     },
     "grafana": {"token": {"existingSecret": "grafana-api", "key": "token"}},
 }
-MONITORING = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}, "prometheusRule": {"enabled": True}}}
+MONITORING = {
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}, "prometheusRule": {"enabled": True}}
+}
 
 # Every switch of values.yaml, in both modes where it matters.
 SWITCHES: dict[str, dict[str, Any]] = {
@@ -121,7 +128,9 @@ def rendered(request, chart) -> tuple[str, dict[str, Any], list[dict[str, Any]]]
 def _k8s_definitions() -> referencing.Resource:
     base = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
     major_minor = ".".join(K8S_VERSION.split(".")[:2])
-    folder = next(p for p in base.iterdir() if p.name.startswith(f"v{major_minor}") and p.name.endswith("-local-strict"))
+    folder = next(
+        p for p in base.iterdir() if p.name.startswith(f"v{major_minor}") and p.name.endswith("-local-strict")
+    )
     return referencing.Resource.from_contents(json.loads((folder / "_definitions.json").read_text()))
 
 
@@ -140,7 +149,9 @@ def validate_object(doc: dict[str, Any], crd_validators) -> None:
     key = (doc["apiVersion"], doc["kind"])
     if key in crd_validators:
         errors = sorted(crd_validators[key].iter_errors(doc), key=lambda e: list(e.absolute_path))
-        assert not errors, "\n".join(f"{doc['kind']}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+        assert not errors, "\n".join(
+            f"{doc['kind']}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+        )
     else:
         # Raises SchemaNotFoundError for a kind it does not know: no object goes unchecked.
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -153,7 +164,9 @@ def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dic
     """(where, pod template metadata, pod spec) of every pod the release will run."""
     pods = []
     for d in by_kind(docs, "Deployment"):
-        pods.append((f"Deployment/{d['metadata']['name']}", d["spec"]["template"]["metadata"], d["spec"]["template"]["spec"]))
+        pods.append(
+            (f"Deployment/{d['metadata']['name']}", d["spec"]["template"]["metadata"], d["spec"]["template"]["spec"])
+        )
     for d in by_kind(docs, "RayService"):
         cluster = d["spec"]["rayClusterConfig"]
         head = cluster["headGroupSpec"]["template"]
@@ -164,11 +177,27 @@ def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dic
     return pods
 
 
-_RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+_RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 _SAFE_SYSCTLS = {
-    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
 }
 _SELINUX_TYPES = {None, "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
 
@@ -199,7 +228,12 @@ def restricted_violations(spec: dict[str, Any], extra_containers: list[dict[str,
     pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
     if pod_seccomp == "Unconfined":
         bad.append("pod seccompProfile Unconfined")
-    containers = spec.get("containers", []) + spec.get("initContainers", []) + spec.get("ephemeralContainers", []) + list(extra_containers)
+    containers = (
+        spec.get("containers", [])
+        + spec.get("initContainers", [])
+        + spec.get("ephemeralContainers", [])
+        + list(extra_containers)
+    )
     for c in containers:
         name = c.get("name", "<autoscaler>")
         sc = c.get("securityContext") or {}
@@ -238,7 +272,9 @@ def _autoscaler(docs) -> list[dict[str, Any]]:
     for d in by_kind(docs, "RayService"):
         opts = d["spec"]["rayClusterConfig"].get("autoscalerOptions")
         if d["spec"]["rayClusterConfig"].get("enableInTreeAutoscaling"):
-            assert opts and opts.get("securityContext"), "KubeRay injects an autoscaler sidecar; it needs a securityContext"
+            assert opts and opts.get("securityContext"), (
+                "KubeRay injects an autoscaler sidecar; it needs a securityContext"
+            )
             out.append(opts)
     return out
 
@@ -311,10 +347,10 @@ def test_crd_schemas_reject_what_the_api_server_would(crd_validators, chart):
 
 
 def test_rendered_pods_meet_the_restricted_profile(rendered):
-    switch, values, docs = rendered
+    switch, _values, docs = rendered
     pods = pod_specs(docs)
     assert pods, f"{switch}: no pods rendered"
-    for where, meta, spec in pods:
+    for where, _meta, spec in pods:
         assert restricted_violations(spec, _autoscaler(docs) if "head" in where else []) == [], where
 
 
@@ -329,7 +365,10 @@ def test_restricted_check_catches_violations(chart):
         lambda s: s["containers"][0]["securityContext"].__setitem__("privileged", True),
         lambda s: s["containers"][0]["securityContext"]["capabilities"].__setitem__("drop", ["NET_RAW"]),
         lambda s: s["containers"][0]["securityContext"]["capabilities"].__setitem__("add", ["SYS_ADMIN"]),
-        lambda s: (s["securityContext"].pop("seccompProfile"), s["containers"][0]["securityContext"].pop("seccompProfile")),
+        lambda s: (
+            s["securityContext"].pop("seccompProfile"),
+            s["containers"][0]["securityContext"].pop("seccompProfile"),
+        ),
         lambda s: s["containers"][0]["securityContext"].__setitem__("runAsNonRoot", False),
         lambda s: s["containers"][0]["ports"][0].__setitem__("hostPort", 8000),
     ]
@@ -358,7 +397,9 @@ def test_pods_write_only_to_their_volumes_and_have_probes_and_resources(rendered
                 assert m["name"] in volumes, f"{where}: mount {m['name']} has no volume"
                 if not m.get("readOnly"):
                     assert m["mountPath"] in writable, f"{where}: {m['mountPath']} is writable"
-            assert {"/tmp", "/dev/shm", values["persistence"]["mountPath"]} <= {m["mountPath"] for m in c["volumeMounts"]}
+            assert {"/tmp", "/dev/shm", values["persistence"]["mountPath"]} <= {
+                m["mountPath"] for m in c["volumeMounts"]
+            }
             assert c["livenessProbe"] and c["readinessProbe"], where
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 port = c.get(probe, {}).get("httpGet", {}).get("port")
@@ -366,7 +407,9 @@ def test_pods_write_only_to_their_volumes_and_have_probes_and_resources(rendered
                     assert port in {p["name"] for p in c["ports"]}, f"{where}: {probe} names unknown port {port}"
             assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], where
             assert c["resources"]["limits"]["memory"], where
-            assert not any(k in e for e in c.get("env", []) for k in ("value",) if "PASSWORD" in e["name"] or "TOKEN" in e["name"])
+            assert not any(
+                k in e for e in c.get("env", []) for k in ("value",) if "PASSWORD" in e["name"] or "TOKEN" in e["name"]
+            )
 
 
 # --- tests: what the pods read ------------------------------------------------
@@ -381,7 +424,7 @@ def _volume_paths(spec, volume: str, container: dict[str, Any]) -> str:
 
 
 def test_config_map_holds_a_config_shadowd_accepts(rendered):
-    switch, values, docs = rendered
+    _switch, values, docs = rendered
     if values["existingConfigSecret"]:
         assert not [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
         for _, _, spec in pod_specs(docs):
@@ -390,7 +433,12 @@ def test_config_map_holds_a_config_shadowd_accepts(rendered):
         return
     cfg = parse_config(yaml.safe_load(_config_text(docs)), "configmap config.yaml")
     assert str(cfg.data_dir) == values["persistence"]["mountPath"]
-    assert (cfg.serving.host, cfg.serving.port, cfg.metrics.host, cfg.metrics.port) == ("0.0.0.0", 8000, "0.0.0.0", 9100)
+    assert (cfg.serving.host, cfg.serving.port, cfg.metrics.host, cfg.metrics.port) == (
+        "0.0.0.0",
+        8000,
+        "0.0.0.0",
+        9100,
+    )
     assert cfg.models.production.name == values["config"]["models"]["production"]["name"]
     for where, _, spec in pod_specs(docs):
         c = spec["containers"][0]
@@ -435,14 +483,14 @@ def test_secrets_arrive_by_reference_under_the_names_the_config_uses(chart, mode
 
 
 def test_kafka_secret_without_kafka_config_fails_clearly(chart):
-    with pytest.raises(helm.HelmRenderError, match="config.annotations.kafka"):
+    with pytest.raises(helm.HelmRenderError, match=r"config\.annotations\.kafka"):
         render(chart, {"kafka": {"sasl": {"existingSecret": "kafka-user"}}})
 
 
 def test_serve_config_is_valid_for_ray_serve_and_uses_the_app_builder(rendered):
     from ray.serve.schema import ServeDeploySchema
 
-    _, values, docs = rendered
+    _, _values, docs = rendered
     for rs in by_kind(docs, "RayService"):
         serve = ServeDeploySchema.model_validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))
         (app,) = serve.applications
@@ -459,7 +507,9 @@ def test_serve_config_is_valid_for_ray_serve_and_uses_the_app_builder(rendered):
 def test_serve_config_is_the_one_in_deploy(chart):
     """One Serve config for `serve deploy` and the RayService."""
     rs = one(render(chart, {}), "RayService")
-    assert yaml.safe_load(rs["spec"]["serveConfigV2"]) == yaml.safe_load((ROOT / "deploy/serve/serve-config.yaml").read_text())
+    assert yaml.safe_load(rs["spec"]["serveConfigV2"]) == yaml.safe_load(
+        (ROOT / "deploy/serve/serve-config.yaml").read_text()
+    )
 
 
 def test_deployment_runs_shadowd_with_the_mounted_config(chart):
@@ -474,7 +524,9 @@ def test_deployment_runs_shadowd_with_the_mounted_config(chart):
 def test_worker_replica_bounds_are_checked(chart):
     with pytest.raises(helm.HelmRenderError, match="minReplicas <= replicas <= maxReplicas"):
         render(chart, {"rayService": {"workers": {"replicas": 5, "maxReplicas": 4}}})
-    rs = one(render(chart, {"rayService": {"workers": {"replicas": 3, "minReplicas": 2, "maxReplicas": 8}}}), "RayService")
+    rs = one(
+        render(chart, {"rayService": {"workers": {"replicas": 3, "minReplicas": 2, "maxReplicas": 8}}}), "RayService"
+    )
     group = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (2, 3, 8)
 
@@ -565,14 +617,21 @@ def test_dashboards_become_sidecar_config_maps(chart):
         assert json.loads(text) == json.loads((ROOT / "dashboards" / name).read_text())
         assert m["metadata"]["annotations"]["grafana_folder"] == "shadowd"
         assert len(m["metadata"]["name"]) <= 63
-    assert [d for d in by_kind(render(chart, {"grafana": {"dashboards": {"enabled": False}}}), "ConfigMap") if "dashboard" in d["metadata"]["name"]] == []
+    assert [
+        d
+        for d in by_kind(render(chart, {"grafana": {"dashboards": {"enabled": False}}}), "ConfigMap")
+        if "dashboard" in d["metadata"]["name"]
+    ] == []
 
 
 def test_chart_files_are_the_deploy_files(chart):
     """files/prometheus-rules and files/dashboards link to deploy/prometheus/rules
     and dashboards/; whatever Helm packages must be exactly those files."""
     chart_files = {f["name"]: f["data"] for f in chart.files}
-    for folder, source, pattern in (("files/prometheus-rules", "deploy/prometheus/rules", "*.yml"), ("files/dashboards", "dashboards", "*.json")):
+    for folder, source, pattern in (
+        ("files/prometheus-rules", "deploy/prometheus/rules", "*.yml"),
+        ("files/dashboards", "dashboards", "*.json"),
+    ):
         packaged = {n.rsplit("/", 1)[1]: d for n, d in chart_files.items() if n.startswith(folder + "/")}
         on_disk = {p.name: p.read_text() for p in (ROOT / source).glob(pattern)}
         assert packaged.keys() == on_disk.keys(), f"{folder} vs {source}"

@@ -8,8 +8,9 @@ config tree, so the chart and `shadowd validate-config` agree on field rules.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import helm_python as helm
 import pytest
@@ -49,7 +50,10 @@ def test_default_values_pass(chart):
         ({"modes": "deployment"}, ["modes", "not allowed"]),
         ({"image": {"tag": 1.2}}, ["/image/tag", "want string"]),
         ({"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy"]),
-        ({"rayService": {"head": {"rayStartParams": {"num-cpus": 0}}}}, ["/rayService/head/rayStartParams/num-cpus", "want string"]),
+        (
+            {"rayService": {"head": {"rayStartParams": {"num-cpus": 0}}}},
+            ["/rayService/head/rayStartParams/num-cpus", "want string"],
+        ),
         ({"rayService": {"workers": {"replicas": -1}}}, ["/rayService/workers/replicas", "minimum"]),
         ({"rayService": {"upgradeStrategy": "Rolling"}}, ["/rayService/upgradeStrategy"]),
         ({"rayService": {"rayVersion": "latest"}}, ["/rayService/rayVersion"]),

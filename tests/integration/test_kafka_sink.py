@@ -128,7 +128,9 @@ def test_every_item_reaches_the_topic_keyed_by_request_id(kafka_broker, tmp_path
             assert first_seen == sorted(first_seen)
     finally:
         counter.close()
-    assert metrics.registry.get_sample_value("shadowd_annotation_items_total", {"outcome": "delivered"}) == stats.delivered
+    assert (
+        metrics.registry.get_sample_value("shadowd_annotation_items_total", {"outcome": "delivered"}) == stats.delivered
+    )
     assert metrics.registry.get_sample_value("shadowd_spool_items") == 0
 
 
@@ -166,8 +168,10 @@ def test_paused_broker_mid_stream_loses_nothing_and_never_blocks_submit(tmp_path
         assert len(set(counter.keys)) == 400  # ... exactly once after dedup by key
         # A submit that waited for the broker would take the whole outage; allow scheduling noise.
         assert worst[0] < 0.5 * outage_s, (worst[0], outage_s)
-        print(f"outage {outage_s:.1f} s; worst submit {worst[0] * 1000:.2f} ms; "
-              f"{len(counter.keys) - 400} duplicates before dedup")
+        print(
+            f"outage {outage_s:.1f} s; worst submit {worst[0] * 1000:.2f} ms; "
+            f"{len(counter.keys) - 400} duplicates before dedup"
+        )
     finally:
         broker.stop()
 

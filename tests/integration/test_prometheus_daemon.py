@@ -70,7 +70,9 @@ class Traffic:
                     if r.status_code != 200:
                         self.errors.append(f"predict {r.status_code}: {r.text[:200]}")
                     if self.sent % 3 == 0:
-                        s.post(f"{self.url}/feedback", json={"request_id": rid, "label": int(self.sent % 4)}, timeout=30)
+                        s.post(
+                            f"{self.url}/feedback", json={"request_id": rid, "label": int(self.sent % 4)}, timeout=30
+                        )
                     if self.sent % 25 == 0:
                         s.post(f"{self.url}/predict", json={"inputs": "not numbers"}, timeout=30)  # a 4xx
                     # No GET /shadow/report: the hub must keep the gate gauges current by itself.
@@ -79,7 +81,7 @@ class Traffic:
                 self.sent += 1
                 time.sleep(0.01)
 
-    def start(self) -> "Traffic":
+    def start(self) -> Traffic:
         self._thread.start()
         return self
 
@@ -135,7 +137,7 @@ def scraped_daemon(ray_serve, kafka_broker, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prom(scraped_daemon, prometheus_factory):
-    daemon, traffic, metrics_port = scraped_daemon
+    _daemon, traffic, metrics_port = scraped_daemon
     jobs = {"shadowd": [f"127.0.0.1:{metrics_port}"]}
     ray_target = _ray_metrics_target()
     if ray_target:

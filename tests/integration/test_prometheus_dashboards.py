@@ -114,6 +114,9 @@ def test_alert_rules_load_and_evaluate_on_the_server(prom):
     unhealthy = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
     assert not unhealthy, unhealthy
     # The synthetic traffic fails check divergence on slice overall: the rule sees it (pending, for: 10m).
-    states = {a["labels"]["slice"]: a["state"] for a in prom.api("alerts")["alerts"]
-              if a["labels"]["alertname"] == "ShadowdGateFailed"}
+    states = {
+        a["labels"]["slice"]: a["state"]
+        for a in prom.api("alerts")["alerts"]
+        if a["labels"]["alertname"] == "ShadowdGateFailed"
+    }
     assert states == {"overall": "pending"}

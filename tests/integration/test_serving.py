@@ -99,7 +99,9 @@ def test_report_counts_flips_exactly(shadowd_app):
     assert report["overall"]["compared"] == 60
     assert report["overall"]["flips"] == flips
     high = x[:, 0] > 0
-    assert report["slices"]["high_x0"]["flips"] == int((prod.predict(x[high]).argmax(1) != cand.predict(x[high]).argmax(1)).sum())
+    assert report["slices"]["high_x0"]["flips"] == int(
+        (prod.predict(x[high]).argmax(1) != cand.predict(x[high]).argmax(1)).sum()
+    )
 
 
 def test_sampling_is_by_request_id_hash(shadowd_app):
@@ -108,7 +110,7 @@ def test_sampling_is_by_request_id_hash(shadowd_app):
     _send_all(daemon.url, reqs)
     expected = sum(is_sampled(rid, 0.5) for rid, _ in reqs)
     assert 20 < expected < 60
-    report = wait_for_pairs(daemon.url, expected, 60)
+    wait_for_pairs(daemon.url, expected, 60)
     time.sleep(0.5)  # nothing more should arrive
     assert requests.get(f"{daemon.url}/shadow/report", timeout=10).json()["overall"]["pairs"] == expected
 

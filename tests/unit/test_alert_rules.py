@@ -93,11 +93,7 @@ def test_removing_any_alert_breaks_the_rule_tests(tmp_path):
     doc = yaml.safe_load(RULES.read_text())
     still_passing = []
     for name in [a["alert"] for a in alerts()]:
-        mutated = {
-            "groups": [
-                {**g, "rules": [r for r in g["rules"] if r.get("alert") != name]} for g in doc["groups"]
-            ]
-        }
+        mutated = {"groups": [{**g, "rules": [r for r in g["rules"] if r.get("alert") != name]} for g in doc["groups"]]}
         (tmp_path / "rules" / "shadowd.yml").write_text(yaml.safe_dump(mutated))
         out = promtool("test", "rules", *[str(tmp_path / "tests" / p.name) for p in RULE_TESTS], cwd=tmp_path)
         if out.returncode == 0:

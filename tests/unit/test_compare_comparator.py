@@ -26,10 +26,20 @@ SLICES = [
 
 def make_config(tmp_path, task="classification", slices=SLICES, candidate="cand-v2", **extra):
     models = {
-        "production": {"name": "prod-v1", "kind": "python", "target": "m:p", "input_shape": [4],
-                       "output": "probabilities" if task == "classification" else "values"},
-        "candidate": {"name": candidate, "kind": "python", "target": "m:c", "input_shape": [4],
-                      "output": "probabilities" if task == "classification" else "values"},
+        "production": {
+            "name": "prod-v1",
+            "kind": "python",
+            "target": "m:p",
+            "input_shape": [4],
+            "output": "probabilities" if task == "classification" else "values",
+        },
+        "candidate": {
+            "name": candidate,
+            "kind": "python",
+            "target": "m:c",
+            "input_shape": [4],
+            "output": "probabilities" if task == "classification" else "values",
+        },
     }
     return parse_config({"task": task, "data_dir": str(tmp_path), "models": models, "slices": slices, **extra})
 
@@ -43,8 +53,9 @@ class Clock:
 
 
 def out(role, values, outcome="ok", latency_s=0.01):
-    return ModelOutput(role=role, model=role, outcome=outcome, values=values if outcome == "ok" else None,
-                       latency_s=latency_s)
+    return ModelOutput(
+        role=role, model=role, outcome=outcome, values=values if outcome == "ok" else None, latency_s=latency_s
+    )
 
 
 def stream(n, seed, k=3):
@@ -67,15 +78,31 @@ def stream(n, seed, k=3):
             q = p if rng.random() < 0.3 else rng.dirichlet(np.ones(k))
             cand = out("candidate", q.tolist(), latency_s=float(rng.uniform(0.001, 0.1)))
         noise = out("noise", (0.9 * p + 0.1 * rng.dirichlet(np.ones(k))).tolist()) if rng.random() < 0.3 else None
-        pairs.append(Pair(request_id=f"{seed}-{i}", ts=float(i), features=feats,
-                          production=out("production", p.tolist(), latency_s=float(rng.uniform(0.001, 0.05))),
-                          candidate=cand, noise=noise))
+        pairs.append(
+            Pair(
+                request_id=f"{seed}-{i}",
+                ts=float(i),
+                features=feats,
+                production=out("production", p.tolist(), latency_s=float(rng.uniform(0.001, 0.05))),
+                candidate=cand,
+                noise=noise,
+            )
+        )
     return pairs
 
 
 def expected_counts(pairs, in_slice, tvd_threshold=0.3):
-    e = dict(pairs=0, production_only=0, compared=0, flips=0, divergent=0, tvds=[], noise_compared=0, noise_flips=0,
-             outcomes=dict.fromkeys(["ok", "error", "timeout", "nan", "bad_shape"], 0))
+    e = dict(
+        pairs=0,
+        production_only=0,
+        compared=0,
+        flips=0,
+        divergent=0,
+        tvds=[],
+        noise_compared=0,
+        noise_flips=0,
+        outcomes=dict.fromkeys(["ok", "error", "timeout", "nan", "bad_shape"], 0),
+    )
     for pr in pairs:
         if not in_slice(pr.features):
             continue
@@ -135,8 +162,14 @@ def test_counts_are_exact_for_a_generated_stream(tmp_path):
 
 def test_annotation_items_carry_priority_slices_and_outputs(tmp_path):
     comp = Comparator(make_config(tmp_path), clock=Clock(42.0))
-    pair = Pair(request_id="r1", ts=1.0, features={"brightness": 0.1, "country": "de"}, inputs=[1, 2, 3, 4],
-                production=out("production", [0.7, 0.2, 0.1]), candidate=out("candidate", [0.2, 0.7, 0.1]))
+    pair = Pair(
+        request_id="r1",
+        ts=1.0,
+        features={"brightness": 0.1, "country": "de"},
+        inputs=[1, 2, 3, 4],
+        production=out("production", [0.7, 0.2, 0.1]),
+        candidate=out("candidate", [0.2, 0.7, 0.1]),
+    )
     (item,) = comp.add(pair)
     assert item.request_id == "r1"
     assert item.priority == pytest.approx(0.5)
@@ -154,8 +187,14 @@ def test_incomparable_candidate_values_are_counted_not_compared(tmp_path):
     prod = out("production", [0.5, 0.5])
     comp.add(Pair(request_id="a", ts=0, production=prod, candidate=out("candidate", [0.2, 0.3, 0.5])))
     comp.add(Pair(request_id="b", ts=0, production=prod, candidate=out("candidate", [float("nan"), 0.5])))
-    comp.add(Pair(request_id="c", ts=0, production=out("production", None, outcome="error"),
-                  candidate=out("candidate", [0.5, 0.5])))
+    comp.add(
+        Pair(
+            request_id="c",
+            ts=0,
+            production=out("production", None, outcome="error"),
+            candidate=out("candidate", [0.5, 0.5]),
+        )
+    )
     r = comp.report()["overall"]
     assert r["candidate_outcomes"]["bad_shape"] == 1 and r["candidate_outcomes"]["nan"] == 1
     assert r["compared"] == 0 and r["pairs"] == 3 and r["production_failed"] == 1
@@ -179,10 +218,12 @@ def test_metrics_follow_the_counts(tmp_path):
 def test_regression_pairs(tmp_path):
     cfg = make_config(tmp_path, task="regression", slices=[], divergence={"abs_threshold": 0.5, "rel_threshold": 0.1})
     comp = Comparator(cfg)
-    items = comp.add_many([
-        Pair(request_id="a", ts=0, production=out("production", [10.0]), candidate=out("candidate", [11.5])),
-        Pair(request_id="b", ts=0, production=out("production", [10.0]), candidate=out("candidate", [10.2])),
-    ])
+    items = comp.add_many(
+        [
+            Pair(request_id="a", ts=0, production=out("production", [10.0]), candidate=out("candidate", [11.5])),
+            Pair(request_id="b", ts=0, production=out("production", [10.0]), candidate=out("candidate", [10.2])),
+        ]
+    )
     r = comp.report()["overall"]
     assert [i.request_id for i in items] == ["a"]
     assert r["flips"] is None and r["flip_rate"] is None
@@ -192,6 +233,7 @@ def test_regression_pairs(tmp_path):
 
 def _assert_states_equal(a, b):
     """Counts exactly equal; floats (moments) equal up to rounding."""
+
     def walk(x, y, path):
         if isinstance(x, dict):
             assert x.keys() == y.keys(), path
@@ -205,14 +247,16 @@ def _assert_states_equal(a, b):
             assert x == pytest.approx(y, rel=1e-9, abs=1e-12), path
         else:
             assert x == y, path
+
     walk(a, b, "state")
 
 
 def test_merge_of_two_replicas_equals_one_fed_both(tmp_path):
     cfg = make_config(tmp_path)
     a_pairs, b_pairs = stream(400, seed=3), stream(250, seed=4)
-    labels = {p.request_id: Label(request_id=p.request_id, label=int(i % 3), ts=0.0)
-              for i, p in enumerate(a_pairs + b_pairs)}
+    labels = {
+        p.request_id: Label(request_id=p.request_id, label=int(i % 3), ts=0.0) for i, p in enumerate(a_pairs + b_pairs)
+    }
     a, b, both = (Comparator(cfg, clock=Clock()) for _ in range(3))
     for comp, pairs in ((a, a_pairs), (b, b_pairs), (both, a_pairs + b_pairs)):
         for p in pairs:
@@ -270,8 +314,13 @@ def test_reset_starts_a_new_window(tmp_path):
 
 def test_add_labelled_losses_and_accuracy(tmp_path):
     comp = Comparator(make_config(tmp_path))
-    pair = Pair(request_id="r", ts=0, features={"country": "de"}, production=out("production", [0.8, 0.1, 0.1]),
-                candidate=out("candidate", [0.3, 0.6, 0.1]))
+    pair = Pair(
+        request_id="r",
+        ts=0,
+        features={"country": "de"},
+        production=out("production", [0.8, 0.1, 0.1]),
+        candidate=out("candidate", [0.3, 0.6, 0.1]),
+    )
     losses = comp.add_labelled(pair, Label(request_id="r", label=0, ts=0))
     assert losses == {"production": pytest.approx(-np.log(0.8)), "candidate": pytest.approx(-np.log(0.3))}
     r = comp.report()

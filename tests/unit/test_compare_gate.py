@@ -27,11 +27,16 @@ def config(tmp_path, checks, slices=(), task="classification", candidate=True, *
     models = {"production": {"name": "prod", **m}}
     if candidate:
         models["candidate"] = {"name": "cand", **m}
-    return parse_config({
-        "task": task, "data_dir": str(tmp_path), "models": models,
-        "slices": [{"name": s, "where": {"field": "s", "op": "eq", "value": s}} for s in slices],
-        "checks": checks, "gate": gate,
-    })
+    return parse_config(
+        {
+            "task": task,
+            "data_dir": str(tmp_path),
+            "models": models,
+            "slices": [{"name": s, "where": {"field": "s", "op": "eq", "value": s}} for s in slices],
+            "checks": checks,
+            "gate": gate,
+        }
+    )
 
 
 def flips_tally(n, flips, noise_n=0, noise_flips=0):
@@ -91,7 +96,9 @@ def test_needs_more_is_about_what_would_decide(tmp_path):
 
 
 def test_noise_floor_turns_a_stochastic_production_fail_into_pass(tmp_path):
-    t = flips_tally(4000, 400, noise_n=4000, noise_flips=400)  # candidate flips exactly as often as production with itself
+    t = flips_tally(
+        4000, 400, noise_n=4000, noise_flips=400
+    )  # candidate flips exactly as often as production with itself
     with_floor = only(evaluate_checks(config(tmp_path, [FLIP]), {"overall": t}))
     assert with_floor.status == "pass"
     assert with_floor.noise_floor == 0.1 and with_floor.threshold == pytest.approx(0.15)  # max(0.1*1.5, 0.1+0.05)
@@ -218,9 +225,24 @@ def test_gate_verdicts_and_reasons(tmp_path):
 
 def test_regression_skips_classification_checks(tmp_path):
     cfg = config(tmp_path, [], task="regression")
-    cfg = cfg.model_copy(update={"checks": parse_config({
-        "task": "regression", "models": {"production": {"name": "p", "kind": "python", "target": "m:f",
-                                                          "input_shape": [1], "output": "values"}}}).checks})
+    cfg = cfg.model_copy(
+        update={
+            "checks": parse_config(
+                {
+                    "task": "regression",
+                    "models": {
+                        "production": {
+                            "name": "p",
+                            "kind": "python",
+                            "target": "m:f",
+                            "input_shape": [1],
+                            "output": "values",
+                        }
+                    },
+                }
+            ).checks
+        }
+    )
     results = evaluate_checks(cfg, {"overall": scores_tally(0.01, 0.01, 500)})
     assert {r.type for r in results} == {"mean_divergence", "candidate_failure_rate", "latency_ratio", "paired_loss"}
 
@@ -244,8 +266,14 @@ def test_report_is_json_with_checks_and_survives_a_restart(tmp_path):
     for i in range(400):
         p = rng.dirichlet(np.ones(3))
         q = p if rng.random() < 0.7 else rng.dirichlet(np.ones(3))
-        comp.add(Pair(request_id=str(i), ts=0, production=ModelOutput(role="production", model="p", values=p.tolist()),
-                      candidate=ModelOutput(role="candidate", model="c", values=q.tolist())))
+        comp.add(
+            Pair(
+                request_id=str(i),
+                ts=0,
+                production=ModelOutput(role="production", model="p", values=p.tolist()),
+                candidate=ModelOutput(role="candidate", model="c", values=q.tolist()),
+            )
+        )
     rep = comp.report()
     json.dumps(rep, allow_nan=False)
     assert rep["checks"][0]["check"] == "flip_rate" and rep["checks"][0]["status"] == "fail"
@@ -268,7 +296,9 @@ def _dropout_pairs(n_repeats=2, seed=0):
     digits = load_digits()
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
     y = torch.tensor(digits.target)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 10)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(60):
         opt.zero_grad()
@@ -280,19 +310,25 @@ def _dropout_pairs(n_repeats=2, seed=0):
     with torch.no_grad():
         prod, cand, noise = (torch.softmax(m(inputs), dim=1).tolist() for m in (model, candidate, model))
     return [
-        Pair(request_id=str(i), ts=0.0,
-             production=ModelOutput(role="production", model="prod", values=prod[i], latency_s=0.001),
-             candidate=ModelOutput(role="candidate", model="cand", values=cand[i], latency_s=0.001),
-             noise=ModelOutput(role="noise", model="prod", values=noise[i], latency_s=0.001))
+        Pair(
+            request_id=str(i),
+            ts=0.0,
+            production=ModelOutput(role="production", model="prod", values=prod[i], latency_s=0.001),
+            candidate=ModelOutput(role="candidate", model="cand", values=cand[i], latency_s=0.001),
+            noise=ModelOutput(role="noise", model="prod", values=noise[i], latency_s=0.001),
+        )
         for i in range(len(prod))
     ]
 
 
 def test_stochastic_model_passes_with_noise_floor_and_fails_without(tmp_path):
     pairs = _dropout_pairs()
-    checks = [FLIP, {"type": "mean_divergence", "name": "mean_divergence"},
-              {"type": "distribution_shift", "name": "distribution_shift"},
-              {"type": "candidate_failure_rate", "name": "error_rate"}]
+    checks = [
+        FLIP,
+        {"type": "mean_divergence", "name": "mean_divergence"},
+        {"type": "distribution_shift", "name": "distribution_shift"},
+        {"type": "candidate_failure_rate", "name": "error_rate"},
+    ]
     verdicts = {}
     for floor in (True, False):
         comp = Comparator(config(tmp_path, checks, noise_floor=floor))
@@ -306,14 +342,25 @@ def test_stochastic_model_passes_with_noise_floor_and_fails_without(tmp_path):
 
 def test_reported_interval_agrees_with_the_status(tmp_path):
     """A PASS has its whole interval within the allowed value, a FAIL has it wholly above."""
-    cfg = config(tmp_path, [FLIP, {"type": "mean_divergence", "name": "div"}, {"type": "distribution_shift", "name": "shift"},
-                            {"type": "candidate_failure_rate", "name": "errors"}])
+    cfg = config(
+        tmp_path,
+        [
+            FLIP,
+            {"type": "mean_divergence", "name": "div"},
+            {"type": "distribution_shift", "name": "shift"},
+            {"type": "candidate_failure_rate", "name": "errors"},
+        ],
+    )
     rng = np.random.default_rng(4)
     seen = set()
     for _ in range(40):
         n = int(rng.integers(200, 5000))
-        t = flips_tally(n, int(rng.binomial(n, rng.uniform(0, 0.2))), noise_n=n // 4,
-                        noise_flips=int(rng.binomial(n // 4, rng.uniform(0, 0.1))))
+        t = flips_tally(
+            n,
+            int(rng.binomial(n, rng.uniform(0, 0.2))),
+            noise_n=n // 4,
+            noise_flips=int(rng.binomial(n // 4, rng.uniform(0, 0.1))),
+        )
         t.candidate.score = Moments(n, float(rng.uniform(0, 0.2)), 0.01 * (n - 1))
         t.noise.score = Moments(n // 4, float(rng.uniform(0, 0.1)), 0.01 * (n // 4 - 1))
         t.candidate_outcomes["error"] = int(rng.binomial(n, rng.uniform(0, 0.03)))

@@ -31,11 +31,15 @@ def window(tmp_path, n, same_share, seed=0):
     for i in range(n):
         p = rng.dirichlet(np.ones(3))
         q = p if rng.random() < same_share else rng.dirichlet(np.ones(3))
-        comp.add(Pair(
-            request_id=str(i), ts=0.0, features={"brightness": float(rng.random())},
-            production=ModelOutput(role="production", model="p", values=p.tolist(), latency_s=0.004),
-            candidate=ModelOutput(role="candidate", model="c", values=q.tolist(), latency_s=0.004),
-        ))
+        comp.add(
+            Pair(
+                request_id=str(i),
+                ts=0.0,
+                features={"brightness": float(rng.random())},
+                production=ModelOutput(role="production", model="p", values=p.tolist(), latency_s=0.004),
+                candidate=ModelOutput(role="candidate", model="c", values=q.tolist(), latency_s=0.004),
+            )
+        )
     comp.save()
     return comp.report()
 
@@ -56,7 +60,11 @@ def test_table_and_markdown_show_verdict_slices_and_checks(tmp_path):
             assert c["check"] in text
         assert "holm" in text
     md = render_report(rep, "markdown")
-    check_rows = [line for line in md.splitlines() if line.startswith("| ") and (" pairs |" in line or " labels |" in line) and not line.startswith("| slice")]
+    check_rows = [
+        line
+        for line in md.splitlines()
+        if line.startswith("| ") and (" pairs |" in line or " labels |" in line) and not line.startswith("| slice")
+    ]
     assert len(check_rows) == len(rep["checks"])
     with pytest.raises(ValueError, match="unknown report format"):
         render_report(rep, "html")
@@ -67,7 +75,9 @@ def test_gate_exit_codes():
     assert gate_exit_code({}) == 3
 
 
-@pytest.mark.parametrize("n,same_share,verdict,code", [(3000, 1.0, "PASS", 0), (800, 0.3, "FAIL", 1), (50, 1.0, "INCONCLUSIVE", 3)])
+@pytest.mark.parametrize(
+    "n,same_share,verdict,code", [(3000, 1.0, "PASS", 0), (800, 0.3, "FAIL", 1), (50, 1.0, "INCONCLUSIVE", 3)]
+)
 def test_cli_gate_exit_code_from_data_dir(tmp_path, n, same_share, verdict, code):
     rep = window(tmp_path, n, same_share)
     assert rep["gate"]["verdict"] == verdict
@@ -81,7 +91,9 @@ def test_cli_runs_another_configs_checks(tmp_path):
     cfg_path = tmp_path / "strict.yaml"
     lenient = {**RAW, "checks": [{"type": "candidate_failure_rate", "name": "errors", "slices": ["overall"]}]}
     cfg_path.write_text(yaml.safe_dump(lenient))
-    result = CliRunner().invoke(app, ["report", "--data-dir", str(tmp_path), "-c", str(cfg_path), "-f", "json", "--gate"])
+    result = CliRunner().invoke(
+        app, ["report", "--data-dir", str(tmp_path), "-c", str(cfg_path), "-f", "json", "--gate"]
+    )
     out = json.loads(result.stdout)
     assert {c["check"] for c in out["checks"]} == {"errors"}
     assert result.exit_code == 0

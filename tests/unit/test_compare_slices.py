@@ -41,7 +41,9 @@ def test_each_operator(op, value, feature, expected):
     assert m.match({"f": feature}) == (["s"] if expected else [])
 
 
-@pytest.mark.parametrize("op,value", [("eq", "x"), ("ne", "x"), ("lt", 1), ("in", ["x"]), ("not_in", ["x"]), ("exists", None)])
+@pytest.mark.parametrize(
+    "op,value", [("eq", "x"), ("ne", "x"), ("lt", 1), ("in", ["x"]), ("not_in", ["x"]), ("exists", None)]
+)
 def test_missing_feature_is_false_for_every_op_but_missing(op, value):
     m = matcher(s=cond("f", op, value), gone=cond("f", "missing"))
     assert m.match({"other": 1}) == ["gone"]

@@ -13,7 +13,6 @@ from scipy import stats as sps
 
 from shadowd.compare import stats
 
-
 # --- proportions ---
 
 
@@ -34,7 +33,7 @@ def test_proportion_p_value_matches_the_interval():
     """p for H0 rate <= p0 is the smallest alpha whose interval lies wholly above p0."""
     for s, n, p0 in [(30, 200, 0.05), (12, 100, 0.05), (0, 500, 0.01), (40, 1000, 0.01)]:
         closed = stats.proportion_p_above(s, n, p0)
-        searched = stats.anytime_p_value(lambda a: stats.proportion_cs(s, n, a)[0] > p0)
+        searched = stats.anytime_p_value(lambda a, s=s, n=n, p0=p0: stats.proportion_cs(s, n, a)[0] > p0)
         if closed < 1:
             assert searched == pytest.approx(closed, rel=1e-3)
         else:

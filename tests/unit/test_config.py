@@ -15,7 +15,9 @@ from shadowd.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {
     "task": "classification",
-    "models": {"production": {"name": "p", "kind": "python", "target": "shadowd.testing:ToyClassifier", "input_shape": [8]}},
+    "models": {
+        "production": {"name": "p", "kind": "python", "target": "shadowd.testing:ToyClassifier", "input_shape": [8]}
+    },
 }
 
 
@@ -45,9 +47,21 @@ def test_example_config_is_valid_and_resolves_paths():
         ({"shadow": {"candidate_timeout_s": -1}}, "shadow.candidate_timeout_s", "-1"),
         ({"shadow": {"sample_rate": 0.5}}, "shadow.sample_rate", "Extra inputs"),
         ({"task": "ranking"}, "task", "'classification' or 'regression'"),
-        ({"slices": [{"name": "Bad Name", "where": {"field": "a", "op": "eq", "value": 1}}]}, "slices[0].name", "pattern"),
-        ({"slices": [{"name": "a", "where": {"field": "x", "op": "lt", "value": "late"}}]}, "slices[0].where", "needs a number"),
-        ({"slices": [{"name": "a", "where": {"field": "x", "op": "in", "value": 3}}]}, "slices[0].where", "needs a list"),
+        (
+            {"slices": [{"name": "Bad Name", "where": {"field": "a", "op": "eq", "value": 1}}]},
+            "slices[0].name",
+            "pattern",
+        ),
+        (
+            {"slices": [{"name": "a", "where": {"field": "x", "op": "lt", "value": "late"}}]},
+            "slices[0].where",
+            "needs a number",
+        ),
+        (
+            {"slices": [{"name": "a", "where": {"field": "x", "op": "in", "value": 3}}]},
+            "slices[0].where",
+            "needs a list",
+        ),
         ({"slices": [{"name": "a", "where": {"all": [{"fild": "x"}]}}]}, "slices[0].where.all[0]", "a predicate is"),
         ({"slices": [{"name": "overall", "where": {"field": "x", "op": "exists"}}]}, "(top level)", "reserved"),
     ],
@@ -87,7 +101,10 @@ def test_validate_config_command_exits_2_with_the_reason(tmp_path):
 
 
 def test_relative_model_path_resolves_against_config_file(tmp_path):
-    data = {**BASE, "models": {"production": {"name": "p", "kind": "torchscript", "path": "m/model.pt", "input_shape": [8]}}}
+    data = {
+        **BASE,
+        "models": {"production": {"name": "p", "kind": "torchscript", "path": "m/model.pt", "input_shape": [8]}},
+    }
     cfg = parse_config(data, "x.yaml", tmp_path)
     assert cfg.models.production.path == tmp_path / "m" / "model.pt"
 

@@ -89,9 +89,7 @@ def test_dashboard_uids_are_distinct():
 def test_every_query_parses_with_promtool(tmp_path):
     """promtool parses each query (as a recording rule); a PromQL typo fails here with its panel named."""
     queries = [q for d in DASHBOARDS.values() for q in panel_queries(d)]
-    rules = [
-        {"record": f"panel:q{i}", "expr": resolve_variables(q.expr, VARIABLES)} for i, q in enumerate(queries)
-    ]
+    rules = [{"record": f"panel:q{i}", "expr": resolve_variables(q.expr, VARIABLES)} for i, q in enumerate(queries)]
     path = tmp_path / "panels.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
     out = subprocess.run([PROMTOOL_BIN, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)

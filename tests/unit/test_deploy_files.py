@@ -83,7 +83,9 @@ def test_datasource_provisioning_serves_the_dashboards_datasource_variable():
     assert dashboards, "dashboards/*.json is empty"
     for name, dash in dashboards.items():
         variables = [v for v in dash["templating"]["list"] if v["type"] == "datasource"]
-        assert [v["query"] for v in variables] == [ds["type"]], f"{name}: its datasource variable must list {ds['type']}"
+        assert [v["query"] for v in variables] == [ds["type"]], (
+            f"{name}: its datasource variable must list {ds['type']}"
+        )
 
 
 def test_dashboard_provider_points_at_the_dashboards_folder():

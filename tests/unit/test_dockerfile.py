@@ -88,7 +88,10 @@ def _hadolint() -> str:
 def _lint(path: Path) -> list[dict]:
     result = subprocess.run(
         [_hadolint(), "--format", "json", "--failure-threshold", "style", "--disable-ignore-pragma", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=path.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=path.parent,
     )
     return json.loads(result.stdout or "[]")
 
@@ -133,7 +136,7 @@ def test_runs_as_a_non_root_user_without_secrets(instructions):
     final = _final(instructions)
     users = [i.args for i in final if i.keyword == "USER"]
     assert users and users[-1].split(":")[0] == "10001"
-    after_user = final[[i.keyword for i in final].index("USER"):]
+    after_user = final[[i.keyword for i in final].index("USER") :]
     assert not [i for i in after_user if i.keyword in ("RUN", "COPY", "ADD")], "everything after USER runs as that user"
     secretish = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY|CREDENTIAL|SASL)", re.I)
     for i in instructions:
@@ -216,7 +219,7 @@ def dockerignore_rules(root: Path) -> list[tuple[bool, str]]:
 
 
 def _segments_match(pattern: list[str], path: list[str]) -> bool:
-    return len(pattern) == len(path) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(path, pattern))
+    return len(pattern) == len(path) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(path, pattern, strict=True))
 
 
 def _matches(pattern: str, path: str) -> bool:
@@ -267,8 +270,14 @@ def test_build_context_holds_what_copy_needs_and_no_more(instructions):
                     f"COPY {src}: not in the build context (missing file, or excluded by .dockerignore)"
                 )
     rules = dockerignore_rules(ROOT)
-    for never in (".venv/bin/python", ".git/config", "shadowd-data/spool/0001.jsonl", "shadowd/__pycache__/cli.cpython-311.pyc",
-                  "helm/shadowd/Chart.yaml", "tests/unit/shadowd/x.py"):
+    for never in (
+        ".venv/bin/python",
+        ".git/config",
+        "shadowd-data/spool/0001.jsonl",
+        "shadowd/__pycache__/cli.cpython-311.pyc",
+        "helm/shadowd/Chart.yaml",
+        "tests/unit/shadowd/x.py",
+    ):
         assert not in_context(never, rules), never
     for needed in ("pyproject.toml", "README.md", "shadowd/cli.py", "shadowd/serving/ingress.py"):
         assert in_context(needed, rules), needed

@@ -50,7 +50,10 @@ expectations:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ("expectations: {features: {age: {min: 5, max: 1}}}", "expectations.features.age: min 5.0 is greater than max 1.0"),
+        (
+            "expectations: {features: {age: {min: 5, max: 1}}}",
+            "expectations.features.age: min 5.0 is greater than max 1.0",
+        ),
         ("expectations: {features: {c: {type: string, max: 3}}}", "min/max need type 'number', 'integer' or 'any'"),
         ("expectations: {features: {c: {type: number, shape: [2]}}}", "shape needs type 'list'"),
         ("expectations: {features: {c: {allowed: []}}}", "expectations.features.c.allowed"),

@@ -119,8 +119,11 @@ def test_a_small_shift_in_one_slice_is_found_there_and_not_elsewhere():
             src = b if in_b[i] else a
             win = mon.add({k: v[i].item() for k, v in src.items()}, None, ["b"] if in_b[i] else ["a"])
         closed.append(win)
-    found = {(f, s): sum(r.status == "fail" for w in closed for r in w.results if (r.feature, r.slice) == (f, s))
-             for f in ("latency_ms", "score", "plan") for s in ("a", "b")}
+    found = {
+        (f, s): sum(r.status == "fail" for w in closed for r in w.results if (r.feature, r.slice) == (f, s))
+        for f in ("latency_ms", "score", "plan")
+        for s in ("a", "b")
+    }
     for f in ("latency_ms", "score", "plan"):
         assert found[(f, "b")] >= 18, found  # found in at least 18 of 20 windows
         assert found[(f, "a")] <= 2, found
@@ -151,7 +154,7 @@ def _diabetes_stream(monitor, live, names, rng, windows, window, anomaly=None):
     for _ in range(windows):
         for _ in range(window):
             row = live[rng.integers(len(live))]
-            feats = dict(zip(names, row.tolist()))
+            feats = dict(zip(names, row.tolist(), strict=True))
             site = "site_b" if rng.random() < 0.5 else "site_a"
             if anomaly is not None and site == "site_b":
                 anomaly(feats, rng)

@@ -13,8 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from shadowd.config import ExpectationsConfig
 from shadowd.errors import BadRequest
 from shadowd.expect import ExpectationFailed, ExpectationSet, ViolationTally, record_violations, violation_item
-from shadowd.records import AnnotationItem
 from shadowd.observe.metrics import ShadowdMetrics
+from shadowd.records import AnnotationItem
 
 # Physical ranges of the raw diabetes features (age in years, BMI, mean blood pressure in mmHg,
 # s5 = log of serum triglycerides); every one of the 442 real rows satisfies them.
@@ -40,7 +40,7 @@ def diabetes():
 def _rows(data, names, rng):
     """Each real row as request features plus the inputs array, with a random site."""
     for row in data:
-        f = dict(zip(names, row.tolist()))
+        f = dict(zip(names, row.tolist(), strict=True))
         f["site"] = "site_a" if rng.random() < 0.5 else "site_b"
         yield f, row.astype(np.float32)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections import Counter
 
@@ -26,7 +27,7 @@ def _write_all_formats(tmp_path, data, target, names):
     colors = ["red", "white", "rose"]
     npz = tmp_path / "wine.npz"
     np.savez(npz, inputs=data, y=target)
-    rows = [{"inputs": row.tolist(), "y": int(t), "color": colors[int(t)]} for row, t in zip(data, target)]
+    rows = [{"inputs": row.tolist(), "y": int(t), "color": colors[int(t)]} for row, t in zip(data, target, strict=True)]
     rows[5]["color"] = None  # a null category
     jsonl = tmp_path / "wine.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -51,7 +52,7 @@ def test_numeric_profile_matches_numpy(wine, tmp_path):
         edges = np.unique(np.quantile(col, np.linspace(0, 1, 11)))
         assert f.bin_edges == pytest.approx(edges.tolist())
         # bin i holds edges[i] <= x < edges[i+1]; the last bin also holds the maximum
-        expected = [int(((col >= lo) & (col < hi)).sum()) for lo, hi in zip(edges[:-2], edges[1:-1])]
+        expected = [int(((col >= lo) & (col < hi)).sum()) for lo, hi in itertools.pairwise(edges[:-1])]
         expected.append(int((col >= edges[-2]).sum()))
         assert f.bin_counts == expected and sum(f.bin_counts) == len(col)
         assert f.stats["mean"] == pytest.approx(col.mean()) and f.stats["std"] == pytest.approx(col.std())
@@ -101,7 +102,7 @@ def test_round_trip_and_bad_profiles_name_file_and_key(wine, tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="schema_version 99 is not supported"):
         load_profile(path)
-    with pytest.raises(ConfigError, match="missing.json: cannot read"):
+    with pytest.raises(ConfigError, match=r"missing\.json: cannot read"):
         load_profile(tmp_path / "missing.json")
 
 
@@ -110,7 +111,7 @@ def test_bad_data_files_are_named(tmp_path):
     bad.write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(ConfigError, match=r"bad\.jsonl: line 2: not valid JSON"):
         read_table(bad)
-    with pytest.raises(ConfigError, match="unknown data format '.parquet'"):
+    with pytest.raises(ConfigError, match=r"unknown data format '\.parquet'"):
         read_table(tmp_path / "x.parquet")
     with pytest.raises(ConfigError, match="output column 'nope' not found"):
         build_profile({"a": [1.0, 2.0]}, output_column="nope")

@@ -9,8 +9,8 @@ from rich.console import Console
 
 from shadowd.config import parse_config
 from shadowd.flywheel.annotate import (
-    Annotator,
     AnnotateError,
+    Annotator,
     LabelsFile,
     annotate_session,
     parse_answer,
@@ -28,8 +28,12 @@ def config(tmp_path):
             "data_dir": str(tmp_path),
             "models": {"production": {"name": "p", "kind": "python", "target": "m:f", "input_shape": [64]}},
             "annotations": {
-                "rotation": {"name": "digits", "annotators": ["ana", "bo"], "shift_s": 3600,
-                             "start": "2020-01-01T00:00:00Z"}
+                "rotation": {
+                    "name": "digits",
+                    "annotators": ["ana", "bo"],
+                    "shift_s": 3600,
+                    "start": "2020-01-01T00:00:00Z",
+                }
             },
         }
     )
@@ -37,10 +41,15 @@ def config(tmp_path):
 
 def item(i, created_ts=1000.0):
     return AnnotationItem(
-        request_id=f"r{i}", reason="divergent", priority=0.7, slices=["dark"], inputs=[float(k % 16) for k in range(64)],
+        request_id=f"r{i}",
+        reason="divergent",
+        priority=0.7,
+        slices=["dark"],
+        inputs=[float(k % 16) for k in range(64)],
         production=ModelOutput(role="production", model="mlp", values=[0.1, 0.7, 0.2]),
         candidate=ModelOutput(role="candidate", model="bgsub", values=[0.6, 0.3, 0.1]),
-        detail="top class 1 -> 0", created_ts=created_ts + i,
+        detail="top class 1 -> 0",
+        created_ts=created_ts + i,
     )
 
 
@@ -115,7 +124,7 @@ def test_parse_answer():
     assert parse_answer("s", it, "classification") == "skip"
     assert parse_answer("b", it, "classification") == "bad_data"
     assert parse_answer("q", it, "classification") is None
-    with pytest.raises(ValueError, match="not a class index in 0..2"):
+    with pytest.raises(ValueError, match=r"not a class index in 0\.\.2"):
         parse_answer("3", it, "classification")
     with pytest.raises(ValueError, match="not a label"):
         parse_answer("cat", it, "classification")

@@ -48,8 +48,15 @@ def pair(i, prod, cand, ts, brightness=0.5):
 
 def divergent_item(p):
     return AnnotationItem(
-        request_id=p.request_id, reason="divergent", priority=0.9, slices=["dark"], features=p.features,
-        inputs=p.inputs, production=p.production, candidate=p.candidate, created_ts=p.ts,
+        request_id=p.request_id,
+        reason="divergent",
+        priority=0.9,
+        slices=["dark"],
+        features=p.features,
+        inputs=p.inputs,
+        production=p.production,
+        candidate=p.candidate,
+        created_ts=p.ts,
     )
 
 

@@ -2,7 +2,7 @@
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -73,9 +73,7 @@ def test_dedup_window_forgets_oldest():
 
 def test_slice_quota_per_window_and_rare_slice_not_starved():
     clock = Clock(3600.0 * 1000)
-    pol = ItemPolicy(
-        unlimited(slice_quotas={"dark": 3, "overall": 2}, quota_window_s=3600), RedactionConfig(), clock
-    )
+    pol = ItemPolicy(unlimited(slice_quotas={"dark": 3, "overall": 2}, quota_window_s=3600), RedactionConfig(), clock)
     dark = [pol.admit(item(i, slices=["dark"])) for i in range(10)]
     assert sum(x is not None for x in dark) == 3
     plain = [pol.admit(item(100 + i)) for i in range(5)]
@@ -128,7 +126,7 @@ def test_redaction_of_whole_inputs_and_missing_salt():
 
 
 def test_rotation_shifts_wrap_and_items_get_the_on_call_person():
-    start = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     cfg = RotationConfig(name="digits", annotators=["ana", "bo", "cy"], shift_s=8 * 3600, start=start)
     clock = Clock(start.timestamp())
     rot = Rotation(cfg, clock)

@@ -57,7 +57,10 @@ def daemon_config(tmp_path):
         {
             "task": "classification",
             "data_dir": str(tmp_path / "data"),
-            "models": {"production": model_cfg("good", "GoodModel"), "candidate": model_cfg("regressed", "RegressedModel")},
+            "models": {
+                "production": model_cfg("good", "GoodModel"),
+                "candidate": model_cfg("regressed", "RegressedModel"),
+            },
             "slices": [{"name": "dark", "where": {"field": "brightness", "op": "lt", "value": 0.3}}],
             "annotations": {"policy": {"rate_per_s": 1e6, "burst_items": 10**6}},
             "labels": {"suites_dir": str(tmp_path / "suites"), "suite_thresholds": {"min_accuracy": 0.9}},
@@ -76,7 +79,10 @@ def build_suites(tmp_path, n=200):
     try:
         for i in range(n):
             pair = Pair(
-                request_id=f"r{i}", ts=1e9, features={"brightness": float(x[i, 1])}, inputs=x[i].tolist(),
+                request_id=f"r{i}",
+                ts=1e9,
+                features={"brightness": float(x[i, 1])},
+                inputs=x[i].tolist(),
                 production=ModelOutput(role="production", model="good", values=prod[i].tolist()),
                 candidate=ModelOutput(role="candidate", model="regressed", values=cand[i].tolist()),
             )
@@ -107,7 +113,9 @@ def test_suite_from_labelled_items_fails_the_regression_and_passes_the_fix(tmp_p
     runner = CliRunner()
     cfg_path = tmp_path / "shadowd.yaml"
     cfg_path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
-    res = runner.invoke(app, ["replay", "slice.dark", "tag.candidate_wrong", "-c", str(cfg_path), "--role", "candidate"])
+    res = runner.invoke(
+        app, ["replay", "slice.dark", "tag.candidate_wrong", "-c", str(cfg_path), "--role", "candidate"]
+    )
     assert res.exit_code == 1, res.output
     assert "FAIL: slice.dark, tag.candidate_wrong" in res.output
     fixed = tmp_path / "fixed.yaml"
@@ -166,18 +174,32 @@ def test_replay_against_a_baseline_judges_by_regression_not_by_absolute_accuracy
     cfg_path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
     runner = CliRunner()
     # The regressed candidate against production (the good model): worse on the dark suites.
-    res = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "production"])
+    res = runner.invoke(
+        app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "production"]
+    )
     assert res.exit_code == 1, res.output
     assert "FAIL: all, slice.dark, tag.candidate_wrong, tag.divergent" in res.output
     # The same regressed model judged against itself: as good as its baseline everywhere, so it
     # passes, although its absolute accuracy on the dark suites is 0.
-    res = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "candidate"])
+    res = runner.invoke(
+        app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "candidate"]
+    )
     assert res.exit_code == 0, res.output
     absolute = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate"])
     assert absolute.exit_code == 1
     model_file = tmp_path / "good.yaml"
     model_file.write_text(yaml.safe_dump(model_cfg("good", "GoodModel")))
     no_config = runner.invoke(
-        app, ["replay", "all-suites", "--suites-dir", str(tmp_path / "suites"), "--model", str(model_file), "--baseline", "production"]
+        app,
+        [
+            "replay",
+            "all-suites",
+            "--suites-dir",
+            str(tmp_path / "suites"),
+            "--model",
+            str(model_file),
+            "--baseline",
+            "production",
+        ],
     )
     assert no_config.exit_code == 2 and "--baseline needs --config" in no_config.output

@@ -24,8 +24,7 @@ from shadowd.observe.grafana import (
     connect,
     push_dashboards,
 )
-
-from tests.fixtures.grafana import TOKEN, FakeGrafana
+from tests.fixtures.grafana import TOKEN
 
 
 def test_push_creates_the_folder_then_every_dashboard(grafana):
@@ -39,7 +38,7 @@ def test_push_creates_the_folder_then_every_dashboard(grafana):
     ]
     assert all(r.auth == f"Bearer {TOKEN}" for r in grafana.requests)
     assert grafana.requests[1].body == {"title": "shadowd", "uid": "shadowd"}
-    for seen, dashboard in zip(grafana.requests[2:], expected.values()):
+    for seen, dashboard in zip(grafana.requests[2:], expected.values(), strict=True):
         assert seen.body["folderUid"] == "shadowd" and seen.body["overwrite"] is True
         assert seen.body["dashboard"] == {**dashboard, "id": None}
     assert result.folder_created and [d.uid for d in result.dashboards] == [d["uid"] for d in expected.values()]
@@ -58,7 +57,7 @@ def test_second_push_reuses_the_folder_and_updates_in_place(grafana):
 
 
 def test_wrong_token_is_a_clear_error(grafana):
-    with pytest.raises(GrafanaError, match="read folder 'shadowd'.*Unauthorized"):
+    with pytest.raises(GrafanaError, match=r"read folder 'shadowd'.*Unauthorized"):
         push_dashboards(connect(grafana.url, "wrong"))
     assert grafana.requests[0].auth == "Bearer wrong"
     assert grafana.dashboards == {}
@@ -79,7 +78,9 @@ def test_annotation_written_only_when_the_verdict_changes(grafana):
     assert annotate_verdict_change(client, "pass", Verdict.PASS, "no change") is None
     assert grafana.requests == []
 
-    annotation_id = annotate_verdict_change(client, "pass", Verdict.FAIL, "flip_rate fails on mobile", time_ms=1_700_000_000_000)
+    annotation_id = annotate_verdict_change(
+        client, "pass", Verdict.FAIL, "flip_rate fails on mobile", time_ms=1_700_000_000_000
+    )
     assert annotation_id == 101
     [seen] = grafana.requests
     assert (seen.method, seen.path, seen.auth) == ("POST", "/api/annotations", f"Bearer {TOKEN}")
@@ -115,7 +116,7 @@ def test_verdict_annotator_annotates_start_and_changes_and_survives_grafana_outa
 
 
 def test_annotator_from_settings_needs_the_token_variable():
-    with pytest.raises(GrafanaError, match="GRAFANA_TOKEN.*not set"):
+    with pytest.raises(GrafanaError, match=r"GRAFANA_TOKEN.*not set"):
         VerdictAnnotator.from_settings("http://127.0.0.1:3000", env={})
 
 
@@ -147,8 +148,10 @@ def test_grafana_config_section_fails_fast_naming_the_key():
     from shadowd.config import parse_config
     from shadowd.errors import ConfigError
 
-    base = {"task": "classification",
-            "models": {"production": {"name": "p", "kind": "python", "target": "m:f", "input_shape": [2]}}}
+    base = {
+        "task": "classification",
+        "models": {"production": {"name": "p", "kind": "python", "target": "m:f", "input_shape": [2]}},
+    }
     cfg = parse_config({**base, "grafana": {"url": "http://grafana:3000"}}, "shadowd.yaml")
     assert cfg.grafana.token_env == "GRAFANA_TOKEN" and cfg.grafana.annotate_verdicts
     with pytest.raises(ConfigError, match=r"shadowd.yaml.*grafana\.url"):

@@ -15,7 +15,15 @@ from shadowd.records import ModelOutput, Pair
 
 BASE = {
     "task": "regression",
-    "models": {"production": {"name": "p", "kind": "python", "target": "shadowd.testing:ToyRegressor", "input_shape": [8], "output": "values"}},
+    "models": {
+        "production": {
+            "name": "p",
+            "kind": "python",
+            "target": "shadowd.testing:ToyRegressor",
+            "input_shape": [8],
+            "output": "values",
+        }
+    },
 }
 
 

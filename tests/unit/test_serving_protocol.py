@@ -67,7 +67,12 @@ def test_request_ids():
 def test_parse_feedback():
     label = parse_feedback({"request_id": "r1", "label": 3}, 10.0)
     assert (label.request_id, label.label, label.source, label.ts) == ("r1", 3, "feedback", 10.0)
-    for bad in ({"label": 1}, {"request_id": "r1"}, {"request_id": "r1", "label": "cat"}, {"request_id": "r1", "label": True}):
+    for bad in (
+        {"label": 1},
+        {"request_id": "r1"},
+        {"request_id": "r1", "label": "cat"},
+        {"request_id": "r1", "label": True},
+    ):
         with pytest.raises(BadRequest):
             parse_feedback(bad, 0.0)
 
@@ -85,7 +90,9 @@ def test_sampling_is_deterministic_and_near_share():
 
 
 def test_python_model_adapter_and_logits():
-    cfg = ModelConfig(name="t", kind="python", target="shadowd.testing:ToyClassifier", kwargs={"seed": 3}, input_shape=[8])
+    cfg = ModelConfig(
+        name="t", kind="python", target="shadowd.testing:ToyClassifier", kwargs={"seed": 3}, input_shape=[8]
+    )
     x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
     out = load_model(cfg).predict(x)
     assert np.allclose(out, ToyClassifier(seed=3).predict(x))
@@ -137,7 +144,13 @@ def test_shadow_buffer_batches_bounds_and_counts_drops():
         await release.wait()
 
     async def scenario():
-        buf = ShadowBuffer(send, max_in_flight=5, flush_interval_s=0.01, max_flush_size=2, on_drop=lambda r, n: drops.update({r: drops.get(r, 0) + n}))
+        buf = ShadowBuffer(
+            send,
+            max_in_flight=5,
+            flush_interval_s=0.01,
+            max_flush_size=2,
+            on_drop=lambda r, n: drops.update({r: drops.get(r, 0) + n}),
+        )
         accepted = [buf.offer(i) for i in range(8)]
         assert accepted == [True] * 5 + [False] * 3
         for _ in range(200):  # until the flush loop has run (a loaded machine may stall it)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_schema", "SCHEMA_PATH"]
+__all__ = ["SCHEMA_PATH", "build_schema"]
 
 CHART_DIR = Path(__file__).resolve().parent.parent
 BASE_PATH = CHART_DIR / "hack" / "values.schema.base.json"
