@@ -16,7 +16,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from shadowd.configbase import Scalar, Strict
 from shadowd.errors import ConfigError
+from shadowd.models import ModelConfig
 
 __all__ = [
     "AnnotationConfig",
@@ -37,7 +39,6 @@ __all__ = [
     "LatencyRatioCheck",
     "MeanDivergenceCheck",
     "MetricsConfig",
-    "ModelConfig",
     "OutputsExpectation",
     "PairedAccuracyCheck",
     "PairedLossCheck",
@@ -49,58 +50,18 @@ __all__ = [
     "SliceConfig",
     "SuiteThresholds",
     "default_checks",
+    "describe_error",
     "load_config",
     "parse_config",
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelConfig(_Strict):
-    """How to load one model and what its inputs and outputs look like."""
-
-    name: str = Field(description="Model name shown in reports and metrics labels' help.", min_length=1)
-    kind: Literal["torchscript", "python"] = Field(
-        description="torchscript: a file saved with torch.jit.save; python: an import path 'module:attr'."
-    )
-    path: Path | None = Field(None, description="TorchScript file; relative paths are relative to the config file.")
-    target: str | None = Field(
-        None,
-        description="Import path 'package.module:attr' of a class or factory returning an object with "
-        "predict(batch: numpy array) -> numpy array, or of such a callable itself.",
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
-    )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a python target.")
-    input_shape: list[Annotated[int, Field(gt=0)]] = Field(
-        description="Shape of one example's inputs, e.g. [64]; requests with another shape get a 422."
-    )
-    output: Literal["probabilities", "logits", "values"] = Field(
-        "probabilities",
-        description="What the model returns per example: class probabilities, logits (softmaxed by shadowd), "
-        "or regression values.",
-    )
-    max_batch_size: int = Field(1, ge=1, le=1024, description="Ray Serve batching: examples per model call.")
-    batch_wait_timeout_s: float = Field(
-        0.002, ge=0, le=1, description="Ray Serve batching: longest wait to fill a batch."
-    )
-
-    @model_validator(mode="after")
-    def _source_matches_kind(self) -> ModelConfig:
-        if self.kind == "torchscript" and self.path is None:
-            raise ValueError("kind 'torchscript' needs 'path'")
-        if self.kind == "python" and self.target is None:
-            raise ValueError("kind 'python' needs 'target' (an import path 'module:attr')")
-        return self
-
-
-class ModelsConfig(_Strict):
+class ModelsConfig(Strict):
     production: ModelConfig = Field(description="The model whose answers clients get.")
     candidate: ModelConfig | None = Field(None, description="The model under test; none means shadowing off.")
 
 
-class ShadowConfig(_Strict):
+class ShadowConfig(Strict):
     """The shadow path beside production: sampling, timeouts, bounds."""
 
     sample_share: float = Field(
@@ -131,7 +92,7 @@ class ShadowConfig(_Strict):
     )
 
 
-class ServingConfig(_Strict):
+class ServingConfig(Strict):
     host: str = Field("127.0.0.1", description="HTTP host of the Ray Serve proxy.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Ray Serve proxy.")
     route_prefix: str = Field("/", description="Route prefix of the shadowd application.")
@@ -160,10 +121,8 @@ class ServingConfig(_Strict):
 
 # --- slices: a small declarative predicate language, never code ---
 
-Scalar = str | int | float | bool | None
 
-
-class Condition(_Strict):
+class Condition(Strict):
     field: str = Field(description="Request feature name.", min_length=1)
     op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "exists", "missing"] = Field(
         description="Comparison; a missing feature makes every op false except 'missing'."
@@ -179,15 +138,15 @@ class Condition(_Strict):
         return self
 
 
-class AllOf(_Strict):
+class AllOf(Strict):
     all: list[Predicate] = Field(min_length=1, description="True when every predicate is.")
 
 
-class AnyOf(_Strict):
+class AnyOf(Strict):
     any: list[Predicate] = Field(min_length=1, description="True when one predicate is.")
 
 
-class NotOf(_Strict):
+class NotOf(Strict):
     not_: Predicate = Field(alias="not", description="True when the predicate is not.")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -216,14 +175,14 @@ AnyOf.model_rebuild()
 NotOf.model_rebuild()
 
 
-class SliceConfig(_Strict):
+class SliceConfig(Strict):
     name: str = Field(
         description="Slice name: used in reports and as a metrics label.", pattern=r"^[a-z][a-z0-9_]{0,39}$"
     )
     where: Predicate = Field(description="Which requests belong to the slice.")
 
 
-class DivergenceConfig(_Strict):
+class DivergenceConfig(Strict):
     """When a pair counts as divergent (and becomes an annotation item)."""
 
     tvd_threshold: float = Field(
@@ -243,7 +202,7 @@ class DivergenceConfig(_Strict):
     )
 
 
-class KafkaConfig(_Strict):
+class KafkaConfig(Strict):
     bootstrap_servers: list[str] = Field(min_length=1, description="host:port of the brokers.")
     annotations_topic: str = Field("shadowd.annotations", description="Topic annotation items are produced to.")
     labels_topic: str = Field("shadowd.labels", description="Topic annotators' labels are produced to.")
@@ -261,7 +220,7 @@ class KafkaConfig(_Strict):
     )
 
 
-class AnnotationPolicyConfig(_Strict):
+class AnnotationPolicyConfig(Strict):
     """Budget and fairness before the sink, so a flood of divergences does not bury the annotators."""
 
     dedup_window_items: int = Field(
@@ -285,7 +244,7 @@ class AnnotationPolicyConfig(_Strict):
     )
 
 
-class RedactionConfig(_Strict):
+class RedactionConfig(Strict):
     """Fields removed or hashed before an item leaves the process (spool, Kafka)."""
 
     drop: list[str] = Field(
@@ -311,7 +270,7 @@ class RedactionConfig(_Strict):
         return self
 
 
-class RotationConfig(_Strict):
+class RotationConfig(Strict):
     """The on-call annotation rotation: who labels the queue right now."""
 
     name: str = Field(
@@ -332,7 +291,7 @@ class RotationConfig(_Strict):
         return self
 
 
-class AnnotationConfig(_Strict):
+class AnnotationConfig(Strict):
     kafka: KafkaConfig | None = Field(
         None, description="Produce items to Kafka; without it the local spool alone holds them."
     )
@@ -350,7 +309,7 @@ class AnnotationConfig(_Strict):
     rotation: RotationConfig | None = Field(None, description="On-call rotation; none leaves items unassigned.")
 
 
-class SuiteThresholds(_Strict):
+class SuiteThresholds(Strict):
     min_accuracy: float = Field(0.9, ge=0, le=1, description="Classification: a suite fails below this accuracy.")
     max_mean_loss: float | None = Field(
         None, gt=0, description="A suite fails above this mean loss; none: not checked."
@@ -358,7 +317,7 @@ class SuiteThresholds(_Strict):
     max_mae: float | None = Field(None, gt=0, description="Regression: a suite fails above this mean absolute error.")
 
 
-class LabelsConfig(_Strict):
+class LabelsConfig(Strict):
     """Labels back: the pair store they are joined against, high-loss queueing, hard-example suites."""
 
     pair_retention_s: float = Field(7 * 86400.0, gt=0, description="Pairs older than this can no longer be labelled.")
@@ -379,12 +338,12 @@ class LabelsConfig(_Strict):
     )
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(Strict):
     port: int = Field(9100, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off.")
     host: str = Field("0.0.0.0", description="Host the metrics endpoint binds.")
 
 
-class GrafanaConfig(_Strict):
+class GrafanaConfig(Strict):
     """Grafana annotations of gate verdict changes (issue 5); dashboards are pushed by `shadowd dashboards push`."""
 
     url: str = Field(description="Grafana base URL, e.g. http://grafana:3000.", pattern=r"^https?://\S+$")
@@ -406,7 +365,7 @@ def _check_range(lo: float | None, hi: float | None) -> None:
         raise ValueError(f"min {lo} is greater than max {hi}")
 
 
-class FeatureExpectation(_Strict):
+class FeatureExpectation(Strict):
     """What one request feature must look like; each rule is one named expectation."""
 
     type: FeatureType = Field("any", description="JSON type the value must have; 'number' accepts integers too.")
@@ -430,7 +389,7 @@ class FeatureExpectation(_Strict):
         return self
 
 
-class InputsExpectation(_Strict):
+class InputsExpectation(Strict):
     """What the ``inputs`` array of every request must look like (checked vectorised)."""
 
     shape: list[Annotated[int, Field(gt=0)]] | None = Field(
@@ -446,7 +405,7 @@ class InputsExpectation(_Strict):
         return self
 
 
-class OutputsExpectation(_Strict):
+class OutputsExpectation(Strict):
     """What every model output (production, candidate, noise) must look like: numerical stability."""
 
     finite: bool = Field(
@@ -466,7 +425,7 @@ class OutputsExpectation(_Strict):
         return self
 
 
-class DriftConfig(_Strict):
+class DriftConfig(Strict):
     """Drift of live inputs and of both models' outputs against a reference profile of training data."""
 
     profile: Path = Field(
@@ -497,7 +456,7 @@ class DriftConfig(_Strict):
     history_windows: int = Field(50, ge=1, description="Closed windows kept for the report.")
 
 
-class ExpectationsConfig(_Strict):
+class ExpectationsConfig(Strict):
     """Data expectations checked on every request, numerical stability of outputs, and drift."""
 
     on_violation: Literal["answer", "reject"] = Field(
@@ -523,7 +482,7 @@ class ExpectationsConfig(_Strict):
 _CHECK_NAME = r"^[a-z][a-z0-9_]{0,39}$"
 
 
-class _CheckBase(_Strict):
+class _CheckBase(Strict):
     name: str = Field(description="Check name: used in reports and as a metrics label.", pattern=_CHECK_NAME)
     min_samples: int = Field(
         200, ge=1, description="Pairs (labels for label-based checks) a slice needs before the check gives a verdict."
@@ -629,7 +588,7 @@ def default_checks() -> list[Any]:
     ]
 
 
-class GateConfig(_Strict):
+class GateConfig(Strict):
     """How check results become a promotion verdict."""
 
     alpha: float = Field(
@@ -644,7 +603,7 @@ class GateConfig(_Strict):
     tuning_samples: int = Field(2000, ge=10, description="Sample size at which the confidence sequences are tightest.")
 
 
-class ShadowdConfig(_Strict):
+class ShadowdConfig(Strict):
     """The whole daemon."""
 
     task: Literal["classification", "regression"] = Field(description="What the models predict.")
@@ -729,7 +688,8 @@ def _loc(loc: tuple[Any, ...], data: Any, missing: bool) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _describe(err: ValidationError, source: str, data: Any) -> str:
+def describe_error(err: ValidationError, source: str, data: Any) -> str:
+    """One line per error: file, key path, what is wrong and the value given."""
     lines = []
     for e in err.errors(include_url=False):
         missing = e["type"] == "missing"
@@ -747,7 +707,7 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
     models = {}
     for role in ("production", "candidate"):
         m = getattr(cfg.models, role)
-        models[role] = None if m is None else m.model_copy(update={"path": fix(m.path)})
+        models[role] = None if m is None else m.with_base_dir(base)
     exp = cfg.expectations
     if exp.drift is not None:
         exp = exp.model_copy(update={"drift": exp.drift.model_copy(update={"profile": fix(exp.drift.profile)})})
@@ -769,7 +729,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     try:
         cfg = ShadowdConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, source, data)) from None
+        raise ConfigError(describe_error(err, source, data)) from None
     return _resolve_paths(cfg, base_dir or Path.cwd())
 
 

@@ -352,7 +352,7 @@ class ExpectationSet:
         """Whether this violating request goes to the annotation queue (``annotate_share``, by request id hash)."""
         if not violations:
             return False
-        from shadowd.serving.sampling import is_sampled
+        from shadowd.sampling import is_sampled
 
         return is_sampled(request_id, self.cfg.annotate_share, salt="expectations")
 

@@ -1,7 +1,7 @@
 """``shadowd replay``: run a model offline over hard-example suites.
 
 Data flow: suites written by the ``Flywheel`` (``SuiteStore``) -> a model
-loaded from its config (``shadowd.serving.models.load_model``) ->
+loaded from its config (``shadowd.models.load_model``) ->
 ``replay_suite`` per suite -> a table and an exit code (0 all passed, 1 a
 suite failed): the regression test a candidate must pass before it sees
 shadow traffic.
@@ -13,16 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from shadowd.config import ModelConfig, ShadowdConfig, SuiteThresholds
+from shadowd.config import ShadowdConfig, SuiteThresholds, describe_error
 from shadowd.errors import ConfigError
 from shadowd.flywheel.suites import SuiteResult, replay_suite, resolve_suites
+from shadowd.models import ModelBase, ModelConfig
 
 __all__ = ["against_baseline", "load_model_file", "render_results", "replay_suites", "thresholds_for"]
 
 
-def load_model_file(path: str | Path) -> ModelConfig:
+def load_model_file(path: str | Path) -> ModelBase:
     """A YAML file holding one model's config (the same keys as ``models.candidate``)."""
     path = Path(path)
     try:
@@ -32,20 +33,16 @@ def load_model_file(path: str | Path) -> ModelConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     try:
-        cfg = ModelConfig.model_validate(data)
+        cfg: ModelBase = TypeAdapter(ModelConfig).validate_python(data)
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        key = ".".join(str(x) for x in first["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {key}: {first['msg']}") from None
-    if cfg.path is not None and not cfg.path.is_absolute():
-        cfg = cfg.model_copy(update={"path": (path.parent / cfg.path).resolve()})
-    return cfg
+        raise ConfigError(describe_error(err, str(path), data)) from None
+    return cfg.with_base_dir(path.parent.resolve())
 
 
 def replay_suites(
-    specs: Sequence[str], model_cfg: ModelConfig, suites_dir: Path | None, thresholds: SuiteThresholds
+    specs: Sequence[str], model_cfg: ModelBase, suites_dir: Path | None, thresholds: SuiteThresholds
 ) -> list[SuiteResult]:
-    from shadowd.serving.models import load_model
+    from shadowd.models import load_model
 
     folders = resolve_suites(specs, suites_dir)
     model = load_model(model_cfg)

@@ -25,10 +25,10 @@ from ray import serve
 
 from shadowd.config import ShadowdConfig
 from shadowd.expect import ExpectationSet, Violation, record_violations
+from shadowd.models import LoadedModel, check_rows, load_model
 from shadowd.records import ModelOutput, Pair
-from shadowd.serving.models import LoadedModel, check_rows, load_model
+from shadowd.sampling import is_sampled
 from shadowd.serving.runtime import process_metrics
-from shadowd.serving.sampling import is_sampled
 
 __all__ = ["MODEL_THREADS", "Mirrored", "MirroredBatch", "ShadowWorker", "run_role"]
 

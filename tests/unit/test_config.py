@@ -75,7 +75,12 @@ def test_errors_name_file_key_and_value(tmp_path, patch, key, words):
 
 def test_model_source_must_match_kind(tmp_path):
     bad = {**BASE, "models": {"production": {"name": "p", "kind": "torchscript", "input_shape": [8]}}}
-    assert "kind 'torchscript' needs 'path'" in _error(tmp_path, bad)
+    assert ": models.production.path: Field required" in _error(tmp_path, bad)
+    python = {**BASE, "models": {"production": {"name": "p", "kind": "python", "input_shape": [8]}}}
+    assert ": models.production.target: Field required" in _error(tmp_path, python)
+    unknown = {**BASE, "models": {"production": {"name": "p", "kind": "onnx", "input_shape": [8]}}}
+    message = _error(tmp_path, unknown)
+    assert ": models.production: " in message and "'torchscript', 'python'" in message, message
 
 
 def test_candidate_shape_must_match_production(tmp_path):

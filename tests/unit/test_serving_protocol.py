@@ -7,11 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from shadowd.config import ModelConfig
 from shadowd.errors import BadRequest, ModelError
-from shadowd.serving.models import check_rows, load_model
+from shadowd.models import PythonModel, TorchScriptModel, check_rows, load_model
+from shadowd.sampling import hash_unit, is_sampled
 from shadowd.serving.protocol import parse_feedback, parse_predict, read_json, request_id_from
-from shadowd.serving.sampling import hash_unit, is_sampled
 from shadowd.serving.shadow_buffer import ShadowBuffer
 from shadowd.testing import ToyClassifier
 
@@ -90,7 +89,7 @@ def test_sampling_is_deterministic_and_near_share():
 
 
 def test_python_model_adapter_and_logits():
-    cfg = ModelConfig(
+    cfg = PythonModel(
         name="t", kind="python", target="shadowd.testing:ToyClassifier", kwargs={"seed": 3}, input_shape=[8]
     )
     x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
@@ -107,7 +106,7 @@ def test_torchscript_adapter(tmp_path):
     net = torch.nn.Linear(8, 3)
     path = tmp_path / "m.pt"
     torch.jit.save(torch.jit.script(net), str(path))
-    cfg = ModelConfig(name="ts", kind="torchscript", path=path, input_shape=[8], output="logits")
+    cfg = TorchScriptModel(name="ts", kind="torchscript", path=path, input_shape=[8], output="logits")
     x = np.ones((2, 8), dtype=np.float32)
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
@@ -116,12 +115,12 @@ def test_torchscript_adapter(tmp_path):
 
 def test_model_errors_name_the_cause(tmp_path):
     with pytest.raises(ModelError, match="cannot import module 'nope'"):
-        load_model(ModelConfig(name="x", kind="python", target="nope:thing", input_shape=[1]))
+        load_model(PythonModel(name="x", kind="python", target="nope:thing", input_shape=[1]))
     with pytest.raises(ModelError, match="has no attribute 'Missing'"):
-        load_model(ModelConfig(name="x", kind="python", target="shadowd.testing:Missing", input_shape=[1]))
+        load_model(PythonModel(name="x", kind="python", target="shadowd.testing:Missing", input_shape=[1]))
     (tmp_path / "bad.pt").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="cannot load TorchScript model 'x'"):
-        load_model(ModelConfig(name="x", kind="torchscript", path=tmp_path / "bad.pt", input_shape=[1]))
+        load_model(TorchScriptModel(name="x", kind="torchscript", path=tmp_path / "bad.pt", input_shape=[1]))
 
 
 def test_check_rows():
