@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from shadowd.configbase import Scalar, Strict
 from shadowd.errors import ConfigError
 from shadowd.models import ModelConfig
+from shadowd.records import OVERALL
 
 __all__ = [
     "AnnotationConfig",
@@ -582,7 +583,7 @@ def default_checks() -> list[Any]:
         DistributionShiftCheck(type="distribution_shift", name="distribution_shift"),
         FailureRateCheck(type="candidate_failure_rate", name="error_rate"),
         FailureRateCheck(type="candidate_failure_rate", name="timeout_rate", outcomes=["timeout"]),
-        LatencyRatioCheck(type="latency_ratio", name="latency_p99_ratio", min_samples=1000, slices=["overall"]),
+        LatencyRatioCheck(type="latency_ratio", name="latency_p99_ratio", min_samples=1000, slices=[OVERALL]),
         PairedAccuracyCheck(type="paired_accuracy", name="accuracy", min_samples=100, required=False),
         PairedLossCheck(type="paired_loss", name="loss", min_samples=100, required=False),
     ]
@@ -644,7 +645,7 @@ class ShadowdConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"slice names must be unique; repeated: {', '.join(dupes)}")
-        if "overall" in names:
+        if OVERALL in names:
             raise ValueError("'overall' is reserved for the whole traffic; pick another slice name")
         cand = self.models.candidate
         if cand is not None and cand.input_shape != self.models.production.input_shape:
@@ -662,7 +663,7 @@ class ShadowdConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"check names must be unique; repeated: {', '.join(dupes)}")
-        known = {"overall", *(s.name for s in self.slices)}
+        known = {OVERALL, *(s.name for s in self.slices)}
         for c in self.checks:
             unknown = sorted(set(c.slices or ()) - known)
             if unknown:

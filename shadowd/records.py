@@ -8,13 +8,29 @@ values (regression), one entry per output unit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SCHEMA_VERSION", "AnnotationItem", "Label", "ModelOutput", "Outcome", "Pair", "Role"]
+__all__ = [
+    "OVERALL",
+    "SCHEMA_VERSION",
+    "AnnotationItem",
+    "Label",
+    "Mirrored",
+    "MirroredBatch",
+    "ModelOutput",
+    "Outcome",
+    "Pair",
+    "Role",
+]
 
 SCHEMA_VERSION = 1
+
+# The slice name of all traffic: every report, tally, quota and metric uses this one.
+OVERALL = "overall"
 
 Role = Literal["production", "candidate", "noise"]
 # ok, or why a model's output cannot be compared.
@@ -87,3 +103,47 @@ class Label(_Record):
     verdict: Literal["label", "skip", "bad_data"] = "label"
     annotator: str | None = None
     ts: float
+
+
+# --- the shadow path's own records: ingress -> shadow worker (one Ray call per batch) ---
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """What the ingress buffers per sampled request: production's side of a pair."""
+
+    request_id: str
+    ts: float
+    features: dict[str, Any]
+    x: np.ndarray
+    production_values: list[float] | None
+    production_outcome: str
+    production_latency_s: float
+    violations: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class MirroredBatch:
+    """Mirrored requests in columns: one stacked inputs array pickles far cheaper than n objects."""
+
+    request_ids: list[str]
+    ts: list[float]
+    features: list[dict[str, Any]]
+    x: np.ndarray
+    production_values: list[list[float] | None]
+    production_outcomes: list[str]
+    production_latency_s: list[float]
+    violations: list[list[dict[str, Any]]]
+
+    @classmethod
+    def of(cls, items: list[Mirrored]) -> MirroredBatch:
+        return cls(
+            [m.request_id for m in items],
+            [m.ts for m in items],
+            [m.features for m in items],
+            np.stack([m.x for m in items]),
+            [m.production_values for m in items],
+            [m.production_outcome for m in items],
+            [m.production_latency_s for m in items],
+            [m.violations for m in items],
+        )

@@ -34,10 +34,9 @@ from shadowd.compare.tally import SliceTally
 from shadowd.config import ShadowdConfig
 from shadowd.errors import BadRequest, ShadowdError
 from shadowd.observe.metrics import ShadowdMetrics
-from shadowd.records import AnnotationItem, Label, ModelOutput, Pair
+from shadowd.records import OVERALL, AnnotationItem, Label, ModelOutput, Pair
 
 __all__ = [
-    "OVERALL",
     "REPORT_SCHEMA_VERSION",
     "STATE_SCHEMA_VERSION",
     "Comparator",
@@ -47,7 +46,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OVERALL = "overall"
 STATE_SCHEMA_VERSION = 1
 REPORT_SCHEMA_VERSION = 1
 _STATE_KIND = "shadowd.comparator.state"

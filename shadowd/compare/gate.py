@@ -27,10 +27,10 @@ from shadowd.compare.checks import CheckResult, Evidence, applies_to_task, build
 from shadowd.compare.tally import SliceTally
 from shadowd.config import ShadowdConfig
 from shadowd.observe.metrics import ShadowdMetrics
+from shadowd.records import OVERALL
 
 __all__ = ["STATUS_CODE", "VERDICT_CODE", "evaluate_checks", "evaluate_gate", "gate_summary"]
 
-OVERALL = "overall"
 STATUS_CODE = {"pass": 0, "fail": 1, "inconclusive": 2}
 VERDICT_CODE = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 2}
 

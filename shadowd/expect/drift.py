@@ -36,6 +36,7 @@ from scipy import stats
 from shadowd.config import DriftConfig
 from shadowd.errors import ConfigError
 from shadowd.expect.profile import OTHER, CategoricalProfile, NumericProfile, Profile, bin_index, category_key
+from shadowd.records import OVERALL
 
 __all__ = ["STATUS_CODE", "DriftMonitor", "DriftResult", "DriftWindow", "adjust_p_values", "psi"]
 
@@ -267,7 +268,7 @@ class DriftMonitor:
         closed = self.tick(now)
         if self._opened_s is None:
             self._opened_s = now
-        names = ["overall", *(s for s in slices if s != "overall")]
+        names = [OVERALL, *(s for s in slices if s != OVERALL)]
         feats = features or {}
         flat = None if inputs is None else np.asarray(inputs).ravel()
         for name, source, key, numeric in self._readers:
@@ -366,7 +367,7 @@ class DriftMonitor:
                     float(p_adj),
                 )
             )
-        results.sort(key=lambda r: (r.slice != "overall", r.slice, r.feature))
+        results.sort(key=lambda r: (r.slice != OVERALL, r.slice, r.feature))
         window = DriftWindow(self.windows_closed, self._opened_s or now_s, now_s, self._requests, m, tuple(results))
         self.windows.append(window)
         self.windows_closed += 1

@@ -26,7 +26,7 @@ import numpy as np
 
 from shadowd.config import ExpectationsConfig, FeatureExpectation, InputsExpectation, OutputsExpectation
 from shadowd.errors import BadRequest
-from shadowd.records import AnnotationItem, ModelOutput
+from shadowd.records import OVERALL, AnnotationItem, ModelOutput
 
 __all__ = [
     "ExpectationFailed",
@@ -388,7 +388,7 @@ def violation_item(
         request_id=request_id,
         reason="expectation_violation",
         priority=float(sum(v.count for v in violations)),
-        slices=[s for s in slices if s != "overall"],
+        slices=[s for s in slices if s != OVERALL],
         features=dict(features or {}),
         inputs=inputs,
         production=production,
@@ -412,7 +412,7 @@ class ViolationTally:
         self.examples: dict[str, list[str]] = {}
 
     def add(self, violations: Iterable[Violation], slices: Iterable[str] = ()) -> None:
-        names = ["overall", *[s for s in slices if s != "overall"]]
+        names = [OVERALL, *[s for s in slices if s != OVERALL]]
         vs = list(violations)
         for s in names:
             self.requests[s] += 1

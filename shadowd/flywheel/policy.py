@@ -24,11 +24,9 @@ from shadowd.config import AnnotationPolicyConfig, RedactionConfig
 from shadowd.errors import ConfigError
 from shadowd.flywheel.rotation import Rotation
 from shadowd.observe.metrics import ShadowdMetrics
-from shadowd.records import AnnotationItem
+from shadowd.records import OVERALL, AnnotationItem
 
-__all__ = ["OVERALL", "ItemPolicy", "Redactor", "TokenBucket", "fingerprint"]
-
-OVERALL = "overall"  # the quota key of items in no configured slice
+__all__ = ["ItemPolicy", "Redactor", "TokenBucket", "fingerprint"]
 
 
 class TokenBucket:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -26,11 +26,11 @@ from ray import serve
 from shadowd.config import ShadowdConfig
 from shadowd.expect import ExpectationSet, Violation, record_violations
 from shadowd.models import LoadedModel, check_rows, load_model
-from shadowd.records import ModelOutput, Pair
+from shadowd.records import MirroredBatch, ModelOutput, Pair
 from shadowd.sampling import is_sampled
 from shadowd.serving.runtime import process_metrics
 
-__all__ = ["MODEL_THREADS", "Mirrored", "MirroredBatch", "ShadowWorker", "run_role"]
+__all__ = ["MODEL_THREADS", "ShadowWorker", "run_role"]
 
 log = logging.getLogger(__name__)
 
@@ -38,47 +38,6 @@ log = logging.getLogger(__name__)
 # candidate applies backpressure (the ingress's budget then drops and counts) instead of a call
 # finding no free thread; only calls stuck past the timeout can leave none free.
 MODEL_THREADS = 2
-
-
-@dataclass(frozen=True)
-class Mirrored:
-    """What the ingress buffers per sampled request: production's side of a pair."""
-
-    request_id: str
-    ts: float
-    features: dict[str, Any]
-    x: np.ndarray
-    production_values: list[float] | None
-    production_outcome: str
-    production_latency_s: float
-    violations: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class MirroredBatch:
-    """Mirrored requests in columns: one stacked inputs array pickles far cheaper than n objects."""
-
-    request_ids: list[str]
-    ts: list[float]
-    features: list[dict[str, Any]]
-    x: np.ndarray
-    production_values: list[list[float] | None]
-    production_outcomes: list[str]
-    production_latency_s: list[float]
-    violations: list[list[dict[str, Any]]]
-
-    @classmethod
-    def of(cls, items: list[Mirrored]) -> MirroredBatch:
-        return cls(
-            [m.request_id for m in items],
-            [m.ts for m in items],
-            [m.features for m in items],
-            np.stack([m.x for m in items]),
-            [m.production_values for m in items],
-            [m.production_outcome for m in items],
-            [m.production_latency_s for m in items],
-            [m.violations for m in items],
-        )
 
 
 class _Runner:
