@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 
 from shadowd.app import build_app
 from shadowd.config import parse_config
-from shadowd.serving.daemon import ensure_ray, wait_healthy
+from shadowd.launcher import ensure_ray, wait_healthy
 from shadowd.testing import SleepyModel
 
 MODEL_MS = 5.0

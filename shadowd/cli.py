@@ -58,7 +58,7 @@ def run(
     import threading
 
     cfg = _load(config)
-    from shadowd.serving.daemon import start_daemon
+    from shadowd.launcher import start_daemon
 
     stop = threading.Event()
 

@@ -74,7 +74,7 @@ def run_demo(
     from tqdm import tqdm
 
     from shadowd.compare.report import render_report
-    from shadowd.serving.daemon import start_daemon, wait_for_pairs
+    from shadowd.launcher import start_daemon, wait_for_pairs
 
     data_dir = data_dir.resolve()
     echo(f"shadowd demo: data dir {data_dir}")

@@ -16,7 +16,7 @@ import yaml
 
 from shadowd.compare.comparator import state_path
 from shadowd.flywheel.spool import read_spool
-from shadowd.serving.daemon import wait_for_pairs, wait_healthy
+from shadowd.launcher import wait_for_pairs, wait_healthy
 from tests.fixtures.ray_serve import toy_model
 from tests.fixtures.services import free_port
 

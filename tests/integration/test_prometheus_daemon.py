@@ -94,7 +94,7 @@ class Traffic:
 def scraped_daemon(ray_serve, kafka_broker, tmp_path_factory):
     # shadowd_app is function-scoped (tmp_path); build the same thing once for this module.
     from shadowd.config import parse_config
-    from shadowd.serving.daemon import start_daemon
+    from shadowd.launcher import start_daemon
 
     ray_port = ray_serve
     tmp = tmp_path_factory.mktemp("obs-daemon")

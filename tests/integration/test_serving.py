@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from shadowd.sampling import is_sampled
-from shadowd.serving.daemon import wait_for_pairs
+from shadowd.launcher import wait_for_pairs
 from shadowd.testing import ToyClassifier
 from tests.fixtures.ray_serve import toy_model
 
