@@ -308,7 +308,9 @@ def report(
     reset: bool = typer.Option(False, "--reset", help="After printing, start a new test window (POST /shadow/reset)."),
 ) -> None:
     """Print the per-slice shadow report and gate verdict; --gate makes it a CI/CD step."""
-    from shadowd.compare.report import FORMATS, gate_exit_code, render_report
+    from shadowd.compare.render import FORMATS, render_report
+    from shadowd.compare.report import ShadowReport
+    from shadowd.errors import ShadowdError
 
     if fmt not in FORMATS:
         _fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -317,7 +319,6 @@ def report(
         if reset:
             _fail("--reset starts a new window in a running daemon; use it with --url, not --data-dir")
         from shadowd.compare.comparator import report_from_data_dir
-        from shadowd.errors import ShadowdError
 
         cfg = _load(config) if config is not None else None
         try:
@@ -330,9 +331,11 @@ def report(
         try:
             resp = requests.get(f"{base}/shadow/report", timeout=30)
             resp.raise_for_status()
-            rep = resp.json()
+            rep = ShadowReport.from_json(resp.json())
         except requests.RequestException as err:
             _fail(f"cannot fetch {base}/shadow/report: {err}")
+        except ShadowdError as err:
+            _fail(f"{base}/shadow/report: {err}")
         except ValueError:
             _fail(f"{base}/shadow/report did not answer JSON")
     typer.echo(render_report(rep, fmt), nl=False)
@@ -343,7 +346,7 @@ def report(
             _fail(f"cannot reset at {base}/shadow/reset: {err}")
         typer.echo("new test window started", err=True)
     if gate:
-        raise typer.Exit(gate_exit_code(rep))
+        raise typer.Exit(rep.gate.verdict.exit_code)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from shadowd.compare.checks import CheckConfig, default_checks
 from shadowd.configbase import Scalar, Strict
 from shadowd.errors import ConfigError
 from shadowd.models import ModelConfig
@@ -24,25 +25,17 @@ from shadowd.records import OVERALL
 __all__ = [
     "AnnotationConfig",
     "AnnotationPolicyConfig",
-    "CheckConfig",
-    "DistributionShiftCheck",
     "DivergenceConfig",
     "DriftConfig",
     "ExpectationsConfig",
-    "FailureRateCheck",
     "FeatureExpectation",
-    "FlipRateCheck",
     "GateConfig",
     "GrafanaConfig",
     "InputsExpectation",
     "KafkaConfig",
     "LabelsConfig",
-    "LatencyRatioCheck",
-    "MeanDivergenceCheck",
     "MetricsConfig",
     "OutputsExpectation",
-    "PairedAccuracyCheck",
-    "PairedLossCheck",
     "RedactionConfig",
     "RotationConfig",
     "ServingConfig",
@@ -50,7 +43,6 @@ __all__ = [
     "ShadowdConfig",
     "SliceConfig",
     "SuiteThresholds",
-    "default_checks",
     "describe_error",
     "load_config",
     "parse_config",
@@ -478,115 +470,7 @@ class ExpectationsConfig(Strict):
     drift: DriftConfig | None = Field(None, description="Drift checks against a training profile; none turns them off.")
 
 
-# --- statistical checks and the promotion gate (compare/gate.py) ---
-
-_CHECK_NAME = r"^[a-z][a-z0-9_]{0,39}$"
-
-
-class _CheckBase(Strict):
-    name: str = Field(description="Check name: used in reports and as a metrics label.", pattern=_CHECK_NAME)
-    min_samples: int = Field(
-        200, ge=1, description="Pairs (labels for label-based checks) a slice needs before the check gives a verdict."
-    )
-    required: bool = Field(
-        True,
-        description="PASS needs this check to pass; an optional check can still FAIL the gate but never holds it up.",
-    )
-    slices: list[str] | None = Field(
-        None, description="Where the check runs: 'overall' and/or slice names; none means overall and every slice."
-    )
-
-
-class _NoiseAwareCheck(_CheckBase):
-    abs_margin: float = Field(
-        0.05, ge=0, description="Fail only when the candidate exceeds the noise floor by more than this (absolute)..."
-    )
-    rel_margin: float = Field(0.5, ge=0, description="...and by more than this share of the floor (relative).")
-
-
-class FlipRateCheck(_NoiseAwareCheck):
-    """Classification: share of pairs whose top class differs from production's."""
-
-    type: Literal["flip_rate"] = Field(description="Flip rate against production, beyond the noise floor.")
-
-
-class MeanDivergenceCheck(_NoiseAwareCheck):
-    """Mean divergence score (total variation distance; relative difference for regression)."""
-
-    type: Literal["mean_divergence"] = Field(description="Mean divergence against production, beyond the noise floor.")
-
-
-class DistributionShiftCheck(_CheckBase):
-    """Classification: change in any class's share of predictions, paired over the same requests."""
-
-    type: Literal["distribution_shift"] = Field(description="Largest change in one class's predicted share.")
-    max_shift: float = Field(0.05, gt=0, le=1, description="Largest allowed change of one class's predicted share.")
-
-
-class FailureRateCheck(_CheckBase):
-    """Share of mirrored requests on which the candidate gave no usable answer."""
-
-    type: Literal["candidate_failure_rate"] = Field(description="Candidate failures among mirrored requests.")
-    outcomes: list[Literal["error", "timeout", "nan", "bad_shape"]] = Field(
-        default_factory=lambda: ["error", "nan", "bad_shape"], min_length=1, description="Outcomes counted as failures."
-    )
-    max_rate: float = Field(0.01, ge=0, lt=1, description="Largest allowed failure rate.")
-
-
-class LatencyRatioCheck(_CheckBase):
-    """Candidate latency quantile over production's."""
-
-    type: Literal["latency_ratio"] = Field(description="Latency quantile ratio candidate / production.")
-    quantile: float = Field(0.99, gt=0, lt=1, description="Which latency quantile, e.g. 0.5 or 0.99.")
-    max_ratio: float = Field(2.0, gt=0, description="Largest allowed candidate / production ratio of that quantile.")
-
-
-class PairedAccuracyCheck(_CheckBase):
-    """Classification with labels: production accuracy minus candidate accuracy on the same requests."""
-
-    type: Literal["paired_accuracy"] = Field(description="Accuracy drop, paired (McNemar's discordant pairs).")
-    max_drop: float = Field(
-        0.01,
-        ge=0,
-        le=1,
-        description="Largest allowed accuracy drop (production minus candidate); a non-inferiority margin: "
-        "with 0 an equally good candidate can never pass.",
-    )
-
-
-class PairedLossCheck(_CheckBase):
-    """With labels: mean of candidate loss minus production loss on the same requests."""
-
-    type: Literal["paired_loss"] = Field(description="Mean paired loss difference candidate minus production.")
-    max_increase: float = Field(
-        0.01, ge=0, description="Largest allowed mean loss increase per example (a non-inferiority margin)."
-    )
-
-
-CheckConfig = Annotated[
-    FlipRateCheck
-    | MeanDivergenceCheck
-    | DistributionShiftCheck
-    | FailureRateCheck
-    | LatencyRatioCheck
-    | PairedAccuracyCheck
-    | PairedLossCheck,
-    Field(discriminator="type"),
-]
-
-
-def default_checks() -> list[Any]:
-    """The checks an empty config gets; ones that do not fit the task are skipped at evaluation."""
-    return [
-        FlipRateCheck(type="flip_rate", name="flip_rate"),
-        MeanDivergenceCheck(type="mean_divergence", name="mean_divergence"),
-        DistributionShiftCheck(type="distribution_shift", name="distribution_shift"),
-        FailureRateCheck(type="candidate_failure_rate", name="error_rate"),
-        FailureRateCheck(type="candidate_failure_rate", name="timeout_rate", outcomes=["timeout"]),
-        LatencyRatioCheck(type="latency_ratio", name="latency_p99_ratio", min_samples=1000, slices=[OVERALL]),
-        PairedAccuracyCheck(type="paired_accuracy", name="accuracy", min_samples=100, required=False),
-        PairedLossCheck(type="paired_loss", name="loss", min_samples=100, required=False),
-    ]
+# --- the promotion gate (compare/gate.py); check kinds live in compare/checks/ ---
 
 
 class GateConfig(Strict):

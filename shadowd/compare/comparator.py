@@ -28,16 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from shadowd.compare.divergence import Divergence, pair_divergence, top_class
+from shadowd.compare.gate import evaluate_gate
 from shadowd.compare.loss import example_loss
+from shadowd.compare.report import LabelSummary, LatencySummary, NoiseSummary, ShadowReport, SliceReport
 from shadowd.compare.slices import SliceMatcher
-from shadowd.compare.tally import SliceTally
+from shadowd.compare.tally import LogHistogram, SliceTally
 from shadowd.config import ShadowdConfig
 from shadowd.errors import BadRequest, ShadowdError
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import OVERALL, AnnotationItem, Label, ModelOutput, Pair
 
 __all__ = [
-    "REPORT_SCHEMA_VERSION",
     "STATE_SCHEMA_VERSION",
     "Comparator",
     "report_from_data_dir",
@@ -47,7 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATE_SCHEMA_VERSION = 1
-REPORT_SCHEMA_VERSION = 1
 _STATE_KIND = "shadowd.comparator.state"
 _SCORE_LIMIT = 1e150
 
@@ -61,8 +61,8 @@ def _rate(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
-def _quantiles(hist) -> dict[str, Any]:
-    return {"n": hist.n, "p50": hist.quantile(0.5), "p99": hist.quantile(0.99)}
+def _quantiles(hist: LogHistogram) -> LatencySummary:
+    return LatencySummary(n=hist.n, p50=hist.quantile(0.5), p99=hist.quantile(0.99))
 
 
 class Comparator:
@@ -224,7 +224,7 @@ class Comparator:
 
     # --- report ---
 
-    def _slice_report(self, t: SliceTally) -> dict[str, Any]:
+    def _slice_report(self, t: SliceTally) -> SliceReport:
         cand, noise, lab = t.candidate, t.noise, t.labels
         classification = self._task == "classification"
         acc = None
@@ -233,53 +233,49 @@ class Comparator:
                 "production": (lab.both_correct + lab.prod_only_correct) / lab.labels,
                 "candidate": (lab.both_correct + lab.cand_only_correct) / lab.labels,
             }
-        return {
-            "pairs": t.pairs,
-            "production_only": t.production_only,
-            "production_failed": t.production_failed,
-            "compared": cand.compared,
-            "candidate_outcomes": dict(t.candidate_outcomes),
-            "flips": cand.flips if classification else None,
-            "flip_rate": _rate(cand.flips, cand.compared) if classification else None,
-            "divergent": cand.divergent,
-            "divergent_rate": _rate(cand.divergent, cand.compared),
-            "mean_divergence": cand.score.mean if cand.compared else None,
-            "noise": {
-                "pairs": sum(noise.outcomes.values()),
-                "compared": noise.compared,
-                "flips": noise.flips if classification else None,
-                "flip_rate": _rate(noise.flips, noise.compared) if classification else None,
-                "divergent": noise.divergent,
-                "mean_divergence": noise.score.mean if noise.compared else None,
-            },
-            "latency_s": {role: _quantiles(h) for role, h in sorted(t.latency_s.items())},
-            "labels": {
-                "labels": lab.labels,
-                "accuracy": acc,
-                "mean_loss": {role: m.mean for role, m in lab.loss.items()} if lab.labels else None,
-            },
-        }
+        return SliceReport(
+            pairs=t.pairs,
+            production_only=t.production_only,
+            production_failed=t.production_failed,
+            compared=cand.compared,
+            candidate_outcomes=dict(t.candidate_outcomes),
+            flips=cand.flips if classification else None,
+            flip_rate=_rate(cand.flips, cand.compared) if classification else None,
+            divergent=cand.divergent,
+            divergent_rate=_rate(cand.divergent, cand.compared),
+            mean_divergence=cand.score.mean if cand.compared else None,
+            noise=NoiseSummary(
+                pairs=sum(noise.outcomes.values()),
+                compared=noise.compared,
+                flips=noise.flips if classification else None,
+                flip_rate=_rate(noise.flips, noise.compared) if classification else None,
+                divergent=noise.divergent,
+                mean_divergence=noise.score.mean if noise.compared else None,
+            ),
+            latency_s={role: _quantiles(h) for role, h in sorted(t.latency_s.items())},
+            labels=LabelSummary(
+                labels=lab.labels,
+                accuracy=acc,
+                mean_loss={role: m.mean for role, m in lab.loss.items()} if lab.labels else None,
+            ),
+        )
 
-    def report(self) -> dict[str, Any]:
-        """The whole window as JSON-serialisable data: counts per slice, checks, gate verdict."""
-        from shadowd.compare.gate import evaluate_gate  # the statistics live apart from the counting
-
-        slices = {n: t for n, t in self._tallies.items() if n != OVERALL}
-        checks, gate = evaluate_gate(self._cfg, self._tallies, self._metrics)
-        return {
-            "schema_version": REPORT_SCHEMA_VERSION,
-            "generated_ts": self._clock(),
-            "window_started_ts": self._window_started_ts,
-            "task": self._task,
-            "models": {
+    def report(self) -> ShadowReport:
+        """The whole window: counts per slice, checks, gate verdict."""
+        checks, gate = evaluate_gate(self._cfg, self._tallies)
+        return ShadowReport(
+            generated_ts=self._clock(),
+            window_started_ts=self._window_started_ts,
+            task=self._task,
+            models={
                 "production": self._cfg.models.production.name,
                 "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
             },
-            "overall": self._slice_report(self._tallies[OVERALL]),
-            "slices": {n: self._slice_report(t) for n, t in slices.items()},
-            "checks": checks,
-            "gate": gate,
-        }
+            overall=self._slice_report(self._tallies[OVERALL]),
+            slices={n: self._slice_report(t) for n, t in self._tallies.items() if n != OVERALL},
+            checks=checks,
+            gate=gate,
+        )
 
     # --- state: merge, persist ---
 
@@ -375,7 +371,7 @@ class Comparator:
         return True
 
 
-def report_from_data_dir(data_dir: Path, config: ShadowdConfig | None = None) -> dict[str, Any]:
+def report_from_data_dir(data_dir: Path, config: ShadowdConfig | None = None) -> ShadowReport:
     """The report of the window persisted under ``data_dir``, without a running daemon.
 
     Checks run as configured in ``config``, or else as in the config saved with

@@ -1,9 +1,9 @@
 """The promotion gate: every configured check on overall and each slice -> one verdict.
 
 Sits at the end of the comparator: ``Comparator.report()`` calls
-``evaluate_gate`` on its tallies; the result goes into ``/shadow/report``, the
-``shadowd report`` command (``--gate`` exit codes) and the metrics
-``shadowd_check_status`` / ``shadowd_gate_verdict`` / ``shadowd_noise_floor``.
+``evaluate_gate`` on its tallies; the result goes into ``/shadow/report`` and
+the ``shadowd report`` command (``--gate`` exit codes). Pure: the hub sets the
+gauges (``shadowd_check_status`` / ``shadowd_gate_verdict``) from the result.
 
 Safe to read at any moment: each (slice, check) test has an anytime-valid
 p-value, and Holm's step-down (or Bonferroni) runs over the whole declared
@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 from shadowd.compare import stats
-from shadowd.compare.checks import CheckResult, Evidence, applies_to_task, build_evidence, more_needed
+from shadowd.compare.checks import CheckBase, CheckContext, Evidence, more_needed
+from shadowd.compare.report import CheckResult, CheckStatus, GateSummary, Verdict
 from shadowd.compare.tally import SliceTally
 from shadowd.config import ShadowdConfig
-from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import OVERALL
 
-__all__ = ["STATUS_CODE", "VERDICT_CODE", "evaluate_checks", "evaluate_gate", "gate_summary"]
-
-STATUS_CODE = {"pass": 0, "fail": 1, "inconclusive": 2}
-VERDICT_CODE = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 2}
+__all__ = ["check_context", "evaluate_checks", "evaluate_gate", "gate_summary"]
 
 
 def _fmt(x: float | None) -> str:
@@ -44,7 +40,13 @@ def _fmt(x: float | None) -> str:
 
 
 def _reason(
-    status: str, ev: Evidence, ci: tuple[float, float], min_samples: int, needed: int | None, p: float, p_adj: float
+    status: CheckStatus,
+    ev: Evidence,
+    ci: tuple[float, float],
+    min_samples: int,
+    needed: int | None,
+    p: float,
+    p_adj: float,
 ) -> str:
     if ev.n < min_samples:
         more = f"; needs ~{needed} more {ev.unit}" if needed else ""
@@ -53,10 +55,10 @@ def _reason(
     if ev.noise_floor is not None:
         floor = f" (noise floor {_fmt(ev.noise_floor)} + margins)"
     stated = f"{ev.label} {_fmt(ev.value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-    if status == "fail":
+    if status is CheckStatus.FAIL:
         p_text = f"p<{stats.MIN_ALPHA:.0e}" if p <= stats.MIN_ALPHA else f"p={p:.2g}"
         return f"{stated} > allowed {_fmt(ev.threshold)}{floor}; {p_text}, adjusted {p_adj:.2g}"
-    if status == "pass":
+    if status is CheckStatus.PASS:
         return f"{stated} <= allowed {_fmt(ev.threshold)}{floor}"
     more = f"needs ~{needed} more {ev.unit}" if needed else "at the threshold: more data may not decide"
     return f"{stated} vs allowed {_fmt(ev.threshold)}{floor}: {more}"
@@ -65,6 +67,13 @@ def _reason(
 def _slice_order(config: ShadowdConfig, tallies: Mapping[str, SliceTally]) -> list[str]:
     names = [OVERALL, *(s.name for s in config.slices)]
     return [n for n in names if n in tallies]
+
+
+def check_context(config: ShadowdConfig, explain: bool = True) -> CheckContext:
+    """What every check kind gets besides its tally."""
+    gate = config.gate
+    rho = stats.gaussian_mixture_rho(gate.alpha, gate.tuning_samples)
+    return CheckContext(task=config.task, rho=rho, noise_floor=gate.noise_floor, explain=explain)
 
 
 def evaluate_checks(
@@ -76,12 +85,13 @@ def evaluate_checks(
     tests (statuses are the same): for simulations that only count verdicts.
     """
     gate = config.gate
-    entries: list[tuple[Any, str, Evidence, float]] = []
+    ctx = check_context(config, explain)
+    entries: list[tuple[CheckBase, str, Evidence, float]] = []
     for check in config.checks:
-        if not applies_to_task(check, config.task):
+        if not check.applies_to(config.task):
             continue
         for name in check.slices or _slice_order(config, tallies):
-            ev = build_evidence(check, tallies.get(name) or SliceTally(), gate, config.task, explain)
+            ev = check.evidence(tallies.get(name) or SliceTally(), ctx)
             ready = ev.n >= check.min_samples and ev.value is not None
             p = stats.anytime_p_value(lambda a, ev=ev: ev.fails(a, 1.0)) if ready else 1.0
             entries.append((check, name, ev, p))
@@ -91,15 +101,15 @@ def evaluate_checks(
     for (check, name, ev, p), p_adj in zip(entries, adjusted, strict=True):
         needed: int | None
         if ev.n < check.min_samples or ev.value is None:
-            status = "inconclusive"
+            status = CheckStatus.INCONCLUSIVE
             later = more_needed(ev, gate.alpha) if ev.n and explain else None
             needed = max(check.min_samples - ev.n, later or 0)
         elif p_adj <= gate.alpha:
-            status, needed = "fail", None
+            status, needed = CheckStatus.FAIL, None
         elif ev.passes(gate.alpha, 1.0):
-            status, needed = "pass", None
+            status, needed = CheckStatus.PASS, None
         else:
-            status, needed = "inconclusive", more_needed(ev, gate.alpha) if explain else None
+            status, needed = CheckStatus.INCONCLUSIVE, more_needed(ev, gate.alpha) if explain else None
         ci = ev.interval(gate.alpha) if ev.n else (math.nan, math.nan)
         results.append(
             CheckResult(
@@ -124,58 +134,48 @@ def evaluate_checks(
     return results
 
 
-def gate_summary(config: ShadowdConfig, results: list[CheckResult]) -> dict[str, Any]:
+def gate_summary(config: ShadowdConfig, results: list[CheckResult]) -> GateSummary:
     """The verdict and its reasons from check results."""
     gate = config.gate
-    base = {
-        "alpha": gate.alpha,
-        "correction": gate.correction,
-        "tests": len(results),
-        "method": (
-            f"anytime-valid p-values (beta-binomial and normal-mixture confidence sequences), "
-            f"{gate.correction} across {len(results)} slice x check tests; family-wise false-alarm rate "
-            f"<= {gate.alpha} however often the report is read"
-        ),
-        "noise_floor": gate.noise_floor,
-    }
+
+    def summary(verdict: Verdict, reasons: list[str], notes: list[str]) -> GateSummary:
+        return GateSummary(
+            verdict=verdict,
+            reasons=reasons,
+            notes=notes,
+            alpha=gate.alpha,
+            correction=gate.correction,
+            tests=len(results),
+            method=(
+                f"anytime-valid p-values (beta-binomial and normal-mixture confidence sequences), "
+                f"{gate.correction} across {len(results)} slice x check tests; family-wise false-alarm rate "
+                f"<= {gate.alpha} however often the report is read"
+            ),
+            noise_floor=gate.noise_floor,
+        )
+
     if config.models.candidate is None:
-        return {**base, "verdict": "INCONCLUSIVE", "reasons": ["no candidate configured (shadowing off)"], "notes": []}
+        return summary(Verdict.INCONCLUSIVE, ["no candidate configured (shadowing off)"], [])
     if not results:
-        return {**base, "verdict": "INCONCLUSIVE", "reasons": ["no checks apply to this task"], "notes": []}
+        return summary(Verdict.INCONCLUSIVE, ["no checks apply to this task"], [])
 
     def line(r: CheckResult) -> str:
         return f"{r.check} on {r.slice}: {r.reason}"
 
-    failed = [r for r in results if r.status == "fail"]
-    open_required = [r for r in results if r.status == "inconclusive" and r.required]
-    open_optional = [line(r) for r in results if r.status == "inconclusive" and not r.required]
+    open_ = CheckStatus.INCONCLUSIVE
+    failed = [r for r in results if r.status is CheckStatus.FAIL]
+    open_required = [r for r in results if r.status is open_ and r.required]
+    open_optional = [line(r) for r in results if r.status is open_ and not r.required]
     if failed:
-        return {**base, "verdict": "FAIL", "reasons": [line(r) for r in failed], "notes": open_optional}
+        return summary(Verdict.FAIL, [line(r) for r in failed], open_optional)
     if open_required:
-        return {**base, "verdict": "INCONCLUSIVE", "reasons": [line(r) for r in open_required], "notes": open_optional}
-    passed = [r for r in results if r.status == "pass"]
+        return summary(Verdict.INCONCLUSIVE, [line(r) for r in open_required], open_optional)
+    passed = [r for r in results if r.status is CheckStatus.PASS]
     slices = sorted({r.slice for r in passed})
-    return {
-        **base,
-        "verdict": "PASS",
-        "reasons": [f"all {len(passed)} check results pass on {', '.join(slices)}"],
-        "notes": open_optional,
-    }
+    return summary(Verdict.PASS, [f"all {len(passed)} check results pass on {', '.join(slices)}"], open_optional)
 
 
-def evaluate_gate(
-    config: ShadowdConfig, tallies: Mapping[str, SliceTally], metrics: ShadowdMetrics | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(check results as dicts, gate verdict) for the report; updates the gate metrics when given."""
+def evaluate_gate(config: ShadowdConfig, tallies: Mapping[str, SliceTally]) -> tuple[list[CheckResult], GateSummary]:
+    """(check results, gate verdict) for the report."""
     results = evaluate_checks(config, tallies) if config.models.candidate is not None else []
-    summary = gate_summary(config, results)
-    if metrics is not None:
-        for r in results:
-            metrics.check_status.labels(check=r.check, slice=r.slice).set(STATUS_CODE[r.status])
-        metrics.gate_verdict.set(VERDICT_CODE[summary["verdict"]])
-        for name in _slice_order(config, tallies):
-            noise = tallies[name].noise
-            if noise.compared:
-                share = noise.flips if config.task == "classification" else noise.divergent
-                metrics.noise_floor.labels(slice=name).set(share / noise.compared)
-    return [r.to_dict() for r in results], summary
+    return results, gate_summary(config, results)

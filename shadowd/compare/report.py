@@ -1,203 +1,225 @@
-"""Rendering the shadow report for people: a terminal table, Markdown, or JSON.
+"""The shadow report as typed objects, and its one JSON rendering.
 
-Sits at the very end of the data flow: ``Comparator.report()`` (served as
-``GET /shadow/report``) produces the JSON; ``shadowd report`` and
-``shadowd demo`` print it through ``render_report``. Pure formatting: no
-statistics here, and nothing heavier than rich is imported.
+``Comparator.report()`` builds a ``ShadowReport`` (counts per slice, every
+check result, the gate verdict); the hub adds the flywheel, expectation and
+drift sections and serves ``to_json()`` as ``GET /shadow/report``;
+``shadowd report`` reads that JSON back with ``ShadowReport.from_json`` and
+renders it (``compare/render.py``). ``schema_version`` changes whenever a
+field changes meaning or goes away; a reader refuses a version it does not
+know.
+
+``Verdict`` and ``CheckStatus`` carry their numeric codes in one place: the
+value of the ``shadowd_gate_verdict`` / ``shadowd_check_status`` gauges and
+the exit code of ``shadowd report --gate``.
 """
 
 from __future__ import annotations
 
-import io
-import json
-from datetime import UTC, datetime
-from typing import Any
+import math
+from enum import StrEnum
+from typing import Any, Literal
 
-__all__ = ["FORMATS", "gate_exit_code", "render_report"]
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_serializer
 
-FORMATS = ("table", "json", "markdown")
-# `shadowd report --gate`: what a CI/CD pipeline sees.
-_EXIT = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
+from shadowd.errors import ShadowdError
+from shadowd.records import OVERALL
 
+__all__ = [
+    "REPORT_SCHEMA_VERSION",
+    "CheckResult",
+    "CheckStatus",
+    "GateSummary",
+    "LabelSummary",
+    "LatencySummary",
+    "NoiseSummary",
+    "ShadowReport",
+    "SliceReport",
+    "Verdict",
+]
 
-def gate_exit_code(report: dict[str, Any]) -> int:
-    """0 pass, 1 fail, 3 inconclusive (also for a report without a verdict)."""
-    return _EXIT.get(str(report.get("gate", {}).get("verdict")), 3)
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return str(x).lower()
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.{digits}g}"
+REPORT_SCHEMA_VERSION = 1
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
+class CheckStatus(StrEnum):
+    """One check on one slice."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+    @property
+    def gauge_value(self) -> int:
+        """Value of ``shadowd_check_status`` (and ``shadowd_drift_status``): 0 pass, 1 fail, 2 inconclusive."""
+        return _STATUS_GAUGE[self]
 
 
-def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{1000 * x:.3g}"
+class Verdict(StrEnum):
+    """The gate's answer to "may this candidate be promoted?"."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+
+    @property
+    def gauge_value(self) -> int:
+        """Value of ``shadowd_gate_verdict``: 0 pass, 1 fail, 2 inconclusive."""
+        return _VERDICT_GAUGE[self]
+
+    @property
+    def exit_code(self) -> int:
+        """Exit code of ``shadowd report --gate``: 0 pass, 1 fail, 3 inconclusive (2 is a usage error)."""
+        return _VERDICT_EXIT[self]
 
 
-def _ts(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+_STATUS_GAUGE = {CheckStatus.PASS: 0, CheckStatus.FAIL: 1, CheckStatus.INCONCLUSIVE: 2}
+_VERDICT_GAUGE = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 2}
+_VERDICT_EXIT = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 3}
 
 
-def _slice_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    classification = report.get("task") == "classification"
-    header = ["slice", "pairs", "compared", "cand. err/timeout/nan/shape"]
-    header += ["flip rate"] if classification else []
-    header += ["divergent", "mean div.", "noise floor", "p50 ms prod/cand", "p99 ms prod/cand", "labels"]
-    header += ["accuracy prod/cand"] if classification else ["loss prod/cand"]
-    rows = []
-    slices = {"overall": report.get("overall", {}), **report.get("slices", {})}
-    for name, s in slices.items():
-        out = s.get("candidate_outcomes", {})
-        failed = "/".join(str(out.get(k, 0)) for k in ("error", "timeout", "nan", "bad_shape"))
-        noise = s.get("noise", {})
-        floor = noise.get("flip_rate") if classification else noise.get("mean_divergence")
-        lat = s.get("latency_s", {})
-        prod, cand = lat.get("production", {}), lat.get("candidate", {})
-        labels = s.get("labels", {})
-        row = [name, _num(s.get("pairs")), _num(s.get("compared")), failed]
-        row += [_pct(s.get("flip_rate"))] if classification else []
-        row += [
-            _num(s.get("divergent")),
-            _num(s.get("mean_divergence")),
-            (_pct(floor) if classification else _num(floor))
-            + (f" (n={noise.get('compared')})" if noise.get("compared") else ""),
-            f"{_ms(prod.get('p50'))}/{_ms(cand.get('p50'))}",
-            f"{_ms(prod.get('p99'))}/{_ms(cand.get('p99'))}",
-            _num(labels.get("labels")),
-        ]
-        if classification:
-            acc = labels.get("accuracy") or {}
-            row.append(f"{_pct(acc.get('production'))}/{_pct(acc.get('candidate'))}" if acc else "-")
-        else:
-            loss = labels.get("mean_loss") or {}
-            row.append(f"{_num(loss.get('production'))}/{_num(loss.get('candidate'))}" if loss else "-")
-        rows.append(row)
-    return header, rows
+def _finite(v: Any) -> Any:
+    """JSON has no inf/NaN: an unbounded interval end becomes None (also inside nested extras)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v
 
 
-def _check_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["check", "slice", "status", "value", "interval", "allowed", "n", "why"]
-    rows = []
-    for c in report.get("checks", []):
-        ci = c.get("ci")
-        interval = f"[{_num(ci[0])}, {_num(ci[1]) if ci[1] is not None else 'inf'}]" if ci else "-"
-        status = c.get("status", "?").upper() + ("" if c.get("required", True) else " (optional)")
-        rows.append(
-            [
-                c.get("check", "?"),
-                c.get("slice", "?"),
-                status,
-                _num(c.get("value")),
-                interval,
-                _num(c.get("threshold")),
-                f"{c.get('n', 0)} {c.get('unit', '')}".strip(),
-                c.get("reason", ""),
-            ]
-        )
-    return header, rows
+class _Report(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _headline(report: dict[str, Any]) -> list[str]:
-    models = report.get("models", {})
-    gate = report.get("gate", {})
-    lines = [
-        f"shadowd report: {models.get('candidate') or '(no candidate)'} vs production {models.get('production')} "
-        f"({report.get('task')}), window since {_ts(report.get('window_started_ts'))}",
-        f"gate: {gate.get('verdict', '?')}",
-    ]
-    lines += [f"  - {r}" for r in gate.get("reasons", [])]
-    notes = gate.get("notes", [])
-    if notes:
-        lines.append(f"  optional checks still open: {len(notes)}")
-    return lines
+class CheckResult(_Report):
+    """One check on one slice. ``value`` and ``ci`` are in the check's own unit; higher is worse."""
+
+    check: str = Field(description="Check name from the config.")
+    type: str = Field(description="Check kind (the config's `type`).")
+    slice: str = Field(description="Slice name, or 'overall'.")
+    status: CheckStatus
+    value: float | None = Field(description="The measured quantity; None before any data.")
+    ci: tuple[float | None, float | None] | None = Field(
+        description="Always-valid interval the decision used; None ends are unbounded."
+    )
+    threshold: float | None = Field(description="The largest allowed value (noise floor and margins included).")
+    n: int = Field(description="Pairs or labels the check saw.")
+    unit: Literal["pairs", "labels"]
+    reason: str = Field(description="One line: the value, the interval, the threshold and what it means.")
+    required: bool = Field(description="PASS needs this check to pass.")
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    needed: int | None = Field(None, description="Roughly how many more samples would decide.")
+    noise_floor: float | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="Check-kind specific detail.")
+
+    @field_serializer("value", "ci", "threshold", "p_value", "p_adjusted", "noise_floor", "extra")
+    def _json_safe(self, v: Any) -> Any:
+        return _finite(v)
 
 
-def _footer(report: dict[str, Any]) -> list[str]:
-    gate = report.get("gate", {})
-    lines = []
-    if gate.get("method"):
-        lines.append(f"method: {gate['method']}")
-    ann = report.get("annotations")
-    if isinstance(ann, dict) and ann:
-        flat = _flatten(ann)
-        if flat:
-            lines.append("annotations: " + ", ".join(f"{k} {v}" for k, v in flat))
-    return lines
+class GateSummary(_Report):
+    """The verdict and why."""
+
+    verdict: Verdict
+    reasons: list[str]
+    notes: list[str] = Field(description="Optional checks still open (they never hold the verdict up).")
+    alpha: float
+    correction: str
+    tests: int = Field(description="Slice x check tests in the family the correction runs over.")
+    method: str
+    noise_floor: bool
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Scalars of a nested dict as ("a.b", value), for one-line summaries."""
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out += _flatten(v, f"{prefix}{k}.")
-        elif not isinstance(v, list):
-            out.append((f"{prefix}{k}", v))
-    return out
+class NoiseSummary(_Report):
+    """Production run twice (the noise replica) on one slice."""
+
+    pairs: int
+    compared: int
+    flips: int | None
+    flip_rate: float | None
+    divergent: int
+    mean_divergence: float | None
 
 
-def _markdown(report: dict[str, Any]) -> str:
-    def table(header: list[str], rows: list[list[str]]) -> list[str]:
-        esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-        return out
-
-    head = _headline(report)
-    lines = [f"## {head[0]}", "", f"**{head[1]}**", ""]
-    lines += [line.replace("  - ", "- ", 1) for line in head[2:]]
-    lines += [
-        "",
-        "### Slices",
-        "",
-        *table(*_slice_rows(report)),
-        "",
-        "### Checks",
-        "",
-        *table(*_check_rows(report)),
-        "",
-    ]
-    lines += [f"_{line}_" for line in _footer(report)]
-    return "\n".join(lines) + "\n"
+class LatencySummary(_Report):
+    n: int
+    p50: float | None
+    p99: float | None
 
 
-def _table(report: dict[str, Any], width: int) -> str:
-    from rich.console import Console
-    from rich.table import Table
-
-    buf = io.StringIO()
-    console = Console(file=buf, width=width, color_system=None, force_terminal=False, soft_wrap=False)
-    for line in _headline(report):
-        console.print(line, highlight=False, markup=False)
-    for title, (header, rows) in (("slices", _slice_rows(report)), ("checks", _check_rows(report))):
-        t = Table(title=title, title_justify="left", show_lines=False)
-        for i, h in enumerate(header):
-            t.add_column(h, overflow="fold", justify="left" if i < 2 or h in ("why", "status") else "right")
-        for row in rows:
-            t.add_row(*row)
-        console.print(t)
-    for line in _footer(report):
-        console.print(line, highlight=False, markup=False)
-    return buf.getvalue()
+class LabelSummary(_Report):
+    labels: int
+    accuracy: dict[str, float] | None
+    mean_loss: dict[str, float] | None
 
 
-def render_report(report: dict[str, Any], fmt: str = "table", width: int = 160) -> str:
-    """The report as text: ``table`` (rich, for terminals), ``markdown`` (for PRs/CI summaries) or ``json``."""
-    if fmt == "json":
-        return json.dumps(report, indent=2, sort_keys=False) + "\n"
-    if fmt == "markdown":
-        return _markdown(report)
-    if fmt == "table":
-        return _table(report, width)
-    raise ValueError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+class SliceReport(_Report):
+    """Counts on one slice ('overall' included) in the current window."""
+
+    pairs: int
+    production_only: int
+    production_failed: int
+    compared: int
+    candidate_outcomes: dict[str, int]
+    flips: int | None
+    flip_rate: float | None
+    divergent: int
+    divergent_rate: float | None
+    mean_divergence: float | None
+    noise: NoiseSummary
+    latency_s: dict[str, LatencySummary]
+    labels: LabelSummary
+
+
+# Sections the hub adds beside the comparator's; absent from the JSON when there is nothing to say.
+_OPTIONAL_SECTIONS = ("annotations", "expectations", "drift")
+
+
+class ShadowReport(_Report):
+    """The whole test window: ``GET /shadow/report``."""
+
+    schema_version: int = REPORT_SCHEMA_VERSION
+    generated_ts: float
+    window_started_ts: float
+    task: Literal["classification", "regression"]
+    models: dict[str, str | None] = Field(description="Names of the production and candidate models.")
+    overall: SliceReport
+    slices: dict[str, SliceReport]
+    checks: list[CheckResult]
+    gate: GateSummary
+    annotations: dict[str, Any] | None = Field(None, description="Annotation queue, labels and suites (the hub's).")
+    expectations: dict[str, Any] | None = Field(None, description="Data expectation violations per slice.")
+    drift: dict[str, Any] | None = Field(None, description="Drift windows against the training profile.")
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_sections(self, handler: Any) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in _OPTIONAL_SECTIONS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    def slice(self, name: str) -> SliceReport:
+        """One slice's counts by name, 'overall' included."""
+        return self.overall if name == OVERALL else self.slices[name]
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain JSON data: what the API serves and ``--format json`` prints."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json(cls, data: Any) -> ShadowReport:
+        """Read a report served by a daemon; ShadowdError when it is not one this shadowd understands."""
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != REPORT_SCHEMA_VERSION:
+            raise ShadowdError(
+                f"report schema_version {version!r}; this shadowd reads {REPORT_SCHEMA_VERSION} "
+                "(use a shadowd CLI of the daemon's version)"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors(include_url=False)[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ShadowdError(f"not a shadowd report: {where}: {first['msg']}") from None

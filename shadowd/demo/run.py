@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import yaml
@@ -19,6 +19,9 @@ import yaml
 from shadowd.config import ShadowdConfig, parse_config
 from shadowd.demo.models import train_demo_models
 from shadowd.demo.traffic import DEMO_SLICES, DemoRequest, demo_requests
+
+if TYPE_CHECKING:
+    from shadowd.compare.report import ShadowReport
 
 __all__ = ["demo_config_dict", "run_demo"]
 
@@ -70,10 +73,11 @@ def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
 
 def run_demo(
     data_dir: Path, n_requests: int, port: int, metrics_port: int, feedback_share: float, echo
-) -> dict[str, Any]:
+) -> ShadowReport:
     from tqdm import tqdm
 
-    from shadowd.compare.report import render_report
+    from shadowd.compare.render import render_report
+    from shadowd.compare.report import ShadowReport
     from shadowd.launcher import start_daemon, wait_for_pairs
 
     data_dir = data_dir.resolve()
@@ -108,9 +112,9 @@ def run_demo(
                 session.post(
                     f"{daemon.url}/feedback", json={"request_id": req.request_id, "label": req.label}, timeout=30
                 )
-        report = requests.get(f"{daemon.url}/shadow/report", timeout=30).json()
+        report = ShadowReport.from_json(requests.get(f"{daemon.url}/shadow/report", timeout=30).json())
         echo(render_report(report, "table"))
-        echo(_flywheel_summary(report.get("annotations", {}), cfg))
+        echo(_flywheel_summary(report.annotations or {}, cfg))
         return report
     finally:
         daemon.stop()

@@ -17,21 +17,33 @@ from typing import Any
 from ray import serve
 
 from shadowd.compare.comparator import Comparator, state_path
+from shadowd.compare.report import ShadowReport
 from shadowd.compare.slices import SliceMatcher
 from shadowd.config import ShadowdConfig
 from shadowd.expect import Violation, ViolationTally
 from shadowd.expect.drift import DriftMonitor
 from shadowd.expect.profile import load_profile
 from shadowd.flywheel.hub import Flywheel
-from shadowd.observe.metrics import in_multiprocess_mode, serve_metrics
-from shadowd.records import AnnotationItem, Label, Pair
+from shadowd.observe.metrics import ShadowdMetrics, in_multiprocess_mode, serve_metrics
+from shadowd.records import OVERALL, AnnotationItem, Label, Pair
 from shadowd.serving.runtime import process_metrics
 
-__all__ = ["ShadowHub"]
+__all__ = ["ShadowHub", "publish_gate"]
 
 log = logging.getLogger(__name__)
 
 _PERSIST_EVERY_S = 5.0
+
+
+def publish_gate(metrics: ShadowdMetrics, report: ShadowReport) -> None:
+    """Set the check-status, gate-verdict and noise-floor gauges from a report."""
+    for r in report.checks:
+        metrics.check_status.labels(check=r.check, slice=r.slice).set(r.status.gauge_value)
+    metrics.gate_verdict.set(report.gate.verdict.gauge_value)
+    for name, s in {OVERALL: report.overall, **report.slices}.items():
+        if s.noise.compared:
+            share = s.noise.flips if s.noise.flips is not None else s.noise.divergent
+            metrics.noise_floor.labels(slice=name).set(share / s.noise.compared)
 
 
 @serve.deployment
@@ -86,11 +98,10 @@ class ShadowHub:
 
     async def _persist_tick(self) -> None:
         self._save()
-        with self._lock:
-            gate = self._comparator.report()["gate"]  # also refreshes the check-status and gate gauges
+        gate = self._comparator_report().gate
         if self._annotator is not None:
-            text = "; ".join(gate["reasons"][:3])
-            await asyncio.to_thread(self._annotator.observe, gate["verdict"], text)
+            text = "; ".join(gate.reasons[:3])
+            await asyncio.to_thread(self._annotator.observe, gate.verdict.value, text)
         if self._drift is not None:
             self._drift.tick()  # close a time window even when traffic stops
 
@@ -130,15 +141,24 @@ class ShadowHub:
             body["error"] = result.message  # the same key every 4xx of the API has
         return result.http_status, body
 
-    async def report(self) -> dict[str, Any]:
-        self._ensure_persisting()
+    def _comparator_report(self) -> ShadowReport:
+        """The comparator's report; refreshes the gate gauges from it."""
         with self._lock:
             report = self._comparator.report()
-        report["annotations"] = self._flywheel.stats()
-        report["expectations"] = self._violations.report()
-        if self._drift is not None:
-            report["drift"] = self._drift.report()
+        publish_gate(self._metrics, report)
         return report
+
+    async def report(self) -> dict[str, Any]:
+        """GET /shadow/report: the comparator's report with the flywheel, expectations and drift sections."""
+        self._ensure_persisting()
+        report = self._comparator_report().model_copy(
+            update={
+                "annotations": self._flywheel.stats(),
+                "expectations": self._violations.report(),
+                "drift": self._drift.report() if self._drift is not None else None,
+            }
+        )
+        return report.to_json()
 
     async def reset(self) -> dict[str, Any]:
         with self._lock:

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from shadowd.cli import app
 from shadowd.flywheel.spool import read_spool
-from shadowd.records import AnnotationItem
 from shadowd.launcher import wait_for_pairs
+from shadowd.records import AnnotationItem
 from shadowd.testing import ToyClassifier
 from tests.fixtures.grafana import TOKEN as GRAFANA_TOKEN
 from tests.fixtures.kafka import consumer_config, unique_topic

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import requests
 
-from shadowd.sampling import is_sampled
 from shadowd.launcher import wait_for_pairs
+from shadowd.sampling import is_sampled
 from shadowd.testing import ToyClassifier
 from tests.fixtures.ray_serve import toy_model
 

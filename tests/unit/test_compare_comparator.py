@@ -138,7 +138,7 @@ def test_counts_are_exact_for_a_generated_stream(tmp_path):
     pairs = stream(600, seed=1)
     comp = Comparator(make_config(tmp_path), clock=Clock())
     items = comp.add_many(pairs)
-    rep = comp.report()
+    rep = comp.report().to_json()
     for name, fn in SLICE_FNS.items():
         e = expected_counts(pairs, fn)
         r = rep["overall"] if name == "overall" else rep["slices"][name]
@@ -195,7 +195,7 @@ def test_incomparable_candidate_values_are_counted_not_compared(tmp_path):
             candidate=out("candidate", [0.5, 0.5]),
         )
     )
-    r = comp.report()["overall"]
+    r = comp.report().to_json()["overall"]
     assert r["candidate_outcomes"]["bad_shape"] == 1 and r["candidate_outcomes"]["nan"] == 1
     assert r["compared"] == 0 and r["pairs"] == 3 and r["production_failed"] == 1
 
@@ -224,7 +224,7 @@ def test_regression_pairs(tmp_path):
             Pair(request_id="b", ts=0, production=out("production", [10.0]), candidate=out("candidate", [10.2])),
         ]
     )
-    r = comp.report()["overall"]
+    r = comp.report().to_json()["overall"]
     assert [i.request_id for i in items] == ["a"]
     assert r["flips"] is None and r["flip_rate"] is None
     assert r["mean_divergence"] == pytest.approx((0.15 + 0.02) / 2)
@@ -264,7 +264,7 @@ def test_merge_of_two_replicas_equals_one_fed_both(tmp_path):
             comp.add_labelled(p, labels[p.request_id])
     a.merge(json.loads(json.dumps(b.state_dict())))
     _assert_states_equal(a.state_dict(), both.state_dict())
-    assert a.report()["overall"]["flips"] == both.report()["overall"]["flips"]
+    assert a.report().to_json()["overall"]["flips"] == both.report().to_json()["overall"]["flips"]
 
 
 def test_save_load_roundtrip_and_new_candidate_starts_fresh(tmp_path):
@@ -280,7 +280,7 @@ def test_save_load_roundtrip_and_new_candidate_starts_fresh(tmp_path):
     assert again.window_started_ts == 5.0
     other = Comparator(make_config(tmp_path, candidate="cand-v3"))
     assert other.load() is False
-    assert other.report()["overall"]["pairs"] == 0
+    assert other.report().to_json()["overall"]["pairs"] == 0
 
 
 def test_unreadable_state_is_moved_aside_not_lost(tmp_path):
@@ -307,7 +307,7 @@ def test_reset_starts_a_new_window(tmp_path):
     comp.add_many(stream(50, seed=6))
     clock.t = 2.0
     comp.reset()
-    rep = comp.report()
+    rep = comp.report().to_json()
     assert rep["window_started_ts"] == 2.0
     assert rep["overall"]["pairs"] == 0 and rep["slices"]["dark"]["pairs"] == 0
 
@@ -323,7 +323,7 @@ def test_add_labelled_losses_and_accuracy(tmp_path):
     )
     losses = comp.add_labelled(pair, Label(request_id="r", label=0, ts=0))
     assert losses == {"production": pytest.approx(-np.log(0.8)), "candidate": pytest.approx(-np.log(0.3))}
-    r = comp.report()
+    r = comp.report().to_json()
     assert r["slices"]["de"]["labels"]["labels"] == 1 and r["slices"]["dark"]["labels"]["labels"] == 0
     assert r["overall"]["labels"]["accuracy"] == {"production": 1.0, "candidate": 0.0}
     assert comp.add_labelled(pair, Label(request_id="r", label=None, verdict="skip", ts=0)) == {}
@@ -331,7 +331,7 @@ def test_add_labelled_losses_and_accuracy(tmp_path):
         comp.add_labelled(pair, Label(request_id="r", label=7, ts=0))
     only_prod = pair.model_copy(update={"candidate": None})
     assert set(comp.add_labelled(only_prod, Label(request_id="r", label=1, ts=0))) == {"production"}
-    assert comp.report()["overall"]["labels"]["labels"] == 1
+    assert comp.report().to_json()["overall"]["labels"]["labels"] == 1
 
 
 def test_log_histogram_quantiles_within_one_percent_of_numpy():

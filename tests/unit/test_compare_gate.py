@@ -12,13 +12,14 @@ from prometheus_client import CollectorRegistry
 from scipy import stats as sps
 
 from shadowd.compare import stats
-from shadowd.compare.checks import build_evidence, more_needed
+from shadowd.compare.checks import more_needed
 from shadowd.compare.comparator import Comparator
-from shadowd.compare.gate import evaluate_checks, evaluate_gate
+from shadowd.compare.gate import check_context, evaluate_checks, evaluate_gate
 from shadowd.compare.tally import Moments, SliceTally
 from shadowd.config import parse_config
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import ModelOutput, Pair
+from shadowd.serving.hub import publish_gate
 
 
 def config(tmp_path, checks, slices=(), task="classification", candidate=True, **gate):
@@ -88,7 +89,7 @@ def test_needs_more_is_about_what_would_decide(tmp_path):
     r = only(evaluate_checks(cfg, {"overall": t}))
     assert r.status == "inconclusive" and r.needed and r.needed > 300
     assert f"needs ~{r.needed} more pairs" in r.reason
-    ev = build_evidence(cfg.checks[0], t, cfg.gate, cfg.task)
+    ev = cfg.checks[0].evidence(t, check_context(cfg))
     enough = (300 + r.needed) / 300
     assert ev.passes(0.05, enough * 1.03) or ev.fails(0.05, enough * 1.03)
     assert not (ev.passes(0.05, enough * 0.9) or ev.fails(0.05, enough * 0.9))
@@ -207,20 +208,20 @@ def test_gate_verdicts_and_reasons(tmp_path):
     checks = [FLIP, {"type": "paired_accuracy", "name": "acc", "min_samples": 100, "required": False}]
     cfg = config(tmp_path, checks, slices=["dark"])
     _, gate = evaluate_gate(cfg, {"overall": flips_tally(3000, 30), "dark": flips_tally(800, 200)})
-    assert gate["verdict"] == "FAIL"
-    assert len(gate["reasons"]) == 1 and gate["reasons"][0].startswith("flip_rate on dark: flip rate 0.25")
+    assert gate.verdict == "FAIL"
+    assert len(gate.reasons) == 1 and gate.reasons[0].startswith("flip_rate on dark: flip rate 0.25")
     _, gate = evaluate_gate(cfg, {"overall": flips_tally(3000, 30), "dark": flips_tally(120, 1)})
-    assert gate["verdict"] == "INCONCLUSIVE"
-    (reason,) = gate["reasons"]
+    assert gate.verdict == "INCONCLUSIVE"
+    (reason,) = gate.reasons
     # at least the 80 the minimum asks for; more if 200 pairs at this rate would not decide yet
     assert reason.startswith("flip_rate on dark: 120 of 200 pairs needed before a verdict; needs ~")
     assert int(reason.split("~")[1].split()[0]) >= 80
     _, gate = evaluate_gate(cfg, {"overall": flips_tally(3000, 30), "dark": flips_tally(3000, 20)})
-    assert gate["verdict"] == "PASS"  # the optional label check is open but does not hold the gate
-    assert any(n.startswith("acc on dark: 0 of 100 labels") for n in gate["notes"])
-    assert gate["correction"] == "holm" and gate["tests"] == 4 and "holm" in gate["method"]
+    assert gate.verdict == "PASS"  # the optional label check is open but does not hold the gate
+    assert any(n.startswith("acc on dark: 0 of 100 labels") for n in gate.notes)
+    assert gate.correction == "holm" and gate.tests == 4 and "holm" in gate.method
     _, gate = evaluate_gate(config(tmp_path, checks, candidate=False), {"overall": SliceTally()})
-    assert gate["verdict"] == "INCONCLUSIVE" and "no candidate" in gate["reasons"][0]
+    assert gate.verdict == "INCONCLUSIVE" and "no candidate" in gate.reasons[0]
 
 
 def test_regression_skips_classification_checks(tmp_path):
@@ -250,7 +251,10 @@ def test_regression_skips_classification_checks(tmp_path):
 def test_gate_metrics(tmp_path):
     reg = CollectorRegistry()
     cfg = config(tmp_path, [FLIP], slices=["dark"])
-    evaluate_gate(cfg, {"overall": flips_tally(3000, 30, 1000, 5), "dark": flips_tally(800, 200)}, ShadowdMetrics(reg))
+    tallies = {"overall": flips_tally(3000, 30, 1000, 5), "dark": flips_tally(800, 200)}
+    comp = Comparator(cfg)
+    comp.load_state({**comp.state_dict(), "slices": {n: t.to_dict() for n, t in tallies.items()}})
+    publish_gate(ShadowdMetrics(reg), comp.report())
     assert reg.get_sample_value("shadowd_check_status", {"check": "flip_rate", "slice": "overall"}) == 0
     assert reg.get_sample_value("shadowd_check_status", {"check": "flip_rate", "slice": "dark"}) == 1
     assert reg.get_sample_value("shadowd_gate_verdict") == 1
@@ -274,13 +278,13 @@ def test_report_is_json_with_checks_and_survives_a_restart(tmp_path):
                 candidate=ModelOutput(role="candidate", model="c", values=q.tolist()),
             )
         )
-    rep = comp.report()
+    rep = comp.report().to_json()
     json.dumps(rep, allow_nan=False)
     assert rep["checks"][0]["check"] == "flip_rate" and rep["checks"][0]["status"] == "fail"
     comp.save()
     again = Comparator(cfg)
     assert again.load()
-    assert again.report()["checks"] == rep["checks"]
+    assert again.report().to_json()["checks"] == rep["checks"]
 
 
 # --- the stochastic-model test: dropout left on at inference ---
@@ -333,7 +337,7 @@ def test_stochastic_model_passes_with_noise_floor_and_fails_without(tmp_path):
     for floor in (True, False):
         comp = Comparator(config(tmp_path, checks, noise_floor=floor))
         comp.add_many(pairs)
-        rep = comp.report()
+        rep = comp.report().to_json()
         verdicts[floor] = rep["gate"]["verdict"]
         flip = next(c for c in rep["checks"] if c["check"] == "flip_rate")
         assert flip["value"] > 0.05  # dropout makes production disagree with itself well past the margin

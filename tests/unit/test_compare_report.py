@@ -9,8 +9,10 @@ from typer.testing import CliRunner
 
 from shadowd.cli import app
 from shadowd.compare.comparator import Comparator
-from shadowd.compare.report import gate_exit_code, render_report
+from shadowd.compare.render import render_report
+from shadowd.compare.report import CheckStatus, ShadowReport, Verdict
 from shadowd.config import parse_config
+from shadowd.errors import ShadowdError
 from shadowd.records import ModelOutput, Pair
 
 RAW = {
@@ -46,18 +48,20 @@ def window(tmp_path, n, same_share, seed=0):
 
 def test_json_format_is_the_report(tmp_path):
     rep = window(tmp_path, 300, 0.5)
-    assert json.loads(render_report(rep, "json")) == rep
+    assert json.loads(render_report(rep, "json")) == rep.to_json()
+    assert ShadowReport.from_json(json.loads(render_report(rep, "json"))).to_json() == rep.to_json()
 
 
 def test_table_and_markdown_show_verdict_slices_and_checks(tmp_path):
     rep = window(tmp_path, 600, 0.5)
-    flips = rep["slices"]["dark"]["flips"] / rep["slices"]["dark"]["compared"]
+    dark = rep.slices["dark"]
+    flips = dark.flips / dark.compared
     for fmt in ("table", "markdown"):
         text = render_report(rep, fmt)
-        assert f"gate: {rep['gate']['verdict']}" in text
+        assert f"gate: {rep.gate.verdict.value}" in text
         assert f"{100 * flips:.2f}%" in text
-        for c in rep["checks"]:
-            assert c["check"] in text
+        for c in rep.checks:
+            assert c.check in text
         assert "holm" in text
     md = render_report(rep, "markdown")
     check_rows = [
@@ -65,14 +69,23 @@ def test_table_and_markdown_show_verdict_slices_and_checks(tmp_path):
         for line in md.splitlines()
         if line.startswith("| ") and (" pairs |" in line or " labels |" in line) and not line.startswith("| slice")
     ]
-    assert len(check_rows) == len(rep["checks"])
+    assert len(check_rows) == len(rep.checks)
     with pytest.raises(ValueError, match="unknown report format"):
         render_report(rep, "html")
 
 
-def test_gate_exit_codes():
-    assert [gate_exit_code({"gate": {"verdict": v}}) for v in ("PASS", "FAIL", "INCONCLUSIVE")] == [0, 1, 3]
-    assert gate_exit_code({}) == 3
+def test_verdict_and_status_codes_in_one_place():
+    assert [Verdict(v).exit_code for v in ("PASS", "FAIL", "INCONCLUSIVE")] == [0, 1, 3]
+    assert [Verdict(v).gauge_value for v in ("PASS", "FAIL", "INCONCLUSIVE")] == [0, 1, 2]
+    assert [CheckStatus(v).gauge_value for v in ("pass", "fail", "inconclusive")] == [0, 1, 2]
+
+
+def test_a_report_of_another_schema_version_or_shape_is_refused(tmp_path):
+    data = window(tmp_path, 50, 1.0).to_json()
+    with pytest.raises(ShadowdError, match="schema_version 2; this shadowd reads 1"):
+        ShadowReport.from_json({**data, "schema_version": 2})
+    with pytest.raises(ShadowdError, match="not a shadowd report: gate"):
+        ShadowReport.from_json({k: v for k, v in data.items() if k != "gate"})
 
 
 @pytest.mark.parametrize(
@@ -80,7 +93,7 @@ def test_gate_exit_codes():
 )
 def test_cli_gate_exit_code_from_data_dir(tmp_path, n, same_share, verdict, code):
     rep = window(tmp_path, n, same_share)
-    assert rep["gate"]["verdict"] == verdict
+    assert rep.gate.verdict == verdict
     result = CliRunner().invoke(app, ["report", "--data-dir", str(tmp_path), "--gate", "--format", "json"])
     assert result.exit_code == code, result.output
     assert json.loads(result.stdout)["gate"]["verdict"] == verdict

@@ -42,7 +42,7 @@ def test_an_absurd_candidate_output_is_counted_as_nan_and_state_still_saves(tmp_
     comp.add(_pair("a", 1.0, 1.1))
     comp.add(_pair("b", 0.0, 1e300))  # finite, but its relative difference overflows to inf
     comp.add(_pair("c", 1.0, 1e200))  # finite, but its square in the running variance would
-    overall = comp.report()["overall"]
+    overall = comp.report().to_json()["overall"]
     assert overall["candidate_outcomes"]["nan"] == 2 and overall["compared"] == 1
     path = comp.save(tmp_path / "state.json")
     json.loads(path.read_text())  # strict JSON: no NaN or inf crept in

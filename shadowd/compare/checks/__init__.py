@@ -1,0 +1,65 @@
+"""Statistical checks: one module per kind, each holding its config model and its evaluation.
+
+The tagged union ``CheckConfig`` below is the registry: the config tree
+(``checks:``), its JSON schema and the gate all follow it, so a new check kind
+is one new module (a ``CheckBase`` subclass with ``type: Literal[...]`` and an
+``evidence`` method), its tests, and one member here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, more_needed
+from shadowd.compare.checks.distribution_shift import DistributionShiftCheck
+from shadowd.compare.checks.failure_rate import FailureRateCheck
+from shadowd.compare.checks.flip_rate import FlipRateCheck
+from shadowd.compare.checks.latency_ratio import LatencyRatioCheck
+from shadowd.compare.checks.mean_divergence import MeanDivergenceCheck
+from shadowd.compare.checks.paired_accuracy import PairedAccuracyCheck
+from shadowd.compare.checks.paired_loss import PairedLossCheck
+from shadowd.records import OVERALL
+
+__all__ = [
+    "CheckBase",
+    "CheckConfig",
+    "CheckContext",
+    "DistributionShiftCheck",
+    "Evidence",
+    "FailureRateCheck",
+    "FlipRateCheck",
+    "LatencyRatioCheck",
+    "MeanDivergenceCheck",
+    "PairedAccuracyCheck",
+    "PairedLossCheck",
+    "default_checks",
+    "more_needed",
+]
+
+# The registry of check kinds, chosen by `type:` in the config.
+CheckConfig = Annotated[
+    FlipRateCheck
+    | MeanDivergenceCheck
+    | DistributionShiftCheck
+    | FailureRateCheck
+    | LatencyRatioCheck
+    | PairedAccuracyCheck
+    | PairedLossCheck,
+    Field(discriminator="type"),
+]
+
+
+def default_checks() -> list[CheckBase]:
+    """The checks an empty config gets; ones that do not fit the task are skipped at evaluation."""
+    return [
+        FlipRateCheck(type="flip_rate", name="flip_rate"),
+        MeanDivergenceCheck(type="mean_divergence", name="mean_divergence"),
+        DistributionShiftCheck(type="distribution_shift", name="distribution_shift"),
+        FailureRateCheck(type="candidate_failure_rate", name="error_rate"),
+        FailureRateCheck(type="candidate_failure_rate", name="timeout_rate", outcomes=["timeout"]),
+        LatencyRatioCheck(type="latency_ratio", name="latency_p99_ratio", min_samples=1000, slices=[OVERALL]),
+        PairedAccuracyCheck(type="paired_accuracy", name="accuracy", min_samples=100, required=False),
+        PairedLossCheck(type="paired_loss", name="loss", min_samples=100, required=False),
+    ]

@@ -1,0 +1,147 @@
+"""What a check is, apart from how each kind computes it.
+
+A check kind is a frozen config model (``CheckBase`` subclass, tagged by
+``type``) whose ``evidence`` method turns one slice's tally into an
+``Evidence``: for a level alpha (and a hypothetical sample-size multiple
+``scale``) it says whether the always-valid interval shows the candidate
+worse than allowed (``fails``) or within it (``passes``). From that one rule
+the gate (``compare/gate.py``) derives the anytime p-value (smallest alpha
+that fails), the status, and "needs ~N more" (``more_needed``: smallest scale
+that decides). Every check is one-sided: "is the candidate worse than
+allowed?"; ``value`` and intervals are in the check's own unit, higher is
+worse.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from shadowd.compare import stats
+from shadowd.compare.tally import Moments, SliceTally
+from shadowd.configbase import Strict
+
+__all__ = [
+    "CheckBase",
+    "CheckContext",
+    "Evidence",
+    "mean_bounds",
+    "mean_sd",
+    "more_needed",
+    "rate_bounds",
+    "rate_hi",
+    "rate_lo",
+]
+
+Task = Literal["classification", "regression"]
+Unit = Literal["pairs", "labels"]
+
+# Largest sample-size multiple "needs ~N more" looks at; beyond it the effect
+# sits on the threshold and more data will hardly decide.
+_MAX_SCALE = 2.0**20
+_CHECK_NAME = r"^[a-z][a-z0-9_]{0,39}$"
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What every check kind may use besides its tally: the task and the gate's settings."""
+
+    task: Task
+    rho: float  # normal-mixture width of the mean confidence sequences (stats.gaussian_mixture_rho)
+    noise_floor: bool  # judge divergence against production's own noise when noise pairs exist
+    explain: bool = True  # also compute the fixed-sample tests shown to people (they never decide)
+
+
+@dataclass
+class Evidence:
+    """What a check knows on one slice, as decision rules over (alpha, scale)."""
+
+    n: int
+    unit: Unit
+    value: float | None
+    threshold: float | None
+    label: str  # the quantity in words, for reasons
+    fails: Callable[[float, float], bool]
+    passes: Callable[[float, float], bool]
+    interval: Callable[[float], tuple[float, float]]
+    noise_floor: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CheckBase(Strict):
+    """Fields every check kind has. Subclasses add ``type: Literal[...]`` and their thresholds."""
+
+    tasks: ClassVar[frozenset[Task]] = frozenset({"classification", "regression"})
+
+    type: str = Field(description="Check kind; each subclass narrows it to its own tag.")
+    name: str = Field(description="Check name: used in reports and as a metrics label.", pattern=_CHECK_NAME)
+    min_samples: int = Field(
+        200, ge=1, description="Pairs (labels for label-based checks) a slice needs before the check gives a verdict."
+    )
+    required: bool = Field(
+        True,
+        description="PASS needs this check to pass; an optional check can still FAIL the gate but never holds it up.",
+    )
+    slices: list[str] | None = Field(
+        None, description="Where the check runs: 'overall' and/or slice names; none means overall and every slice."
+    )
+
+    def applies_to(self, task: Task) -> bool:
+        return task in self.tasks
+
+    def evidence(self, tally: SliceTally, ctx: CheckContext) -> Evidence:
+        """What this check knows on one slice's tally."""
+        raise NotImplementedError
+
+
+# --- building blocks the kinds share ---
+
+
+def rate_bounds(s: int, n: int, alpha: float, scale: float) -> tuple[float, float]:
+    return stats.proportion_cs(s * scale, n * scale, alpha)
+
+
+def rate_lo(s: int, n: int, alpha: float, scale: float) -> float:
+    return stats.proportion_bound(s * scale, n * scale, alpha, upper=False)
+
+
+def rate_hi(s: int, n: int, alpha: float, scale: float) -> float:
+    return stats.proportion_bound(s * scale, n * scale, alpha, upper=True)
+
+
+def mean_sd(m: Moments) -> float:
+    # Floor the spread at 1/sqrt(n): a handful of identical values is not
+    # proof of zero variance, and a zero width would decide on nothing.
+    return max(math.sqrt(m.variance), 1 / math.sqrt(max(m.n, 1)))
+
+
+def mean_bounds(mean: float, sd: float, n: int, alpha: float, scale: float, rho: float) -> tuple[float, float]:
+    hw = stats.mean_cs_halfwidth(n * scale, sd, alpha, rho)
+    return mean - hw, mean + hw
+
+
+def more_needed(ev: Evidence, alpha: float) -> int | None:
+    """Roughly how many more samples would decide, if the slice kept its current rates and spread."""
+    if ev.n == 0:
+        return None
+
+    def decides(s: float) -> bool:
+        return ev.fails(alpha, s) or ev.passes(alpha, s)
+
+    hi = 2.0
+    while not decides(hi):
+        if hi >= _MAX_SCALE:
+            return None
+        hi *= 2
+    lo = hi / 2
+    while hi - lo > 0.02 * lo:
+        mid = (lo + hi) / 2
+        if decides(mid):
+            hi = mid
+        else:
+            lo = mid
+    return max(1, math.ceil(ev.n * (hi - 1)))
