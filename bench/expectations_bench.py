@@ -30,7 +30,7 @@ from shadowd.demo.traffic import demo_requests
 from shadowd.expect import ExpectationSet
 from shadowd.expect.drift import DriftMonitor
 from shadowd.expect.profile import build_profile
-from shadowd.models import load_model
+from shadowd.models.runtime import load_model
 from shadowd.serving.protocol import parse_predict, read_json
 
 # What a demo operator would declare: the request features the demo sends, pixel range, probabilities.

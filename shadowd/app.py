@@ -1,4 +1,4 @@
-"""The one wiring point: config in, Ray Serve application out.
+"""The one wiring point: config in, parts and the Ray Serve application out.
 
 ``build_app`` is used by ``shadowd run``, ``shadowd demo``, the tests, the
 benchmark, and (through ``app_builder``) ``serve run``/``serve deploy`` and
@@ -7,24 +7,86 @@ KubeRay's RayService, so every way of starting shadowd deploys the same graph:
     ShadowIngress (production, HTTP) --batches--> ShadowWorker (candidate, noise)
           |                                              |
           '---- report / feedback / reset ----> ShadowHub <-- pairs
+
+The hub's parts (comparator, flywheel with its transport and sink, drift
+monitor, Grafana annotations, the /metrics server) hold threads, files and
+sockets, so they are built inside the hub's process: ``build_hub_parts``
+travels to it as a function reference and runs there. Nothing else builds
+parts; each receives what it needs.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from ray.serve import Application
+from typing import TYPE_CHECKING, Any
 
 from shadowd.config import ShadowdConfig, load_config
-from shadowd.observe.metrics import MULTIPROC_ENV
+from shadowd.observe.metrics import MULTIPROC_ENV, ShadowdMetrics
 
-__all__ = ["app_builder", "build_app", "metrics_dir"]
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+    from shadowd.flywheel.flywheel import Flywheel
+    from shadowd.serving.hub import HubParts
+
+__all__ = ["app_builder", "build_app", "build_flywheel", "build_hub_parts", "metrics_dir"]
+
+log = logging.getLogger(__name__)
 
 
 def metrics_dir(config: ShadowdConfig) -> Path:
     """Where this app's processes write prometheus-client multiprocess files."""
     return config.data_dir / "metrics"
+
+
+def build_flywheel(
+    config: ShadowdConfig, metrics: ShadowdMetrics | None = None, clock: Callable[[], float] = time.time
+) -> Flywheel:
+    """The annotation side: the configured transport, the sink delivering to it, the flywheel over both."""
+    from shadowd.flywheel.flywheel import Flywheel
+    from shadowd.flywheel.sink import build_sink
+    from shadowd.flywheel.transports import build_transport
+
+    transport = build_transport(config.annotations.sink, config.data_dir)
+    sink = build_sink(config, transport.producer(), metrics)
+    return Flywheel(config, transport, sink, metrics, clock)
+
+
+def build_hub_parts(config: ShadowdConfig) -> HubParts:
+    """Everything the hub holds; runs in the hub's process (see the module docstring)."""
+    from shadowd.compare.comparator import Comparator
+    from shadowd.errors import GrafanaError
+    from shadowd.expect.drift import DriftMonitor
+    from shadowd.expect.profile import load_profile
+    from shadowd.observe.metrics import in_multiprocess_mode, serve_metrics
+    from shadowd.serving.hub import HubParts
+    from shadowd.serving.runtime import process_metrics
+
+    metrics = process_metrics()
+    drift_cfg = config.expectations.drift
+    parts = HubParts(
+        metrics=metrics,
+        comparator=Comparator(config, metrics),
+        flywheel=build_flywheel(config, metrics),
+        drift=DriftMonitor(drift_cfg, load_profile(drift_cfg.profile), metrics=metrics) if drift_cfg else None,
+    )
+    grafana = config.grafana
+    if grafana is not None and grafana.annotate_verdicts:
+        from shadowd.observe.grafana import VerdictAnnotator
+
+        try:
+            parts.verdict_annotator = VerdictAnnotator.from_settings(grafana.url, grafana.token_env, grafana.timeout_s)
+        except GrafanaError as err:
+            log.error("Grafana verdict annotations off: %s", err)
+    if config.metrics.port and in_multiprocess_mode():
+        try:
+            serve_metrics(config.metrics.port, config.metrics.host, metrics_dir(config))
+        except OSError as err:  # a restarted hub can race its predecessor's socket
+            log.error("cannot serve /metrics on port %s: %s", config.metrics.port, err)
+    return parts
 
 
 def build_app(config: ShadowdConfig) -> Application:
@@ -37,7 +99,7 @@ def build_app(config: ShadowdConfig) -> Application:
     hub = ShadowHub.options(
         num_replicas=1,
         ray_actor_options={"num_cpus": serving.comparator_cpus, "resources": serving.hub_resources, **env},
-    ).bind(config)
+    ).bind(config, build_hub_parts)
     worker = None
     if config.models.candidate is not None and config.shadow.sample_share > 0:
         worker = ShadowWorker.options(

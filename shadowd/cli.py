@@ -169,7 +169,8 @@ def dashboards_push(
     """Create or update the shadowd dashboards in a Grafana folder (exit 1 if Grafana refuses)."""
     import json
 
-    from shadowd.observe.grafana import GrafanaError, connect, push_dashboards
+    from shadowd.errors import GrafanaError
+    from shadowd.observe.grafana import connect, push_dashboards
 
     dashboards = None
     if from_dir is not None:
@@ -202,7 +203,9 @@ def annotate(
     from rich.console import Console
     from rich.prompt import Prompt
 
-    from shadowd.flywheel.annotate import AnnotateError, Annotator, annotate_session
+    from shadowd.errors import AnnotateError
+    from shadowd.flywheel.annotate import Annotator
+    from shadowd.flywheel.annotate_ui import annotate_session
 
     cfg = _load(config)
     console = Console()
@@ -248,7 +251,7 @@ def replay(
     from rich.console import Console
 
     from shadowd.errors import ShadowdError
-    from shadowd.flywheel.hub import suites_dir as default_suites_dir
+    from shadowd.flywheel.flywheel import suites_dir as default_suites_dir
     from shadowd.flywheel.replay import against_baseline, load_model_file, render_results, replay_suites, thresholds_for
 
     cfg = _load(config) if config is not None else None

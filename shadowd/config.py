@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from shadowd.compare.checks import CheckConfig, default_checks
 from shadowd.configbase import Scalar, Strict
 from shadowd.errors import ConfigError
+from shadowd.flywheel.transports import SpoolTransportConfig, TransportConfig
 from shadowd.models import ModelConfig
 from shadowd.records import OVERALL
 
@@ -32,7 +33,6 @@ __all__ = [
     "GateConfig",
     "GrafanaConfig",
     "InputsExpectation",
-    "KafkaConfig",
     "LabelsConfig",
     "MetricsConfig",
     "OutputsExpectation",
@@ -195,24 +195,6 @@ class DivergenceConfig(Strict):
     )
 
 
-class KafkaConfig(Strict):
-    bootstrap_servers: list[str] = Field(min_length=1, description="host:port of the brokers.")
-    annotations_topic: str = Field("shadowd.annotations", description="Topic annotation items are produced to.")
-    labels_topic: str = Field("shadowd.labels", description="Topic annotators' labels are produced to.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="How clients talk to the brokers (kafka-python security_protocol)."
-    )
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="SASL mechanism with SASL_PLAINTEXT / SASL_SSL; credentials come from the *_env variables."
-    )
-    sasl_username_env: str | None = Field(None, description="Environment variable holding the SASL user name.")
-    sasl_password_env: str | None = Field(None, description="Environment variable holding the SASL password.")
-    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
-    delivery_timeout_ms: int = Field(
-        30_000, gt=0, description="Give up on a send after this long; the item stays in the spool."
-    )
-
-
 class AnnotationPolicyConfig(Strict):
     """Budget and fairness before the sink, so a flood of divergences does not bury the annotators."""
 
@@ -285,8 +267,10 @@ class RotationConfig(Strict):
 
 
 class AnnotationConfig(Strict):
-    kafka: KafkaConfig | None = Field(
-        None, description="Produce items to Kafka; without it the local spool alone holds them."
+    sink: TransportConfig = Field(
+        default_factory=SpoolTransportConfig,
+        description="Where items go after the local spool: type 'spool' (the default; the spool is the queue) "
+        "or type 'kafka' (topics on a broker).",
     )
     max_buffered_items: int = Field(10_000, ge=1, description="Items held in memory before the spool takes them.")
     batch_items: int = Field(
@@ -300,6 +284,16 @@ class AnnotationConfig(Strict):
     )
     redaction: RedactionConfig = Field(default_factory=RedactionConfig, description="Fields dropped or hashed.")
     rotation: RotationConfig | None = Field(None, description="On-call rotation; none leaves items unassigned.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "kafka" in data:
+            raise ValueError(
+                "'annotations.kafka' is now 'annotations.sink' with 'type: kafka' and the same keys, "
+                "e.g. sink: {type: kafka, bootstrap_servers: [...]}"
+            )
+        return data
 
 
 class SuiteThresholds(Strict):

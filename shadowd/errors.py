@@ -1,19 +1,34 @@
-"""One exception tree for shadowd.
+"""One exception tree for shadowd: every error it raises on purpose.
 
-Everything shadowd raises on purpose derives from ``ShadowdError``. The
-``retriable`` flag drives retry loops (sinks, broker calls); ``http_status``
-is what the ingress answers when the error reaches a client.
+Everything derives from ``ShadowdError``. Two flags say what a caller should
+do with one:
+
+- ``retriable``: trying the same thing again later can succeed (a broker or
+  Grafana that is down, a queue offset that could not be committed). Retry
+  loops read it: a retriable delivery error is retried with growing backoff;
+  a non-retriable one (credentials, ACLs, a protocol mismatch) is kept and
+  retried only at the longest backoff, loudly, until someone fixes the setup.
+- ``http_status``: what the ingress answers when the error reaches a client
+  (4xx for what the client got wrong, never a 500 with internals).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "AnnotateError",
     "BadRequest",
     "ConfigError",
+    "DeliveryError",
+    "ExpectationFailed",
+    "GrafanaError",
     "ModelError",
     "PayloadTooLarge",
     "ShadowdError",
     "SinkError",
+    "SpoolError",
+    "SuiteError",
 ]
 
 
@@ -44,11 +59,53 @@ class PayloadTooLarge(BadRequest):
         super().__init__(f"request body is {size_bytes} bytes; the limit is {limit_bytes}", 413)
 
 
+class ExpectationFailed(BadRequest):
+    """A request failed a data expectation and the config says reject: answered 422 naming it."""
+
+    def __init__(self, reason: str, violations: list[Any]):
+        super().__init__(reason, 422)
+        self.violations = violations
+
+
 class ModelError(ShadowdError):
     """A model raised, returned garbage (NaN/inf, wrong shape) or could not be loaded."""
 
 
 class SinkError(ShadowdError):
-    """An annotation sink could not deliver; retriable ones are retried, then spooled."""
+    """The annotation queue cannot take items right now; they stay in the spool and are retried."""
+
+    retriable = True
+
+
+class DeliveryError(SinkError):
+    """A batch of spooled items was not (wholly) delivered.
+
+    ``poison``: the first undelivered record can never be delivered (too large,
+    corrupt): it goes to the dead-letter file instead of blocking the queue.
+    ``retriable`` False: retrying will not help until the setup is fixed.
+    """
+
+    def __init__(self, message: str, retriable: bool = True, poison: bool = False):
+        super().__init__(message)
+        self.retriable = retriable
+        self.poison = poison
+
+
+class SpoolError(ShadowdError):
+    """The spool directory is unusable (locked by another process, corrupt, unwritable)."""
+
+
+class SuiteError(ShadowdError):
+    """A suite cannot be found, read or replayed; the message names the suite and file."""
+
+
+class AnnotateError(ShadowdError):
+    """The annotation queue or the labels channel cannot be used right now; nothing was committed."""
+
+    retriable = True
+
+
+class GrafanaError(ShadowdError):
+    """Grafana refused a call or could not be reached; the message says which call and why."""
 
     retriable = True

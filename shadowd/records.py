@@ -9,10 +9,12 @@ values (regression), one entry per output unit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "OVERALL",
@@ -137,6 +139,8 @@ class MirroredBatch:
 
     @classmethod
     def of(cls, items: list[Mirrored]) -> MirroredBatch:
+        import numpy as np  # records load without numpy (the config tree imports OVERALL from here)
+
         return cls(
             [m.request_id for m in items],
             [m.ts for m in items],

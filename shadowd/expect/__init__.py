@@ -7,7 +7,6 @@ run beside the comparator.
 """
 
 from shadowd.expect.expectations import (
-    ExpectationFailed,
     ExpectationSet,
     Violation,
     ViolationTally,
@@ -15,4 +14,4 @@ from shadowd.expect.expectations import (
     violation_item,
 )
 
-__all__ = ["ExpectationFailed", "ExpectationSet", "Violation", "ViolationTally", "record_violations", "violation_item"]
+__all__ = ["ExpectationSet", "Violation", "ViolationTally", "record_violations", "violation_item"]

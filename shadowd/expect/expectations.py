@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 
 from shadowd.config import ExpectationsConfig, FeatureExpectation, InputsExpectation, OutputsExpectation
-from shadowd.errors import BadRequest
+from shadowd.errors import ExpectationFailed
 from shadowd.records import OVERALL, AnnotationItem, ModelOutput
 
 __all__ = [
-    "ExpectationFailed",
     "ExpectationSet",
     "Violation",
     "ViolationTally",
@@ -55,16 +54,6 @@ class Violation:
     message: str  # one line naming the value and the rule
     role: str | None = None  # model role, for output violations
     count: int = 1  # examples affected (a batched output check may find several)
-
-
-class ExpectationFailed(BadRequest):
-    """A request failed an expectation and the config says reject: the ingress answers 422."""
-
-    def __init__(self, violations: list[Violation]):
-        first = violations[0]
-        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
-        super().__init__(f"failed expectation {first.expectation}: {first.message}{more}", 422)
-        self.violations = violations
 
 
 def _show(value: Any) -> str:
@@ -346,7 +335,9 @@ class ExpectationSet:
     def raise_if_rejected(self, violations: list[Violation]) -> None:
         """Raise ``ExpectationFailed`` (422, naming the first failed expectation) when the config says reject."""
         if violations and self.rejects:
-            raise ExpectationFailed(violations)
+            first = violations[0]
+            more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+            raise ExpectationFailed(f"failed expectation {first.expectation}: {first.message}{more}", violations)
 
     def should_annotate(self, request_id: str, violations: list[Violation]) -> bool:
         """Whether this violating request goes to the annotation queue (``annotate_share``, by request id hash)."""

@@ -42,7 +42,7 @@ def load_model_file(path: str | Path) -> ModelBase:
 def replay_suites(
     specs: Sequence[str], model_cfg: ModelBase, suites_dir: Path | None, thresholds: SuiteThresholds
 ) -> list[SuiteResult]:
-    from shadowd.models import load_model
+    from shadowd.models.runtime import load_model
 
     folders = resolve_suites(specs, suites_dir)
     model = load_model(model_cfg)

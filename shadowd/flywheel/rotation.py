@@ -2,7 +2,7 @@
 
 Data flow: the ``Flywheel``'s item policy stamps each admitted annotation
 item with ``assignee = Rotation.on_call(now)``; ``shadowd annotate`` uses the
-rotation's name for its Kafka consumer group and shows who is on call.
+rotation's name for its queue offsets (the Kafka consumer group) and shows who is on call.
 
 Shifts of ``shift_s`` seconds follow one another from ``start`` through the
 annotators in order, wrapping around (and extending backwards before
@@ -17,13 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from shadowd.config import RotationConfig
+from shadowd.flywheel.transports.base import consumer_group
 
-__all__ = ["Rotation", "Shift", "consumer_group"]
-
-
-def consumer_group(rotation_name: str) -> str:
-    """The Kafka consumer group of a rotation: all its annotators share the queue's offsets."""
-    return f"shadowd.annotate.{rotation_name}"
+__all__ = ["Rotation", "Shift"]
 
 
 @dataclass(frozen=True)

@@ -28,16 +28,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shadowd.errors import ShadowdError
+from shadowd.errors import SpoolError
 
-__all__ = ["Spool", "SpoolError", "SpoolRecord", "read_spool", "spool_last_seq"]
+__all__ = ["Spool", "SpoolRecord", "read_offset", "read_spool", "spool_last_seq", "write_atomic"]
 
 _SEGMENT_PREFIX = "seg-"
 _SEGMENT_SUFFIX = ".jsonl"
-
-
-class SpoolError(ShadowdError):
-    """The spool directory is unusable (locked by another process, corrupt, unwritable)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +67,31 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, text: str, fsync: bool = True) -> None:
+    """Replace a small file (an offset) so that a crash leaves the old content or the new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def read_offset(path: Path) -> int:
+    """An offset written by ``write_atomic``; 0 when there is none yet."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise SpoolError(f"{path}: expected an integer offset, got {text[:40]!r}") from None
 
 
 class Spool:
@@ -107,15 +128,7 @@ class Spool:
     # --- opening ---
 
     def _read_delivered(self) -> int:
-        path = self.directory / "delivered"
-        try:
-            text = path.read_text().strip()
-        except FileNotFoundError:
-            return 0
-        try:
-            return int(text)
-        except ValueError:
-            raise SpoolError(f"{path}: expected an integer offset, got {text[:40]!r}") from None
+        return read_offset(self.directory / "delivered")
 
     def _scan(self) -> list[_Segment]:
         paths = sorted(self.directory.glob(f"{_SEGMENT_PREFIX}*{_SEGMENT_SUFFIX}"))
@@ -192,16 +205,7 @@ class Spool:
                 return
             if seq >= self._next_seq:
                 raise ValueError(f"cannot commit seq {seq}; the last record is {self._next_seq - 1}")
-            path = self.directory / "delivered"
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                f.write(str(seq))
-                f.flush()
-                if self._fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-            if self._fsync:
-                _fsync_dir(self.directory)
+            write_atomic(self.directory / "delivered", str(seq), fsync=self._fsync)
             self._delivered = seq
             while self._segments and self._segments[0].last_seq <= seq and len(self._segments) > 1:
                 self._segments.pop(0).path.unlink()
@@ -293,10 +297,7 @@ def read_spool(
     at most this many, oldest first.
     """
     directory = Path(directory)
-    try:
-        delivered = int((directory / "delivered").read_text().strip())
-    except FileNotFoundError:
-        delivered = 0
+    delivered = read_offset(directory / "delivered")
     floor = max(after_seq, delivered if pending_only else 0)
     files = _segment_files(directory)
     # skip segments that end before `floor`: the next segment starts at or below floor + 1
@@ -324,10 +325,7 @@ def spool_last_seq(directory: str | Path) -> int:
     """The newest record's seq on disk (0 for an empty spool), reading only the last segment."""
     files = _segment_files(Path(directory))
     if not files:
-        try:
-            return int((Path(directory) / "delivered").read_text().strip())
-        except FileNotFoundError:
-            return 0
+        return read_offset(Path(directory) / "delivered")
     first, path = files[-1]
     with open(path, "rb") as f:
         whole = sum(1 for line in f if line.endswith(b"\n"))

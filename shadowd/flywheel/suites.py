@@ -28,11 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shadowd.compare.loss import example_loss
 from shadowd.config import SuiteThresholds
-from shadowd.errors import ShadowdError
+from shadowd.errors import SuiteError
 
 __all__ = [
     "SUITE_SCHEMA_VERSION",
-    "SuiteError",
     "SuiteExample",
     "SuiteManifest",
     "SuiteResult",
@@ -45,10 +44,6 @@ __all__ = [
 
 SUITE_SCHEMA_VERSION = 1
 _NAME_OK = re.compile(r"[^a-z0-9_.-]+")
-
-
-class SuiteError(ShadowdError):
-    """A suite cannot be found, read or replayed; the message names the suite and file."""
 
 
 class SuiteExample(BaseModel):

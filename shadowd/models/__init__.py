@@ -3,7 +3,8 @@
 Used online (the ingress runs production, the shadow worker the candidate and
 the noise replica) and offline (``shadowd replay``). Every kind is one module
 holding its config model and its loader; the tagged union below is the
-registry: a new kind is one new module and one member here.
+registry: a new kind is one new module and one member here. Loading and
+calling a model: ``shadowd.models.runtime``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Annotated
 
 from pydantic import Field
 
-from shadowd.models.base import LoadedModel, ModelBase, check_rows, load_model
+from shadowd.models.base import ModelBase
 from shadowd.models.python import PythonModel
 from shadowd.models.torchscript import TorchScriptModel
 
-__all__ = ["LoadedModel", "ModelBase", "ModelConfig", "PythonModel", "TorchScriptModel", "check_rows", "load_model"]
+__all__ = ["ModelBase", "ModelConfig", "PythonModel", "TorchScriptModel"]
 
 # The registry of model kinds, chosen by `kind:` in the config.
 ModelConfig = Annotated[TorchScriptModel | PythonModel, Field(discriminator="kind")]

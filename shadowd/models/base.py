@@ -1,10 +1,8 @@
-"""What every model kind shares: its common config, the loaded model, output checks.
+"""What every model kind's config shares, and the interface a kind implements.
 
-Both roles go through ``LoadedModel.predict`` so production and candidate
-outputs have the same form: a float64 array of shape (n, k) holding class
-probabilities (classification; logits are softmaxed here) or output values
-(regression). ``check_rows`` says, per example, whether an output can be
-compared at all (finite, right width).
+A kind module subclasses ``ModelBase`` with ``kind: Literal[...]``, its own
+fields, and ``load()``. Heavy imports (torch, numpy) happen inside ``load``,
+so the config tree loads with pydantic alone.
 """
 
 from __future__ import annotations
@@ -13,14 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-import numpy as np
 from pydantic import Field
 
 from shadowd.configbase import Strict
 
-__all__ = ["LoadedModel", "ModelBase", "Predict", "check_rows", "load_model"]
+__all__ = ["ModelBase", "Predict"]
 
-Predict = Callable[[np.ndarray], Any]
+# One batch (a numpy array of n examples) in, n outputs out (anything numpy can read).
+Predict = Callable[[Any], Any]
 
 
 class ModelBase(Strict):
@@ -47,52 +45,3 @@ class ModelBase(Strict):
     def with_base_dir(self, base_dir: Path) -> Self:
         """This config with its relative paths resolved against the config file's folder."""
         return self
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
-
-
-class LoadedModel:
-    """One model, callable on a batch of examples of ``cfg.input_shape``."""
-
-    def __init__(self, cfg: ModelBase, predict: Predict):
-        self.cfg = cfg
-        self.name = cfg.name
-        self.input_shape = tuple(cfg.input_shape)
-        self._predict = predict
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model; returns (n, k) float64. Raises whatever the model raises."""
-        raw = self._predict(batch)
-        if hasattr(raw, "detach"):  # a torch tensor from a python target
-            raw = raw.detach().cpu().numpy()
-        out = np.asarray(raw, dtype=np.float64)
-        if out.ndim == 1:
-            out = out.reshape(len(batch), -1) if out.size == len(batch) else out.reshape(1, -1)
-        if out.ndim == 2 and self.cfg.output == "logits":
-            out = _softmax(out)
-        return out
-
-
-def load_model(cfg: ModelBase, torch_threads: int = 1) -> LoadedModel:
-    """Load a model as its config says; ModelError names the model and the cause."""
-    return LoadedModel(cfg, cfg.load(torch_threads))
-
-
-def check_rows(out: np.ndarray, n: int, width: int | None) -> tuple[list[str], str | None]:
-    """Per-example outcome ('ok', 'nan', 'bad_shape') of a batch output, and a reason.
-
-    ``width`` is the expected number of values per example (production's), or
-    None to accept any width.
-    """
-    if out.ndim != 2 or out.shape[0] != n or (width is not None and out.shape[1] != width):
-        want = f"({n}, {width if width is not None else 'k'})"
-        return ["bad_shape"] * n, f"output shape {tuple(out.shape)}, expected {want}"
-    finite = np.isfinite(out).all(axis=1)
-    if finite.all():
-        return ["ok"] * n, None
-    return ["ok" if f else "nan" for f in finite], "output has NaN or inf"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-import numpy as np
 from pydantic import Field
 
 from shadowd.configbase import resolve_path
@@ -23,6 +22,7 @@ class TorchScriptModel(ModelBase):
         return self.model_copy(update={"path": resolve_path(self.path, base_dir)})
 
     def load(self, torch_threads: int) -> Predict:
+        import numpy as np
         import torch
 
         torch.set_num_threads(torch_threads)

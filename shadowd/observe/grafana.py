@@ -26,11 +26,10 @@ from typing import Any
 from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException
 
-from shadowd.errors import ShadowdError
+from shadowd.errors import GrafanaError
 from shadowd.observe.dashboards import GATE_ANNOTATION_TAGS, build_dashboards
 
 __all__ = [
-    "GrafanaError",
     "PushResult",
     "PushedDashboard",
     "VerdictAnnotator",
@@ -43,12 +42,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FOLDER_TITLE = "shadowd"
 DEFAULT_FOLDER_UID = "shadowd"
-
-
-class GrafanaError(ShadowdError):
-    """Grafana refused a call or could not be reached; the message says which call and why."""
-
-    retriable = True
 
 
 @dataclass(frozen=True)

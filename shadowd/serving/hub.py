@@ -1,10 +1,12 @@
 """ShadowHub: the single stateful deployment beside the request path.
 
-It owns the comparator (statistics, gate), the flywheel (annotation sink,
-pair store, labels) and the daemon's /metrics endpoint, and persists the
-comparator state under ``data_dir`` so a restart keeps the evidence. Pairs
-arrive in batches from shadow workers; labels from ``POST /feedback`` and,
-through the flywheel's consumer thread, from the labels topic.
+It holds the comparator (statistics, gate), the flywheel (annotation sink,
+pair store, labels) and the drift monitor, all built by the app's wiring
+function (``shadowd.app.build_hub_parts``) and handed over as ``HubParts``;
+it persists the comparator state under ``data_dir`` so a restart keeps the
+evidence, and sets the gate gauges from each report. Pairs arrive in batches
+from shadow workers; labels from ``POST /feedback`` and, through the
+flywheel's labels thread, from the annotators.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
@@ -22,17 +26,29 @@ from shadowd.compare.slices import SliceMatcher
 from shadowd.config import ShadowdConfig
 from shadowd.expect import Violation, ViolationTally
 from shadowd.expect.drift import DriftMonitor
-from shadowd.expect.profile import load_profile
-from shadowd.flywheel.hub import Flywheel
-from shadowd.observe.metrics import ShadowdMetrics, in_multiprocess_mode, serve_metrics
+from shadowd.flywheel.flywheel import Flywheel
+from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import OVERALL, AnnotationItem, Label, Pair
-from shadowd.serving.runtime import process_metrics
 
-__all__ = ["ShadowHub", "publish_gate"]
+if TYPE_CHECKING:
+    from shadowd.observe.grafana import VerdictAnnotator  # grafana-client loads only when configured
+
+__all__ = ["HubParts", "ShadowHub", "publish_gate"]
 
 log = logging.getLogger(__name__)
 
 _PERSIST_EVERY_S = 5.0
+
+
+@dataclass
+class HubParts:
+    """What the hub holds, built in its process by ``shadowd.app.build_hub_parts``."""
+
+    metrics: ShadowdMetrics
+    comparator: Comparator
+    flywheel: Flywheel
+    drift: DriftMonitor | None = None
+    verdict_annotator: VerdictAnnotator | None = None
 
 
 def publish_gate(metrics: ShadowdMetrics, report: ShadowReport) -> None:
@@ -48,36 +64,25 @@ def publish_gate(metrics: ShadowdMetrics, report: ShadowReport) -> None:
 
 @serve.deployment
 class ShadowHub:
-    def __init__(self, config: ShadowdConfig):
+    def __init__(self, config: ShadowdConfig, build_parts: Callable[[ShadowdConfig], HubParts]):
+        # The parts are built here, in the hub's own process, by the app's wiring function:
+        # they hold threads, files and sockets that cannot travel from the driver.
+        parts = build_parts(config)
         self._cfg = config
-        self._metrics = process_metrics()
+        self._metrics = parts.metrics
+        self._comparator = parts.comparator
+        self._flywheel = parts.flywheel
+        self._drift = parts.drift
+        self._annotator = parts.verdict_annotator  # Grafana annotations when the gate verdict changes
         self._lock = threading.Lock()  # the labels thread and the event loop both feed the comparator
         self._state_path = state_path(config.data_dir)
-        self._comparator = Comparator(config, self._metrics)
         if self._state_path.exists():
             self._comparator.load(self._state_path)
         self._dirty = False
         self._slices = SliceMatcher(config.slices)
         self._violations = ViolationTally()
-        drift = config.expectations.drift
-        self._drift = DriftMonitor(drift, load_profile(drift.profile), metrics=self._metrics) if drift else None
-        self._flywheel = Flywheel(config, self._metrics)
+        self._persist_task: asyncio.Task[None] | None = None
         self._flywheel.start(on_joined=self._on_joined)
-        self._persist_task: asyncio.Task | None = None
-        self._annotator = None  # Grafana annotations when the gate verdict changes
-        if config.grafana is not None and config.grafana.annotate_verdicts:
-            from shadowd.observe.grafana import GrafanaError, VerdictAnnotator
-
-            try:
-                grafana = config.grafana
-                self._annotator = VerdictAnnotator.from_settings(grafana.url, grafana.token_env, grafana.timeout_s)
-            except GrafanaError as err:
-                log.error("Grafana verdict annotations off: %s", err)
-        if config.metrics.port and in_multiprocess_mode():
-            try:
-                serve_metrics(config.metrics.port, config.metrics.host, config.data_dir / "metrics")
-            except OSError as err:  # a restarted hub can race its predecessor's socket
-                log.error("cannot serve /metrics on port %s: %s", config.metrics.port, err)
 
     def _on_joined(self, pair: Pair, label: Label, losses: dict[str, float]) -> None:
         with self._lock:

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from shadowd.config import ShadowdConfig
 from shadowd.errors import BadRequest
 from shadowd.expect import ExpectationSet, Violation, record_violations, violation_item
-from shadowd.models import check_rows, load_model
+from shadowd.models.runtime import check_rows, load_model
 from shadowd.records import Mirrored, MirroredBatch, ModelOutput
 from shadowd.sampling import is_sampled
 from shadowd.serving.protocol import PredictRequest, parse_feedback, parse_predict, read_json, request_id_from

@@ -25,7 +25,7 @@ from ray import serve
 
 from shadowd.config import ShadowdConfig
 from shadowd.expect import ExpectationSet, Violation, record_violations
-from shadowd.models import LoadedModel, check_rows, load_model
+from shadowd.models.runtime import LoadedModel, check_rows, load_model
 from shadowd.records import MirroredBatch, ModelOutput, Pair
 from shadowd.sampling import is_sampled
 from shadowd.serving.runtime import process_metrics

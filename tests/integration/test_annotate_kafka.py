@@ -20,9 +20,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from shadowd.app import build_flywheel
 from shadowd.config import parse_config
-from shadowd.flywheel.annotate import Annotator, kafka_backlog
-from shadowd.flywheel.hub import Flywheel
+from shadowd.flywheel.annotate import Annotator
+from shadowd.flywheel.transports.kafka import kafka_backlog
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, ModelOutput, Pair
 from tests.fixtures.kafka import unique_topic
@@ -38,7 +39,8 @@ def config_dict(tmp_path, bootstrap, topics):
         "data_dir": str(tmp_path / "data"),
         "models": {"production": {"name": "p", "kind": "python", "target": "m:f", "input_shape": [2]}},
         "annotations": {
-            "kafka": {
+            "sink": {
+                "type": "kafka",
                 "bootstrap_servers": [bootstrap],
                 "annotations_topic": topics[0],
                 "labels_topic": topics[1],
@@ -94,7 +96,9 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
             all_joined.set()
 
     metrics = ShadowdMetrics(CollectorRegistry())
-    fw = Flywheel(cfg, metrics, backlog_every_s=0.5).start(on_joined=on_joined)
+    fw = build_flywheel(cfg, metrics)
+    fw.transport.backlog_every_s = 0.5  # probe often: the test waits for the backlog to change
+    fw.start(on_joined=on_joined)
     try:
         t0 = time.time()
         for i in range(N_ITEMS):
@@ -138,7 +142,7 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
 
         # nothing was committed: the whole queue is the rotation's backlog
         before = time.time()  # the scan reads its clock once, at its start
-        backlog = kafka_backlog(cfg.annotations.kafka, cfg.annotations.rotation.name, time.time)
+        backlog = kafka_backlog(cfg.annotations.sink, cfg.annotations.rotation.name, time.time)
         assert backlog.items == N_ITEMS
         assert backlog.oldest_age_s >= before - t0  # every item was created at t0
 
@@ -155,7 +159,7 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
             ann.close()
         assert shown in seen  # the item the killed annotator held came back
         assert sorted(seen) == sorted(f"req-{i}" for i in range(N_ITEMS))  # each exactly once
-        assert kafka_backlog(cfg.annotations.kafka, cfg.annotations.rotation.name, time.time).items == 0
+        assert kafka_backlog(cfg.annotations.sink, cfg.annotations.rotation.name, time.time).items == 0
 
         # labels went to the labels topic and were joined to the stored pairs
         assert all_joined.wait(30), sorted(joined)

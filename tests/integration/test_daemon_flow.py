@@ -59,7 +59,7 @@ def test_divergent_items_reach_kafka_keyed_by_request_id(shadowd_app, kafka_brok
             "task": "classification",
             "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
             "annotations": {
-                "kafka": {"bootstrap_servers": [kafka_broker.bootstrap], "annotations_topic": topic},
+                "sink": {"type": "kafka", "bootstrap_servers": [kafka_broker.bootstrap], "annotations_topic": topic},
                 "policy": NO_BUDGET,
             },
         }

@@ -39,12 +39,13 @@ RELEASE = "shadow"
 NAMESPACE = "ml"
 
 KAFKA_CONFIG = {
+    "type": "kafka",
     "bootstrap_servers": ["kafka-0.kafka:9093"],
     "security_protocol": "SASL_SSL",
     "sasl_mechanism": "SCRAM-SHA-512",
 }
 SECRETS = {
-    "config": {"annotations": {"kafka": KAFKA_CONFIG}},
+    "config": {"annotations": {"sink": KAFKA_CONFIG}},
     "kafka": {
         "sasl": {"existingSecret": "kafka-user", "usernameKey": "user", "passwordKey": "pass"},
         "tls": {"existingSecret": "kafka-ca", "caKey": "ca.pem"},
@@ -469,7 +470,7 @@ def test_large_numbers_survive_helm(chart):
 def test_secrets_arrive_by_reference_under_the_names_the_config_uses(chart, mode):
     docs = render(chart, {"mode": mode, **SECRETS})
     assert by_kind(docs, "Secret") == []  # existing Secrets only: the chart never holds a credential
-    kafka = parse_config(yaml.safe_load(_config_text(docs)), "configmap").annotations.kafka
+    kafka = parse_config(yaml.safe_load(_config_text(docs)), "configmap").annotations.sink
     for where, _, spec in pod_specs(docs):
         c = spec["containers"][0]
         env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c["env"]}
@@ -483,7 +484,7 @@ def test_secrets_arrive_by_reference_under_the_names_the_config_uses(chart, mode
 
 
 def test_kafka_secret_without_kafka_config_fails_clearly(chart):
-    with pytest.raises(helm.HelmRenderError, match=r"config\.annotations\.kafka"):
+    with pytest.raises(helm.HelmRenderError, match=r"config\.annotations\.sink is not type kafka"):
         render(chart, {"kafka": {"sasl": {"existingSecret": "kafka-user"}}})
 
 

@@ -73,7 +73,10 @@ def test_default_values_pass(chart):
         ({"config": {"shadow": {"sample_rate": 0.5}}}, ["/config/shadow", "sample_rate", "not allowed"]),
         ({"config": {"models": {"production": {"kind": "onnx"}}}}, ["/config/models/production/kind"]),
         ({"config": {"models": {"production": {"input_shape": [0]}}}}, ["/config/models/production/input_shape/0"]),
-        ({"config": {"annotations": {"kafka": {"bootstrap_servers": []}}}}, ["/config/annotations/kafka"]),
+        (
+            {"config": {"annotations": {"sink": {"type": "kafka", "bootstrap_servers": []}}}},
+            ["/config/annotations/sink"],
+        ),
     ],
     ids=lambda v: "" if isinstance(v, list) else next(iter(v)),
 )
@@ -111,7 +114,9 @@ def test_good_config_passes_both(chart):
         "task": "classification",
         "slices": [{"name": "night", "where": {"field": "hour", "op": "ge", "value": 20}}],
         "serving": {"ingress_replicas": 3, "worker_replicas": 2},
-        "annotations": {"kafka": {"bootstrap_servers": ["kafka:9092"], "security_protocol": "SASL_SSL"}},
+        "annotations": {
+            "sink": {"type": "kafka", "bootstrap_servers": ["kafka:9092"], "security_protocol": "SASL_SSL"}
+        },
     }
     values = chart.merge_values({"config": patch})
     parse_config(values["config"], "values.yaml config")

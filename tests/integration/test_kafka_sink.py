@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from shadowd.config import parse_config
 from shadowd.flywheel.sink import build_sink
+from shadowd.flywheel.transports import build_transport
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem
 from tests.fixtures.kafka import Broker, consumer_config, unique_topic
@@ -32,7 +33,8 @@ def make_config(tmp_path, bootstrap: str, topic: str, delivery_timeout_ms: int =
             "data_dir": str(tmp_path),
             "models": {"production": {"name": "p", "kind": "python", "target": "m:f", "input_shape": [2]}},
             "annotations": {
-                "kafka": {
+                "sink": {
+                    "type": "kafka",
                     "bootstrap_servers": [bootstrap],
                     "annotations_topic": topic,
                     "delivery_timeout_ms": delivery_timeout_ms,
@@ -41,6 +43,11 @@ def make_config(tmp_path, bootstrap: str, topic: str, delivery_timeout_ms: int =
             },
         }
     )
+
+
+def kafka_sink(cfg, metrics):
+    """The sink as the daemon builds it: the spool delivering to the config's Kafka producer."""
+    return build_sink(cfg, build_transport(cfg.annotations.sink, cfg.data_dir).producer(), metrics)
 
 
 def item(i: int) -> AnnotationItem:
@@ -107,7 +114,7 @@ class KeyCounter:
 def test_every_item_reaches_the_topic_keyed_by_request_id(kafka_broker, tmp_path):
     topic = unique_topic("ann")
     metrics = ShadowdMetrics(CollectorRegistry())
-    sink = build_sink(make_config(tmp_path, kafka_broker.bootstrap, topic), metrics)
+    sink = kafka_sink(make_config(tmp_path, kafka_broker.bootstrap, topic), metrics)
     items = [item(i) for i in range(300)]
     for it in items:
         sink.submit(it)
@@ -148,7 +155,7 @@ def test_paused_broker_mid_stream_loses_nothing_and_never_blocks_submit(tmp_path
     topic = unique_topic("outage")
     try:
         counter = KeyCounter(broker.bootstrap, topic)
-        sink = build_sink(make_config(tmp_path, broker.bootstrap, topic), None)
+        sink = kafka_sink(make_config(tmp_path, broker.bootstrap, topic), None)
         worst = [0.0]
         _stream(sink, 0, 100, 0.002, worst)  # before
         broker.pause()
@@ -184,7 +191,7 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(tmp_path):
     topic = unique_topic("restart")
     try:
         counter = KeyCounter(broker.bootstrap, topic)
-        sink = build_sink(make_config(tmp_path, broker.bootstrap, topic), None)
+        sink = kafka_sink(make_config(tmp_path, broker.bootstrap, topic), None)
         worst = [0.0]
         _stream(sink, 0, 100, 0.002, worst)
         assert counter.wait_for({f"req-{i:05d}" for i in range(100)}, timeout_s=30)
@@ -209,7 +216,7 @@ def test_broker_down_at_start_close_is_bounded_and_next_run_delivers(tmp_path):
     broker = Broker(port=free_port())  # not started yet: nothing listens on the port
     topic = unique_topic("late")
     cfg = make_config(tmp_path, broker.bootstrap, topic)
-    sink = build_sink(cfg, None)
+    sink = kafka_sink(cfg, None)
     for i in range(20):
         sink.submit(item(i))
     time.sleep(0.5)
@@ -219,7 +226,7 @@ def test_broker_down_at_start_close_is_bounded_and_next_run_delivers(tmp_path):
     assert (stats.spooled, stats.delivered, stats.pending) == (20, 0, 20)
     broker.start()
     try:
-        sink = build_sink(cfg, None)  # the next run replays the spool
+        sink = kafka_sink(cfg, None)  # the next run replays the spool
         assert sink.flush(timeout_s=30), sink.stats()
         sink.close(timeout_s=5)
         counter = KeyCounter(broker.bootstrap, topic)

@@ -116,7 +116,9 @@ def scraped_daemon(ray_serve, kafka_broker, tmp_path_factory):
                 {"name": "high_x0", "where": {"field": "x0", "op": "gt", "value": 0.0}},
                 {"name": "new_users", "where": {"field": "new_user", "op": "eq", "value": True}},
             ],
-            "annotations": {"kafka": {"bootstrap_servers": [kafka_broker.bootstrap], "delivery_timeout_ms": 5000}},
+            "annotations": {
+                "sink": {"type": "kafka", "bootstrap_servers": [kafka_broker.bootstrap], "delivery_timeout_ms": 5000}
+            },
             "metrics": {"port": metrics_port, "host": "127.0.0.1"},
             # |x0| > 2 breaks an expectation on ~5% of requests.
             "expectations": {

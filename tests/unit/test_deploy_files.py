@@ -63,7 +63,8 @@ def test_kafka_example_in_comments_is_valid_too():
     data.update(yaml.safe_load(block))
     from shadowd.config import parse_config
 
-    kafka = parse_config(data, "shadowd.yaml (kafka block uncommented)").annotations.kafka
+    kafka = parse_config(data, "shadowd.yaml (kafka block uncommented)").annotations.sink
+    assert kafka.type == "kafka"
     assert kafka.sasl_username_env and kafka.sasl_password_env and kafka.ssl_cafile
 
 

@@ -11,8 +11,8 @@ from sklearn.datasets import load_diabetes, load_digits
 from sklearn.linear_model import LogisticRegression
 
 from shadowd.config import ExpectationsConfig
-from shadowd.errors import BadRequest
-from shadowd.expect import ExpectationFailed, ExpectationSet, ViolationTally, record_violations, violation_item
+from shadowd.errors import BadRequest, ExpectationFailed
+from shadowd.expect import ExpectationSet, ViolationTally, record_violations, violation_item
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem
 

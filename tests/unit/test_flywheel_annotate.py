@@ -8,16 +8,12 @@ import pytest
 from rich.console import Console
 
 from shadowd.config import parse_config
-from shadowd.flywheel.annotate import (
-    AnnotateError,
-    Annotator,
-    LabelsFile,
-    annotate_session,
-    parse_answer,
-    render_item,
-    spool_backlog,
-)
+from shadowd.errors import AnnotateError
+from shadowd.flywheel.annotate import Annotator
+from shadowd.flywheel.annotate_ui import annotate_session, parse_answer, render_item
+from shadowd.flywheel.labels import LabelsFile
 from shadowd.flywheel.spool import Spool
+from shadowd.flywheel.transports.spool import spool_backlog
 from shadowd.records import AnnotationItem, ModelOutput
 
 

@@ -7,8 +7,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
+from shadowd.app import build_flywheel
 from shadowd.config import parse_config
-from shadowd.flywheel.hub import Flywheel
 from shadowd.flywheel.spool import read_spool
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, Label, ModelOutput, Pair
@@ -68,7 +68,7 @@ def label(rid, value, clock, source="feedback", verdict="label"):
 def fw(tmp_path):
     clock = Clock()
     metrics = ShadowdMetrics(CollectorRegistry())
-    flywheel = Flywheel(config(tmp_path, high_loss_threshold=5.0), metrics, clock)
+    flywheel = build_flywheel(config(tmp_path, high_loss_threshold=5.0), metrics, clock)
     flywheel.clock = clock
     yield flywheel
     flywheel.close(timeout_s=2)
@@ -139,7 +139,7 @@ def test_high_loss_input_is_queued_even_when_the_models_agree(fw, tmp_path):
 
 def test_high_loss_quantile_after_enough_labels(tmp_path):
     clock = Clock()
-    fw = Flywheel(config(tmp_path, high_loss_quantile=0.9, high_loss_min_labels=20), None, clock)
+    fw = build_flywheel(config(tmp_path, high_loss_quantile=0.9, high_loss_min_labels=20), None, clock)
     try:
         for i in range(40):
             fw.record(pair(i, [0.9, 0.1], [0.9, 0.1], clock()), [])
@@ -175,7 +175,7 @@ def test_embedded_annotator_labels_come_back_through_the_labels_file(tmp_path):
     cfg = config(tmp_path)
     joined = []
     got = threading.Event()
-    fw = Flywheel(cfg, None).start(on_joined=lambda p, lab, losses: (joined.append((p.request_id, losses)), got.set()))
+    fw = build_flywheel(cfg).start(on_joined=lambda p, lab, losses: (joined.append((p.request_id, losses)), got.set()))
     try:
         p = pair(1, [0.9, 0.1], [0.2, 0.8], fw._clock(), brightness=0.1)
         fw.record(p, [divergent_item(p)])

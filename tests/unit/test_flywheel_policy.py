@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry
 from shadowd.config import AnnotationPolicyConfig, RedactionConfig, RotationConfig
 from shadowd.errors import ConfigError
 from shadowd.flywheel.policy import ItemPolicy, Redactor, TokenBucket
-from shadowd.flywheel.rotation import Rotation, consumer_group
+from shadowd.flywheel.rotation import Rotation
+from shadowd.flywheel.transports import consumer_group
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, ModelOutput
 

@@ -1,6 +1,6 @@
 """AnnotationSink without a broker.
 
-The Kafka transport is replaced here by ``ScriptedTransport``, a fake that
+The Kafka producer is replaced here by ``ScriptedTransport``, a fake that
 acks, fails or hangs on command: unit tests start no broker (the real broker
 runs in tests/integration/test_kafka_sink.py). What is under test is the
 sink's own logic: spool first, commit only what was acked, replay in order,
@@ -13,8 +13,11 @@ import time
 from prometheus_client import CollectorRegistry
 
 from shadowd.config import parse_config
-from shadowd.flywheel.sink import AnnotationSink, SendResult, build_sink
+from shadowd.errors import DeliveryError
+from shadowd.flywheel.sink import AnnotationSink, build_sink
 from shadowd.flywheel.spool import Spool, read_spool
+from shadowd.flywheel.transports import build_transport
+from shadowd.flywheel.transports.base import SendResult
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem
 
@@ -25,6 +28,8 @@ def item(i: int) -> AnnotationItem:
 
 class ScriptedTransport:
     """Fake broker: records what it received; ``fail_next`` errors, ``gate`` blocks sends."""
+
+    send_timeout_s = 30.0
 
     def __init__(self):
         self.received: list[str] = []
@@ -38,18 +43,18 @@ class ScriptedTransport:
     def send(self, records, timeout_s):
         self.gate.wait()
         if self.closed:  # a force-closed client fails what it had in flight
-            return SendResult(0, ConnectionError("closed"))
+            return SendResult(0, DeliveryError("ConnectionError: closed"))
         if self.fail_next:
             self.fail_next -= 1
-            return SendResult(0, TimeoutError("broker unreachable"))
+            return SendResult(0, DeliveryError("TimeoutError: broker unreachable"))
         for i, r in enumerate(records):
             if r.key == self.poison_key:
                 self.received += [x.key for x in records[:i]]
-                return SendResult(i, ValueError("MessageSizeTooLarge"), poison=True)
+                return SendResult(i, DeliveryError("MessageSizeTooLargeError", poison=True))
         if self.ack_only is not None:
             k, self.ack_only = self.ack_only, None
             self.received += [r.key for r in records[:k]]
-            return SendResult(k, TimeoutError("lost connection mid-batch"))
+            return SendResult(k, DeliveryError("TimeoutError: lost connection mid-batch"))
         self.received += [r.key for r in records]
         return SendResult(len(records))
 
@@ -154,10 +159,13 @@ def test_build_sink_without_kafka_is_spool_only(tmp_path):
             "models": {"production": {"name": "p", "kind": "python", "target": "m:f", "input_shape": [2]}},
         }
     )
-    sink = build_sink(cfg, None)
+    transport = build_transport(cfg.annotations.sink, cfg.data_dir)
+    assert transport.name == "spool" and transport.producer() is None  # the spool is the queue
+    sink = build_sink(cfg, transport.producer())
     sink.submit(item(1))
+    assert sink.flush(timeout_s=5)  # nothing to deliver to: spooled is done
     stats = sink.close(timeout_s=5)
-    assert stats.kafka is False and stats.spooled == 1
+    assert stats.spooled == 1 and stats.delivered == 0 and stats.pending == 1
     assert [r.key for r in read_spool(tmp_path / "spool")] == ["req-1"]
     sink.submit(item(2))  # after close: counted, not raised into the comparator
     assert sink.stats().failed == 1
@@ -165,12 +173,14 @@ def test_build_sink_without_kafka_is_spool_only(tmp_path):
 
 def test_fatal_errors_keep_items_and_back_off_to_the_longest_wait(tmp_path):
     class Unauthorized:
+        send_timeout_s = 30.0
+
         def __init__(self):
             self.calls = 0
 
         def send(self, records, timeout_s):
             self.calls += 1
-            return SendResult(0, PermissionError("TopicAuthorizationFailed"), fatal=True)
+            return SendResult(0, DeliveryError("TopicAuthorizationFailedError: denied", retriable=False))
 
         def close(self):
             pass
@@ -190,15 +200,22 @@ def test_fatal_errors_keep_items_and_back_off_to_the_longest_wait(tmp_path):
     assert gate.wait(5)
     stats = sink.close(timeout_s=1)
     assert waits[:3] == [7.0, 7.0, 7.0]
-    assert stats.pending == 1 and stats.failed == 0 and stats.last_error.startswith("fatal: PermissionError")
+    assert (
+        stats.pending == 1 and stats.failed == 0 and stats.last_error.startswith("fatal: TopicAuthorizationFailedError")
+    )
 
 
-def test_kafka_error_classes_map_to_poison_fatal_or_retry():
+def test_kafka_error_classes_map_to_poison_not_retriable_or_retry():
     from kafka import errors as ke
 
-    from shadowd.flywheel.sink import _classify
+    from shadowd.flywheel.transports.kafka import delivery_error
 
-    assert _classify(ke.MessageSizeTooLargeError()) == {"poison": True, "fatal": False}
-    assert _classify(ke.TopicAuthorizationFailedError()) == {"poison": False, "fatal": True}
-    assert _classify(ke.KafkaTimeoutError()) == {"poison": False, "fatal": False}
-    assert _classify(ke.UnknownProducerIdError()) == {"poison": False, "fatal": False}  # a fresh producer cures it
+    def flags(err, of_a_record=True):
+        e = delivery_error(err, of_a_record)
+        return {"poison": e.poison, "retriable": e.retriable}
+
+    assert flags(ke.MessageSizeTooLargeError()) == {"poison": True, "retriable": True}
+    assert flags(ke.MessageSizeTooLargeError(), of_a_record=False) == {"poison": False, "retriable": True}
+    assert flags(ke.TopicAuthorizationFailedError()) == {"poison": False, "retriable": False}
+    assert flags(ke.KafkaTimeoutError()) == {"poison": False, "retriable": True}
+    assert flags(ke.UnknownProducerIdError()) == {"poison": False, "retriable": True}  # a fresh producer cures it

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from shadowd.flywheel.spool import Spool, SpoolError, read_spool
+from shadowd.errors import SpoolError
+from shadowd.flywheel.spool import Spool, read_spool
 
 
 def _recs(start, n):

@@ -12,11 +12,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from shadowd.app import build_flywheel
 from shadowd.cli import app
 from shadowd.compare.comparator import Comparator
 from shadowd.config import SuiteThresholds, parse_config
-from shadowd.flywheel.hub import Flywheel
-from shadowd.flywheel.suites import SuiteError, SuiteExample, SuiteStore, load_suite, replay_suite
+from shadowd.errors import SuiteError
+from shadowd.flywheel.suites import SuiteExample, SuiteStore, load_suite, replay_suite
 from shadowd.records import Label, ModelOutput, Pair
 
 
@@ -75,7 +76,7 @@ def build_suites(tmp_path, n=200):
     x = rng.uniform(0, 1, size=(n, 2))
     prod, cand = GoodModel().predict(x), RegressedModel().predict(x)
     comparator = Comparator(cfg, None, clock=lambda: 1e9)
-    fw = Flywheel(cfg, None, clock=lambda: 1e9)
+    fw = build_flywheel(cfg, None, clock=lambda: 1e9)
     try:
         for i in range(n):
             pair = Pair(

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from shadowd.errors import BadRequest, ModelError
-from shadowd.models import PythonModel, TorchScriptModel, check_rows, load_model
+from shadowd.models import PythonModel, TorchScriptModel
+from shadowd.models.runtime import check_rows, load_model
 from shadowd.sampling import hash_unit, is_sampled
 from shadowd.serving.protocol import parse_feedback, parse_predict, read_json, request_id_from
 from shadowd.serving.shadow_buffer import ShadowBuffer

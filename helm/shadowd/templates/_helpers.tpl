@@ -81,9 +81,10 @@ with this chart's mounts, ports and Secrets. Works on a deep copy so that
 {{- $_ = set $cfg "metrics" $metrics }}
 {{- if or .Values.kafka.sasl.existingSecret .Values.kafka.tls.existingSecret }}
 {{- $annotations := (get $cfg "annotations") | default dict }}
-{{- $kafka := get $annotations "kafka" }}
+{{- $sink := (get $annotations "sink") | default dict }}
+{{- $kafka := and (eq (get $sink "type" | default "") "kafka") $sink }}
 {{- if and (not $kafka) (not .Values.existingConfigSecret) }}
-{{- fail "kafka.sasl.existingSecret / kafka.tls.existingSecret are set, but config.annotations.kafka is not: set config.annotations.kafka.bootstrap_servers" }}
+{{- fail "kafka.sasl.existingSecret / kafka.tls.existingSecret are set, but config.annotations.sink is not type kafka: set config.annotations.sink to {type: kafka, bootstrap_servers: [...]}" }}
 {{- end }}
 {{- if and $kafka .Values.kafka.sasl.existingSecret }}
 {{- $_ = set $kafka "sasl_username_env" (include "shadowd.kafkaSaslUserEnv" .) }}

@@ -21,7 +21,6 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from shadowd.compare import stats
 from shadowd.compare.tally import Moments, SliceTally
 from shadowd.configbase import Strict
 
@@ -101,15 +100,25 @@ class CheckBase(Strict):
 # --- building blocks the kinds share ---
 
 
+# The statistics (numpy, scipy) are imported when a check is first evaluated, not
+# when the config tree loads: `shadowd validate-config` needs pydantic alone.
+
+
 def rate_bounds(s: int, n: int, alpha: float, scale: float) -> tuple[float, float]:
+    from shadowd.compare import stats
+
     return stats.proportion_cs(s * scale, n * scale, alpha)
 
 
 def rate_lo(s: int, n: int, alpha: float, scale: float) -> float:
+    from shadowd.compare import stats
+
     return stats.proportion_bound(s * scale, n * scale, alpha, upper=False)
 
 
 def rate_hi(s: int, n: int, alpha: float, scale: float) -> float:
+    from shadowd.compare import stats
+
     return stats.proportion_bound(s * scale, n * scale, alpha, upper=True)
 
 
@@ -120,6 +129,8 @@ def mean_sd(m: Moments) -> float:
 
 
 def mean_bounds(mean: float, sd: float, n: int, alpha: float, scale: float, rho: float) -> tuple[float, float]:
+    from shadowd.compare import stats
+
     hw = stats.mean_cs_halfwidth(n * scale, sd, alpha, rho)
     return mean - hw, mean + hw
 

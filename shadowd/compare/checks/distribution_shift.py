@@ -7,7 +7,6 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from shadowd.compare import stats
 from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, Task
 from shadowd.compare.tally import SliceTally
 
@@ -23,6 +22,8 @@ class DistributionShiftCheck(CheckBase):
 
     def evidence(self, tally: SliceTally, ctx: CheckContext) -> Evidence:
         """Per class k, the paired difference 1[candidate says k] - 1[production says k]; its mean is the change."""
+        from shadowd.compare import stats
+
         classes_seen = tally.candidate.classes
         n = sum(classes_seen.values())
         k_max = 1 + max((max(p, c) for p, c in classes_seen), default=0)

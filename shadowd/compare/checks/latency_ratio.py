@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from shadowd.compare import stats
 from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence
 from shadowd.compare.tally import SliceTally
 
@@ -26,6 +25,8 @@ class LatencyRatioCheck(CheckBase):
     max_ratio: float = Field(2.0, gt=0, description="Largest allowed candidate / production ratio of that quantile.")
 
     def evidence(self, tally: SliceTally, ctx: CheckContext) -> Evidence:
+        from shadowd.compare import stats
+
         cand, prod = tally.latency_s.get("candidate"), tally.latency_s.get("production")
         q = self.quantile
         if cand is None or prod is None or cand.n == 0 or prod.n == 0:

@@ -7,7 +7,6 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from shadowd.compare import stats
 from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, Task, mean_bounds
 from shadowd.compare.tally import SliceTally
 
@@ -29,6 +28,8 @@ class PairedAccuracyCheck(CheckBase):
 
     def evidence(self, tally: SliceTally, ctx: CheckContext) -> Evidence:
         """Mean of 1[production right] - 1[candidate right] over labelled pairs: the accuracy drop."""
+        from shadowd.compare import stats
+
         lab = tally.labels
         n = lab.both_correct + lab.prod_only_correct + lab.cand_only_correct + lab.neither_correct
         b, c = lab.prod_only_correct, lab.cand_only_correct

@@ -6,7 +6,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from shadowd.compare import stats
 from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, mean_bounds, mean_sd
 from shadowd.compare.tally import SliceTally
 
@@ -22,6 +21,8 @@ class PairedLossCheck(CheckBase):
     )
 
     def evidence(self, tally: SliceTally, ctx: CheckContext) -> Evidence:
+        from shadowd.compare import stats
+
         lab = tally.labels
         m = lab.loss_diff
         sd = mean_sd(m)

@@ -1,13 +1,13 @@
-"""The flywheel: the one object the comparator deployment ("hub") holds for it.
+"""The flywheel: the annotation side of shadowd, one object the hub holds.
 
 Data flow::
 
     Comparator.add(pair) -> items --> Flywheel.record(pair, items)
         -> PairStore.put(pair, tags=reasons)          (label joins, bounded, persistent)
         -> ItemPolicy.admit (dedup, quotas, rate, on-call assignee, redaction)
-        -> AnnotationSink.submit                      (spool [-> Kafka])
+        -> AnnotationSink.submit                      (spool [-> the transport's producer, e.g. Kafka])
     POST /feedback ------------> Flywheel.feedback(label) -> JoinResult
-    labels topic (annotators) -> labels thread -----^     (same join; on_joined callback)
+    transport's label source --> labels thread -----^     (annotators' labels; same join; on_joined callback)
         join: pair + label -> per-role loss (example_loss)
            -> on_joined(pair, label, losses)          (the comparator's loss-based checks)
            -> high loss? queue the input (reason high_loss) even if the models agree
@@ -38,18 +38,17 @@ from shadowd.config import ShadowdConfig
 from shadowd.flywheel.pairs import PairStore
 from shadowd.flywheel.policy import ItemPolicy
 from shadowd.flywheel.rotation import Rotation
-from shadowd.flywheel.sink import AnnotationSink, build_sink, kafka_client_config
-from shadowd.flywheel.spool import SpoolError
+from shadowd.flywheel.sink import AnnotationSink
 from shadowd.flywheel.suites import SuiteExample, SuiteStore
+from shadowd.flywheel.transports.base import LabelSource, Transport
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, Label, Pair
 
-__all__ = ["LABELS_GROUP", "Flywheel", "JoinResult", "OnJoined", "suites_dir"]
+__all__ = ["Flywheel", "JoinResult", "OnJoined", "suites_dir"]
 
 log = logging.getLogger(__name__)
 
-LABELS_GROUP = "shadowd.labels-join"
-_BACKLOG_EVERY_S = 15.0
+_RETRY_S = 1.0
 
 OnJoined = Callable[[Pair, Label, dict[str, float]], None]
 JoinStatus = Literal["joined", "skipped", "duplicate", "unknown", "expired", "rejected"]
@@ -92,43 +91,40 @@ class Flywheel:
     def __init__(
         self,
         config: ShadowdConfig,
+        transport: Transport,
+        sink: AnnotationSink,
         metrics: ShadowdMetrics | None = None,
         clock: Callable[[], float] = time.time,
-        sink: AnnotationSink | None = None,
-        backlog_every_s: float = _BACKLOG_EVERY_S,
     ):
         self.config = config
+        self.transport = transport
+        self.sink = sink
         self._metrics = metrics
         self._clock = clock
         ann, lab = config.annotations, config.labels
         self.rotation = Rotation(ann.rotation, clock) if ann.rotation is not None else None
+        self._rotation_name = self.rotation.name if self.rotation is not None else "default"
         self.policy = ItemPolicy(ann.policy, ann.redaction, clock, self.rotation, metrics)
         self.pairs = PairStore(Path(config.data_dir) / "pairs", lab.pair_retention_s, lab.max_pairs, clock)
         self.suites = SuiteStore(suites_dir(config), config.task, clock)
-        self.sink = sink if sink is not None else build_sink(config, metrics)
         self._slices = SliceMatcher(config.slices)
         self._lock = threading.Lock()
         self._recent_losses: deque[float] = deque(maxlen=lab.high_loss_window)
         self._on_joined: OnJoined | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._counts = {s: 0 for s in _HTTP}
+        self._counts = dict.fromkeys(_HTTP, 0)
         self._high_loss_queued = 0
         self.backlog: dict[str, float] | None = None
-        self._backlog_every_s = backlog_every_s
 
     # --- lifecycle ---
 
     def start(self, on_joined: OnJoined | None = None) -> Flywheel:
-        """Start the labels-topic consumer (and the backlog monitor) when Kafka is configured."""
+        """Start the threads reading annotators' labels and probing the backlog."""
         self._on_joined = on_joined
         if self._threads:
             return self
-        if self.config.annotations.kafka is not None:
-            targets = [(self._consume_labels, "shadowd-labels"), (self._watch_backlog, "shadowd-backlog")]
-        else:
-            targets = [(self._tail_labels_file, "shadowd-labels")]
-        for target, name in targets:
+        for target, name in ((self._labels_loop, "shadowd-labels"), (self._backlog_loop, "shadowd-backlog")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -266,47 +262,36 @@ class Flywheel:
                 self._metrics.suite_examples.labels(suite=name).set(count)
         return written
 
-    # --- background threads (Kafka) ---
+    # --- background threads ---
 
-    def _consume_labels(self) -> None:
-        from kafka import KafkaConsumer
-
-        kafka = self.config.annotations.kafka
-        assert kafka is not None
-        consumer = None
+    def _labels_loop(self) -> None:
+        """Annotators' labels from the transport, joined, then committed: a crash re-joins (duplicates are
+        recognised); a failing source is rebuilt after a pause."""
+        source: LabelSource | None = None
         while not self._stop.is_set():
             try:
-                if consumer is None:
-                    consumer = KafkaConsumer(
-                        kafka.labels_topic,
-                        **kafka_client_config(kafka),
-                        group_id=LABELS_GROUP,
-                        enable_auto_commit=False,
-                        auto_offset_reset="earliest",
-                        session_timeout_ms=10_000,
-                        heartbeat_interval_ms=1000,
-                    )
-                batches = consumer.poll(timeout_ms=500)
-                for records in batches.values():
-                    for rec in records:
-                        self._on_topic_label(rec.value)
-                if batches:
-                    consumer.commit()  # after the joins: a crash re-joins, duplicates are recognised
-            except Exception as err:
-                log.warning("labels consumer: %s: %s", type(err).__name__, err)
-                if consumer is not None:
+                if source is None:
+                    source = self.transport.label_source()
+                raws = source.poll(0.5)
+                for raw in raws:
+                    self._on_topic_label(raw)
+                if raws:
+                    source.commit()
+            except Exception as err:  # broker trouble: retry, labels wait in the channel
+                log.warning("labels source: %s: %s", type(err).__name__, err)
+                if source is not None:
                     with contextlib.suppress(Exception):
-                        consumer.close()
-                    consumer = None
-                self._stop.wait(1.0)
-        if consumer is not None:
-            consumer.close()
+                        source.close()
+                    source = None
+                self._stop.wait(_RETRY_S)
+        if source is not None:
+            source.close()
 
     def _on_topic_label(self, raw: bytes) -> None:
         try:
             label = Label.model_validate_json(raw)
         except ValueError as err:
-            log.error("labels topic: not a Label, skipped: %s", str(err).splitlines()[0])
+            log.error("labels channel: not a Label, skipped: %s", str(err).splitlines()[0])
             if self._metrics is not None:
                 self._metrics.labels.labels(source="annotator", outcome="rejected").inc()
             return
@@ -319,55 +304,20 @@ class Flywheel:
             if self._metrics is not None:
                 self._metrics.labels.labels(source=label.source, outcome="rejected").inc()
 
-    def _tail_labels_file(self) -> None:
-        """Embedded mode: annotators' labels arrive in the local labels file instead of a topic."""
-        from shadowd.flywheel.annotate import labels_path, spool_backlog
-
-        path = labels_path(self.config)
-        offset_path = path.with_name("joined.offset")
-        try:
-            offset = int(offset_path.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            offset = 0
-        name = self.rotation.name if self.rotation is not None else "default"
-        handled_path = Path(self.config.data_dir) / "annotate" / f"{name}.offset"
-        while not self._stop.wait(1.0):
-            if path.exists() and path.stat().st_size > offset:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    for line in f:
-                        if not line.endswith(b"\n"):
-                            break  # half-written: read it next time
-                        self._on_topic_label(line)
-                        offset += len(line)
-                offset_path.write_text(str(offset))  # a crash re-reads a little; duplicates are recognised
+    def _backlog_loop(self) -> None:
+        """Probe the backlog (first within a second, then at the transport's pace); where the spool is the
+        queue, compact it up to what the rotation has handled ("delivered" means handled)."""
+        name = self._rotation_name
+        while not self._stop.wait(self.transport.backlog_every_s if self.backlog is not None else _RETRY_S):
             try:
-                handled = int(handled_path.read_text().strip()) if handled_path.exists() else 0
+                handled = self.transport.handled_seq(name)
                 spool = self.sink.spool
-                # Embedded mode: "delivered" means handled by the rotation, so the
-                # spool compacts what the annotators are done with.
-                if spool.delivered_seq < min(handled, spool.last_seq):
+                if handled is not None and spool.delivered_seq < min(handled, spool.last_seq):
                     spool.commit(min(handled, spool.last_seq))
                     if self._metrics is not None:
                         self._metrics.spool_items.set(spool.pending_count)
-                backlog = spool_backlog(spool.directory, handled, self._clock)
-            except (OSError, ValueError, SpoolError):
-                continue
-            self.backlog = {"items": backlog.items, "oldest_age_s": backlog.oldest_age_s}
-            if self._metrics is not None:
-                self._metrics.annotation_backlog.labels(rotation=name).set(backlog.items)
-                self._metrics.annotation_oldest_age.labels(rotation=name).set(backlog.oldest_age_s)
-
-    def _watch_backlog(self) -> None:
-        from shadowd.flywheel.annotate import kafka_backlog
-
-        kafka = self.config.annotations.kafka
-        assert kafka is not None
-        name = self.rotation.name if self.rotation is not None else "default"
-        while not self._stop.wait(self._backlog_every_s if self.backlog is not None else 1.0):
-            try:
-                backlog = kafka_backlog(kafka, name, self._clock)
-            except Exception as err:
+                backlog = self.transport.backlog(name, self._clock)
+            except Exception as err:  # a broker or disk hiccup: the next probe tries again
                 log.debug("backlog: %s", err)
                 continue
             self.backlog = {"items": backlog.items, "oldest_age_s": backlog.oldest_age_s}
@@ -390,7 +340,7 @@ class Flywheel:
                 "delivered": s.delivered,
                 "failed": s.failed,
                 "pending": s.pending,
-                "kafka": s.kafka,
+                "transport": self.transport.name,
                 "last_error": s.last_error,
             },
             "policy": policy,

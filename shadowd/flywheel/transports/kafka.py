@@ -1,0 +1,391 @@
+"""Transport ``kafka``: the annotation queue and the labels channel are topics on a broker.
+
+Items are produced to the annotations topic (acks=all, idempotent, key =
+request id) by the sink's sender from the spool; the rotation's annotators
+share one consumer group on it (``shadowd.annotate.<rotation>``) and commit
+an item's offset only once its label is acked on the labels topic; the daemon
+consumes the labels topic in group ``shadowd.labels-join`` and commits after
+the joins. Every Kafka client shadowd builds is built here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from shadowd.configbase import Strict
+from shadowd.errors import AnnotateError, DeliveryError, SinkError
+from shadowd.flywheel.spool import SpoolRecord
+from shadowd.flywheel.transports.base import Backlog, Clock, LabelSource, QueueReader, SendResult, consumer_group
+from shadowd.records import AnnotationItem, Label
+
+__all__ = ["LABELS_GROUP", "KafkaProducerSide", "KafkaTransport", "KafkaTransportConfig", "kafka_backlog"]
+
+log = logging.getLogger(__name__)
+
+LABELS_GROUP = "shadowd.labels-join"
+
+
+class KafkaTransportConfig(Strict):
+    """Annotation items and annotators' labels on Kafka topics."""
+
+    type: Literal["kafka"] = Field(description="kafka: items and labels travel on Kafka topics.")
+    bootstrap_servers: list[str] = Field(min_length=1, description="host:port of the brokers.")
+    annotations_topic: str = Field("shadowd.annotations", description="Topic annotation items are produced to.")
+    labels_topic: str = Field("shadowd.labels", description="Topic annotators' labels are produced to.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to the brokers (kafka-python security_protocol)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism with SASL_PLAINTEXT / SASL_SSL; credentials come from the *_env variables."
+    )
+    sasl_username_env: str | None = Field(None, description="Environment variable holding the SASL user name.")
+    sasl_password_env: str | None = Field(None, description="Environment variable holding the SASL password.")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+    delivery_timeout_ms: int = Field(
+        30_000, gt=0, description="Give up on a send after this long; the item stays in the spool."
+    )
+
+    def build(self, data_dir: Path) -> KafkaTransport:
+        return KafkaTransport(self)
+
+
+def kafka_client_config(kafka: KafkaTransportConfig) -> dict[str, Any]:
+    """Connection settings shared by every producer and consumer (SASL secrets from env)."""
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": list(kafka.bootstrap_servers),
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.sasl_mechanism:
+        cfg["sasl_mechanism"] = kafka.sasl_mechanism
+        for env, key in (
+            (kafka.sasl_username_env, "sasl_plain_username"),
+            (kafka.sasl_password_env, "sasl_plain_password"),
+        ):
+            if env:
+                if env not in os.environ:
+                    raise SinkError(f"annotations.sink: environment variable {env} is not set")
+                cfg[key] = os.environ[env]
+    if kafka.ssl_cafile:
+        cfg["ssl_cafile"] = str(kafka.ssl_cafile)
+    return cfg
+
+
+def _producer_settings(kafka: KafkaTransportConfig) -> dict[str, Any]:
+    delivery_ms = kafka.delivery_timeout_ms
+    return {
+        **kafka_client_config(kafka),
+        "acks": "all",
+        "enable_idempotence": True,
+        # kafka-python needs delivery >= request timeout + linger.
+        "request_timeout_ms": max(1, min(30_000, delivery_ms - 5)),
+        "delivery_timeout_ms": delivery_ms,
+        "max_block_ms": min(delivery_ms, 10_000),
+    }
+
+
+def delivery_error(err: BaseException, of_a_record: bool = True) -> DeliveryError:
+    """A Kafka client failure as shadowd's delivery error, with what retrying can do about it.
+
+    A record the broker will never take (too large, corrupt) is poison: set
+    aside. A setup that is wrong (credentials, ACLs, protocol) is not
+    retriable: everything is kept and retried slowly, loudly. Anything else,
+    including kafka-python's non-retriable UnknownProducerIdError after a
+    broker restart, is cured by a fresh producer and retried normally.
+    ``of_a_record`` False: the failure came before any record was sent, so no
+    record is to blame.
+    """
+    from kafka import errors as ke
+
+    poison = (ke.MessageSizeTooLargeError, ke.RecordListTooLargeError, ke.CorruptRecordError, ke.InvalidRecordError)
+    setup = (
+        ke.AuthorizationError,
+        ke.SaslAuthenticationFailedError,
+        ke.UnsupportedVersionError,
+        ke.UnsupportedSaslMechanismError,
+        ke.IllegalSaslStateError,
+    )
+    message = f"{type(err).__name__}: {err}"
+    return DeliveryError(message, retriable=not isinstance(err, setup), poison=of_a_record and isinstance(err, poison))
+
+
+def _force_close(producer: Any) -> None:
+    try:
+        producer.close(timeout=0, null_logger=True)
+    except Exception:
+        # close(0) raises when records are still in flight and then skips its
+        # own force-close; do it so the client's I/O thread ends.
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+
+
+class KafkaProducerSide:
+    """Produces spooled records to one topic; key = record key (request id), value = the item JSON.
+
+    A producer that failed is thrown away and a fresh one built on the next
+    send: after a broker restart or a delivery timeout, kafka-python's
+    idempotent producer does not recover on its own (measured here against
+    tansu: UnknownProducerIdError, then every later send timing out).
+    """
+
+    def __init__(self, kafka: KafkaTransportConfig, client_factory: Callable[..., Any] | None = None):
+        self._kafka = kafka
+        self.topic = kafka.annotations_topic
+        self.send_timeout_s = kafka.delivery_timeout_ms / 1000
+        self._factory = client_factory
+        self._producer: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _make(self) -> Any:
+        from kafka import KafkaProducer
+
+        delivery_ms = self._kafka.delivery_timeout_ms
+        factory = self._factory or KafkaProducer
+        return factory(**_producer_settings(self._kafka), linger_ms=5, bootstrap_timeout_ms=min(delivery_ms, 10_000))
+
+    def send(self, records: Sequence[SpoolRecord], timeout_s: float) -> SendResult:
+        deadline = time.monotonic() + timeout_s
+        # The lock guards only the producer reference: building a producer and
+        # send() can block (bootstrap, metadata) and close() must not wait for that.
+        with self._lock:
+            if self._closed:
+                return SendResult(0, DeliveryError("transport closed"))
+            producer = self._producer
+        try:
+            if producer is None:
+                producer = self._make()
+                with self._lock:
+                    if self._closed:
+                        _force_close(producer)
+                        return SendResult(0, DeliveryError("transport closed"))
+                    self._producer = producer
+            futures = [
+                producer.send(self.topic, key=r.key.encode(), value=json.dumps(r.value, separators=(",", ":")).encode())
+                for r in records
+            ]
+        except Exception as err:  # any client failure before the sends: retry later
+            self._discard(producer)
+            return SendResult(0, delivery_error(err, of_a_record=False))
+        acked = 0
+        for fut in futures:
+            try:
+                fut.get(timeout=max(0.001, deadline - time.monotonic()))
+            except Exception as err:
+                self._discard(producer)
+                return SendResult(acked, delivery_error(err))
+            acked += 1
+        return SendResult(acked)
+
+    def _discard(self, producer: Any = None) -> None:
+        """Throw away ``producer`` (if it is still the current one), or the current one."""
+        with self._lock:
+            if producer is None:
+                producer = self._producer
+            if producer is self._producer:
+                self._producer = None
+        if producer is not None:
+            _force_close(producer)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._discard()
+
+
+class _KafkaQueue:
+    """The annotator's side: one record at a time from the rotation's consumer group."""
+
+    def __init__(self, kafka: KafkaTransportConfig, rotation_name: str):
+        from kafka import KafkaConsumer
+
+        self._consumer = KafkaConsumer(
+            kafka.annotations_topic,
+            **kafka_client_config(kafka),
+            group_id=consumer_group(rotation_name),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=1,  # hold one item at a time: the rest stay for other annotators
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
+
+    def next(self, timeout_s: float) -> tuple[AnnotationItem, Any] | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+            for tp, records in self._consumer.poll(timeout_ms=max(1, left_ms), max_records=1).items():
+                rec = records[0]
+                return AnnotationItem.model_validate_json(rec.value), (tp, rec.offset)
+            if time.monotonic() >= deadline:
+                return None
+
+    def commit(self, handle: Any) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        tp, offset = handle
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(offset + 1, "", -1)})
+        except Exception as err:
+            raise AnnotateError(
+                f"could not commit the queue offset ({type(err).__name__}: {err}); the label is saved, "
+                "the item may come back and will be passed over by request id"
+            ) from None
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class _KafkaLabelWriter:
+    """The annotator's label, produced to the labels topic and acked before the item counts as done."""
+
+    def __init__(self, kafka: KafkaTransportConfig):
+        self._kafka = kafka
+        self._producer: Any = None
+
+    def write(self, label: Label) -> None:
+        from kafka import KafkaProducer
+
+        kafka = self._kafka
+        try:
+            if self._producer is None:
+                self._producer = KafkaProducer(**_producer_settings(kafka))
+            self._producer.send(
+                kafka.labels_topic, key=label.request_id.encode(), value=label.model_dump_json().encode()
+            ).get(timeout=kafka.delivery_timeout_ms / 1000)
+        except Exception as err:
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    producer.close(timeout=0, null_logger=True)
+            raise AnnotateError(
+                f"label for {label.request_id} not written to topic {kafka.labels_topic}: "
+                f"{type(err).__name__}: {err}; the item stays current, try again"
+            ) from None
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+
+
+class _KafkaLabelSource:
+    """The daemon's side: the labels topic in group ``shadowd.labels-join``, committed after the joins."""
+
+    def __init__(self, kafka: KafkaTransportConfig):
+        from kafka import KafkaConsumer
+
+        self._consumer = KafkaConsumer(
+            kafka.labels_topic,
+            **kafka_client_config(kafka),
+            group_id=LABELS_GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1000,
+        )
+
+    def poll(self, timeout_s: float) -> list[bytes]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        return [rec.value for records in batches.values() for rec in records]
+
+    def commit(self) -> None:
+        self._consumer.commit()  # after the joins: a crash re-joins, duplicates are recognised
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def kafka_backlog(
+    kafka: KafkaTransportConfig,
+    rotation_name: str,
+    clock: Clock,
+    max_scan: int = 10_000,
+    max_scan_s: float = 3.0,
+) -> Backlog:
+    """Items on the annotations topic past the rotation's committed offsets, and the oldest one's age.
+
+    Reads from the committed offsets with a consumer that never joins the
+    group nor commits, up to the end offsets as they were when the scan
+    began (items arriving meanwhile are the next scan's, so steady traffic
+    cannot keep it reading), at most ``max_scan`` records or ``max_scan_s``;
+    beyond that the broker's end offsets give the count. (Counting, not end
+    offsets alone: tansu 0.6 reports end offsets short of the last record for
+    multi-record batches; a poll returns whole batches, so reading up to a
+    short end offset still counts them.)
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        **kafka_client_config(kafka),
+        group_id=consumer_group(rotation_name),
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+    )
+    try:
+        parts = consumer.partitions_for_topic(kafka.annotations_topic) or set()
+        tps = [TopicPartition(kafka.annotations_topic, p) for p in sorted(parts)]
+        if not tps:
+            return Backlog(0, 0.0)
+        begin = consumer.beginning_offsets(tps)
+        snapshot_end = consumer.end_offsets(tps)
+        start = {tp: max(consumer.committed(tp) or 0, begin[tp]) for tp in tps}
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start[tp])
+        scanned = 0
+        oldest = now = clock()
+        empty_polls = 0
+        deadline = time.monotonic() + max_scan_s
+        while scanned < max_scan and empty_polls < 2 and time.monotonic() < deadline:
+            batches = consumer.poll(timeout_ms=300, max_records=1000)
+            empty_polls = 0 if batches else empty_polls + 1
+            for records in batches.values():
+                for rec in records:
+                    created = json.loads(rec.value).get("created_ts")
+                    oldest = min(oldest, created if created is not None else rec.timestamp / 1000)
+                scanned += len(records)
+            if all(consumer.position(tp) >= snapshot_end[tp] for tp in tps):
+                break
+        items = scanned
+        if scanned >= max_scan or time.monotonic() >= deadline:
+            end = consumer.end_offsets(tps)
+            items = max(scanned, sum(max(0, end[tp] - start[tp]) for tp in tps))
+        return Backlog(items, max(0.0, now - oldest) if items else 0.0)
+    finally:
+        consumer.close(autocommit=False)
+
+
+class KafkaTransport:
+    name = "kafka"
+    backlog_every_s = 15.0  # a scan reads up to max_scan records: not every second
+
+    def __init__(self, cfg: KafkaTransportConfig):
+        self.cfg = cfg
+
+    def producer(self) -> KafkaProducerSide:
+        return KafkaProducerSide(self.cfg)
+
+    def queue_reader(self, rotation_name: str, clock: Clock) -> QueueReader:
+        return _KafkaQueue(self.cfg, rotation_name)
+
+    def label_writer(self) -> _KafkaLabelWriter:
+        return _KafkaLabelWriter(self.cfg)
+
+    def label_source(self) -> LabelSource:
+        return _KafkaLabelSource(self.cfg)
+
+    def backlog(self, rotation_name: str, clock: Clock) -> Backlog:
+        return kafka_backlog(self.cfg, rotation_name, clock)
+
+    def handled_seq(self, rotation_name: str) -> int | None:
+        return None  # delivery is the broker's ack, not the rotation's progress
