@@ -96,7 +96,7 @@ def evaluate_checks(
             p = stats.anytime_p_value(lambda a, ev=ev: ev.fails(a, 1.0)) if ready else 1.0
             entries.append((check, name, ev, p))
     raw = [p for *_, p in entries]
-    adjusted = stats.holm(raw) if gate.correction == "holm" else stats.bonferroni(raw)
+    adjusted = stats.adjust_p_values(raw, gate.correction)
     results = []
     for (check, name, ev, p), p_adj in zip(entries, adjusted, strict=True):
         needed: int | None

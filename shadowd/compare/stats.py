@@ -19,9 +19,10 @@ Always-valid (used for every gating decision, safe under continuous peeking):
   running the proportion sequence on the count below each bucket edge
   (Howard & Ramdas 2022).
 - ``anytime_p_value``: the smallest alpha at which a monotone always-valid
-  decision rejects, found by bisection; ``holm`` / ``bonferroni`` adjust a
-  fixed family of them (Holm on anytime-valid p-values keeps the family-wise
-  error rate under optional stopping).
+  decision rejects, found by bisection; ``adjust_p_values`` (Holm or
+  Bonferroni) adjusts a fixed family of them (Holm on anytime-valid p-values
+  keeps the family-wise error rate under optional stopping). It is the one
+  multiple-comparison helper: drift windows use it too (BH, BY or Holm).
 
 Fixed-sample (shown beside the gating numbers for people used to them; they are
 not valid under peeking, so they never decide): ``mcnemar_mid_p``,
@@ -40,11 +41,10 @@ __all__ = [
     "MIN_ALPHA",
     "PRIOR_A",
     "PRIOR_B",
+    "adjust_p_values",
     "anytime_p_value",
-    "bonferroni",
     "chi2_shift_p",
     "gaussian_mixture_rho",
-    "holm",
     "mcnemar_mid_p",
     "mean_cs_halfwidth",
     "proportion_bound",
@@ -182,21 +182,30 @@ def anytime_p_value(rejects: Callable[[float], bool], iterations: int = 20) -> f
     return math.exp(hi)
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (reject where adjusted <= alpha)."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [1.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
+def adjust_p_values(p_values: Sequence[float], method: str) -> list[float]:
+    """Adjusted p-values for a family of tests; reject where adjusted <= alpha.
 
-
-def bonferroni(p_values: Sequence[float]) -> list[float]:
-    m = len(p_values)
-    return [min(1.0, m * p) for p in p_values]
+    ``holm`` (step-down) and ``bonferroni`` control the family-wise error rate;
+    ``bh`` (Benjamini-Hochberg) and ``by`` (Benjamini-Yekutieli, any dependence)
+    the false discovery rate, through scipy's ``false_discovery_control``. The
+    gate uses one of the first two; drift windows may use any.
+    """
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return []
+    if method == "bonferroni":
+        adjusted = np.minimum(m * p, 1.0)
+    elif method == "holm":
+        order = np.argsort(p, kind="stable")
+        steps = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
+        adjusted = np.empty(m)
+        adjusted[order] = steps
+    elif method in ("bh", "by"):
+        adjusted = stats.false_discovery_control(p, method=method)
+    else:
+        raise ValueError(f"unknown correction {method!r}; use holm, bonferroni, bh or by")
+    return [float(x) for x in adjusted]
 
 
 # --- fixed-sample tests, shown but never deciding ---

@@ -33,16 +33,17 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from shadowd.compare.report import CheckStatus
+from shadowd.compare.stats import adjust_p_values
 from shadowd.config import DriftConfig
 from shadowd.errors import ConfigError
 from shadowd.expect.profile import OTHER, CategoricalProfile, NumericProfile, Profile, bin_index, category_key
 from shadowd.records import OVERALL
 
-__all__ = ["STATUS_CODE", "DriftMonitor", "DriftResult", "DriftWindow", "adjust_p_values", "psi"]
+__all__ = ["DriftMonitor", "DriftResult", "DriftWindow", "psi"]
 
 Status = Literal["pass", "fail", "inconclusive"]
 # shadowd_drift_status gauge values
-STATUS_CODE: dict[str, int] = {"pass": 0, "fail": 1, "inconclusive": 2}
 
 _PSI_FLOOR = 1e-4  # share used for an empty bin, so PSI stays finite
 _MIN_EXPECTED = 5.0  # chi-square needs about this many expected per cell
@@ -101,22 +102,6 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     e = np.maximum(expected / max(expected.sum(), 1), _PSI_FLOOR)
     a = np.maximum(actual / max(actual.sum(), 1), _PSI_FLOOR)
     return float(np.sum((a - e) * np.log(a / e)))
-
-
-def adjust_p_values(p: np.ndarray, method: str) -> np.ndarray:
-    """Adjusted p-values: 'bh' / 'by' via scipy's false_discovery_control, or Holm's step-down."""
-    if p.size == 0:
-        return p
-    if method in ("bh", "by"):
-        return stats.false_discovery_control(p, method=method)
-    if method == "holm":
-        order = np.argsort(p)
-        m = p.size
-        adj_sorted = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
-        out = np.empty_like(adj_sorted)
-        out[order] = adj_sorted
-        return out
-    raise ValueError(f"unknown correction {method!r}")
 
 
 class _NumericRef:
@@ -338,7 +323,7 @@ class DriftMonitor:
                     pending.append((feature, s, n, *out))
             if why is not None:
                 results.append(DriftResult("drift", feature, s, "inconclusive", None, cfg.psi_threshold, n, why))
-        adjusted = adjust_p_values(np.array([p[-1] for p in pending], dtype=float), cfg.correction)
+        adjusted = adjust_p_values([p[-1] for p in pending], cfg.correction)
         m = len(pending)
         for (feature, s, n, test, value, statistic, p_raw), p_adj in zip(pending, adjusted, strict=True):
             significant = p_adj < cfg.alpha
@@ -375,7 +360,9 @@ class DriftMonitor:
             if r.status == "fail":
                 self.alarms[(r.feature, r.slice)] += 1
             if self._metrics is not None:
-                self._metrics.drift_status.labels(feature=r.feature, slice=r.slice).set(STATUS_CODE[r.status])
+                self._metrics.drift_status.labels(feature=r.feature, slice=r.slice).set(
+                    CheckStatus(r.status).gauge_value
+                )
         self._reset(None)
         return window
 

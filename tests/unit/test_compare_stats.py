@@ -132,9 +132,12 @@ def test_quantile_cs_covers_the_true_quantile_and_tightens():
 
 def test_holm_by_hand():
     # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(0.06, 1*0.04)
-    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert stats.holm([0.5, 0.9]) == [1.0, 1.0]
-    assert stats.bonferroni([0.01, 0.2]) == pytest.approx([0.02, 0.4])
+    assert stats.adjust_p_values([0.01, 0.04, 0.03, 0.005], "holm") == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.adjust_p_values([0.5, 0.9], "holm") == [1.0, 1.0]
+    assert stats.adjust_p_values([0.01, 0.2], "bonferroni") == pytest.approx([0.02, 0.4])
+    assert stats.adjust_p_values([], "holm") == []
+    with pytest.raises(ValueError, match="unknown correction"):
+        stats.adjust_p_values([0.1], "sidak")
 
 
 def test_anytime_p_value_bisection():
@@ -179,3 +182,11 @@ def test_wilcoxon_drops_zeros_and_needs_ten():
     assert stats.wilcoxon_p(d) is None
     d.append(0.9)
     assert stats.wilcoxon_p(d) == pytest.approx(sps.wilcoxon([x for x in d if x]).pvalue)
+
+
+def test_p_value_corrections_match_textbook_values():
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then running max: 0.02, 0.03, 0.06, 0.06
+    assert stats.adjust_p_values(p, "holm") == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # Benjamini-Hochberg: p * m / rank, then running min from the top: 0.02, 0.02, 0.04, 0.04
+    assert stats.adjust_p_values(p, "bh") == pytest.approx([0.02, 0.04, 0.04, 0.02])
