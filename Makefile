@@ -30,6 +30,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check shadowd tests bench helm
 	$(VENV)/bin/ruff format --check shadowd tests bench helm
+	$(VENV)/bin/lint-imports
 
 test: setup system-deps lint
 	$(PY) -m pytest -q
