@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The dashboards show every annotation carrying these tags (gate verdict changes).
+from shadowd.observe.grafana import GATE_ANNOTATION_TAGS
+
 __all__ = [
     "DASHBOARD_FILES",
     "PanelQuery",
@@ -38,9 +41,6 @@ __all__ = [
 SCHEMA_VERSION = 39
 OVERVIEW_UID = "shadowd-overview"
 FLYWHEEL_UID = "shadowd-flywheel"
-# Tags put on gate-verdict annotations (shadowd.observe.grafana); the dashboards
-# show every annotation carrying all of them.
-GATE_ANNOTATION_TAGS = ("shadowd", "gate")
 # The on-call service level for the annotation queue: the oldest item should be
 # looked at within a day. Alert ShadowdAnnotationBacklogStale uses the same number.
 ANNOTATION_SLO_S = 86_400
