@@ -148,8 +148,11 @@ app.add_typer(dashboards_app, name="dashboards")
 def dashboards_write(
     out_dir: Path = typer.Option(Path("dashboards"), "--out-dir", "-o", help="Folder for the dashboard JSON files."),
 ) -> None:
-    """Regenerate the Grafana dashboard JSON from shadowd/observe/dashboards.py."""
-    from shadowd.observe.dashboards import write_dashboards
+    """Regenerate the Grafana dashboard JSON from shadowd/observe/dashboards.py (needs shadowd[grafana])."""
+    try:
+        from shadowd.observe.dashboards import write_dashboards
+    except ImportError as err:
+        _fail(str(err))
 
     for path in write_dashboards(out_dir):
         typer.echo(f"wrote {path}")
@@ -185,6 +188,8 @@ def dashboards_push(
         result = push_dashboards(connect(grafana_url, token), dashboards, folder_title=folder, folder_uid=folder)
     except GrafanaError as err:
         _fail(f"{grafana_url}: {err}", code=1)
+    except ImportError as err:  # the built-in dashboards are generated, which needs shadowd[grafana]
+        _fail(f"{err}; or push the committed JSON: --from-dir dashboards/")
     state = "created" if result.folder_created else "exists"
     typer.echo(f"folder {result.folder_uid} ({state})")
     for d in result.dashboards:

@@ -7,11 +7,16 @@ scraped by Prometheus; these dashboards are what the on-call engineer reads.
 test fails when the committed JSON and this generator disagree, and an
 integration test runs every panel query against a real Prometheus.
 
-Written as plain dicts rather than with a builder library: the subset of the
-dashboard model used here (time series, stat and state-timeline panels, two
-template variables) is small, and plain dicts keep the emitted JSON readable
-in review. Every panel query uses the ``${datasource}`` variable, so the same
-file works in any Grafana with a Prometheus data source.
+Built with Grafana's typed builders, ``grafana-foundation-sdk`` (the build for
+the Grafana 11.6 schema, pinned in the ``[grafana]`` extra: only generating the
+JSON needs it; the committed files, the Helm chart and ``push --from-dir`` do
+not). Where the SDK's defaults differ from Grafana's, this module says so:
+legends are shown explicitly (the SDK's ``showLegend`` defaults to false),
+tooltips are unsorted as in Grafana (the SDK sorts ascending), panel ids are
+numbered here (the SDK leaves them unset), and the query variable's
+``definition``, which the SDK's model lacks, is added to the JSON. Every panel
+query uses the ``${datasource}`` variable, so the same file works in any
+Grafana with a Prometheus data source.
 """
 
 from __future__ import annotations
@@ -21,7 +26,25 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from shadowd.observe.grafana import GATE_ANNOTATION_TAGS
+
+try:
+    from grafana_foundation_sdk.builders import common as cb
+    from grafana_foundation_sdk.builders import dashboard as db
+    from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, timeseries
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common as cm
+    from grafana_foundation_sdk.models import dashboard as dm
+except ModuleNotFoundError as err:
+    if not (err.name or "").startswith("grafana_foundation_sdk"):
+        raise
+    raise ModuleNotFoundError(
+        "shadowd.observe.dashboards generates the dashboards with grafana-foundation-sdk, which is not installed: "
+        "pip install 'shadowd[grafana]' (the committed dashboards/*.json do not need it)",
+        name=err.name,
+    ) from err
 
 __all__ = [
     "DASHBOARD_FILES",
@@ -35,25 +58,23 @@ __all__ = [
     "write_dashboards",
 ]
 
-SCHEMA_VERSION = 39
 OVERVIEW_UID = "shadowd-overview"
 FLYWHEEL_UID = "shadowd-flywheel"
-# Tags put on gate-verdict annotations (shadowd.observe.grafana); the dashboards
-# show every annotation carrying all of them.
-GATE_ANNOTATION_TAGS = ("shadowd", "gate")
 # The on-call service level for the annotation queue: the oldest item should be
 # looked at within a day. Alert ShadowdAnnotationBacklogStale uses the same number.
 ANNOTATION_SLO_S = 86_400
 
-_DS = {"type": "prometheus", "uid": "${datasource}"}
+_DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+_GRAFANA_DS = dm.DataSourceRef(type_val="grafana", uid="-- Grafana --")
 _RATE = "$__rate_interval"
 _SLICE = 'slice=~"$slice"'
+_SLICE_QUERY = "label_values(shadowd_pairs_compared_total, slice)"
 
 
-def _value_mappings(*texts: tuple[str, str]) -> list[dict]:
+def _value_mappings(*texts: tuple[str, str]) -> list[dm.ValueMap]:
     """Grafana value mappings for a gauge whose value is the index of (text, color)."""
-    options = {str(i): {"text": text, "color": color, "index": i} for i, (text, color) in enumerate(texts)}
-    return [{"type": "value", "options": options}]
+    options = {str(i): dm.ValueMappingResult(text=text, color=color, index=i) for i, (text, color) in enumerate(texts)}
+    return [dm.ValueMap(options=options)]
 
 
 # Gate verdict and check status gauges: 0 pass, 1 fail, 2 inconclusive; drift status likewise.
@@ -72,14 +93,6 @@ class PanelQuery:
     expr: str
 
 
-def _target(expr: str, legend: str = "", ref_id: str = "A") -> dict[str, Any]:
-    return {"datasource": _DS, "expr": expr, "legendFormat": legend or "__auto", "refId": ref_id}
-
-
-def _targets(*queries: tuple[str, str]) -> list[dict[str, Any]]:
-    return [_target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(queries)]
-
-
 def _ratio_or_zero(part: str, whole: str, by: str) -> str:
     """``part / whole`` per group, 0 (not "no data") for groups where ``part`` has no series yet.
 
@@ -91,639 +104,476 @@ def _ratio_or_zero(part: str, whole: str, by: str) -> str:
     return f"({num} or {den} * 0) / {den}"
 
 
-class _Grid:
-    """Places panels left to right on Grafana's 24-column grid, wrapping rows."""
+_Query = tuple[str, str]  # (PromQL expression, legend)
+_Panel = TypeVar("_Panel", timeseries.Panel, stat.Panel, statetimeline.Panel)
 
-    def __init__(self) -> None:
-        self.panels: list[dict[str, Any]] = []
-        self._x = 0
-        self._y = 0
-        self._row_h = 0
 
-    def _next_id(self) -> int:
-        return len(self.panels) + 1
+def _panel(panel: _Panel, title: str, description: str, queries: tuple[_Query, ...], w: int, h: int) -> _Panel:
+    """Title, description, size, and the queries (refId A, B, ...), all on the ``${datasource}`` Prometheus.
 
-    def row(self, title: str) -> None:
-        self._newline()
-        self.panels.append(
-            {
-                "id": self._next_id(),
-                "type": "row",
-                "title": title,
-                "collapsed": False,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self._y},
-                "panels": [],
-            }
+    The SDK places panels left to right and wraps once a row is 24 columns wide; it
+    does not wrap *before* a panel that would overflow, so each row's widths add up to
+    24 (a test fails on a panel past column 24 or overlapping another).
+    """
+    for i, (expr, legend) in enumerate(queries):
+        panel.with_target(
+            prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(chr(ord("A") + i)).datasource(_DS)
         )
-        self._y += 1
-
-    def _newline(self) -> None:
-        self._y += self._row_h
-        self._x = 0
-        self._row_h = 0
-
-    def add(self, panel: dict[str, Any], w: int, h: int) -> None:
-        if self._x + w > 24:
-            self._newline()
-        panel = {"id": self._next_id(), **panel, "gridPos": {"h": h, "w": w, "x": self._x, "y": self._y}}
-        self.panels.append(panel)
-        self._x += w
-        self._row_h = max(self._row_h, h)
+    return panel.title(title).description(description).datasource(_DS).span(w).height(h)
 
 
-def _timeseries(
-    title: str, description: str, targets: list[dict[str, Any]], unit: str = "short", **defaults: Any
-) -> dict[str, Any]:
-    return {
-        "type": "timeseries",
-        "title": title,
-        "description": description,
-        "datasource": _DS,
-        "targets": targets,
-        "fieldConfig": {
-            "defaults": {
-                "unit": unit,
-                "custom": {"lineWidth": 1, "fillOpacity": 10, "showPoints": "never"},
-                **defaults,
-            },
-            "overrides": [],
-        },
-        "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]}},
-    }
+def _thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    return db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps([dm.Threshold(v, c) for v, c in steps])
+
+
+def _legend(mode: cm.LegendDisplayMode, calcs: list[str] | None = None) -> cb.VizLegendOptions:
+    # Shown explicitly: the SDK's showLegend defaults to false, which hides the legend.
+    legend = cb.VizLegendOptions().show_legend(True).display_mode(mode).placement(cm.LegendPlacement.BOTTOM)
+    return legend.calcs(calcs or [])
+
+
+# Grafana's default tooltip; the SDK's default sorts the series ascending.
+_TOOLTIP = cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE).sort(cm.SortOrder.NONE)
+
+
+def _timeseries(title: str, description: str, *queries: _Query, unit: str = "short", w: int = 12) -> timeseries.Panel:
+    return (
+        _panel(timeseries.Panel(), title, description, queries, w, 8)
+        .unit(unit)
+        .line_width(1)
+        .fill_opacity(10)
+        .show_points(cm.VisibilityMode.NEVER)
+        .legend(_legend(cm.LegendDisplayMode.TABLE, ["lastNotNull", "max"]))
+        .tooltip(_TOOLTIP)
+    )
 
 
 def _stat(
     title: str,
     description: str,
-    targets: list[dict[str, Any]],
+    *queries: _Query,
     unit: str = "short",
-    mappings: list[dict[str, Any]] | None = None,
-    thresholds: list[tuple[float | None, str]] | None = None,
-) -> dict[str, Any]:
-    steps = [{"value": v, "color": c} for v, c in (thresholds or [(None, "green")])]
-    return {
-        "type": "stat",
-        "title": title,
-        "description": description,
-        "datasource": _DS,
-        "targets": targets,
-        "fieldConfig": {
-            "defaults": {
-                "unit": unit,
-                "mappings": mappings or [],
-                "thresholds": {"mode": "absolute", "steps": steps},
-                "color": {"mode": "thresholds"},
-            },
-            "overrides": [],
-        },
-        "options": {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "background",
-            "graphMode": "none",
-            "textMode": "auto",
-        },
-    }
+    mappings: list[dm.ValueMap] | None = None,
+    thresholds: tuple[tuple[float | None, str], ...] = ((None, "green"),),
+) -> stat.Panel:
+    return (
+        _panel(stat.Panel(), title, description, queries, 6, 4)
+        .unit(unit)
+        .mappings(mappings or [])
+        .thresholds(_thresholds(*thresholds))
+        .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False))
+        .color_mode(cm.BigValueColorMode.BACKGROUND)
+        .graph_mode(cm.BigValueGraphMode.NONE)
+        .text_mode(cm.BigValueTextMode.AUTO)
+    )
 
 
 def _state_timeline(
-    title: str, description: str, targets: list[dict[str, Any]], mappings: list[dict[str, Any]] = _STATUS_MAPPINGS
-) -> dict[str, Any]:
-    return {
-        "type": "state-timeline",
-        "title": title,
-        "description": description,
-        "datasource": _DS,
-        "targets": targets,
-        "fieldConfig": {
-            "defaults": {
-                "mappings": mappings,
-                "color": {"mode": "thresholds"},
-                "thresholds": {"mode": "absolute", "steps": [{"value": None, "color": "green"}]},
-            },
-            "overrides": [],
-        },
-        "options": {"showValue": "auto", "mergeValues": True, "rowHeight": 0.9},
-    }
+    title: str, description: str, *queries: _Query, mappings: list[dm.ValueMap] = _STATUS_MAPPINGS, w: int = 24
+) -> statetimeline.Panel:
+    return (
+        _panel(statetimeline.Panel(), title, description, queries, w, 8)
+        .mappings(mappings)
+        .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+        .thresholds(_thresholds((None, "green")))
+        .show_value(cm.VisibilityMode.AUTO)
+        .merge_values(True)
+        .row_height(0.9)
+        .legend(_legend(cm.LegendDisplayMode.LIST))
+        .tooltip(_TOOLTIP)
+    )
 
 
-def _templating() -> dict[str, Any]:
-    slice_query = "label_values(shadowd_pairs_compared_total, slice)"
-    return {
-        "list": [
-            {
-                "name": "datasource",
-                "label": "Data source",
-                "type": "datasource",
-                "query": "prometheus",
-                "current": {},
-                "hide": 0,
-                "refresh": 1,
-                "regex": "",
-                "options": [],
-            },
-            {
-                "name": "slice",
-                "label": "Slice",
-                "type": "query",
-                "datasource": _DS,
-                "definition": slice_query,
-                "query": {"query": slice_query, "refId": "slice"},
-                "multi": True,
-                "includeAll": True,
-                # A regex, so "All" also matches slices that appear after the page loaded.
-                "allValue": ".*",
-                "current": {},
-                "hide": 0,
-                "refresh": 2,
-                "regex": "",
-                "sort": 1,
-                "options": [],
-            },
-        ]
-    }
+def _dashboard(uid: str, title: str, description: str) -> db.Dashboard:
+    gate_annotations = db.AnnotationTarget().type("tags").tags(list(GATE_ANNOTATION_TAGS)).match_any(False).limit(100)
+    return (
+        db.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["shadowd"])
+        .timezone("browser")
+        .editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .version(1)
+        .refresh("30s")
+        .time("now-6h", "now")
+        .with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .with_variable(
+            db.QueryVariable("slice")
+            .label("Slice")
+            .datasource(_DS)
+            .query({"query": _SLICE_QUERY, "refId": "slice"})
+            .multi(True)
+            .include_all(True)
+            # A regex, so "All" also matches slices that appear after the page loaded.
+            .all_value(".*")
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        )
+        .annotation(
+            db.AnnotationQuery()
+            .name("Annotations & Alerts")
+            .built_in(1)
+            .datasource(_GRAFANA_DS)
+            .enable(True)
+            .hide(True)
+            .icon_color("rgba(0, 211, 255, 1)")
+            .type("dashboard")
+        )
+        .annotation(
+            db.AnnotationQuery()
+            .name("Gate verdict changes")
+            .datasource(_GRAFANA_DS)
+            .enable(True)
+            .hide(False)
+            .icon_color("purple")
+            .target(gate_annotations)
+        )
+        .link(
+            db.DashboardLink("shadowd")
+            .type(dm.DashboardLinkType.DASHBOARDS)
+            .tags(["shadowd"])
+            .as_dropdown(False)
+            .include_vars(True)
+            .keep_time(True)
+        )
+    )
 
 
-def _dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "id": None,
-        "tags": ["shadowd"],
-        "timezone": "browser",
-        "editable": True,
-        "graphTooltip": 1,
-        "schemaVersion": SCHEMA_VERSION,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "templating": _templating(),
-        "annotations": {
-            "list": [
-                {
-                    "name": "Annotations & Alerts",
-                    "builtIn": 1,
-                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                    "enable": True,
-                    "hide": True,
-                    "iconColor": "rgba(0, 211, 255, 1)",
-                    "type": "dashboard",
-                },
-                {
-                    "name": "Gate verdict changes",
-                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                    "enable": True,
-                    "hide": False,
-                    "iconColor": "purple",
-                    "target": {"type": "tags", "tags": list(GATE_ANNOTATION_TAGS), "matchAny": False, "limit": 100},
-                },
-            ]
-        },
-        "links": [
-            {
-                "type": "dashboards",
-                "title": "shadowd",
-                "tags": ["shadowd"],
-                "asDropdown": False,
-                "includeVars": True,
-                "keepTime": True,
-            },
-        ],
-        "panels": panels,
-    }
+def _to_json(dashboard: db.Dashboard) -> dict[str, Any]:
+    """The dashboard model as plain JSON, panels numbered 1, 2, ... (the SDK leaves ids to the caller)."""
+    model = dashboard.build()
+    for panel_id, panel in enumerate(model.panels or [], start=1):
+        panel.id_val = panel_id
+    out = json.loads(JSONEncoder().encode(model))
+    # The SDK's variable model has no `definition` (the text Grafana lists the variable by).
+    for variable in out["templating"]["list"]:
+        if variable["name"] == "slice":
+            variable["definition"] = _SLICE_QUERY
+    return out
 
 
 def overview_dashboard() -> dict[str, Any]:
     """Traffic, latency production vs candidate, divergence and gate status per slice, noise floor, Ray Serve."""
-    g = _Grid()
-    g.row("Gate")
-    g.add(
+    d = _dashboard(
+        OVERVIEW_UID,
+        "shadowd / overview",
+        "Is the candidate safe to ship, and is shadowing costing production anything?",
+    )
+    d.with_row(db.Row("Gate"))
+    d.with_panel(
         _stat(
             "Gate verdict",
             "Overall gate verdict of the candidate (shadowd_gate_verdict).",
-            _targets(("max(shadowd_gate_verdict)", "verdict")),
+            ("max(shadowd_gate_verdict)", "verdict"),
             mappings=_STATUS_MAPPINGS,
-            thresholds=[(None, "green"), (1, "red"), (2, "yellow")],
-        ),
-        w=6,
-        h=4,
+            thresholds=((None, "green"), (1, "red"), (2, "yellow")),
+        )
     )
-    g.add(
+    d.with_panel(
         _stat(
             "Daemon up",
             'Whether Prometheus can scrape the shadowd metrics endpoint (up{job="shadowd"}).',
-            _targets(('min(up{job="shadowd"})', "up")),
+            ('min(up{job="shadowd"})', "up"),
             mappings=_UP_MAPPINGS,
-            thresholds=[(None, "red"), (1, "green")],
-        ),
-        w=6,
-        h=4,
+            thresholds=((None, "red"), (1, "green")),
+        )
     )
-    g.add(
+    d.with_panel(
         _stat(
             "Shadowed share",
             "Share of production requests sampled for shadowing.",
-            _targets(
-                (
-                    f"sum(rate(shadowd_pairs_sampled_total[{_RATE}])) / "
-                    f'sum(rate(shadowd_requests_total{{role="production"}}[{_RATE}]))',
-                    "share",
-                )
+            (
+                f"sum(rate(shadowd_pairs_sampled_total[{_RATE}])) / "
+                f'sum(rate(shadowd_requests_total{{role="production"}}[{_RATE}]))',
+                "share",
             ),
             unit="percentunit",
-        ),
-        w=6,
-        h=4,
+        )
     )
-    g.add(
+    d.with_panel(
         _stat(
             "Pairs compared",
             "Pairs compared over the dashboard's time range (all slices).",
-            _targets(('sum(increase(shadowd_pairs_compared_total{slice="overall"}[$__range]))', "pairs")),
-        ),
-        w=6,
-        h=4,
+            ('sum(increase(shadowd_pairs_compared_total{slice="overall"}[$__range]))', "pairs"),
+        )
     )
-    g.add(
+    d.with_panel(
         _state_timeline(
             "Check status per slice",
             "Each statistical check of the gate, per slice: PASS, FAIL or INCONCLUSIVE (shadowd_check_status).",
-            _targets((f"max by (check, slice) (shadowd_check_status{{{_SLICE}}})", "{{check}} / {{slice}}")),
-        ),
-        w=24,
-        h=8,
+            (f"max by (check, slice) (shadowd_check_status{{{_SLICE}}})", "{{check}} / {{slice}}"),
+        )
     )
 
-    g.row("Traffic")
-    g.add(
+    d.with_row(db.Row("Traffic"))
+    d.with_panel(
         _timeseries(
             "Requests by role and outcome",
             "Model calls per second by role (production, candidate, noise) and outcome.",
-            _targets((f"sum by (role, outcome) (rate(shadowd_requests_total[{_RATE}]))", "{{role}} {{outcome}}")),
+            (f"sum by (role, outcome) (rate(shadowd_requests_total[{_RATE}]))", "{{role}} {{outcome}}"),
             unit="reqps",
-        ),
-        w=12,
-        h=8,
+        )
     )
     cand = 'role="candidate"'
-    g.add(
+    d.with_panel(
         _timeseries(
             "Candidate errors and timeouts",
             "Share of candidate calls that raised or timed out. Production answers are unaffected.",
-            _targets(
-                (
-                    f'(sum(rate(shadowd_requests_total{{{cand},outcome="error"}}[{_RATE}])) or on() vector(0))'
-                    f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))",
-                    "error",
-                ),
-                (
-                    f'(sum(rate(shadowd_requests_total{{{cand},outcome="timeout"}}[{_RATE}])) or on() vector(0))'
-                    f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))",
-                    "timeout",
-                ),
+            (
+                f'(sum(rate(shadowd_requests_total{{{cand},outcome="error"}}[{_RATE}])) or on() vector(0))'
+                f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))",
+                "error",
+            ),
+            (
+                f'(sum(rate(shadowd_requests_total{{{cand},outcome="timeout"}}[{_RATE}])) or on() vector(0))'
+                f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))",
+                "timeout",
             ),
             unit="percentunit",
-        ),
-        w=12,
-        h=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Shadow path: sampled, compared, dropped",
             "Pairs per second sampled by the ingress, compared by the comparator, and dropped "
             "(the shadow path drops rather than slows production).",
-            _targets(
-                (f"sum(rate(shadowd_pairs_sampled_total[{_RATE}]))", "sampled"),
-                (f'sum(rate(shadowd_pairs_compared_total{{slice="overall"}}[{_RATE}]))', "compared"),
-                (f"sum(rate(shadowd_pairs_dropped_total[{_RATE}])) or on() vector(0)", "dropped"),
-            ),
+            (f"sum(rate(shadowd_pairs_sampled_total[{_RATE}]))", "sampled"),
+            (f'sum(rate(shadowd_pairs_compared_total{{slice="overall"}}[{_RATE}]))', "compared"),
+            (f"sum(rate(shadowd_pairs_dropped_total[{_RATE}])) or on() vector(0)", "dropped"),
             unit="reqps",
-        ),
-        w=12,
-        h=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Bad requests by status",
             "Client requests refused with a 4xx, by HTTP status.",
-            _targets((f"sum by (status) (rate(shadowd_bad_requests_total[{_RATE}])) or on() vector(0)", "{{status}}")),
+            (f"sum by (status) (rate(shadowd_bad_requests_total[{_RATE}])) or on() vector(0)", "{{status}}"),
             unit="reqps",
-        ),
-        w=12,
-        h=8,
+        )
     )
 
-    g.row("Latency")
-    g.add(
+    d.with_row(db.Row("Latency"))
+    d.with_panel(
         _timeseries(
             "Model latency by role (p50, p99)",
             "Per-example model latency, production vs candidate (and noise).",
-            _targets(
-                (
-                    f"histogram_quantile(0.5, sum by (le, role) (rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
-                    "p50 {{role}}",
-                ),
-                (
-                    "histogram_quantile(0.99, sum by (le, role) "
-                    f"(rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
-                    "p99 {{role}}",
-                ),
+            (
+                f"histogram_quantile(0.5, sum by (le, role) (rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
+                "p50 {{role}}",
+            ),
+            (
+                f"histogram_quantile(0.99, sum by (le, role) (rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
+                "p99 {{role}}",
             ),
             unit="s",
-        ),
-        w=12,
-        h=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Request latency in the ingress (p50, p99)",
             "From request parsed to production answer ready: what shadowing may cost clients.",
-            _targets(
-                (
-                    f"histogram_quantile(0.5, sum by (le) (rate(shadowd_request_latency_seconds_bucket[{_RATE}])))",
-                    "p50",
-                ),
-                (
-                    f"histogram_quantile(0.99, sum by (le) (rate(shadowd_request_latency_seconds_bucket[{_RATE}])))",
-                    "p99",
-                ),
-            ),
+            (f"histogram_quantile(0.5, sum by (le) (rate(shadowd_request_latency_seconds_bucket[{_RATE}])))", "p50"),
+            (f"histogram_quantile(0.99, sum by (le) (rate(shadowd_request_latency_seconds_bucket[{_RATE}])))", "p99"),
             unit="s",
-        ),
-        w=12,
-        h=8,
+        )
     )
 
-    g.row("Divergence per slice")
-    g.add(
+    d.with_row(db.Row("Divergence per slice"))
+    compared = f"shadowd_pairs_compared_total{{{_SLICE}}}"
+    divergence = f"shadowd_pair_divergence_bucket{{{_SLICE}}}"
+    d.with_panel(
         _timeseries(
             "Divergent share per slice",
             "Share of compared pairs whose divergence is over the threshold.",
-            _targets(
-                (
-                    _ratio_or_zero(
-                        f"shadowd_pairs_divergent_total{{{_SLICE}}}",
-                        f"shadowd_pairs_compared_total{{{_SLICE}}}",
-                        "slice",
-                    ),
-                    "{{slice}}",
-                )
-            ),
+            (_ratio_or_zero(f"shadowd_pairs_divergent_total{{{_SLICE}}}", compared, "slice"), "{{slice}}"),
             unit="percentunit",
-        ),
-        w=12,
-        h=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Label flip share per slice",
             "Classification: share of compared pairs whose top label differs.",
-            _targets(
-                (
-                    _ratio_or_zero(
-                        f"shadowd_label_flips_total{{{_SLICE}}}", f"shadowd_pairs_compared_total{{{_SLICE}}}", "slice"
-                    ),
-                    "{{slice}}",
-                )
-            ),
+            (_ratio_or_zero(f"shadowd_label_flips_total{{{_SLICE}}}", compared, "slice"), "{{slice}}"),
             unit="percentunit",
-        ),
-        w=12,
-        h=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Divergence per pair (p50, p90) per slice",
             "Distribution of per-pair divergence (total variation distance or relative difference).",
-            _targets(
-                (
-                    f"histogram_quantile(0.5, sum by (le, slice) "
-                    f"(rate(shadowd_pair_divergence_bucket{{{_SLICE}}}[{_RATE}])))",
-                    "p50 {{slice}}",
-                ),
-                (
-                    f"histogram_quantile(0.9, sum by (le, slice) "
-                    f"(rate(shadowd_pair_divergence_bucket{{{_SLICE}}}[{_RATE}])))",
-                    "p90 {{slice}}",
-                ),
-            ),
-        ),
-        w=12,
-        h=8,
+            (f"histogram_quantile(0.5, sum by (le, slice) (rate({divergence}[{_RATE}])))", "p50 {{slice}}"),
+            (f"histogram_quantile(0.9, sum by (le, slice) (rate({divergence}[{_RATE}])))", "p90 {{slice}}"),
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Noise floor per slice",
             "How often production disagrees with itself (noise replica); divergence is judged against this floor.",
-            _targets((f"max by (slice) (shadowd_noise_floor{{{_SLICE}}})", "{{slice}}")),
+            (f"max by (slice) (shadowd_noise_floor{{{_SLICE}}})", "{{slice}}"),
             unit="percentunit",
-        ),
-        w=12,
-        h=8,
+        )
     )
 
-    g.row("Data quality")
-    g.add(
+    d.with_row(db.Row("Data quality"))
+    d.with_panel(
         _timeseries(
             "Non-finite outputs by role",
             "Model outputs containing NaN or inf, per second, by role.",
-            _targets((f"sum by (role) (rate(shadowd_nonfinite_outputs_total[{_RATE}])) or on() vector(0)", "{{role}}")),
+            (f"sum by (role) (rate(shadowd_nonfinite_outputs_total[{_RATE}])) or on() vector(0)", "{{role}}"),
             unit="reqps",
-        ),
-        w=8,
-        h=8,
+            w=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Expectation violations",
             "Requests or outputs violating a configured expectation, per second, by expectation.",
-            _targets(
-                (
-                    f"sum by (expectation) (rate(shadowd_expectation_violations_total[{_RATE}])) or on() vector(0)",
-                    "{{expectation}}",
-                )
+            (
+                f"sum by (expectation) (rate(shadowd_expectation_violations_total[{_RATE}])) or on() vector(0)",
+                "{{expectation}}",
             ),
             unit="reqps",
-        ),
-        w=8,
-        h=8,
+            w=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _state_timeline(
             "Drift status per feature and slice",
             "Drift check of the last closed window per monitored feature and slice against the "
             "training profile: OK, DRIFT or INCONCLUSIVE.",
-            _targets((f"max by (feature, slice) (shadowd_drift_status{{{_SLICE}}})", "{{feature}} / {{slice}}")),
+            (f"max by (feature, slice) (shadowd_drift_status{{{_SLICE}}})", "{{feature}} / {{slice}}"),
             mappings=_DRIFT_MAPPINGS,
-        ),
-        w=8,
-        h=8,
+            w=8,
+        )
     )
 
-    g.row("Ray Serve")
-    g.add(
+    d.with_row(db.Row("Ray Serve"))
+    d.with_panel(
         _timeseries(
             "Healthy replicas per deployment",
             "Ray Serve replicas passing health checks, per deployment (ingress, worker, comparator).",
-            _targets(("sum by (application, deployment) (ray_serve_deployment_replica_healthy)", "{{deployment}}")),
-        ),
-        w=12,
-        h=8,
+            ("sum by (application, deployment) (ray_serve_deployment_replica_healthy)", "{{deployment}}"),
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Queued and ongoing requests per deployment",
             "Requests waiting for a replica and requests running in replicas, per deployment.",
-            _targets(
-                ("sum by (deployment) (ray_serve_deployment_queued_queries)", "queued {{deployment}}"),
-                ("sum by (deployment) (ray_serve_replica_processing_queries)", "processing {{deployment}}"),
-            ),
-        ),
-        w=12,
-        h=8,
+            ("sum by (deployment) (ray_serve_deployment_queued_queries)", "queued {{deployment}}"),
+            ("sum by (deployment) (ray_serve_replica_processing_queries)", "processing {{deployment}}"),
+        )
     )
-    return _dashboard(
-        OVERVIEW_UID,
-        "shadowd / overview",
-        "Is the candidate safe to ship, and is shadowing costing production anything?",
-        g.panels,
-    )
+    return _to_json(d)
 
 
 def flywheel_dashboard() -> dict[str, Any]:
     """Annotation queue, backlog age against the on-call service level, labels, Kafka delivery, suites."""
-    g = _Grid()
-    g.row("Annotation queue")
-    g.add(
+    d = _dashboard(
+        FLYWHEEL_UID,
+        "shadowd / flywheel",
+        "Annotation queue, labels and hard-example suites: is the flywheel turning?",
+    )
+    d.with_row(db.Row("Annotation queue"))
+    d.with_panel(
         _stat(
             "Backlog items",
             "Items waiting for an on-call annotator, all rotations (shadowd_annotation_backlog_items).",
-            _targets(("sum(shadowd_annotation_backlog_items)", "items")),
-        ),
-        w=6,
-        h=4,
+            ("sum(shadowd_annotation_backlog_items)", "items"),
+        )
     )
-    g.add(
+    d.with_panel(
         _stat(
             "Oldest item age",
             f"Age of the oldest unannotated item; red past the service level ({ANNOTATION_SLO_S // 3600} h).",
-            _targets(("max(shadowd_annotation_oldest_item_age_seconds)", "age")),
+            ("max(shadowd_annotation_oldest_item_age_seconds)", "age"),
             unit="s",
-            thresholds=[(None, "green"), (ANNOTATION_SLO_S / 2, "yellow"), (ANNOTATION_SLO_S, "red")],
-        ),
-        w=6,
-        h=4,
+            thresholds=((None, "green"), (ANNOTATION_SLO_S / 2, "yellow"), (ANNOTATION_SLO_S, "red")),
+        )
     )
-    g.add(
+    d.with_panel(
         _stat(
             "Spool items",
             "Items in the local spool not yet delivered to Kafka (all items without Kafka).",
-            _targets(("sum(shadowd_spool_items)", "items")),
-        ),
-        w=6,
-        h=4,
+            ("sum(shadowd_spool_items)", "items"),
+        )
     )
-    g.add(
+    d.with_panel(
         _stat(
             "Kafka delivery errors (1 h)",
             "Failed sends to Kafka in the last hour; the spool keeps the items.",
-            _targets(("sum(increase(shadowd_kafka_delivery_errors_total[1h])) or on() vector(0)", "errors")),
-            thresholds=[(None, "green"), (1, "red")],
-        ),
-        w=6,
-        h=4,
+            ("sum(increase(shadowd_kafka_delivery_errors_total[1h])) or on() vector(0)", "errors"),
+            thresholds=((None, "green"), (1, "red")),
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Annotation items by outcome",
             "Items per second queued, held back, spooled, delivered to Kafka, or failed.",
-            _targets((f"sum by (outcome) (rate(shadowd_annotation_items_total[{_RATE}]))", "{{outcome}}")),
+            (f"sum by (outcome) (rate(shadowd_annotation_items_total[{_RATE}]))", "{{outcome}}"),
             unit="reqps",
-        ),
-        w=12,
-        h=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Backlog and spool",
             "Items waiting for annotation, and items in the spool waiting for Kafka.",
-            _targets(
-                ("sum by (rotation) (shadowd_annotation_backlog_items)", "backlog {{rotation}}"),
-                ("sum(shadowd_spool_items)", "spool"),
-            ),
-        ),
-        w=12,
-        h=8,
+            ("sum by (rotation) (shadowd_annotation_backlog_items)", "backlog {{rotation}}"),
+            ("sum(shadowd_spool_items)", "spool"),
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Oldest item age vs service level",
             "Age of the oldest unannotated item per on-call rotation; the alert fires above the service level line.",
-            _targets(
-                ("max by (rotation) (shadowd_annotation_oldest_item_age_seconds)", "{{rotation}}"),
-                (f"vector({ANNOTATION_SLO_S})", "service level"),
-            ),
+            ("max by (rotation) (shadowd_annotation_oldest_item_age_seconds)", "{{rotation}}"),
+            (f"vector({ANNOTATION_SLO_S})", "service level"),
             unit="s",
-        ),
-        w=12,
-        h=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Kafka delivery errors",
             "Failed sends to Kafka per second (broker unreachable, timeouts).",
-            _targets((f"sum(rate(shadowd_kafka_delivery_errors_total[{_RATE}])) or on() vector(0)", "errors")),
+            (f"sum(rate(shadowd_kafka_delivery_errors_total[{_RATE}])) or on() vector(0)", "errors"),
             unit="reqps",
-        ),
-        w=12,
-        h=8,
+        )
     )
 
-    g.row("Labels")
-    g.add(
+    d.with_row(db.Row("Labels"))
+    d.with_panel(
         _timeseries(
             "Labels by source and outcome",
             "Labels per second by source (feedback: POST /feedback; annotator: the labels topic) and "
             "outcome (joined a stored pair, unknown request, expired, rejected).",
-            _targets((f"sum by (source, outcome) (rate(shadowd_labels_total[{_RATE}]))", "{{source}} {{outcome}}")),
+            (f"sum by (source, outcome) (rate(shadowd_labels_total[{_RATE}]))", "{{source}} {{outcome}}"),
             unit="reqps",
-        ),
-        w=12,
-        h=8,
+        )
     )
-    g.add(
+    d.with_panel(
         _timeseries(
             "Label join share",
             "Share of labels that found their pair (the rest were for unknown or expired requests, or rejected).",
-            _targets(
-                (
-                    f'(sum(rate(shadowd_labels_total{{outcome="joined"}}[{_RATE}])) or on() vector(0)) '
-                    f"/ sum(rate(shadowd_labels_total[{_RATE}]))",
-                    "joined",
-                )
+            (
+                f'(sum(rate(shadowd_labels_total{{outcome="joined"}}[{_RATE}])) or on() vector(0)) '
+                f"/ sum(rate(shadowd_labels_total[{_RATE}]))",
+                "joined",
             ),
             unit="percentunit",
-        ),
-        w=12,
-        h=8,
+        )
     )
 
-    g.row("Suites")
-    g.add(
+    d.with_row(db.Row("Suites"))
+    d.with_panel(
         _timeseries(
             "Hard examples per suite",
             "Labelled hard examples collected per suite (slice / failure tag) for offline replay.",
-            _targets(("sum by (suite) (shadowd_suite_examples)", "{{suite}}")),
-        ),
-        w=24,
-        h=8,
+            ("sum by (suite) (shadowd_suite_examples)", "{{suite}}"),
+            w=24,
+        )
     )
-    return _dashboard(
-        FLYWHEEL_UID,
-        "shadowd / flywheel",
-        "Annotation queue, labels and hard-example suites: is the flywheel turning?",
-        g.panels,
-    )
+    return _to_json(d)
 
 
 DASHBOARD_FILES: dict[str, Callable[[], dict[str, Any]]] = {

@@ -27,7 +27,6 @@ from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException
 
 from shadowd.errors import GrafanaError
-from shadowd.observe.dashboards import GATE_ANNOTATION_TAGS, build_dashboards
 
 __all__ = [
     "PushResult",
@@ -42,6 +41,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FOLDER_TITLE = "shadowd"
 DEFAULT_FOLDER_UID = "shadowd"
+# Tags put on every gate-verdict annotation; the dashboards (shadowd.observe.dashboards)
+# show every annotation carrying all of them.
+GATE_ANNOTATION_TAGS = ("shadowd", "gate")
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,14 @@ def push_dashboards(
 
     ``dashboards`` defaults to every dashboard shadowd ships.
     """
+    if dashboards is None:
+        # Imported here: the generator needs the [grafana] extra, the annotator below does not.
+        from shadowd.observe.dashboards import build_dashboards
+
+        dashboards = build_dashboards().values()
     created = _ensure_folder(client, folder_title, folder_uid)
     pushed = []
-    for dashboard in dashboards if dashboards is not None else build_dashboards().values():
+    for dashboard in dashboards:
         # id None + overwrite: Grafana matches on uid, so a re-push updates in place.
         body = {"dashboard": {**dashboard, "id": None}, "folderUid": folder_uid, "overwrite": True, "message": message}
         answer = _call(f"save dashboard {dashboard['uid']!r}", client.dashboard.update_dashboard, body)

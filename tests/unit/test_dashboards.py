@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
 
+from shadowd.cli import app
 from shadowd.observe.dashboards import (
     DASHBOARD_FILES,
     build_dashboards,
@@ -131,3 +133,12 @@ def test_resolve_variables_refuses_unknown_variables():
     assert resolve_variables('rate(x{slice=~"$slice"}[$__rate_interval])', VARIABLES) == 'rate(x{slice=~".*"}[1m])'
     with pytest.raises(KeyError, match=r"\$team"):
         resolve_variables('x{team="$team"}', VARIABLES)
+
+
+@pytest.mark.usefixtures("without_foundation_sdk")
+def test_without_the_sdk_the_generator_names_the_extra():
+    with pytest.raises(ModuleNotFoundError, match=r"grafana-foundation-sdk.*pip install 'shadowd\[grafana\]'"):
+        import shadowd.observe.dashboards  # noqa: F401
+
+    out = CliRunner().invoke(app, ["dashboards", "write", "--out-dir", "unused"])
+    assert out.exit_code == 2 and "pip install 'shadowd[grafana]'" in out.output

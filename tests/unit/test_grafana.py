@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from shadowd.cli import app
+from shadowd.errors import GrafanaError
 from shadowd.observe.dashboards import build_dashboards
 from shadowd.observe.grafana import (
-    GrafanaError,
     VerdictAnnotator,
     annotate_verdict_change,
     connect,
@@ -158,3 +158,26 @@ def test_grafana_config_section_fails_fast_naming_the_key():
         parse_config({**base, "grafana": {"url": "grafana:3000"}}, "shadowd.yaml")
     with pytest.raises(ConfigError, match=r"grafana\.token"):
         parse_config({**base, "grafana": {"url": "http://g", "token": "secret"}}, "shadowd.yaml")
+
+
+@pytest.mark.usefixtures("without_foundation_sdk")
+def test_without_the_sdk_annotations_and_push_from_dir_work(grafana, tmp_path):
+    """The daemon's hub imports the annotator; neither it nor pushing committed JSON needs the [grafana] extra."""
+    import sys
+
+    annotator = VerdictAnnotator(connect(grafana.url, TOKEN))
+    assert annotator.observe("fail") == 101
+    (tmp_path / "custom.json").write_text(json.dumps({"uid": "custom", "title": "custom", "panels": []}))
+    out = CliRunner().invoke(
+        app, ["dashboards", "push", "--grafana-url", grafana.url, "--token", TOKEN, "--from-dir", str(tmp_path)]
+    )
+    assert out.exit_code == 0, out.output
+    assert "shadowd.observe.dashboards" not in sys.modules
+
+
+@pytest.mark.usefixtures("without_foundation_sdk")
+def test_cli_push_of_the_built_in_dashboards_without_the_sdk_says_what_to_do(grafana):
+    out = CliRunner().invoke(app, ["dashboards", "push", "--grafana-url", grafana.url, "--token", TOKEN])
+    assert out.exit_code == 2
+    assert "pip install 'shadowd[grafana]'" in out.output and "--from-dir dashboards/" in out.output
+    assert grafana.requests == []  # refused before any call to Grafana
