@@ -31,6 +31,7 @@ lint: setup
 	$(VENV)/bin/ruff check shadowd tests bench helm
 	$(VENV)/bin/ruff format --check shadowd tests bench helm
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: setup system-deps lint
 	$(PY) -m pytest -q

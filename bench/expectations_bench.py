@@ -21,15 +21,17 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from shadowd.config import DriftConfig, ExpectationsConfig, ModelConfig
+from shadowd.config import DriftConfig, ExpectationsConfig
 from shadowd.demo.models import load_demo_data, train_demo_models
 from shadowd.demo.traffic import demo_requests
 from shadowd.expect import ExpectationSet
 from shadowd.expect.drift import DriftMonitor
 from shadowd.expect.profile import build_profile
+from shadowd.models import TorchScriptModel
 from shadowd.models.runtime import load_model
 from shadowd.serving.protocol import parse_predict, read_json
 
@@ -63,7 +65,9 @@ def main() -> None:
     model_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="shadowd-bench-"))
     paths = train_demo_models(model_dir / "models")
     model = load_model(
-        ModelConfig(name="production", kind="torchscript", path=paths["production"], input_shape=[64], output="logits")
+        TorchScriptModel(
+            name="production", kind="torchscript", path=paths["production"], input_shape=[64], output="logits"
+        )
     )
     exp = ExpectationSet(ExpectationsConfig.model_validate(DEMO_EXPECTATIONS))
     demo = list(demo_requests(args.requests))
@@ -128,7 +132,7 @@ def main() -> None:
     drift_us = (perf() - t0) / len(reqs) * 1e6
 
     pct = {name: _pcts(v) for name, v in lat.items()}
-    res = {
+    res: dict[str, Any] = {
         "requests": len(reqs),
         "violations_on_clean_demo_traffic": violations,
         **pct,

@@ -20,10 +20,12 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import requests
 from ray import serve
+from ray.serve import Application
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -35,11 +37,10 @@ from shadowd.testing import SleepyModel
 MODEL_MS = 5.0
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class PlainModel:
     """Arm a: the production model behind plain Ray Serve, nothing else."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.model = SleepyModel(latency_ms=MODEL_MS)
 
     async def __call__(self, request: Request) -> JSONResponse:
@@ -48,7 +49,7 @@ class PlainModel:
         return JSONResponse({"outputs": out.tolist(), "prediction": int(out.argmax())})
 
 
-def _model(name: str, **kwargs) -> dict:
+def _model(name: str, **kwargs: Any) -> dict[str, Any]:
     return {
         "name": name,
         "kind": "python",
@@ -64,7 +65,14 @@ EXPECTATIONS = {
 }
 
 
-def _shadowd(prefix: str, data_dir: Path, port: int, candidate: dict | None, flush_ms: float, expectations=None):
+def _shadowd(
+    prefix: str,
+    data_dir: Path,
+    port: int,
+    candidate: dict[str, Any] | None,
+    flush_ms: float,
+    expectations: dict[str, Any] | None = None,
+) -> Application:
     raw = {
         "task": "classification",
         "data_dir": str(data_dir / prefix.strip("/")),
@@ -100,7 +108,8 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     base = f"http://127.0.0.1:{args.port}"
     tmp = Path(tempfile.mkdtemp(prefix="shadowd-bench-"))
-    serve.run(PlainModel.bind(), name="a", route_prefix="/a", blocking=False)
+    plain = serve.deployment(ray_actor_options={"num_cpus": 0.5})(PlainModel)
+    serve.run(plain.bind(), name="a", route_prefix="/a", blocking=False)
     serve.run(_shadowd("/b", tmp, args.port, None, args.flush_ms), name="b", route_prefix="/b", blocking=False)
     serve.run(
         _shadowd("/c", tmp, args.port, _model("cand", latency_ms=MODEL_MS), args.flush_ms),

@@ -41,7 +41,9 @@ import re
 import sys
 import time
 from multiprocessing import Pool
+from multiprocessing.pool import Pool as PoolType
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +70,7 @@ POWER_AT = (2000, 4000, 6000, 10_000, 15_000, 20_000)
 
 
 def make_config(boundary: bool) -> ShadowdConfig:
-    raw: dict = {
+    raw: dict[str, Any] = {
         "task": "classification",
         "models": {
             "production": {"name": "prod", "kind": "python", "target": "m:p", "input_shape": [1]},
@@ -225,11 +227,11 @@ def run_one(args: tuple[int, bool, float]) -> dict[str, list[int] | int | str]:
     return {"first_flag": [first_flag[n] for n in running], "final": final}
 
 
-def _scenario(pool: Pool, runs: int, boundary: bool, regression: float, seed0: int) -> list[dict]:
+def _scenario(pool: PoolType, runs: int, boundary: bool, regression: float, seed0: int) -> list[dict[str, Any]]:
     return pool.map(run_one, [(seed0 + i, boundary, regression) for i in range(runs)], chunksize=4)
 
 
-def _ever(results: list[dict], idx: list[int], by_look: int = LOOKS) -> float:
+def _ever(results: list[dict[str, Any]], idx: list[int], by_look: int = LOOKS) -> float:
     return float(np.mean([any(0 < r["first_flag"][i] <= by_look for i in idx) for r in results]))
 
 

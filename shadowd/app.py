@@ -90,29 +90,31 @@ def build_hub_parts(config: ShadowdConfig) -> HubParts:
 
 
 def build_app(config: ShadowdConfig) -> Application:
+    from ray import serve
+
     from shadowd.serving.hub import ShadowHub
     from shadowd.serving.ingress import ShadowIngress
     from shadowd.serving.worker import MODEL_THREADS, ShadowWorker
 
     serving = config.serving
     env = {"runtime_env": {"env_vars": {MULTIPROC_ENV: str(metrics_dir(config))}}}
-    hub = ShadowHub.options(
+    hub = serve.deployment(
         num_replicas=1,
         ray_actor_options={"num_cpus": serving.comparator_cpus, "resources": serving.hub_resources, **env},
-    ).bind(config, build_hub_parts)
+    )(ShadowHub).bind(config, build_hub_parts)
     worker = None
     if config.models.candidate is not None and config.shadow.sample_share > 0:
-        worker = ShadowWorker.options(
+        worker = serve.deployment(
             num_replicas=serving.worker_replicas,
             max_ongoing_requests=MODEL_THREADS,
             ray_actor_options={"num_cpus": serving.worker_cpus, **env},
-        ).bind(config, hub)
-    return ShadowIngress.options(
+        )(ShadowWorker).bind(config, hub)
+    return serve.deployment(
         num_replicas=serving.ingress_replicas,
         ray_actor_options={"num_cpus": serving.ingress_cpus, **env},
         max_ongoing_requests=serving.max_ongoing_requests,
         max_queued_requests=serving.max_queued_requests,
-    ).bind(config, worker, hub)
+    )(ShadowIngress).bind(config, worker, hub)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -9,10 +9,14 @@ Exit codes: 0 ok, 1 failed (e.g. gate FAIL), 2 usage or config error,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from shadowd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shadowd.config import ShadowdConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -24,12 +28,12 @@ def _root() -> None:
     """Shadow-test ML models in production on Ray Serve."""
 
 
-def _fail(message: str, code: int = EXIT_CONFIG) -> None:
+def _fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _load(path: Path):
+def _load(path: Path) -> ShadowdConfig:
     from shadowd.config import load_config
 
     try:

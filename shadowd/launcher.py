@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
@@ -37,7 +38,7 @@ class Daemon:
             serve.delete(APP_NAME)
         finally:
             if self.owns_ray:
-                serve.shutdown()
+                serve.shutdown()  # type: ignore[no-untyped-call]
                 ray.shutdown()
 
 
@@ -72,11 +73,11 @@ def wait_healthy(url: str, timeout_s: float) -> None:
     raise ShadowdError(f"shadowd did not become healthy at {url} within {timeout_s} s ({last})")
 
 
-def wait_for_pairs(url: str, pairs: int, timeout_s: float) -> dict:
+def wait_for_pairs(url: str, pairs: int, timeout_s: float) -> dict[str, Any]:
     """Poll the report until it has counted ``pairs`` pairs (or time is up); returns the last report."""
     deadline = time.monotonic() + timeout_s
     while True:
-        report = requests.get(f"{url}/shadow/report", timeout=30).json()
+        report: dict[str, Any] = requests.get(f"{url}/shadow/report", timeout=30).json()
         if report["overall"]["pairs"] >= pairs or time.monotonic() > deadline:
             return report
         time.sleep(0.2)

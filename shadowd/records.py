@@ -119,7 +119,7 @@ class Mirrored:
     features: dict[str, Any]
     x: np.ndarray
     production_values: list[float] | None
-    production_outcome: str
+    production_outcome: Outcome
     production_latency_s: float
     violations: list[dict[str, Any]]
 
@@ -133,7 +133,7 @@ class MirroredBatch:
     features: list[dict[str, Any]]
     x: np.ndarray
     production_values: list[list[float] | None]
-    production_outcomes: list[str]
+    production_outcomes: list[Outcome]
     production_latency_s: list[float]
     violations: list[list[dict[str, Any]]]
 

@@ -7,6 +7,7 @@ hangs, returns NaN or the wrong shape. Reference them from a config as
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,8 @@ class ToyClassifier:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         z = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1) @ self.w
         e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        probs: np.ndarray = e / e.sum(axis=1, keepdims=True)
+        return probs
 
 
 class ToyRegressor:
@@ -36,7 +38,7 @@ class ToyRegressor:
 class SleepyModel(ToyClassifier):
     """A ToyClassifier that takes ``latency_ms`` per call without using CPU (``busy=False``) or with it."""
 
-    def __init__(self, latency_ms: float = 5.0, busy: bool = False, **kwargs):
+    def __init__(self, latency_ms: float = 5.0, busy: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         self.latency_s = latency_ms / 1000
         self.busy = busy
@@ -54,7 +56,7 @@ class SleepyModel(ToyClassifier):
 class FaultyModel(ToyClassifier):
     """A candidate that misbehaves on every call: mode raise | hang | nan | wrong_shape | none."""
 
-    def __init__(self, mode: str, hang_s: float = 30.0, **kwargs):
+    def __init__(self, mode: str, hang_s: float = 30.0, **kwargs: Any):
         super().__init__(**kwargs)
         if mode not in ("raise", "hang", "nan", "wrong_shape", "none"):
             raise ValueError(f"unknown FaultyModel mode {mode!r}")

@@ -19,10 +19,10 @@ still needs.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from shadowd.compare import stats
-from shadowd.compare.checks import CheckBase, CheckContext, Evidence, more_needed
+from shadowd.compare.checks import CheckConfig, CheckContext, Evidence, more_needed
 from shadowd.compare.report import CheckResult, CheckStatus, GateSummary, Verdict
 from shadowd.compare.tally import SliceTally
 from shadowd.config import ShadowdConfig
@@ -69,6 +69,10 @@ def _slice_order(config: ShadowdConfig, tallies: Mapping[str, SliceTally]) -> li
     return [n for n in names if n in tallies]
 
 
+def _rejects_at(ev: Evidence) -> Callable[[float], bool]:
+    return lambda alpha: ev.fails(alpha, 1.0)
+
+
 def check_context(config: ShadowdConfig, explain: bool = True) -> CheckContext:
     """What every check kind gets besides its tally."""
     gate = config.gate
@@ -86,14 +90,14 @@ def evaluate_checks(
     """
     gate = config.gate
     ctx = check_context(config, explain)
-    entries: list[tuple[CheckBase, str, Evidence, float]] = []
+    entries: list[tuple[CheckConfig, str, Evidence, float]] = []
     for check in config.checks:
         if not check.applies_to(config.task):
             continue
         for name in check.slices or _slice_order(config, tallies):
             ev = check.evidence(tallies.get(name) or SliceTally(), ctx)
             ready = ev.n >= check.min_samples and ev.value is not None
-            p = stats.anytime_p_value(lambda a, ev=ev: ev.fails(a, 1.0)) if ready else 1.0
+            p = stats.anytime_p_value(_rejects_at(ev)) if ready else 1.0
             entries.append((check, name, ev, p))
     raw = [p for *_, p in entries]
     adjusted = stats.adjust_p_values(raw, gate.correction)

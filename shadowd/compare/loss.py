@@ -18,7 +18,7 @@ LOSS_CAP = 1e300
 
 def example_loss(task: str, values: Sequence[float], label: float | int | Sequence[float]) -> float:
     if task == "classification":
-        if isinstance(label, list):
+        if not isinstance(label, int | float):
             raise ValueError(f"label {label!r} is a list; classification takes a class index")
         k = int(label)
         if k != label or not 0 <= k < len(values):

@@ -63,8 +63,8 @@ def _slice_rows(report: ShadowReport) -> tuple[list[str], list[list[str]]]:
             _num(s.divergent),
             _num(s.mean_divergence),
             (_pct(floor) if classification else _num(floor)) + (f" (n={s.noise.compared})" if s.noise.compared else ""),
-            f"{_ms(prod and prod.p50)}/{_ms(cand and cand.p50)}",
-            f"{_ms(prod and prod.p99)}/{_ms(cand and cand.p99)}",
+            f"{_ms(prod.p50 if prod else None)}/{_ms(cand.p50 if cand else None)}",
+            f"{_ms(prod.p99 if prod else None)}/{_ms(cand.p99 if cand else None)}",
             _num(s.labels.labels),
         ]
         pair = s.labels.accuracy if classification else s.labels.mean_loss
@@ -118,9 +118,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def _markdown(report: ShadowReport) -> str:
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
-        esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+        out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
         return out
 
     head = _headline(report)

@@ -107,8 +107,8 @@ class CheckResult(_Report):
     unit: Literal["pairs", "labels"]
     reason: str = Field(description="One line: the value, the interval, the threshold and what it means.")
     required: bool = Field(description="PASS needs this check to pass.")
-    p_value: float | None = None
-    p_adjusted: float | None = None
+    p_value: float = Field(description="Anytime-valid p-value of this test alone (1 before its minimum sample).")
+    p_adjusted: float = Field(description="Adjusted across every slice x check test (the gate's correction).")
     needed: int | None = Field(None, description="Roughly how many more samples would decide.")
     noise_floor: float | None = None
     extra: dict[str, Any] = Field(default_factory=dict, description="Check-kind specific detail.")

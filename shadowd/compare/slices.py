@@ -38,7 +38,7 @@ def _equal(a: Any, b: Any) -> bool | None:
     ka, kb = _kind(a), _kind(b)
     if ka is None or ka != kb:
         return None
-    return a == b
+    return bool(a == b)
 
 
 def _condition(cond: Condition, features: Mapping[str, Any]) -> bool:
@@ -62,13 +62,14 @@ def _condition(cond: Condition, features: Mapping[str, Any]) -> bool:
     # lt / le / gt / ge: numbers only (config validation guarantees cond.value is one).
     if _kind(value) != "number" or (isinstance(value, float) and math.isnan(value)):
         return False
+    bound = float(cond.value)  # type: ignore[arg-type]  # a number for lt/le/gt/ge (config validation)
     if op == "lt":
-        return value < cond.value
+        return bool(value < bound)
     if op == "le":
-        return value <= cond.value
+        return bool(value <= bound)
     if op == "gt":
-        return value > cond.value
-    return value >= cond.value
+        return bool(value > bound)
+    return bool(value >= bound)
 
 
 def evaluate(predicate: Condition | AllOf | AnyOf | NotOf, features: Mapping[str, Any]) -> bool:

@@ -182,7 +182,7 @@ def anytime_p_value(rejects: Callable[[float], bool], iterations: int = 20) -> f
     return math.exp(hi)
 
 
-def adjust_p_values(p_values: Sequence[float], method: str) -> list[float]:
+def adjust_p_values(p_values: Sequence[float] | np.ndarray, method: str) -> list[float]:
     """Adjusted p-values for a family of tests; reject where adjusted <= alpha.
 
     ``holm`` (step-down) and ``bonferroni`` control the family-wise error rate;

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 __all__ = [
     "OUTCOMES",
@@ -175,7 +175,7 @@ class _DivergenceTally:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]):
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         return cls(int(d["compared"]), int(d["divergent"]), int(d["flips"]), Moments.from_dict(d["score"]))
 
 
@@ -207,7 +207,9 @@ class CandidateTally(_DivergenceTally):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CandidateTally:
         t = super().from_dict(d)
-        t.classes = {tuple(int(x) for x in k.split(":")): int(n) for k, n in d.get("classes", {}).items()}  # type: ignore[misc]
+        for key, n in d.get("classes", {}).items():
+            p, c = key.split(":")
+            t.classes[(int(p), int(c))] = int(n)
         return t
 
 

@@ -13,8 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DEMO_SEED", "DemoData", "darken", "load_demo_data", "train_demo_models"]
 
@@ -50,7 +54,7 @@ def darken(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _train(
     hidden: int, x: np.ndarray, y: np.ndarray, seed: int, background_level: float | None = None, epochs: int = 60
-):
+) -> torch.nn.Module:
     import torch
     from torch import nn
 
@@ -58,7 +62,7 @@ def _train(
         """Background subtraction at a fixed level: cleaner strokes in good light, faint ones vanish in the dark."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return (x - background_level).clamp(min=0.0)
+            return (x - (background_level or 0.0)).clamp(min=0.0)
 
     torch.manual_seed(seed)
     layers = [nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)]
@@ -67,14 +71,14 @@ def _train(
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        for idx in torch.randperm(len(xt), generator=gen).split(128):
+        for idx in torch.randperm(len(xt), generator=gen).split(128):  # type: ignore[no-untyped-call]
             opt.zero_grad()
-            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()  # type: ignore[no-untyped-call]
             opt.step()
     return net.eval()
 
 
-def _accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
+def _accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     import torch
 
     with torch.inference_mode():
@@ -102,7 +106,7 @@ def train_demo_models(out_dir: Path, seed: int = DEMO_SEED) -> dict[str, Path]:
     x_dark = darken(data.x_test, np.random.default_rng(seed + 2))
     summary = {}
     for role, net in nets.items():
-        torch.jit.save(torch.jit.trace(net, torch.zeros(1, 64)), str(paths[role]))
+        torch.jit.save(torch.jit.trace(net, torch.zeros(1, 64)), str(paths[role]))  # type: ignore[no-untyped-call]
         summary[role] = {
             "accuracy_test": round(_accuracy(net, data.x_test, data.y_test), 4),
             "accuracy_test_dark": round(_accuracy(net, x_dark, data.y_test), 4),

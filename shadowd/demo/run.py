@@ -9,6 +9,7 @@ shadow report and where the annotation items went.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,7 @@ def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
 
 
 def run_demo(
-    data_dir: Path, n_requests: int, port: int, metrics_port: int, feedback_share: float, echo
+    data_dir: Path, n_requests: int, port: int, metrics_port: int, feedback_share: float, echo: Callable[[str], None]
 ) -> ShadowReport:
     from tqdm import tqdm
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ DEMO_SLICES = [
 @dataclass(frozen=True)
 class DemoRequest:
     request_id: str
-    body: dict
+    body: dict[str, Any]
     label: int
 
 

@@ -129,10 +129,10 @@ class _CategoricalRef:
     def test(self, values: list[Any]) -> tuple[str, float, float, float] | str:
         live = Counter(values)
         if self.has_other:  # the profile pooled its rare categories; pool live ones it does not list the same way
-            pooled = sum(c for k, c in live.items() if k not in self.freq)
+            unlisted = sum(c for k, c in live.items() if k not in self.freq)
             live = Counter({k: c for k, c in live.items() if k in self.freq})
-            if pooled:
-                live[OTHER] += pooled
+            if unlisted:
+                live[OTHER] += unlisted
         keys = sorted(set(self.freq) | set(live))
         ref = np.array([self.freq.get(k, 0) for k in keys], dtype=float)
         obs = np.array([live.get(k, 0) for k in keys], dtype=float)
@@ -158,6 +158,10 @@ class _CategoricalRef:
         table = np.array(cols, dtype=float).T
         res = stats.chi2_contingency(table, correction=False)
         return "chi2", value, float(res.statistic), float(res.pvalue)
+
+
+def _reference(prof: NumericProfile | CategoricalProfile) -> _NumericRef | _CategoricalRef:
+    return _NumericRef(prof) if isinstance(prof, NumericProfile) else _CategoricalRef(prof)
 
 
 def _output_class(values: Any) -> str | None:
@@ -204,7 +208,7 @@ class DriftMonitor:
         for name in names:
             prof = profile.features[name]
             numeric = isinstance(prof, NumericProfile)
-            self._refs[name] = _NumericRef(prof) if numeric else _CategoricalRef(prof)
+            self._refs[name] = _reference(prof)
             base, _, rest = name.partition("[")
             if base == "inputs" and rest.endswith("]") and rest[:-1].isdigit():
                 self._readers.append((name, "inputs", int(rest[:-1]), numeric))
@@ -213,8 +217,7 @@ class DriftMonitor:
         self._outputs_numeric: bool | None = None
         if cfg.outputs and profile.outputs is not None:
             self._outputs_numeric = isinstance(profile.outputs, NumericProfile)
-            out_ref = _NumericRef(profile.outputs) if self._outputs_numeric else _CategoricalRef(profile.outputs)
-            self._out_ref = out_ref
+            self._out_ref = _reference(profile.outputs)
         self.windows: deque[DriftWindow] = deque(maxlen=cfg.history_windows)
         self.windows_closed = 0
         self.alarms: Counter[tuple[str, str]] = Counter()  # (feature, slice) -> windows with drift
@@ -259,9 +262,9 @@ class DriftMonitor:
         for name, source, key, numeric in self._readers:
             v = (flat[key] if flat is not None and key < flat.size else None) if source == "inputs" else feats.get(key)
             if numeric:
-                ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                ok = isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
                 try:
-                    v = float(v) if ok and math.isfinite(v) else None
+                    v = float(v) if ok and math.isfinite(v) else None  # type: ignore[arg-type]  # ok: a number
                 except OverflowError:  # an int too large for a float
                     v = None
             elif v is not None:

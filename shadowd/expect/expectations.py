@@ -302,9 +302,9 @@ class ExpectationSet:
     def check_request(self, features: Mapping[str, Any] | None, inputs: np.ndarray | None) -> list[Violation]:
         """Violations of the feature and inputs expectations by one request; [] when it is fine."""
         out: list[Violation] = []
-        get = features.get if features is not None else {}.get
+        feats: Mapping[str, Any] = features if features is not None else {}
         for name, check in self._features:
-            found = check(get(name, _MISSING))
+            found = check(feats.get(name, _MISSING))
             if found:
                 out.extend(found)
         if self._inputs is not None and inputs is not None:

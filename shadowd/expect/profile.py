@@ -24,6 +24,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -150,7 +151,7 @@ def _expand(name: str, value: Any, row: dict[str, Any]) -> None:
         row[name] = value
 
 
-def _columns_from_rows(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+def _columns_from_rows(rows: list[dict[str, Any]]) -> dict[str, list[Any] | np.ndarray]:
     names: dict[str, None] = {}
     for r in rows:
         names.update(dict.fromkeys(r))
@@ -294,7 +295,7 @@ def _column(
 
 
 def build_profile(
-    columns: dict[str, list[Any] | np.ndarray],
+    columns: Mapping[str, list[Any] | np.ndarray],
     *,
     source: str = "<memory>",
     output_column: str | None = None,

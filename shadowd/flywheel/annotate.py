@@ -84,7 +84,7 @@ class Annotator:
         """Persist the answer for the current item, then commit the queue past it."""
         if self.current is None:
             raise AnnotateError("no current item: call next_item() first")
-        if answer in ("skip", "bad_data"):
+        if answer == "skip" or answer == "bad_data":
             label = Label(
                 request_id=self.current.request_id,
                 label=None,
@@ -92,7 +92,7 @@ class Annotator:
                 verdict=answer,
                 annotator=self.annotator,
                 ts=self._clock(),
-            )  # type: ignore[arg-type]
+            )
         else:
             label = Label(
                 request_id=self.current.request_id,

@@ -10,6 +10,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from rich.console import Console
+from rich.panel import Panel
+
 from shadowd.errors import AnnotateError
 from shadowd.flywheel.annotate import Annotator, Answer
 from shadowd.records import AnnotationItem
@@ -56,7 +59,7 @@ def _top(values: list[float] | None, task: str) -> str:
     return "  ".join(f"class {k}: {values[k]:.2f}" for k in order)
 
 
-def render_item(item: AnnotationItem, task: str):
+def render_item(item: AnnotationItem, task: str) -> Panel:
     """A rich renderable of one item: why it was queued, inputs, both outputs."""
     from rich.console import Group
     from rich.panel import Panel
@@ -113,7 +116,7 @@ def parse_answer(text: str, item: AnnotationItem, task: str) -> Answer | None:
 
 def annotate_session(
     annotator: Annotator,
-    console,
+    console: Console,
     ask: Callable[[str], str],
     max_items: int | None = None,
     wait_s: float = 10.0,

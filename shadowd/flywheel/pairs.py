@@ -122,7 +122,8 @@ class PairStore:
 
     def __len__(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
+            count: int = self._db.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
+            return count
 
     def close(self) -> None:
         with self._lock:

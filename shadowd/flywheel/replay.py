@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
+from rich.table import Table
 
 from shadowd.config import ShadowdConfig, SuiteThresholds, describe_error
 from shadowd.errors import ConfigError
@@ -75,9 +76,7 @@ def against_baseline(
     return judged
 
 
-def render_results(results: Sequence[SuiteResult], model_name: str):
-    from rich.table import Table
-
+def render_results(results: Sequence[SuiteResult], model_name: str) -> Table:
     table = Table(title=f"replay of {model_name}")
     for col in ("suite", "version", "examples", "accuracy", "mean loss", "mae", "verdict"):
         table.add_column(col, justify="left" if col in ("suite", "verdict") else "right")
@@ -95,6 +94,6 @@ def render_results(results: Sequence[SuiteResult], model_name: str):
     return table
 
 
-def thresholds_for(config: ShadowdConfig | None, **overrides) -> SuiteThresholds:
+def thresholds_for(config: ShadowdConfig | None, **overrides: float | None) -> SuiteThresholds:
     base = config.labels.suite_thresholds if config is not None else SuiteThresholds()
     return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})

@@ -184,7 +184,7 @@ class AnnotationSink:
             self._metrics.spool_items.set(self.spool.pending_count)
 
     def _drain(self, len_limit: int | None) -> list[AnnotationItem]:
-        items = []
+        items: list[AnnotationItem] = []
         while len_limit is None or len(items) < len_limit:
             try:
                 items.append(self._buffer.get_nowait())

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shadowd.errors import SpoolError
 
@@ -42,7 +43,7 @@ class SpoolRecord:
 
     seq: int
     key: str
-    value: dict
+    value: dict[str, Any]
 
 
 @dataclass
@@ -265,7 +266,7 @@ class Spool:
     def __enter__(self) -> Spool:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -248,9 +248,7 @@ def replay_suite(
     reasons = []
     accuracy = mae = None
     if manifest.task == "classification":
-        accuracy = float(
-            np.mean([int(np.argmax(out)) == int(e.label) for out, e in zip(outputs, examples, strict=True)])
-        )
+        accuracy = float(np.mean([int(np.argmax(out)) == e.label for out, e in zip(outputs, examples, strict=True)]))
         if accuracy < thresholds.min_accuracy:
             reasons.append(f"accuracy {accuracy:.3f} < min_accuracy {thresholds.min_accuracy}")
     else:

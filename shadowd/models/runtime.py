@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from shadowd.models.base import ModelBase, Predict
+from shadowd.records import Outcome
 
 __all__ = ["LoadedModel", "check_rows", "load_model"]
 
@@ -50,7 +51,7 @@ def load_model(cfg: ModelBase, torch_threads: int = 1) -> LoadedModel:
     return LoadedModel(cfg, cfg.load(torch_threads))
 
 
-def check_rows(out: np.ndarray, n: int, width: int | None) -> tuple[list[str], str | None]:
+def check_rows(out: np.ndarray, n: int, width: int | None) -> tuple[list[Outcome], str | None]:
     """Per-example outcome ('ok', 'nan', 'bad_shape') of a batch output, and a reason.
 
     ``width`` is the expected number of values per example (production's), or
@@ -62,4 +63,5 @@ def check_rows(out: np.ndarray, n: int, width: int | None) -> tuple[list[str], s
     finite = np.isfinite(out).all(axis=1)
     if finite.all():
         return ["ok"] * n, None
-    return ["ok" if f else "nan" for f in finite], "output has NaN or inf"
+    outcomes: list[Outcome] = ["ok" if f else "nan" for f in finite]
+    return outcomes, "output has NaN or inf"

@@ -27,7 +27,7 @@ class TorchScriptModel(ModelBase):
 
         torch.set_num_threads(torch_threads)
         try:
-            module = torch.jit.load(str(self.path), map_location="cpu")
+            module = torch.jit.load(str(self.path), map_location="cpu")  # type: ignore[no-untyped-call]
         except (RuntimeError, ValueError, OSError) as err:
             raise ModelError(f"cannot load TorchScript model {self.name!r} from {self.path}: {err}") from None
         module.eval()

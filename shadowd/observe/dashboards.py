@@ -71,7 +71,11 @@ _SLICE = 'slice=~"$slice"'
 _SLICE_QUERY = "label_values(shadowd_pairs_compared_total, slice)"
 
 
-def _value_mappings(*texts: tuple[str, str]) -> list[dm.ValueMap]:
+# What a panel's mappings() takes (the list is invariant in its element type).
+_Mapping = dm.ValueMap | dm.RangeMap | dm.RegexMap | dm.SpecialValueMap
+
+
+def _value_mappings(*texts: tuple[str, str]) -> list[_Mapping]:
     """Grafana value mappings for a gauge whose value is the index of (text, color)."""
     options = {str(i): dm.ValueMappingResult(text=text, color=color, index=i) for i, (text, color) in enumerate(texts)}
     return [dm.ValueMap(options=options)]
@@ -153,7 +157,7 @@ def _stat(
     description: str,
     *queries: _Query,
     unit: str = "short",
-    mappings: list[dm.ValueMap] | None = None,
+    mappings: list[_Mapping] | None = None,
     thresholds: tuple[tuple[float | None, str], ...] = ((None, "green"),),
 ) -> stat.Panel:
     return (
@@ -170,7 +174,7 @@ def _stat(
 
 
 def _state_timeline(
-    title: str, description: str, *queries: _Query, mappings: list[dm.ValueMap] = _STATUS_MAPPINGS, w: int = 24
+    title: str, description: str, *queries: _Query, mappings: list[_Mapping] = _STATUS_MAPPINGS, w: int = 24
 ) -> statetimeline.Panel:
     return (
         _panel(statetimeline.Panel(), title, description, queries, w, 8)
@@ -246,7 +250,7 @@ def _to_json(dashboard: db.Dashboard) -> dict[str, Any]:
     model = dashboard.build()
     for panel_id, panel in enumerate(model.panels or [], start=1):
         panel.id_val = panel_id
-    out = json.loads(JSONEncoder().encode(model))
+    out: dict[str, Any] = json.loads(JSONEncoder().encode(model))
     # The SDK's variable model has no `definition` (the text Grafana lists the variable by).
     for variable in out["templating"]["list"]:
         if variable["name"] == "slice":

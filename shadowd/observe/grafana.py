@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from grafana_client import GrafanaApi
+from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException
 
 from shadowd.errors import GrafanaError
@@ -67,7 +67,8 @@ def connect(url: str, token: str, *, timeout_s: float = 10.0) -> GrafanaApi:
     """A Grafana API client for ``url`` (e.g. ``http://grafana:3000``) with a service-account token."""
     if not token:
         raise GrafanaError("no Grafana token given (use --token or set GRAFANA_TOKEN)")
-    return GrafanaApi.from_url(url.rstrip("/"), credential=token, timeout=timeout_s)
+    client: GrafanaApi = GrafanaApi.from_url(url.rstrip("/"), credential=token, timeout=timeout_s)
+    return client
 
 
 def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -82,7 +83,7 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def _ensure_folder(client: GrafanaApi, title: str, uid: str) -> bool:
     """Make sure the folder exists; True when it was created now."""
     try:
-        client.folder.get_folder(uid)
+        client.folder.get_folder(uid)  # type: ignore[no-untyped-call]
         return False
     except GrafanaClientError as err:
         if err.status_code != 404:

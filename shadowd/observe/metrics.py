@@ -185,7 +185,7 @@ def prepare_multiprocess_dir(data_dir: Path) -> Path:
 def serve_metrics(port: int, host: str, multiproc_dir: Path) -> CollectorRegistry:
     """Serve the aggregate of every shadowd process's metrics on ``host:port/metrics``."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))
+    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
     start_http_server(port, addr=host, registry=registry)
     return registry
 

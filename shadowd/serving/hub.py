@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ray import serve
-
 from shadowd.compare.comparator import Comparator, state_path
 from shadowd.compare.report import ShadowReport
 from shadowd.compare.slices import SliceMatcher
@@ -62,7 +60,6 @@ def publish_gate(metrics: ShadowdMetrics, report: ShadowReport) -> None:
             metrics.noise_floor.labels(slice=name).set(share / s.noise.compared)
 
 
-@serve.deployment
 class ShadowHub:
     def __init__(self, config: ShadowdConfig, build_parts: Callable[[ShadowdConfig], HubParts]):
         # The parts are built here, in the hub's own process, by the app's wiring function:
@@ -124,7 +121,9 @@ class ShadowHub:
             slices = self._slices.match(pair.features)
             self._violations.add([Violation(**v) for v in pair.violations], slices)
             if self._drift is not None:
-                outputs = {o.role: o.values for o in (pair.production, pair.candidate) if o is not None and o.ok}
+                outputs: dict[str, Any] = {
+                    o.role: o.values for o in (pair.production, pair.candidate) if o is not None and o.ok
+                }
                 self._drift.add(pair.features, outputs, slices, inputs=pair.inputs)
             self._flywheel.record(pair, items)
         self._dirty = True

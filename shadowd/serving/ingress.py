@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import asdict
 from typing import Any
@@ -26,7 +27,7 @@ from shadowd.config import ShadowdConfig
 from shadowd.errors import BadRequest
 from shadowd.expect import ExpectationSet, Violation, record_violations, violation_item
 from shadowd.models.runtime import check_rows, load_model
-from shadowd.records import Mirrored, MirroredBatch, ModelOutput
+from shadowd.records import Mirrored, MirroredBatch, ModelOutput, Outcome
 from shadowd.sampling import is_sampled
 from shadowd.serving.protocol import PredictRequest, parse_feedback, parse_predict, read_json, request_id_from
 from shadowd.serving.runtime import process_metrics
@@ -47,7 +48,6 @@ def _serve_request_id() -> str | None:
     return _get_serve_request_context().request_id or None
 
 
-@serve.deployment
 class ShadowIngress:
     def __init__(self, config: ShadowdConfig, worker: Any, hub: Any):
         self._cfg = config
@@ -58,9 +58,9 @@ class ShadowIngress:
         self._input_shape = tuple(prod.input_shape)
         self._classification = config.task == "classification"
         self._prefix = config.serving.route_prefix.rstrip("/")
-        if prod.max_batch_size > 1:
-            self._predict_batch.set_max_batch_size(prod.max_batch_size)
-            self._predict_batch.set_batch_wait_timeout_s(prod.batch_wait_timeout_s)
+        if prod.max_batch_size > 1:  # serve.batch adds these setters; its stubs do not say so
+            self._predict_batch.set_max_batch_size(prod.max_batch_size)  # type: ignore[attr-defined]
+            self._predict_batch.set_batch_wait_timeout_s(prod.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._batching = prod.max_batch_size > 1
         self._hub_calls = asyncio.Semaphore(_HUB_CALLS)
         self._expect = ExpectationSet(config.expectations)
@@ -138,7 +138,8 @@ class ShadowIngress:
     async def _run_production(self, x: np.ndarray) -> np.ndarray:
         if self._batching:
             return await self._predict_batch(x)
-        return self._model.predict(x[None])[0]
+        row: np.ndarray = self._model.predict(x[None])[0]
+        return row
 
     async def _predict(self, request: Request) -> Response:
         t_start = time.perf_counter()
@@ -167,8 +168,8 @@ class ShadowIngress:
             record_violations(self._metrics, output_violations)
             violations = violations + output_violations
         # JSON has no NaN: a non-finite production output goes out as null.
-        listed = values.tolist() if outcome == "ok" else [v if np.isfinite(v) else None for v in values.tolist()]
-        self._hand_off(req, ts, listed if outcome == "ok" else None, outcome, latency_s, violations)
+        listed: list[float | None] = [v if math.isfinite(v) else None for v in values.tolist()]
+        self._hand_off(req, ts, values.tolist() if outcome == "ok" else None, outcome, latency_s, violations)
         body: dict[str, Any] = {"request_id": request_id, "model": self._model.name, "outputs": listed}
         if outcome == "ok":
             body["prediction"] = (
@@ -182,7 +183,7 @@ class ShadowIngress:
         req: PredictRequest,
         ts: float,
         values: list[float] | None,
-        outcome: str,
+        outcome: Outcome,
         latency_s: float,
         violations: list[Violation],
     ) -> None:

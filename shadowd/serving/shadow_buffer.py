@@ -36,8 +36,8 @@ class ShadowBuffer:
         self._on_drop = on_drop
         self._pending: deque[Any] = deque()
         self._in_flight = 0
-        self._task: asyncio.Task | None = None
-        self._sends: set[asyncio.Task] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
 
     @property
     def outstanding(self) -> int:

@@ -21,12 +21,11 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from ray import serve
 
 from shadowd.config import ShadowdConfig
 from shadowd.expect import ExpectationSet, Violation, record_violations
 from shadowd.models.runtime import LoadedModel, check_rows, load_model
-from shadowd.records import MirroredBatch, ModelOutput, Pair
+from shadowd.records import MirroredBatch, ModelOutput, Outcome, Pair, Role
 from shadowd.sampling import is_sampled
 from shadowd.serving.runtime import process_metrics
 
@@ -57,7 +56,7 @@ class _Runner:
         finally:
             self._slots.release()
 
-    async def __call__(self, x: np.ndarray) -> tuple[str | np.ndarray, float, str | None]:
+    async def __call__(self, x: np.ndarray) -> tuple[Outcome | np.ndarray, float, str | None]:
         """(output array | failed outcome, seconds per example, reason)."""
         if not self._slots.acquire(blocking=False):
             return "timeout", 0.0, f"all {MODEL_THREADS} model threads are still busy with earlier calls"
@@ -72,7 +71,7 @@ class _Runner:
 
 
 async def run_role(
-    runner: _Runner, role: str, x: np.ndarray, width: int | None, expect: ExpectationSet | None = None
+    runner: _Runner, role: Role, x: np.ndarray, width: int | None, expect: ExpectationSet | None = None
 ) -> tuple[list[ModelOutput], list[list[Violation]]]:
     """One ModelOutput per row of ``x`` and its output-expectation violations; failures become
     outcomes, never exceptions."""
@@ -96,7 +95,6 @@ async def run_role(
     ], violations
 
 
-@serve.deployment
 class ShadowWorker:
     def __init__(self, config: ShadowdConfig, hub: Any):
         self._cfg = config
@@ -134,11 +132,11 @@ class ShadowWorker:
         prod_name = self._cfg.models.production.name
         pairs = []
         for i, (cand, nz) in enumerate(zip(candidates, noise, strict=True)):
-            for out in (cand, nz):
-                if out is not None:
-                    self._metrics.requests.labels(out.role, out.outcome).inc()
-                    if out.outcome in ("ok", "nan"):
-                        self._metrics.latency.labels(out.role).observe(out.latency_s)
+            for result in (cand, nz):
+                if result is not None:
+                    self._metrics.requests.labels(result.role, result.outcome).inc()
+                    if result.outcome in ("ok", "nan"):
+                        self._metrics.latency.labels(result.role).observe(result.latency_s)
             prod = ModelOutput(
                 role="production",
                 model=prod_name,

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from shadowd.app import build_flywheel
 from shadowd.config import parse_config
 from shadowd.flywheel.annotate import Annotator
-from shadowd.flywheel.transports.kafka import kafka_backlog
+from shadowd.flywheel.transports.kafka import KafkaTransportConfig, kafka_backlog
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import AnnotationItem, ModelOutput, Pair
 from tests.fixtures.kafka import unique_topic
@@ -54,6 +54,12 @@ def config_dict(tmp_path, bootstrap, topics):
             },
         },
     }
+
+
+def kafka_cfg(cfg):
+    sink = cfg.annotations.sink
+    assert isinstance(sink, KafkaTransportConfig)
+    return sink
 
 
 def make_pair(i, now):
@@ -142,7 +148,7 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
 
         # nothing was committed: the whole queue is the rotation's backlog
         before = time.time()  # the scan reads its clock once, at its start
-        backlog = kafka_backlog(cfg.annotations.sink, cfg.annotations.rotation.name, time.time)
+        backlog = kafka_backlog(kafka_cfg(cfg), cfg.annotations.rotation.name, time.time)
         assert backlog.items == N_ITEMS
         assert backlog.oldest_age_s >= before - t0  # every item was created at t0
 
@@ -159,7 +165,7 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
             ann.close()
         assert shown in seen  # the item the killed annotator held came back
         assert sorted(seen) == sorted(f"req-{i}" for i in range(N_ITEMS))  # each exactly once
-        assert kafka_backlog(cfg.annotations.sink, cfg.annotations.rotation.name, time.time).items == 0
+        assert kafka_backlog(kafka_cfg(cfg), cfg.annotations.rotation.name, time.time).items == 0
 
         # labels went to the labels topic and were joined to the stored pairs
         assert all_joined.wait(30), sorted(joined)

@@ -16,7 +16,7 @@ import importlib
 import json
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,7 @@ _SAFE_SYSCTLS = {
 _SELINUX_TYPES = {None, "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
 
 
-def restricted_violations(spec: dict[str, Any], extra_containers: list[dict[str, Any]] = ()) -> list[str]:
+def restricted_violations(spec: dict[str, Any], extra_containers: Sequence[dict[str, Any]] = ()) -> list[str]:
     """Pod Security Standards "restricted" (which includes "baseline"), as the
     Kubernetes docs list the rules; returns one line per violation."""
     bad = []

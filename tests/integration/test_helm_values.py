@@ -125,6 +125,7 @@ def test_good_config_passes_both(chart):
 
 def test_values_schema_is_in_sync_with_the_config_tree():
     spec = importlib.util.spec_from_file_location("gen_values_schema", CHART / "hack" / "gen_values_schema.py")
+    assert spec is not None and spec.loader is not None
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     assert gen.main(["--check"]) == 0, (

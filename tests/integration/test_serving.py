@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,7 +120,7 @@ def test_bad_requests_get_4xx_and_daemon_keeps_serving(shadowd_app):
     daemon = shadowd_app({**_config(toy_model("cand", seed=1)), "serving": {"max_body_bytes": 2048}})
     url = daemon.url
     good = {"inputs": [0.1] * 8}
-    cases = [
+    cases: list[tuple[dict[str, Any], int, str]] = [
         (dict(data=b"{not json", headers={"Content-Type": "application/json"}), 400, "not valid JSON"),
         (dict(json=[1, 2, 3]), 422, "JSON object"),
         (dict(json={"features": {}}), 422, "missing 'inputs'"),

@@ -6,6 +6,7 @@ numpy, never read back from the comparator.
 
 import json
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ def stream(n, seed, k=3):
     pairs = []
     for i in range(n):
         p = rng.dirichlet(np.ones(k))
-        feats = {}
+        feats: dict[str, object] = {}
         if rng.random() < 0.8:
             feats["brightness"] = float(rng.random())
         if rng.random() < 0.5:
@@ -92,7 +93,7 @@ def stream(n, seed, k=3):
 
 
 def expected_counts(pairs, in_slice, tvd_threshold=0.3):
-    e = dict(
+    e: dict[str, Any] = dict(
         pairs=0,
         production_only=0,
         compared=0,

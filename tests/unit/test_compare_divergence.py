@@ -83,7 +83,7 @@ def test_regression_needs_both_margins_on_one_output():
 
 def test_regression_zero_production_gives_finite_relative_difference():
     d = pair_divergence("regression", [0.0], [1e-3], CFG)
-    assert math.isfinite(d.rel_diff) and d.rel_diff > 1e5
+    assert d.rel_diff is not None and math.isfinite(d.rel_diff) and d.rel_diff > 1e5
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ time-uniform promise directly: the share of streams whose interval ever
 misses the truth, looked at after every sample, stays at or below alpha.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -29,11 +30,15 @@ def test_proportion_cs_bounds_are_where_the_mixture_ratio_hits_one_over_alpha(s,
     assert sps.betabinom.pmf(s, n, 0.5, 0.5) / sps.binom.pmf(s, n, inside) < 1 / alpha
 
 
+def _lower_above(s: int, n: int, p0: float, alpha: float) -> bool:
+    return stats.proportion_cs(s, n, alpha)[0] > p0
+
+
 def test_proportion_p_value_matches_the_interval():
     """p for H0 rate <= p0 is the smallest alpha whose interval lies wholly above p0."""
     for s, n, p0 in [(30, 200, 0.05), (12, 100, 0.05), (0, 500, 0.01), (40, 1000, 0.01)]:
         closed = stats.proportion_p_above(s, n, p0)
-        searched = stats.anytime_p_value(lambda a, s=s, n=n, p0=p0: stats.proportion_cs(s, n, a)[0] > p0)
+        searched = stats.anytime_p_value(functools.partial(_lower_above, s, n, p0))
         if closed < 1:
             assert searched == pytest.approx(closed, rel=1e-3)
         else:

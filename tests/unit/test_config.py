@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from shadowd.config import load_config, parse_config
 from shadowd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = {
+BASE: dict[str, Any] = {
     "task": "classification",
     "models": {
         "production": {"name": "p", "kind": "python", "target": "shadowd.testing:ToyClassifier", "input_shape": [8]}

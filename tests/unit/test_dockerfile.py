@@ -154,7 +154,7 @@ def test_entrypoint_and_cmd_match_the_cli(instructions):
     assert "shadowd" in scripts
     # Parse CMD with the real CLI: the subcommand exists and takes these options.
     group = typer.main.get_command(app)
-    sub = group.get_command(click.Context(group), cmd[0])
+    sub = group.get_command(click.Context(group), cmd[0])  # type: ignore[attr-defined, arg-type]
     assert sub is not None, f"shadowd has no subcommand {cmd[0]!r}"
     params = sub.make_context(cmd[0], list(cmd[1:]), resilient_parsing=True).params
     assert str(params["config"]) == "/etc/shadowd/config.yaml"

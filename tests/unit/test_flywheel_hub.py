@@ -69,7 +69,7 @@ def fw(tmp_path):
     clock = Clock()
     metrics = ShadowdMetrics(CollectorRegistry())
     flywheel = build_flywheel(config(tmp_path, high_loss_threshold=5.0), metrics, clock)
-    flywheel.clock = clock
+    flywheel.clock = clock  # type: ignore[attr-defined]  # the tests' handle on the injected clock
     yield flywheel
     flywheel.close(timeout_s=2)
 
@@ -175,7 +175,12 @@ def test_embedded_annotator_labels_come_back_through_the_labels_file(tmp_path):
     cfg = config(tmp_path)
     joined = []
     got = threading.Event()
-    fw = build_flywheel(cfg).start(on_joined=lambda p, lab, losses: (joined.append((p.request_id, losses)), got.set()))
+
+    def on_joined(p, lab, losses):
+        joined.append((p.request_id, losses))
+        got.set()
+
+    fw = build_flywheel(cfg).start(on_joined=on_joined)
     try:
         p = pair(1, [0.9, 0.1], [0.2, 0.8], fw._clock(), brightness=0.1)
         fw.record(p, [divergent_item(p)])

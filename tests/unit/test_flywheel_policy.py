@@ -38,9 +38,7 @@ def item(i, inputs=None, slices=(), features=None, reason="divergent"):
 
 
 def unlimited(**kw):
-    base = dict(rate_per_s=1e9, burst_items=10**9)
-    base.update(kw)
-    return AnnotationPolicyConfig(**base)
+    return AnnotationPolicyConfig.model_validate({"rate_per_s": 1e9, "burst_items": 10**9, **kw})
 
 
 def test_token_bucket_rate_and_burst():

@@ -50,4 +50,5 @@ def test_names_are_namespaced_and_labels_bounded():
         assert not set(family._labelnames) & _UNBOUNDED_LABELS, (name, family._labelnames)
         if family._type == "gauge":
             # "all" (the default) keeps one series per process id: unbounded across restarts.
-            assert family._multiprocess_mode != "all", f"{name}: set multiprocess_mode"
+            mode = getattr(family, "_multiprocess_mode", None)
+            assert mode not in (None, "all"), f"{name}: set multiprocess_mode"

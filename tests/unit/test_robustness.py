@@ -55,6 +55,8 @@ def test_loss_of_an_absurd_output_is_capped_not_inf():
 
 
 def test_a_feature_too_large_for_a_float_is_a_violation_not_an_error():
-    expect = ExpectationSet(ExpectationsConfig(features={"age": {"type": "number", "min": 0, "max": 150}}))
+    expect = ExpectationSet(
+        ExpectationsConfig.model_validate({"features": {"age": {"type": "number", "min": 0, "max": 150}}})
+    )
     violations = expect.check_request({"age": 10**400}, None)
     assert [v.rule for v in violations] == ["finite"]

@@ -51,7 +51,7 @@ CheckConfig = Annotated[
 ]
 
 
-def default_checks() -> list[CheckBase]:
+def default_checks() -> list[CheckConfig]:
     """The checks an empty config gets; ones that do not fit the task are skipped at evaluation."""
     return [
         FlipRateCheck(type="flip_rate", name="flip_rate"),

@@ -11,13 +11,16 @@ from shadowd.compare.tally import SliceTally
 
 __all__ = ["FailureRateCheck"]
 
+Failure = Literal["error", "timeout", "nan", "bad_shape"]
+_DEFAULT_FAILURES: list[Failure] = ["error", "nan", "bad_shape"]
+
 
 class FailureRateCheck(CheckBase):
     """Share of mirrored requests on which the candidate gave no usable answer."""
 
     type: Literal["candidate_failure_rate"] = Field(description="Candidate failures among mirrored requests.")
-    outcomes: list[Literal["error", "timeout", "nan", "bad_shape"]] = Field(
-        default_factory=lambda: ["error", "nan", "bad_shape"], min_length=1, description="Outcomes counted as failures."
+    outcomes: list[Failure] = Field(
+        default_factory=lambda: _DEFAULT_FAILURES.copy(), min_length=1, description="Outcomes counted as failures."
     )
     max_rate: float = Field(0.01, ge=0, lt=1, description="Largest allowed failure rate.")
 

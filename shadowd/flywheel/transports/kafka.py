@@ -166,7 +166,7 @@ class KafkaProducerSide:
             if producer is None:
                 producer = self._make()
                 with self._lock:
-                    if self._closed:
+                    if self._is_closed():  # closed while the producer was being built
                         _force_close(producer)
                         return SendResult(0, DeliveryError("transport closed"))
                     self._producer = producer
@@ -186,6 +186,9 @@ class KafkaProducerSide:
                 return SendResult(acked, delivery_error(err))
             acked += 1
         return SendResult(acked)
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def _discard(self, producer: Any = None) -> None:
         """Throw away ``producer`` (if it is still the current one), or the current one."""
