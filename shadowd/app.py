@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from shadowd.config import ShadowdConfig, load_config
 from shadowd.observe.metrics import MULTIPROC_ENV, ShadowdMetrics
+from shadowd.records import Lane
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -51,8 +52,9 @@ def build_flywheel(
     from shadowd.flywheel.transports import build_transport
 
     transport = build_transport(config.annotations.sink, config.data_dir)
-    sink = build_sink(config, transport.producer(), metrics)
-    return Flywheel(config, transport, sink, metrics, clock)
+    lanes: tuple[Lane, ...] = ("evaluation", "review")
+    sinks = {lane: build_sink(config, transport.producer(lane), metrics, lane) for lane in lanes}
+    return Flywheel(config, transport, sinks, metrics, clock)
 
 
 def build_hub_parts(config: ShadowdConfig) -> HubParts:

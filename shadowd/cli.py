@@ -254,9 +254,16 @@ def replay(
     ),
     max_accuracy_drop: float = typer.Option(0.02, min=0.0, help="With --baseline: largest accuracy drop allowed."),
     max_mae_increase: float = typer.Option(0.0, min=0.0, help="With --baseline: largest MAE increase allowed."),
+    include_own: bool = typer.Option(
+        False,
+        "--include-own",
+        help="Keep the examples this model's own disagreements selected (left out by default: circular).",
+    ),
 ) -> None:
     """Run a model offline over hard-example suites; exit 1 if a suite fails its thresholds (or, with
-    --baseline, is worse than the baseline model on it)."""
+    --baseline, is worse than the baseline model on it). Examples that this same model's shadow test
+    selected are left out (a model fails the inputs where it differed by construction); suites gate
+    the next candidate."""
     from rich.console import Console
 
     from shadowd.errors import ShadowdError
@@ -280,7 +287,8 @@ def replay(
     folder = suites_dir or (default_suites_dir(cfg) if cfg is not None else None)
     try:
         thresholds = thresholds_for(cfg, min_accuracy=min_accuracy, max_mean_loss=max_mean_loss, max_mae=max_mae)
-        results = replay_suites(suites, model_cfg, folder, thresholds)
+        own = None if include_own else model_cfg.name
+        results = replay_suites(suites, model_cfg, folder, thresholds, exclude_selected_by=own)
         if baseline is not None:
             base_cfg = (
                 getattr(cfg.models, baseline, None)
@@ -289,7 +297,7 @@ def replay(
             )
             if base_cfg is None:
                 _fail("--baseline needs --config and a configured 'production' or 'candidate' model")
-            base = replay_suites(suites, base_cfg, folder, thresholds)
+            base = replay_suites(suites, base_cfg, folder, thresholds, exclude_selected_by=own)
             results = against_baseline(results, base, max_accuracy_drop, max_mae_increase)
     except (ShadowdError, ValueError) as err:
         _fail(str(err))

@@ -28,6 +28,7 @@ __all__ = [
     "AnnotationPolicyConfig",
     "DivergenceConfig",
     "DriftConfig",
+    "EvaluationConfig",
     "ExpectationsConfig",
     "FeatureExpectation",
     "GateConfig",
@@ -52,6 +53,12 @@ __all__ = [
 class ModelsConfig(Strict):
     production: ModelConfig = Field(description="The model whose answers clients get.")
     candidate: ModelConfig | None = Field(None, description="The model under test; none means shadowing off.")
+    reference: ModelConfig | None = Field(
+        None,
+        description="Optional reference model: production's recipe retrained with another seed, or the previous "
+        "production version. It runs on shadow.reference_share of mirrored requests; how much it disagrees with "
+        "production per slice is the churn floor that divergence checks are judged against.",
+    )
 
 
 class ShadowConfig(Strict):
@@ -59,6 +66,12 @@ class ShadowConfig(Strict):
 
     sample_share: float = Field(
         1.0, ge=0, le=1, description="Share of requests mirrored to the candidate, decided by a hash of the request id."
+    )
+    reference_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Share of mirrored requests on which the reference model (models.reference) runs too.",
     )
     noise_share: float = Field(
         0.0,
@@ -266,6 +279,33 @@ class RotationConfig(Strict):
         return self
 
 
+class EvaluationConfig(Strict):
+    """The evaluation sample: a random share of disagreements with a known probability, labelled first.
+
+    Its labels (and random feedback) decide the label-based quality checks;
+    the rest of the queue is priority-ordered and feeds suites, not the gate.
+    """
+
+    share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of flipped or divergent pairs drawn into the evaluation lane (by a hash of the "
+        "request id, so the probability is known); slice_shares can raise it per slice.",
+    )
+    slice_shares: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict,
+        description="Share per slice name; a pair in several slices is drawn with the largest of their shares.",
+    )
+    review_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share for slices under review (divergence beyond the noise or churn floor and quality not "
+        "yet decided), so the labels go where the gate needs them.",
+    )
+
+
 class AnnotationConfig(Strict):
     sink: TransportConfig = Field(
         default_factory=SpoolTransportConfig,
@@ -284,6 +324,9 @@ class AnnotationConfig(Strict):
     )
     redaction: RedactionConfig = Field(default_factory=RedactionConfig, description="Fields dropped or hashed.")
     rotation: RotationConfig | None = Field(None, description="On-call rotation; none leaves items unassigned.")
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="The evaluation sample (the lane annotators are served first)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -308,6 +351,12 @@ class LabelsConfig(Strict):
     """Labels back: the pair store they are joined against, high-loss queueing, hard-example suites."""
 
     pair_retention_s: float = Field(7 * 86400.0, gt=0, description="Pairs older than this can no longer be labelled.")
+    feedback_selection: Literal["random", "targeted"] = Field(
+        "random",
+        description="How POST /feedback labels are chosen: random (every request or a share independent of the "
+        "models' answers; they enter the quality estimates) or targeted (e.g. complaints; kept for suites and "
+        "high-loss queueing, never for the gate).",
+    )
     max_pairs: int = Field(200_000, ge=1, description="Most pairs kept for label joins; the oldest go first.")
     high_loss_threshold: float | None = Field(
         None, gt=0, description="Queue a labelled input (reason high_loss) when a model's loss is above this."
@@ -479,7 +528,21 @@ class GateConfig(Strict):
     noise_floor: bool = Field(
         True, description="Judge divergence checks against production's own noise when noise pairs exist."
     )
-    tuning_samples: int = Field(2000, ge=10, description="Sample size at which the confidence sequences are tightest.")
+    tuning_samples: int = Field(
+        2000, ge=10, description="Pairs at which the pair-based confidence sequences are tightest."
+    )
+    tuning_labels: int = Field(
+        300, ge=10, description="Labels at which the label-based confidence sequences are tightest."
+    )
+    churn_floor: bool = Field(
+        True, description="Judge divergence checks against production-vs-reference divergence when a reference runs."
+    )
+    max_wait_h: float = Field(
+        168.0,
+        gt=0,
+        description="A check that would need longer than this at the current traffic and label rates is reported "
+        "as undecidable in reasonable time (widen the margin or raise the evaluation share).",
+    )
 
 
 class ShadowdConfig(Strict):
@@ -510,7 +573,8 @@ class ShadowdConfig(Strict):
     grafana: GrafanaConfig | None = Field(None, description="Annotate gate verdict changes in Grafana; none: off.")
     checks: list[CheckConfig] = Field(
         default_factory=default_checks,
-        description="Statistical checks run overall and per slice; see docs/statistics.md.",
+        description="Statistical checks run overall and per slice; see docs/statistics.md. Without this key: "
+        "the defaults for the task (loss is required for regression, accuracy for classification).",
     )
     gate: GateConfig = Field(default_factory=GateConfig, description="How check results become a promotion verdict.")
     expectations: ExpectationsConfig = Field(
@@ -531,9 +595,25 @@ class ShadowdConfig(Strict):
                 f"models.candidate.input_shape {cand.input_shape} differs from "
                 f"models.production.input_shape {self.models.production.input_shape}"
             )
+        ref = self.models.reference
+        if ref is not None and ref.input_shape != self.models.production.input_shape:
+            raise ValueError(
+                f"models.reference.input_shape {ref.input_shape} differs from "
+                f"models.production.input_shape {self.models.production.input_shape}"
+            )
+        unknown = sorted(set(self.annotations.evaluation.slice_shares) - set(names))
+        if unknown:
+            raise ValueError(f"annotations.evaluation.slice_shares names unknown slices {unknown}; known: {names}")
         if self.task == "regression" and self.models.production.output != "values":
             raise ValueError("task 'regression' needs models.production.output 'values'")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_checks_for_the_task(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "checks" not in data and isinstance(data.get("task"), str):
+            return {**data, "checks": default_checks(data["task"])}
+        return data
 
     @model_validator(mode="after")
     def _checks_consistent(self) -> ShadowdConfig:
@@ -584,7 +664,7 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
         return p if p is None or p.is_absolute() else (base / p).resolve()
 
     models = {}
-    for role in ("production", "candidate"):
+    for role in ("production", "candidate", "reference"):
         m = getattr(cfg.models, role)
         models[role] = None if m is None else m.with_base_dir(base)
     exp = cfg.expectations

@@ -21,22 +21,36 @@ __all__ = [
     "SCHEMA_VERSION",
     "AnnotationItem",
     "Label",
+    "LabelChannel",
+    "Lane",
     "Mirrored",
     "MirroredBatch",
     "ModelOutput",
     "Outcome",
     "Pair",
     "Role",
+    "Selection",
+    "Stratum",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The slice name of all traffic: every report, tally, quota and metric uses this one.
 OVERALL = "overall"
 
-Role = Literal["production", "candidate", "noise"]
+Role = Literal["production", "candidate", "noise", "reference"]
 # ok, or why a model's output cannot be compared.
 Outcome = Literal["ok", "error", "timeout", "nan", "bad_shape"]
+# How the candidate's answer relates to production's: top class changed (classification), divergent
+# past the configured thresholds without a flip, or in agreement. Quality estimates are stratified by it.
+Stratum = Literal["flip", "divergent", "agree"]
+# The annotation queue's two lanes: the evaluation sample (a known-probability random sample of
+# disagreements, served first; its labels decide the gate) and the review lane (priority-ordered:
+# divergent, high-loss and expectation items for the flywheel and suites).
+Lane = Literal["evaluation", "review"]
+# How a label came to be: random feedback, or an annotator's label of an evaluation-sample item. Only
+# these enter the quality estimates; a label chosen any other way is counted as excluded, with why.
+LabelChannel = Literal["feedback", "evaluation"]
 
 
 class _Record(BaseModel):
@@ -58,8 +72,23 @@ class ModelOutput(BaseModel):
         return self.outcome == "ok"
 
 
+class Selection(BaseModel):
+    """How the comparator classed a pair, and whether it drew it into the evaluation sample.
+
+    Set by the comparator; kept with the pair so that a label arriving later
+    lands in the right cell of the stratified quality estimate.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    stratum: Stratum
+    evaluation_share: float = Field(
+        ge=0, le=1, description="Probability that a pair of this stratum and slices enters the evaluation sample."
+    )
+    in_sample: bool = Field(description="This pair was drawn (hash of its request id below the share).")
+
+
 class Pair(_Record):
-    """One mirrored request: production's answer next to the candidate's (and noise's)."""
+    """One mirrored request: production's answer next to the candidate's (and noise's, reference's)."""
 
     request_id: str
     ts: float = Field(description="Unix time the request arrived, seconds.")
@@ -68,6 +97,10 @@ class Pair(_Record):
     production: ModelOutput
     candidate: ModelOutput | None = None
     noise: ModelOutput | None = Field(None, description="Production run a second time, for the noise floor.")
+    reference: ModelOutput | None = Field(
+        None, description="The reference model (same recipe, another seed or version), for the churn floor."
+    )
+    selection: Selection | None = Field(None, description="Set by the comparator: stratum and evaluation sample.")
     violations: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Failed data expectations on this request and its outputs "
@@ -75,7 +108,7 @@ class Pair(_Record):
     )
 
 
-AnnotationReason = Literal["divergent", "high_loss", "expectation_violation", "uncertain"]
+AnnotationReason = Literal["evaluation", "divergent", "high_loss", "expectation_violation", "uncertain"]
 
 
 class AnnotationItem(_Record):
@@ -92,6 +125,14 @@ class AnnotationItem(_Record):
     detail: str | None = Field(None, description="Why it was queued, in one line.")
     created_ts: float
     assignee: str | None = Field(None, description="On-call annotator at the time it was queued.")
+    inclusion: float | None = Field(
+        None, ge=0, le=1, description="Evaluation items: the probability with which the queue drew this item."
+    )
+
+    @property
+    def lane(self) -> Lane:
+        """Evaluation items go to their own lane, served to annotators first."""
+        return "evaluation" if self.reason == "evaluation" else "review"
 
 
 class Label(_Record):

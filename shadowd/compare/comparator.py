@@ -28,15 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from shadowd.compare.divergence import Divergence, pair_divergence, top_class
+from shadowd.compare.evaluation import EvaluationSampler
 from shadowd.compare.gate import evaluate_gate
 from shadowd.compare.loss import example_loss
 from shadowd.compare.report import LabelSummary, LatencySummary, NoiseSummary, ShadowReport, SliceReport
 from shadowd.compare.slices import SliceMatcher
-from shadowd.compare.tally import LogHistogram, SliceTally
+from shadowd.compare.tally import FloorTally, LogHistogram, SliceTally
 from shadowd.config import ShadowdConfig
 from shadowd.errors import BadRequest, ShadowdError
 from shadowd.observe.metrics import ShadowdMetrics
-from shadowd.records import OVERALL, AnnotationItem, Label, ModelOutput, Pair
+from shadowd.records import OVERALL, AnnotationItem, AnnotationReason, Label, LabelChannel, ModelOutput, Pair, Stratum
 
 __all__ = [
     "STATE_SCHEMA_VERSION",
@@ -47,7 +48,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATE_SCHEMA_VERSION = 1
+STATE_SCHEMA_VERSION = 2
+# Version 1 (before the reference model and the stratified label cells) reads with those empty.
+_READABLE_STATE_VERSIONS = (1, 2)
 _STATE_KIND = "shadowd.comparator.state"
 _SCORE_LIMIT = 1e150
 
@@ -82,6 +85,7 @@ class Comparator:
         self._clock = clock
         # Only the loss-difference reservoir draws from it; seeded so runs repeat.
         self._rng = random.Random(seed)
+        self.sampler = EvaluationSampler(config.annotations.evaluation)
         self.reset()
 
     # --- window ---
@@ -117,7 +121,11 @@ class Comparator:
         return "ok", div
 
     def add(self, pair: Pair) -> list[AnnotationItem]:
-        """Count one pair overall and in its slices; return annotation items for a divergent one."""
+        """Count one pair overall and in its slices; return annotation items for a disagreement.
+
+        Sets ``pair.selection`` (stratum, evaluation share, drawn or not): the
+        caller stores the pair with it, so a later label finds its cell.
+        """
         names = [OVERALL, *self._matcher.match(pair.features)]
         tallies = [self._tallies.setdefault(n, SliceTally()) for n in names]
         prod = pair.production
@@ -130,14 +138,9 @@ class Comparator:
             return []
         for t in tallies:
             t.add_latency("production", prod.latency_s)
-
-        if pair.noise is not None:
-            outcome, div = self._compare(prod, pair.noise)
-            for t in tallies:
-                t.noise.outcomes[outcome] = t.noise.outcomes.get(outcome, 0) + 1
-                if div is not None:
-                    t.noise.add(div.score, div.divergent, div.flip)
-                    t.add_latency("noise", pair.noise.latency_s)
+        for second in (pair.noise, pair.reference):
+            if second is not None:
+                self._add_floor(tallies, prod, second)
 
         cand = pair.candidate
         if cand is None:
@@ -152,11 +155,14 @@ class Comparator:
         classes = None
         if self._task == "classification":
             classes = (top_class(prod.values), top_class(cand.values or []))
+        stratum: Stratum = "flip" if div.flip else "divergent" if div.divergent else "agree"
+        pair.selection = self.sampler.select(pair.request_id, stratum, names)
         for t in tallies:
             t.add_latency("candidate", cand.latency_s)
             t.candidate.add(div.score, div.divergent, div.flip)
             if classes is not None:
                 t.candidate.add_classes(*classes)
+            t.quality.add_pair(stratum, pair.selection.evaluation_share)
         if self._metrics is not None:
             for n in names:
                 self._metrics.pairs_compared.labels(slice=n).inc()
@@ -165,17 +171,25 @@ class Comparator:
                     self._metrics.pairs_divergent.labels(slice=n).inc()
                 if div.flip:
                     self._metrics.label_flips.labels(slice=n).inc()
-        if not div.divergent:
+        if stratum == "agree":
             return []
-        if div.flip:
-            detail = f"top class {classes[0]} -> {classes[1]}, tvd {div.tvd:.3f}"  # type: ignore[index]
+        if div.flip and classes is not None:
+            detail = f"top class {classes[0]} -> {classes[1]}, tvd {div.tvd:.3f}"
         elif div.tvd is not None:
             detail = f"tvd {div.tvd:.3f} over {self._cfg.divergence.tvd_threshold}"
         else:
             detail = f"abs diff {div.abs_diff:.4g}, rel diff {div.rel_diff:.4g}"
+        selection = pair.selection
+        if selection.in_sample:
+            reason: AnnotationReason = "evaluation"
+            detail = f"evaluation sample (drawn with p={selection.evaluation_share:g}): {detail}"
+        elif div.divergent:
+            reason = "divergent"
+        else:
+            return []  # a flip below the divergence thresholds (flip_is_divergent off): counted, not queued
         item = AnnotationItem(
             request_id=pair.request_id,
-            reason="divergent",
+            reason=reason,
             priority=div.score,
             slices=names[1:],
             features=pair.features,
@@ -184,8 +198,19 @@ class Comparator:
             candidate=cand,
             detail=detail,
             created_ts=self._clock(),
+            inclusion=selection.evaluation_share if selection.in_sample else None,
         )
         return [item]
+
+    def _add_floor(self, tallies: list[SliceTally], prod: ModelOutput, second: ModelOutput) -> None:
+        """Noise (production again) or reference (same recipe) against production: the floors."""
+        outcome, div = self._compare(prod, second)
+        for t in tallies:
+            floor = t.noise if second.role == "noise" else t.reference
+            floor.outcomes[outcome] = floor.outcomes.get(outcome, 0) + 1
+            if div is not None:
+                floor.add(div.score, div.divergent, div.flip)
+                t.add_latency(second.role, second.latency_s)
 
     def add_many(self, pairs: Iterable[Pair]) -> list[AnnotationItem]:
         items: list[AnnotationItem] = []
@@ -193,40 +218,71 @@ class Comparator:
             items.extend(self.add(pair))
         return items
 
-    def add_labelled(self, pair: Pair, label: Label) -> dict[str, float]:
-        """Loss per role for a pair whose ground truth arrived; paired ones feed the label-based checks.
+    def add_labelled(self, pair: Pair, label: Label, channel: LabelChannel | None) -> dict[str, float]:
+        """Count a label whose pair is known; return the loss per role.
 
-        Returns ``{}`` for skipped / bad-data labels and when production has no
-        output; ``{"production": x}`` alone when the candidate had none (not
-        counted: the label-based checks are paired). Raises BadRequest when the
-        label does not fit the task (e.g. class 12 of 10).
+        ``channel`` says how the label was chosen (random feedback, or the
+        evaluation sample): only those labels enter the quality cells, in the
+        cell the pair was counted in; ``None`` means it was chosen some other
+        way (see ``exclude_label``). Random feedback also feeds the plain
+        accuracies shown to people. Returns ``{}`` for skipped / bad-data
+        labels and when production has no output; ``{"production": x}`` alone
+        when the candidate had none. Raises BadRequest when the label does
+        not fit the task (e.g. class 12 of 10).
         """
         if label.verdict != "label" or label.label is None or not pair.production.ok or not pair.production.values:
             return {}
+        prod_values, cand = pair.production.values, pair.candidate
         try:
-            losses = {"production": example_loss(self._task, pair.production.values, label.label)}
-            cand = pair.candidate
-            if cand is not None and cand.ok and cand.values and len(cand.values) == len(pair.production.values):
+            losses = {"production": example_loss(self._task, prod_values, label.label)}
+            if cand is not None and cand.ok and cand.values and len(cand.values) == len(prod_values):
                 losses["candidate"] = example_loss(self._task, cand.values, label.label)
         except (ValueError, TypeError) as err:
             raise BadRequest(f"label for request {pair.request_id}: {err}") from None
-        if "candidate" not in losses or not all(math.isfinite(v) for v in losses.values()):
+        if cand is None or cand.values is None or "candidate" not in losses:
+            return losses
+        if not all(math.isfinite(v) for v in losses.values()) or channel is None or pair.selection is None:
             return losses
         correct = None
+        accuracy_diff = None
         if self._task == "classification":
-            k = int(label.label)  # type: ignore[arg-type]
-            correct = (top_class(pair.production.values) == k, top_class(cand.values) == k)  # type: ignore[union-attr, arg-type]
+            k = int(label.label)  # type: ignore[arg-type]  # example_loss checked it is a class index
+            correct = (top_class(prod_values) == k, top_class(cand.values) == k)
+            accuracy_diff = float(correct[0]) - float(correct[1])
+        loss_diff = losses["candidate"] - losses["production"]
+        sel = pair.selection
         for n in [OVERALL, *self._matcher.match(pair.features)]:
-            self._tallies.setdefault(n, SliceTally()).labels.add(
-                losses["production"], losses["candidate"], correct, self._rng
-            )
+            t = self._tallies.setdefault(n, SliceTally())
+            t.quality.add_label(sel.stratum, sel.evaluation_share, channel, accuracy_diff, loss_diff)
+            if channel == "feedback":
+                t.labels.add(losses["production"], losses["candidate"], correct, self._rng)
         return losses
+
+    def exclude_label(self, pair: Pair, reason: str) -> None:
+        """Count a label left out of the quality estimates, with why, in every slice of its pair."""
+        for n in [OVERALL, *self._matcher.match(pair.features)]:
+            self._tallies.setdefault(n, SliceTally()).quality.exclude(reason)
+
+    def set_review_slices(self, names: Iterable[str]) -> None:
+        """Slices the gate has under review: their disagreements are drawn with the review share."""
+        self.sampler.review_slices = frozenset(names)
 
     # --- report ---
 
-    def _slice_report(self, t: SliceTally) -> SliceReport:
-        cand, noise, lab = t.candidate, t.noise, t.labels
+    def _slice_report(self, t: SliceTally, elapsed_h: float) -> SliceReport:
+        cand, lab, quality = t.candidate, t.labels, t.quality
         classification = self._task == "classification"
+
+        def floor(f: FloorTally) -> NoiseSummary:
+            return NoiseSummary(
+                pairs=sum(f.outcomes.values()),
+                compared=f.compared,
+                flips=f.flips if classification else None,
+                flip_rate=_rate(f.flips, f.compared) if classification else None,
+                divergent=f.divergent,
+                mean_divergence=f.score.mean if f.compared else None,
+            )
+
         acc = None
         if classification and lab.labels:
             acc = {
@@ -244,17 +300,16 @@ class Comparator:
             divergent=cand.divergent,
             divergent_rate=_rate(cand.divergent, cand.compared),
             mean_divergence=cand.score.mean if cand.compared else None,
-            noise=NoiseSummary(
-                pairs=sum(noise.outcomes.values()),
-                compared=noise.compared,
-                flips=noise.flips if classification else None,
-                flip_rate=_rate(noise.flips, noise.compared) if classification else None,
-                divergent=noise.divergent,
-                mean_divergence=noise.score.mean if noise.compared else None,
-            ),
+            noise=floor(t.noise),
+            reference=floor(t.reference),
             latency_s={role: _quantiles(h) for role, h in sorted(t.latency_s.items())},
             labels=LabelSummary(
-                labels=lab.labels,
+                used=quality.labels,
+                by_channel=dict(quality.used),
+                excluded=dict(quality.excluded),
+                per_h=quality.labels / elapsed_h if elapsed_h > 0 else 0.0,
+                strata=quality.strata(),
+                feedback=lab.labels,
                 accuracy=acc,
                 mean_loss={role: m.mean for role, m in lab.loss.items()} if lab.labels else None,
             ),
@@ -262,7 +317,8 @@ class Comparator:
 
     def report(self) -> ShadowReport:
         """The whole window: counts per slice, checks, gate verdict."""
-        checks, gate = evaluate_gate(self._cfg, self._tallies)
+        elapsed_s = max(0.0, self._clock() - self._window_started_ts)
+        checks, gate = evaluate_gate(self._cfg, self._tallies, elapsed_s)
         return ShadowReport(
             generated_ts=self._clock(),
             window_started_ts=self._window_started_ts,
@@ -271,8 +327,8 @@ class Comparator:
                 "production": self._cfg.models.production.name,
                 "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
             },
-            overall=self._slice_report(self._tallies[OVERALL]),
-            slices={n: self._slice_report(t) for n, t in self._tallies.items() if n != OVERALL},
+            overall=self._slice_report(self._tallies[OVERALL], elapsed_s / 3600),
+            slices={n: self._slice_report(t, elapsed_s / 3600) for n, t in self._tallies.items() if n != OVERALL},
             checks=checks,
             gate=gate,
         )
@@ -299,7 +355,7 @@ class Comparator:
     def _check_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("kind") != _STATE_KIND:
             raise ShadowdError("not a shadowd comparator state")
-        if state.get("schema_version") != STATE_SCHEMA_VERSION:
+        if state.get("schema_version") not in _READABLE_STATE_VERSIONS:
             raise ShadowdError(
                 f"comparator state schema_version {state.get('schema_version')!r}; "
                 f"this shadowd reads {STATE_SCHEMA_VERSION}"

@@ -49,23 +49,29 @@ def _slice_rows(report: ShadowReport) -> tuple[list[str], list[list[str]]]:
     classification = report.task == "classification"
     header = ["slice", "pairs", "compared", "cand. err/timeout/nan/shape"]
     header += ["flip rate"] if classification else []
-    header += ["divergent", "mean div.", "noise floor", "p50 ms prod/cand", "p99 ms prod/cand", "labels"]
-    header += ["accuracy prod/cand"] if classification else ["loss prod/cand"]
+    header += ["divergent", "mean div.", "noise / churn floor", "p50 ms prod/cand", "p99 ms prod/cand"]
+    header += ["labels used (excluded)"]
+    header += ["accuracy prod/cand (feedback)"] if classification else ["loss prod/cand (feedback)"]
     rows = []
     for name, s in {OVERALL: report.overall, **report.slices}.items():
         out = s.candidate_outcomes
         failed = "/".join(str(out.get(k, 0)) for k in ("error", "timeout", "nan", "bad_shape"))
-        floor = s.noise.flip_rate if classification else s.noise.mean_divergence
+        floors = []
+        for f in (s.noise, s.reference):
+            value = f.flip_rate if classification else f.mean_divergence
+            floors.append(
+                (_pct(value) if classification else _num(value)) + (f" (n={f.compared})" if f.compared else "")
+            )
         prod, cand = s.latency_s.get("production"), s.latency_s.get("candidate")
         row = [name, _num(s.pairs), _num(s.compared), failed]
         row += [_pct(s.flip_rate)] if classification else []
         row += [
             _num(s.divergent),
             _num(s.mean_divergence),
-            (_pct(floor) if classification else _num(floor)) + (f" (n={s.noise.compared})" if s.noise.compared else ""),
+            " / ".join(floors),
             f"{_ms(prod.p50 if prod else None)}/{_ms(cand.p50 if cand else None)}",
             f"{_ms(prod.p99 if prod else None)}/{_ms(cand.p99 if cand else None)}",
-            _num(s.labels.labels),
+            f"{s.labels.used} ({sum(s.labels.excluded.values())})",
         ]
         pair = s.labels.accuracy if classification else s.labels.mean_loss
         show = _pct if classification else _num

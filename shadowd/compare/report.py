@@ -31,49 +31,61 @@ __all__ = [
     "GateSummary",
     "LabelSummary",
     "LatencySummary",
+    "Need",
     "NoiseSummary",
     "ShadowReport",
     "SliceReport",
     "Verdict",
 ]
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
 
 
 class CheckStatus(StrEnum):
-    """One check on one slice."""
+    """One check on one slice. ``review``: a divergence check beyond its floor (different here, label it)."""
 
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
+    REVIEW = "review"
 
     @property
     def gauge_value(self) -> int:
-        """Value of ``shadowd_check_status`` (and ``shadowd_drift_status``): 0 pass, 1 fail, 2 inconclusive."""
+        """Value of ``shadowd_check_status`` (and ``shadowd_drift_status``): 0 pass, 1 fail, 2 inconclusive,
+        3 review."""
         return _STATUS_GAUGE[self]
 
 
 class Verdict(StrEnum):
-    """The gate's answer to "may this candidate be promoted?"."""
+    """The gate's answer to "may this candidate be promoted?".
+
+    PASS: not worse than the margins where there is evidence, and not broken.
+    FAIL: worse than a margin on some slice, or operationally broken.
+    REVIEW: different beyond the noise/churn floor on some slice and quality
+    there not decided yet: label the evaluation lane. INCONCLUSIVE: not
+    enough pairs or labels yet. Both say what they need and roughly when.
+    """
 
     PASS = "PASS"
     FAIL = "FAIL"
+    REVIEW = "REVIEW"
     INCONCLUSIVE = "INCONCLUSIVE"
 
     @property
     def gauge_value(self) -> int:
-        """Value of ``shadowd_gate_verdict``: 0 pass, 1 fail, 2 inconclusive."""
+        """Value of ``shadowd_gate_verdict``: 0 pass, 1 fail, 2 inconclusive, 3 review."""
         return _VERDICT_GAUGE[self]
 
     @property
     def exit_code(self) -> int:
-        """Exit code of ``shadowd report --gate``: 0 pass, 1 fail, 3 inconclusive (2 is a usage error)."""
+        """Exit code of ``shadowd report --gate``: 0 pass, 1 fail, 3 not decided yet (inconclusive or
+        review: a pipeline waits and asks again); 2 is a usage error."""
         return _VERDICT_EXIT[self]
 
 
-_STATUS_GAUGE = {CheckStatus.PASS: 0, CheckStatus.FAIL: 1, CheckStatus.INCONCLUSIVE: 2}
-_VERDICT_GAUGE = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 2}
-_VERDICT_EXIT = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 3}
+_STATUS_GAUGE = {CheckStatus.PASS: 0, CheckStatus.FAIL: 1, CheckStatus.INCONCLUSIVE: 2, CheckStatus.REVIEW: 3}
+_VERDICT_GAUGE = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 2, Verdict.REVIEW: 3}
+_VERDICT_EXIT = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 3, Verdict.REVIEW: 3}
 
 
 def _finite(v: Any) -> Any:
@@ -96,6 +108,9 @@ class CheckResult(_Report):
 
     check: str = Field(description="Check name from the config.")
     type: str = Field(description="Check kind (the config's `type`).")
+    role: Literal["operational", "divergence", "quality"] = Field(
+        description="What the check can do: operational and quality FAIL; divergence puts a slice under review."
+    )
     slice: str = Field(description="Slice name, or 'overall'.")
     status: CheckStatus
     value: float | None = Field(description="The measured quantity; None before any data.")
@@ -110,6 +125,11 @@ class CheckResult(_Report):
     p_value: float = Field(description="Anytime-valid p-value of this test alone (1 before its minimum sample).")
     p_adjusted: float = Field(description="Adjusted across every slice x check test (the gate's correction).")
     needed: int | None = Field(None, description="Roughly how many more samples would decide.")
+    eta_h: float | None = Field(None, description="Roughly when that is, in hours, at the current rates.")
+    rate_per_h: float | None = Field(None, description="How fast the check's unit arrives on this slice now.")
+    resolved: bool | None = Field(
+        None, description="Review only: the quality checks on this slice pass, so the difference is not worse."
+    )
     noise_floor: float | None = None
     extra: dict[str, Any] = Field(default_factory=dict, description="Check-kind specific detail.")
 
@@ -118,11 +138,26 @@ class CheckResult(_Report):
         return _finite(v)
 
 
+class Need(_Report):
+    """What one open check needs before it decides."""
+
+    check: str
+    slice: str
+    unit: Literal["pairs", "labels"]
+    more: int | None = Field(description="Roughly how many more; None when no amount at the current rates would do.")
+    eta_h: float | None = Field(description="Roughly when, in hours at the current rates; None when never.")
+    rate_per_h: float = Field(description="How fast that unit arrives on this slice now.")
+
+
 class GateSummary(_Report):
     """The verdict and why."""
 
     verdict: Verdict
     reasons: list[str]
+    needs: list[Need] = Field(default_factory=list, description="REVIEW / INCONCLUSIVE: what would decide, when.")
+    review_slices: list[str] = Field(
+        default_factory=list, description="Slices under review: their disagreements are drawn for labelling first."
+    )
     notes: list[str] = Field(description="Optional checks still open (they never hold the verdict up).")
     alpha: float
     correction: str
@@ -132,7 +167,7 @@ class GateSummary(_Report):
 
 
 class NoiseSummary(_Report):
-    """Production run twice (the noise replica) on one slice."""
+    """A second opinion against production on one slice: production run twice (noise) or the reference."""
 
     pairs: int
     compared: int
@@ -149,9 +184,16 @@ class LatencySummary(_Report):
 
 
 class LabelSummary(_Report):
-    labels: int
-    accuracy: dict[str, float] | None
-    mean_loss: dict[str, float] | None
+    """Labels on one slice: what the quality checks used, what they left out and why."""
+
+    used: int = Field(description="Labels in the quality estimates (random feedback, the evaluation sample).")
+    by_channel: dict[str, int] = Field(description="Used labels by how they were chosen.")
+    excluded: dict[str, int] = Field(description="Labels left out of the estimates, by why.")
+    per_h: float = Field(description="Used labels per hour over the window.")
+    strata: dict[str, int] = Field(description="Compared pairs by stratum (flip, divergent, agree).")
+    feedback: int = Field(description="Random feedback labels: a uniform sample, so plain accuracies below are fair.")
+    accuracy: dict[str, float] | None = Field(description="Accuracy per model over the random feedback labels.")
+    mean_loss: dict[str, float] | None = Field(description="Mean loss per model over the random feedback labels.")
 
 
 class SliceReport(_Report):
@@ -168,6 +210,7 @@ class SliceReport(_Report):
     divergent_rate: float | None
     mean_divergence: float | None
     noise: NoiseSummary
+    reference: NoiseSummary = Field(description="The reference model against production: the churn floor.")
     latency_s: dict[str, LatencySummary]
     labels: LabelSummary
 

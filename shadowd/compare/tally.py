@@ -8,9 +8,16 @@ histograms, so that
   both streams would hold (counts exactly; moments up to float rounding);
 - the state is plain JSON (``to_dict`` / ``from_dict``) and survives restarts.
 
-Raw (candidate vs production) and noise (production vs itself) divergence are
-kept in two distinct types, ``CandidateTally`` and ``NoiseTally``, so one can
-never be merged into or read as the other.
+Raw (candidate vs production), noise (production vs itself) and churn
+(reference vs production) divergence are kept in distinct types,
+``CandidateTally``, ``NoiseTally`` and ``ReferenceTally``, so one can never be
+merged into or read as another.
+
+``QualityTally`` holds what the label-based checks estimate from: every
+compared pair counted in its cell (stratum x evaluation share, known without
+labels) and, per cell, the paired differences of the labels whose selection
+is known to be random within that cell (random feedback, the evaluation
+sample). Labels chosen any other way are only counted as excluded.
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ from typing import Any, ClassVar, Self
 __all__ = [
     "OUTCOMES",
     "CandidateTally",
+    "FloorTally",
     "LabelTally",
     "LogHistogram",
     "Moments",
     "NoiseTally",
+    "QualityCell",
+    "QualityTally",
+    "ReferenceTally",
     "SliceTally",
+    "cell_key",
 ]
 
 OUTCOMES = ("ok", "error", "timeout", "nan", "bad_shape")
@@ -214,8 +226,8 @@ class CandidateTally(_DivergenceTally):
 
 
 @dataclass
-class NoiseTally(_DivergenceTally):
-    """Noise (production run again) vs production: how much production disagrees with itself."""
+class FloorTally(_DivergenceTally):
+    """A second opinion against production, and how often it gave no comparable answer."""
 
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
 
@@ -228,10 +240,115 @@ class NoiseTally(_DivergenceTally):
         return {**super().to_dict(), "outcomes": dict(self.outcomes)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NoiseTally:
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         t = super().from_dict(d)
         t.outcomes = {**dict.fromkeys(OUTCOMES, 0), **{k: int(v) for k, v in d.get("outcomes", {}).items()}}
         return t
+
+
+@dataclass
+class NoiseTally(FloorTally):
+    """Noise (production run again) vs production: how much production disagrees with itself."""
+
+
+@dataclass
+class ReferenceTally(FloorTally):
+    """Reference (same recipe, another seed or version) vs production: how much equally good models churn."""
+
+
+# A cell of the stratified quality estimate: (stratum, evaluation share).
+CellKey = tuple[str, float]
+
+
+def cell_key(stratum: str, share: float) -> CellKey:
+    return stratum, round(float(share), 6)
+
+
+@dataclass
+class QualityCell:
+    """Compared pairs of one stratum and evaluation share, and their labelled paired differences."""
+
+    pairs: int = 0
+    accuracy: Moments = field(default_factory=Moments)  # 1[production right] - 1[candidate right]
+    loss: Moments = field(default_factory=Moments)  # candidate loss - production loss
+
+    def merge(self, other: QualityCell) -> None:
+        self.pairs += other.pairs
+        self.accuracy.merge(other.accuracy)
+        self.loss.merge(other.loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pairs": self.pairs, "accuracy": self.accuracy.to_dict(), "loss": self.loss.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QualityCell:
+        return cls(int(d["pairs"]), Moments.from_dict(d["accuracy"]), Moments.from_dict(d["loss"]))
+
+
+@dataclass
+class QualityTally:
+    """The stratified label evidence of one slice; see the module docstring."""
+
+    cells: dict[CellKey, QualityCell] = field(default_factory=dict)
+    used: dict[str, int] = field(default_factory=dict)  # labels in the estimates, by channel
+    excluded: dict[str, int] = field(default_factory=dict)  # labels left out, by why
+
+    def cell(self, stratum: str, share: float) -> QualityCell:
+        return self.cells.setdefault(cell_key(stratum, share), QualityCell())
+
+    def add_pair(self, stratum: str, share: float) -> None:
+        self.cell(stratum, share).pairs += 1
+
+    def add_label(self, stratum: str, share: float, channel: str, accuracy: float | None, loss: float) -> None:
+        cell = self.cell(stratum, share)
+        if accuracy is not None:
+            cell.accuracy.add(accuracy)
+        cell.loss.add(loss)
+        self.used[channel] = self.used.get(channel, 0) + 1
+
+    def exclude(self, reason: str) -> None:
+        self.excluded[reason] = self.excluded.get(reason, 0) + 1
+
+    @property
+    def pairs(self) -> int:
+        return sum(c.pairs for c in self.cells.values())
+
+    @property
+    def labels(self) -> int:
+        return sum(self.used.values())
+
+    def strata(self) -> dict[str, int]:
+        """Compared pairs by stratum."""
+        out: dict[str, int] = {}
+        for (stratum, _), cell in self.cells.items():
+            out[stratum] = out.get(stratum, 0) + cell.pairs
+        return out
+
+    def merge(self, other: QualityTally) -> None:
+        for key, cell in other.cells.items():
+            self.cells.setdefault(key, QualityCell()).merge(cell)
+        for mine, theirs in ((self.used, other.used), (self.excluded, other.excluded)):
+            for k, n in theirs.items():
+                mine[k] = mine.get(k, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cells": {f"{s}@{e:g}": c.to_dict() for (s, e), c in sorted(self.cells.items())},
+            "used": dict(self.used),
+            "excluded": dict(self.excluded),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QualityTally:
+        cells = {}
+        for key, c in d.get("cells", {}).items():
+            stratum, _, share = key.partition("@")
+            cells[cell_key(stratum, float(share))] = QualityCell.from_dict(c)
+        return cls(
+            cells,
+            {k: int(v) for k, v in d.get("used", {}).items()},
+            {k: int(v) for k, v in d.get("excluded", {}).items()},
+        )
 
 
 @dataclass
@@ -333,8 +450,10 @@ class SliceTally:
     candidate_outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     candidate: CandidateTally = field(default_factory=CandidateTally)
     noise: NoiseTally = field(default_factory=NoiseTally)
+    reference: ReferenceTally = field(default_factory=ReferenceTally)
     latency_s: dict[str, LogHistogram] = field(default_factory=dict)
-    labels: LabelTally = field(default_factory=LabelTally)
+    labels: LabelTally = field(default_factory=LabelTally)  # random feedback only: plain accuracies for people
+    quality: QualityTally = field(default_factory=QualityTally)
 
     def add_latency(self, role: str, latency_s: float) -> None:
         self.latency_s.setdefault(role, LogHistogram()).add(latency_s)
@@ -347,9 +466,11 @@ class SliceTally:
             self.candidate_outcomes[k] = self.candidate_outcomes.get(k, 0) + c
         self.candidate.merge(other.candidate)
         self.noise.merge(other.noise)
+        self.reference.merge(other.reference)
         for role, h in other.latency_s.items():
             self.latency_s.setdefault(role, LogHistogram()).merge(h)
         self.labels.merge(other.labels, rng)
+        self.quality.merge(other.quality)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -359,8 +480,10 @@ class SliceTally:
             "candidate_outcomes": dict(self.candidate_outcomes),
             "candidate": self.candidate.to_dict(),
             "noise": self.noise.to_dict(),
+            "reference": self.reference.to_dict(),
             "latency_s": {role: h.to_dict() for role, h in sorted(self.latency_s.items())},
             "labels": self.labels.to_dict(),
+            "quality": self.quality.to_dict(),
         }
 
     @classmethod
@@ -375,6 +498,8 @@ class SliceTally:
             },
             candidate=CandidateTally.from_dict(d["candidate"]),
             noise=NoiseTally.from_dict(d["noise"]),
+            reference=ReferenceTally.from_dict(d["reference"]) if "reference" in d else ReferenceTally(),
             latency_s={role: LogHistogram.from_dict(h) for role, h in d["latency_s"].items()},
             labels=LabelTally.from_dict(d["labels"]),
+            quality=QualityTally.from_dict(d.get("quality", {})),
         )

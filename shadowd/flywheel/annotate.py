@@ -2,7 +2,8 @@
 
 Data flow::
 
-    the transport's queue (Kafka group shadowd.annotate.<rotation>, or the local spool)
+    the transport's queue, evaluation lane first, then the review lane
+    (Kafka group shadowd.annotate.<rotation> on each lane's topic, or the local spools)
         -> Annotator.next_item() -> a person decides -> Annotator.submit(label | "skip" | "bad_data")
         -> Label to the transport's labels channel (acked) and to the local labels file (fsync)
         -> only then the queue is committed past the item
@@ -29,11 +30,15 @@ from shadowd.errors import AnnotateError
 from shadowd.flywheel.labels import LabelsFile, labels_path
 from shadowd.flywheel.rotation import Rotation
 from shadowd.flywheel.transports import Backlog, build_transport
-from shadowd.records import AnnotationItem, Label
+from shadowd.records import AnnotationItem, Label, Lane
 
 __all__ = ["Annotator", "Answer"]
 
 Answer = float | int | list[float] | Literal["skip", "bad_data"]
+
+_LANES: tuple[Lane, ...] = ("evaluation", "review")
+# How long one round of next() waits on each lane: the evaluation lane is asked first and briefly.
+_POLL_S: dict[Lane, float] = {"evaluation": 0.2, "review": 0.5}
 
 
 class Annotator:
@@ -56,10 +61,11 @@ class Annotator:
         )
         self.labels = LabelsFile(labels_file or labels_path(config.data_dir))
         self.transport = build_transport(config.annotations.sink, config.data_dir)
-        self._queue = self.transport.queue_reader(self.rotation_name, clock)
+        # Evaluation first: its labels decide the gate; the review lane feeds suites and the flywheel.
+        self._queues = {lane: self.transport.queue_reader(self.rotation_name, lane, clock) for lane in _LANES}
         self._writer = self.transport.label_writer()
         self.current: AnnotationItem | None = None
-        self._handle: Any = None
+        self._handle: tuple[Lane, Any] | None = None
         self.passed_over = 0
 
     def next_item(self, timeout_s: float = 10.0) -> AnnotationItem | None:
@@ -68,17 +74,28 @@ class Annotator:
             return self.current
         deadline = time.monotonic() + timeout_s
         while True:
-            got = self._queue.next(max(0.0, deadline - time.monotonic()))
+            got = self._next_from_lanes(deadline)
             if got is None:
                 return None
-            item, handle = got
+            lane, item, handle = got
             if item.request_id in self.labels:
                 # Labelled before a crash, or a duplicate delivery: handled already.
-                self._queue.commit(handle)
+                self._queues[lane].commit(handle)
                 self.passed_over += 1
                 continue
-            self.current, self._handle = item, handle
+            self.current, self._handle = item, (lane, handle)
             return item
+
+    def _next_from_lanes(self, deadline: float) -> tuple[Lane, AnnotationItem, Any] | None:
+        """The evaluation lane's next item if it has one now, else the review lane's; wait until the deadline."""
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            for lane in _LANES:
+                got = self._queues[lane].next(min(left, _POLL_S[lane]))
+                if got is not None:
+                    return lane, got[0], got[1]
+            if time.monotonic() >= deadline:
+                return None
 
     def submit(self, answer: Answer) -> Label:
         """Persist the answer for the current item, then commit the queue past it."""
@@ -105,14 +122,20 @@ class Annotator:
         if self._writer is not None:
             self._writer.write(label)
         self.labels.append(label)
-        self._queue.commit(self._handle)
+        assert self._handle is not None
+        lane, handle = self._handle
+        self._queues[lane].commit(handle)
         self.current, self._handle = None, None
         return label
 
-    def backlog(self) -> Backlog:
-        return self.transport.backlog(self.rotation_name, self._clock)
+    def backlog(self, lane: Lane | None = None) -> Backlog:
+        """Items the rotation has not handled, in one lane or in both."""
+        lanes = _LANES if lane is None else (lane,)
+        each = [self.transport.backlog(self.rotation_name, one, self._clock) for one in lanes]
+        return Backlog(sum(b.items for b in each), max(b.oldest_age_s for b in each))
 
     def close(self) -> None:
-        self._queue.close()
+        for queue in self._queues.values():
+            queue.close()
         if self._writer is not None:
             self._writer.close()

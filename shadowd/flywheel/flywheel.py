@@ -9,7 +9,9 @@ Data flow::
     POST /feedback ------------> Flywheel.feedback(label) -> JoinResult
     transport's label source --> labels thread -----^     (annotators' labels; same join; on_joined callback)
         join: pair + label -> per-role loss (example_loss)
-           -> on_joined(pair, label, losses)          (the comparator's loss-based checks)
+           -> provenance: random feedback / the evaluation sample (used by the quality
+              checks), or excluded with why (targeted feedback, the priority queue, a skip)
+           -> on_joined(result, label)                 (the comparator's label-based checks)
            -> high loss? queue the input (reason high_loss) even if the models agree
            -> hard example? append to suites (slice.<s>, tag.<t>, all)
 
@@ -25,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +44,7 @@ from shadowd.flywheel.sink import AnnotationSink
 from shadowd.flywheel.suites import SuiteExample, SuiteStore
 from shadowd.flywheel.transports.base import LabelSource, Transport
 from shadowd.observe.metrics import ShadowdMetrics
-from shadowd.records import AnnotationItem, Label, Pair
+from shadowd.records import AnnotationItem, Label, LabelChannel, Lane, Pair
 
 __all__ = ["Flywheel", "JoinResult", "OnJoined", "suites_dir"]
 
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = 1.0
 
-OnJoined = Callable[[Pair, Label, dict[str, float]], None]
+OnJoined = Callable[["JoinResult", Label], None]
 JoinStatus = Literal["joined", "skipped", "duplicate", "unknown", "expired", "rejected"]
 _HTTP = {"joined": 200, "skipped": 200, "duplicate": 200, "unknown": 404, "expired": 410, "rejected": 422}
 
@@ -65,6 +67,8 @@ class JoinResult:
     pair: Pair | None = None
     losses: dict[str, float] = field(default_factory=dict)
     suites: list[str] = field(default_factory=list)
+    channel: LabelChannel | None = None  # how the label was chosen, when the quality checks may use it
+    excluded: str | None = None  # else why they may not
 
     @property
     def http_status(self) -> int:
@@ -78,6 +82,8 @@ class JoinResult:
             "message": self.message,
             "losses": self.losses,
             "suites": self.suites,
+            "used_for_quality": self.channel is not None,
+            "excluded": self.excluded,
         }
 
 
@@ -92,13 +98,13 @@ class Flywheel:
         self,
         config: ShadowdConfig,
         transport: Transport,
-        sink: AnnotationSink,
+        sinks: Mapping[Lane, AnnotationSink],
         metrics: ShadowdMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.config = config
         self.transport = transport
-        self.sink = sink
+        self.sinks = dict(sinks)
         self._metrics = metrics
         self._clock = clock
         ann, lab = config.annotations, config.labels
@@ -115,7 +121,7 @@ class Flywheel:
         self._threads: list[threading.Thread] = []
         self._counts = dict.fromkeys(_HTTP, 0)
         self._high_loss_queued = 0
-        self.backlog: dict[str, float] | None = None
+        self.backlog: dict[str, Any] | None = None
 
     # --- lifecycle ---
 
@@ -135,7 +141,8 @@ class Flywheel:
         self._stop.set()
         for t in self._threads:
             t.join(max(0.1, (deadline - time.monotonic()) / 2))
-        self.sink.close(max(0.1, deadline - time.monotonic()))
+        for sink in self.sinks.values():
+            sink.close(max(0.1, deadline - time.monotonic()))
         self.pairs.close()
 
     # --- pairs in ---
@@ -155,20 +162,50 @@ class Flywheel:
             admitted = self.policy.admit(item)
         if admitted is None:
             return False
-        self.sink.submit(admitted)
+        self.sinks[admitted.lane].submit(admitted)
         return True
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every lane's submitted items are spooled (and delivered, where there is a producer)."""
+        deadline = time.monotonic() + timeout_s
+        return all(sink.flush(max(0.0, deadline - time.monotonic())) for sink in self.sinks.values())
 
     # --- labels in ---
 
     def feedback(self, label: Label) -> JoinResult:
-        """Join one label (POST /feedback or the labels topic) to its pair."""
+        """Join one label (POST /feedback or the labels channel) to its pair; tell ``on_joined``."""
         result = self._join(label)
         with self._lock:
             self._counts[result.status] += 1
         if self._metrics is not None:
             outcome = "joined" if result.status in ("joined", "skipped", "duplicate") else result.status
             self._metrics.labels.labels(source=label.source, outcome=outcome).inc()
+        if result.status in ("joined", "skipped") and self._on_joined is not None:
+            self._on_joined(result, label)
         return result
+
+    def _provenance(self, pair: Pair, label: Label) -> tuple[LabelChannel | None, str | None]:
+        """How the label was chosen: a channel the quality checks may use, or why they may not.
+
+        Random feedback and annotators' labels of evaluation-sample items are
+        uniform within their pair's cell; feedback declared targeted and the
+        priority-ordered review lane are not. A pair counts once: a second
+        usable label of the same pair is left out.
+        """
+        if label.verdict != "label":
+            return None, "skipped by the annotator" if label.verdict == "skip" else "marked bad data"
+        channel: LabelChannel | None = None
+        if label.source == "feedback":
+            if self.config.labels.feedback_selection != "random":
+                return None, "targeted feedback (labels.feedback_selection)"
+            channel = "feedback"
+        elif pair.selection is not None and pair.selection.in_sample:
+            channel = "evaluation"
+        else:
+            return None, "priority queue (not a random sample)"
+        if not self.pairs.mark_labelled(pair.request_id, "quality"):
+            return None, "a second label of a pair already counted"
+        return channel, None
 
     def _join(self, label: Label) -> JoinResult:
         rid = label.request_id
@@ -190,7 +227,9 @@ class Flywheel:
         assert pair is not None
         if label.verdict != "label" or label.label is None:
             self.pairs.mark_labelled(rid, label.source)
-            return JoinResult("skipped", rid, f"{label.verdict} recorded for {rid!r}; no loss computed", pair)
+            _, why = self._provenance(pair, label)
+            message = f"{label.verdict} recorded for {rid!r}; no loss computed"
+            return JoinResult("skipped", rid, message, pair, excluded=why)
         try:
             losses = {
                 role: example_loss(self.config.task, out.values, label.label)
@@ -201,12 +240,14 @@ class Flywheel:
             return JoinResult("rejected", rid, f"label for {rid!r} does not fit the {self.config.task} task: {err}")
         if not self.pairs.mark_labelled(rid, label.source):
             return JoinResult("duplicate", rid, f"{label.source} label for {rid!r} was already joined", pair, losses)
+        channel, excluded = self._provenance(pair, label)
         high = self._high_loss(pair, label, losses)
         tags = list(look.tags) + (["high_loss"] if high else []) + _outcome_tags(self.config.task, pair, label)
         suites = []
         if look.tags or high:
             suites = self._add_to_suites(pair, label, tags)
-        return JoinResult("joined", rid, f"joined {label.source} label for {rid!r}", pair, losses, suites)
+        message = f"joined {label.source} label for {rid!r}"
+        return JoinResult("joined", rid, message, pair, losses, suites, channel, excluded)
 
     def _high_loss(self, pair: Pair, label: Label, losses: dict[str, float]) -> bool:
         if not losses:
@@ -255,6 +296,9 @@ class Flywheel:
             candidate=pair.candidate.values if pair.candidate is not None and pair.candidate.ok else None,
             label_source=label.source,
             ts=self._clock(),
+            selected_by=pair.candidate.model
+            if pair.candidate is not None and {"evaluation", "divergent", "high_loss"} & set(tags)
+            else None,
         )
         written = self.suites.add(example)
         if self._metrics is not None:
@@ -296,9 +340,7 @@ class Flywheel:
                 self._metrics.labels.labels(source="annotator", outcome="rejected").inc()
             return
         try:  # one bad label must not stop the stream (nor, on Kafka, be re-polled forever)
-            result = self.feedback(label)
-            if result.status == "joined" and self._on_joined is not None and result.pair is not None:
-                self._on_joined(result.pair, label, result.losses)
+            self.feedback(label)
         except Exception:
             log.exception("label for %s skipped", label.request_id)
             if self._metrics is not None:
@@ -309,39 +351,49 @@ class Flywheel:
         queue, compact it up to what the rotation has handled ("delivered" means handled)."""
         name = self._rotation_name
         while not self._stop.wait(self.transport.backlog_every_s if self.backlog is not None else _RETRY_S):
+            lanes: dict[str, dict[str, float]] = {}
             try:
-                handled = self.transport.handled_seq(name)
-                spool = self.sink.spool
-                if handled is not None and spool.delivered_seq < min(handled, spool.last_seq):
-                    spool.commit(min(handled, spool.last_seq))
-                    if self._metrics is not None:
-                        self._metrics.spool_items.set(spool.pending_count)
-                backlog = self.transport.backlog(name, self._clock)
+                for lane, sink in self.sinks.items():
+                    handled = self.transport.handled_seq(name, lane)
+                    spool = sink.spool
+                    if handled is not None and spool.delivered_seq < min(handled, spool.last_seq):
+                        spool.commit(min(handled, spool.last_seq))
+                        if self._metrics is not None:
+                            self._metrics.spool_items.labels(lane=lane).set(spool.pending_count)
+                    backlog = self.transport.backlog(name, lane, self._clock)
+                    lanes[lane] = {"items": backlog.items, "oldest_age_s": backlog.oldest_age_s}
             except Exception as err:  # a broker or disk hiccup: the next probe tries again
                 log.debug("backlog: %s", err)
                 continue
-            self.backlog = {"items": backlog.items, "oldest_age_s": backlog.oldest_age_s}
+            self.backlog = {
+                "items": sum(b["items"] for b in lanes.values()),
+                "oldest_age_s": max((b["oldest_age_s"] for b in lanes.values()), default=0.0),
+                "lanes": lanes,
+            }
             if self._metrics is not None:
-                self._metrics.annotation_backlog.labels(rotation=name).set(backlog.items)
-                self._metrics.annotation_oldest_age.labels(rotation=name).set(backlog.oldest_age_s)
+                for lane_name, b in lanes.items():
+                    self._metrics.annotation_backlog.labels(rotation=name, lane=lane_name).set(b["items"])
+                    self._metrics.annotation_oldest_age.labels(rotation=name, lane=lane_name).set(b["oldest_age_s"])
 
     # --- report ---
 
     def stats(self) -> dict[str, Any]:
-        s = self.sink.stats()
+        lanes = {lane: sink.stats() for lane, sink in self.sinks.items()}
         with self._lock:
             labels = dict(self._counts)
             policy = self.policy.stats()
             high = self._high_loss_queued
+
+        def total(field: str) -> int:
+            return sum(int(getattr(s, field)) for s in lanes.values())
+
+        errors = [f"{lane}: {s.last_error}" for lane, s in lanes.items() if s.last_error]
         return {
             "sink": {
-                "queued": s.queued,
-                "spooled": s.spooled,
-                "delivered": s.delivered,
-                "failed": s.failed,
-                "pending": s.pending,
+                **{f: total(f) for f in ("queued", "spooled", "delivered", "failed", "pending")},
                 "transport": self.transport.name,
-                "last_error": s.last_error,
+                "last_error": "; ".join(errors) or None,
+                "lanes": {lane: {f: getattr(s, f) for f in ("queued", "pending")} for lane, s in lanes.items()},
             },
             "policy": policy,
             "labels": labels,

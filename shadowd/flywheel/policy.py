@@ -3,7 +3,8 @@
 Data flow: ``Flywheel.record`` -> ``ItemPolicy.admit`` -> ``AnnotationSink``.
 In order: dedup of near-identical items (numbers rounded before
 fingerprinting), per-slice quotas per window, a global token-bucket rate
-limit; every item held back is counted by reason. Admitted items are
+limit; every item held back is counted by reason. Evaluation-sample items
+pass untouched by those three (their draw probability must stay known). Admitted items are
 assigned to the on-call annotator and redacted (configured fields dropped or
 hashed) here, so nothing unredacted leaves the process.
 """
@@ -168,7 +169,14 @@ class ItemPolicy:
             self._metrics.annotation_items.labels(outcome="held_back").inc()
 
     def admit(self, item: AnnotationItem) -> AnnotationItem | None:
-        """The item as it may leave the process (assigned, redacted), or None if held back."""
+        """The item as it may leave the process (assigned, redacted), or None if held back.
+
+        Evaluation items skip dedup, quotas and the rate limit: they were drawn
+        with a known probability, and holding some back would change it (the
+        evaluation share is their budget). They are still assigned and redacted.
+        """
+        if item.reason == "evaluation":
+            return self._release(item, self._clock())
         fp = None
         if self.cfg.dedup_window_items:
             fp = fingerprint(item, self.cfg.dedup_decimals)
@@ -197,6 +205,9 @@ class ItemPolicy:
             self._seen[fp] = None
             if len(self._seen) > self.cfg.dedup_window_items:
                 self._seen.popitem(last=False)
+        return self._release(item, now)
+
+    def _release(self, item: AnnotationItem, now: float) -> AnnotationItem:
         self.admitted += 1
         if self._rotation is not None and item.assignee is None:
             item = item.model_copy(update={"assignee": self._rotation.on_call(now)})

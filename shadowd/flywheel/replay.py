@@ -41,13 +41,21 @@ def load_model_file(path: str | Path) -> ModelBase:
 
 
 def replay_suites(
-    specs: Sequence[str], model_cfg: ModelBase, suites_dir: Path | None, thresholds: SuiteThresholds
+    specs: Sequence[str],
+    model_cfg: ModelBase,
+    suites_dir: Path | None,
+    thresholds: SuiteThresholds,
+    exclude_selected_by: str | None = None,
 ) -> list[SuiteResult]:
+    """Replay a model over suites, leaving out the examples candidate ``exclude_selected_by`` selected."""
     from shadowd.models.runtime import load_model
 
     folders = resolve_suites(specs, suites_dir)
     model = load_model(model_cfg)
-    return [replay_suite(f, model.predict, model_cfg.input_shape, thresholds) for f in folders]
+    return [
+        replay_suite(f, model.predict, model_cfg.input_shape, thresholds, exclude_selected_by=exclude_selected_by)
+        for f in folders
+    ]
 
 
 def against_baseline(
@@ -78,14 +86,19 @@ def against_baseline(
 
 def render_results(results: Sequence[SuiteResult], model_name: str) -> Table:
     table = Table(title=f"replay of {model_name}")
-    for col in ("suite", "version", "examples", "accuracy", "mean loss", "mae", "verdict"):
+    for col in ("suite", "version", "examples (own, left out)", "accuracy", "mean loss", "mae", "verdict"):
         table.add_column(col, justify="left" if col in ("suite", "verdict") else "right")
     for r in results:
-        verdict = "[green]PASS[/green]" if r.passed else f"[red]FAIL[/red] {'; '.join(r.reasons)}"
+        if r.examples == 0:
+            verdict = f"[yellow]SKIPPED[/yellow] {'; '.join(r.reasons)}"
+        elif r.passed:
+            verdict = "[green]PASS[/green]"
+        else:
+            verdict = f"[red]FAIL[/red] {'; '.join(r.reasons)}"
         table.add_row(
             r.suite,
             str(r.version),
-            str(r.examples),
+            f"{r.examples} ({r.excluded_own})" if r.excluded_own else str(r.examples),
             "-" if r.accuracy is None else f"{r.accuracy:.3f}",
             f"{r.mean_loss:.4g}",
             "-" if r.mae is None else f"{r.mae:.4g}",

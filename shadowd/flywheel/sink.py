@@ -27,14 +27,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from shadowd.config import ShadowdConfig
 from shadowd.errors import DeliveryError, SpoolError
-from shadowd.flywheel.spool import Spool, SpoolRecord
+from shadowd.flywheel.spool import Spool, SpoolRecord, lane_spool_dir
 from shadowd.flywheel.transports.base import Producer, SendResult
 from shadowd.observe.metrics import ShadowdMetrics
-from shadowd.records import AnnotationItem
+from shadowd.records import AnnotationItem, Lane
 
 __all__ = ["AnnotationSink", "SinkStats", "build_sink"]
 
@@ -74,8 +73,10 @@ class AnnotationSink:
         batch_items: int = 500,
         retry_backoff_s: tuple[float, float] = (0.1, 5.0),
         sleep: Callable[[float], None] | None = None,
+        lane: Lane = "review",
     ):
         self.spool = spool
+        self.lane = lane
         self._producer = producer
         self._metrics = metrics
         self._buffer: queue.Queue[AnnotationItem] = queue.Queue(maxsize=max_buffered_items)
@@ -181,7 +182,7 @@ class AnnotationSink:
 
     def _set_gauge(self) -> None:
         if self._metrics is not None:
-            self._metrics.spool_items.set(self.spool.pending_count)
+            self._metrics.spool_items.labels(lane=self.lane).set(self.spool.pending_count)
 
     def _drain(self, len_limit: int | None) -> list[AnnotationItem]:
         items: list[AnnotationItem] = []
@@ -282,11 +283,11 @@ class AnnotationSink:
 
 
 def build_sink(
-    config: ShadowdConfig, producer: Producer | None, metrics: ShadowdMetrics | None = None
+    config: ShadowdConfig, producer: Producer | None, metrics: ShadowdMetrics | None = None, lane: Lane = "review"
 ) -> AnnotationSink:
-    """The sink the config asks for, started: the spool in ``<data_dir>/spool``, delivering to ``producer``."""
+    """A lane's sink, started: its spool (``spool.lane_spool_dir``), delivering to ``producer``."""
     ann = config.annotations
-    spool = Spool(Path(config.data_dir) / "spool", segment_items=ann.spool_segment_items)
+    spool = Spool(lane_spool_dir(config.data_dir, lane), segment_items=ann.spool_segment_items)
     return AnnotationSink(
-        spool, producer, metrics, max_buffered_items=ann.max_buffered_items, batch_items=ann.batch_items
+        spool, producer, metrics, max_buffered_items=ann.max_buffered_items, batch_items=ann.batch_items, lane=lane
     ).start()

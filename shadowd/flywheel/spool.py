@@ -31,7 +31,7 @@ from typing import Any
 
 from shadowd.errors import SpoolError
 
-__all__ = ["Spool", "SpoolRecord", "read_offset", "read_spool", "spool_last_seq", "write_atomic"]
+__all__ = ["Spool", "SpoolRecord", "lane_spool_dir", "read_offset", "read_spool", "spool_last_seq", "write_atomic"]
 
 _SEGMENT_PREFIX = "seg-"
 _SEGMENT_SUFFIX = ".jsonl"
@@ -68,6 +68,11 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def lane_spool_dir(data_dir: Path, lane: str) -> Path:
+    """Where a lane's spool lives: ``<data_dir>/spool`` (review) and ``<data_dir>/spool-evaluation``."""
+    return Path(data_dir) / ("spool" if lane == "review" else f"spool-{lane}")
 
 
 def write_atomic(path: Path, text: str, fsync: bool = True) -> None:

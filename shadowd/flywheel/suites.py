@@ -60,6 +60,11 @@ class SuiteExample(BaseModel):
     production: list[float] | None = Field(None, description="Production's output when it was served.")
     candidate: list[float] | None = Field(None, description="The candidate's output at the time.")
     label_source: str = Field("feedback", description="feedback or annotator.")
+    selected_by: str | None = Field(
+        None,
+        description="The candidate whose disagreement with production (or high loss) chose this example; "
+        "replaying that same candidate on it is circular, so replay leaves it out.",
+    )
     ts: float = Field(description="Unix time the label was joined.")
 
 
@@ -220,6 +225,9 @@ class SuiteResult(BaseModel):
     mae: float | None = Field(None, description="Regression: mean absolute error.")
     passed: bool = Field(description="Every threshold met.")
     reasons: list[str] = Field(default_factory=list, description="Thresholds missed, with the numbers.")
+    excluded_own: int = Field(
+        0, description="Examples left out because this model's own disagreements selected them (circular)."
+    )
 
 
 def replay_suite(
@@ -228,11 +236,35 @@ def replay_suite(
     input_shape: Sequence[int],
     thresholds: SuiteThresholds,
     batch_size: int = 256,
+    exclude_selected_by: str | None = None,
 ) -> SuiteResult:
-    """Run ``predict`` (batch -> (n, k) probabilities or values) over one suite and check thresholds."""
+    """Run ``predict`` (batch -> (n, k) probabilities or values) over one suite and check thresholds.
+
+    Examples selected by the disagreements of candidate ``exclude_selected_by``
+    are left out: a candidate judged on the inputs where it already differed
+    from production fails by construction, which says nothing (suites gate the
+    *next* candidate). Replay a baseline with the same exclusion, so both run
+    on the same examples.
+    """
     manifest, examples = load_suite(folder)
     if not examples:
         raise SuiteError(f"{folder}: suite {manifest.name} is empty")
+    own = 0
+    if exclude_selected_by is not None:
+        kept = [e for e in examples if e.selected_by != exclude_selected_by]
+        own = len(examples) - len(kept)
+        examples = kept
+    if not examples:
+        note = f"all {own} examples were selected by {exclude_selected_by} itself: not a test of it (--include-own)"
+        return SuiteResult(
+            suite=manifest.name,
+            version=manifest.version,
+            examples=0,
+            mean_loss=0.0,
+            passed=True,
+            reasons=[note],
+            excluded_own=own,
+        )
     try:
         x = np.asarray([e.inputs for e in examples], dtype=np.float32).reshape(len(examples), *input_shape)
     except ValueError as err:
@@ -267,4 +299,5 @@ def replay_suite(
         mae=mae,
         passed=not reasons,
         reasons=reasons,
+        excluded_own=own,
     )

@@ -81,8 +81,8 @@ def _value_mappings(*texts: tuple[str, str]) -> list[_Mapping]:
     return [dm.ValueMap(options=options)]
 
 
-# Gate verdict and check status gauges: 0 pass, 1 fail, 2 inconclusive; drift status likewise.
-_STATUS_MAPPINGS = _value_mappings(("PASS", "green"), ("FAIL", "red"), ("INCONCLUSIVE", "yellow"))
+# Gate verdict and check status gauges: 0 pass, 1 fail, 2 inconclusive, 3 review; drift status uses the first three.
+_STATUS_MAPPINGS = _value_mappings(("PASS", "green"), ("FAIL", "red"), ("INCONCLUSIVE", "yellow"), ("REVIEW", "orange"))
 _DRIFT_MAPPINGS = _value_mappings(("OK", "green"), ("DRIFT", "red"), ("INCONCLUSIVE", "yellow"))
 _UP_MAPPINGS = _value_mappings(("DOWN", "red"), ("UP", "green"))
 
@@ -413,9 +413,11 @@ def overview_dashboard() -> dict[str, Any]:
     )
     d.with_panel(
         _timeseries(
-            "Noise floor per slice",
-            "How often production disagrees with itself (noise replica); divergence is judged against this floor.",
-            (f"max by (slice) (shadowd_noise_floor{{{_SLICE}}})", "{{slice}}"),
+            "Noise and churn floor per slice",
+            "How often production disagrees with itself (noise replica) and with the reference model (same recipe, "
+            "another seed or version); divergence is judged against the churn floor when a reference runs.",
+            (f"max by (slice) (shadowd_noise_floor{{{_SLICE}}})", "noise {{slice}}"),
+            (f"max by (slice) (shadowd_churn_floor{{{_SLICE}}})", "churn {{slice}}"),
             unit="percentunit",
         )
     )

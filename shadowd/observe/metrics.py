@@ -34,7 +34,8 @@ class ShadowdMetrics:
         self.registry = reg
         self.requests = Counter(
             "shadowd_requests_total",
-            "Model calls by role (production, candidate, noise) and outcome (ok, error, timeout, nan, bad_shape).",
+            "Model calls by role (production, candidate, noise, reference) and outcome "
+            "(ok, error, timeout, nan, bad_shape).",
             ["role", "outcome"],
             registry=reg,
         )
@@ -94,14 +95,15 @@ class ShadowdMetrics:
         )
         self.check_status = Gauge(
             "shadowd_check_status",
-            "Statistical check result at the last report, by check and slice: 0 pass, 1 fail, 2 inconclusive.",
+            "Statistical check result at the last report, by check and slice: 0 pass, 1 fail, 2 inconclusive, "
+            "3 review.",
             ["check", "slice"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )
         self.gate_verdict = Gauge(
             "shadowd_gate_verdict",
-            "Promotion gate verdict at the last report: 0 pass, 1 fail, 2 inconclusive.",
+            "Promotion gate verdict at the last report: 0 pass, 1 fail, 2 inconclusive, 3 review.",
             registry=reg,
             multiprocess_mode="mostrecent",
         )
@@ -113,9 +115,19 @@ class ShadowdMetrics:
             registry=reg,
             multiprocess_mode="mostrecent",
         )
+        self.churn_floor = Gauge(
+            "shadowd_churn_floor",
+            "How often the reference model (same recipe, another seed or version) disagrees with production, by "
+            "slice: flip rate for classification, divergent-pair rate for regression.",
+            ["slice"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
         self.spool_items = Gauge(
             "shadowd_spool_items",
-            "Annotation items in the local spool not yet delivered to Kafka (all of them without Kafka).",
+            "Annotation items in the local spool not yet delivered to Kafka (all of them without Kafka), by lane "
+            "(evaluation, review).",
+            ["lane"],
             registry=reg,
             multiprocess_mode="mostrecent",  # one writer (the hub); a dead one's value must not linger
         )
@@ -128,7 +140,7 @@ class ShadowdMetrics:
         )
         self.nonfinite_outputs = Counter(
             "shadowd_nonfinite_outputs_total",
-            "Model outputs (examples) holding NaN or +-inf, by role (production, candidate, noise).",
+            "Model outputs (examples) holding NaN or +-inf, by role (production, candidate, noise, reference).",
             ["role"],
             registry=reg,
         )
@@ -153,15 +165,15 @@ class ShadowdMetrics:
         )
         self.annotation_backlog = Gauge(
             "shadowd_annotation_backlog_items",
-            "Annotation items not yet handled by the on-call annotators, by rotation.",
-            ["rotation"],
+            "Annotation items not yet handled by the on-call annotators, by rotation and lane (evaluation, review).",
+            ["rotation", "lane"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )
         self.annotation_oldest_age = Gauge(
             "shadowd_annotation_oldest_item_age_seconds",
-            "Age of the oldest annotation item not yet handled, by rotation (0 when the queue is empty).",
-            ["rotation"],
+            "Age of the oldest annotation item not yet handled, by rotation and lane (0 when the lane is empty).",
+            ["rotation", "lane"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )

@@ -24,7 +24,7 @@ from shadowd.compare.slices import SliceMatcher
 from shadowd.config import ShadowdConfig
 from shadowd.expect import Violation, ViolationTally
 from shadowd.expect.drift import DriftMonitor
-from shadowd.flywheel.flywheel import Flywheel
+from shadowd.flywheel.flywheel import Flywheel, JoinResult
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import OVERALL, AnnotationItem, Label, Pair
 
@@ -50,14 +50,15 @@ class HubParts:
 
 
 def publish_gate(metrics: ShadowdMetrics, report: ShadowReport) -> None:
-    """Set the check-status, gate-verdict and noise-floor gauges from a report."""
+    """Set the check-status, gate-verdict, noise- and churn-floor gauges from a report."""
     for r in report.checks:
         metrics.check_status.labels(check=r.check, slice=r.slice).set(r.status.gauge_value)
     metrics.gate_verdict.set(report.gate.verdict.gauge_value)
     for name, s in {OVERALL: report.overall, **report.slices}.items():
-        if s.noise.compared:
-            share = s.noise.flips if s.noise.flips is not None else s.noise.divergent
-            metrics.noise_floor.labels(slice=name).set(share / s.noise.compared)
+        for floor, gauge in ((s.noise, metrics.noise_floor), (s.reference, metrics.churn_floor)):
+            if floor.compared:
+                share = floor.flips if floor.flips is not None else floor.divergent
+                gauge.labels(slice=name).set(share / floor.compared)
 
 
 class ShadowHub:
@@ -81,9 +82,15 @@ class ShadowHub:
         self._persist_task: asyncio.Task[None] | None = None
         self._flywheel.start(on_joined=self._on_joined)
 
-    def _on_joined(self, pair: Pair, label: Label, losses: dict[str, float]) -> None:
+    def _on_joined(self, result: JoinResult, label: Label) -> None:
+        """A label found its pair: into the quality cells if its selection is known, else counted as excluded."""
+        if result.pair is None:
+            return
         with self._lock:
-            self._comparator.add_labelled(pair, label)
+            if result.channel is not None:
+                self._comparator.add_labelled(result.pair, label, result.channel)
+            elif result.excluded is not None:
+                self._comparator.exclude_label(result.pair, result.excluded)
             self._dirty = True
 
     def _ensure_persisting(self) -> None:
@@ -137,18 +144,17 @@ class ShadowHub:
     async def feedback(self, label: Label) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) for POST /feedback."""
         self._ensure_persisting()
-        result = self._flywheel.feedback(label)
-        if result.status == "joined" and result.pair is not None:
-            self._on_joined(result.pair, label, result.losses)
+        result = self._flywheel.feedback(label)  # joins, then calls _on_joined
         body = result.as_dict()
         if result.http_status >= 400:
             body["error"] = result.message  # the same key every 4xx of the API has
         return result.http_status, body
 
     def _comparator_report(self) -> ShadowReport:
-        """The comparator's report; refreshes the gate gauges from it."""
+        """The comparator's report; refreshes the gate gauges and the slices under review from it."""
         with self._lock:
             report = self._comparator.report()
+            self._comparator.set_review_slices(report.gate.review_slices)
         publish_gate(self._metrics, report)
         return report
 

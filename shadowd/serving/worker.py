@@ -1,4 +1,5 @@
-"""ShadowWorker: runs the candidate (and the noise replica) on mirrored
+"""ShadowWorker: runs the candidate (and, on sampled shares, production again
+for the noise floor and the reference model for the churn floor) on mirrored
 requests in batches, isolated from production, and hands finished ``Pair``s
 to the hub.
 
@@ -104,9 +105,15 @@ class ShadowWorker:
         assert config.models.candidate is not None, "the app builder adds a worker only with a candidate"
         self._candidate = _Runner(load_model(config.models.candidate, config.serving.torch_threads), timeout_s)
         self._expect = ExpectationSet(config.expectations)
-        self._noise = None
+        threads = config.serving.torch_threads
+        # Second opinions on a sampled share: production again (noise floor), the reference (churn floor).
+        self._seconds: list[tuple[Role, float, _Runner]] = []
         if config.shadow.noise_share > 0:
-            self._noise = _Runner(load_model(config.models.production, config.serving.torch_threads), timeout_s)
+            runner = _Runner(load_model(config.models.production, threads), timeout_s)
+            self._seconds.append(("noise", config.shadow.noise_share, runner))
+        if config.models.reference is not None and config.shadow.reference_share > 0:
+            runner = _Runner(load_model(config.models.reference, threads), timeout_s)
+            self._seconds.append(("reference", config.shadow.reference_share, runner))
 
     def _record(self, violations: list[Violation]) -> list[dict[str, Any]]:
         """Count output violations in metrics; return them as the pair carries them."""
@@ -119,20 +126,23 @@ class ShadowWorker:
         width = next((len(v) for v in batch.production_values if v), None)
         candidates, found = await run_role(self._candidate, "candidate", x, width, self._expect)
         violations = [self._record(row) for row in found]
-        noise: list[ModelOutput | None] = [None] * len(x)
-        if self._noise is not None:
-            share = self._cfg.shadow.noise_share
-            idx = [i for i, rid in enumerate(batch.request_ids) if is_sampled(rid, share, "noise")]
+        seconds: dict[Role, list[ModelOutput | None]] = {}
+        for role, share, runner in self._seconds:
+            outputs: list[ModelOutput | None] = [None] * len(x)
+            idx = [i for i, rid in enumerate(batch.request_ids) if is_sampled(rid, share, role)]
             if idx:
-                outs, noise_violations = await run_role(self._noise, "noise", x[idx], width, self._expect)
-                for i, out, vs in zip(idx, outs, noise_violations, strict=True):
-                    noise[i] = out
+                outs, found_here = await run_role(runner, role, x[idx], width, self._expect)
+                for i, out, vs in zip(idx, outs, found_here, strict=True):
+                    outputs[i] = out
                     violations[i] += self._record(vs)
+            seconds[role] = outputs
+        none: list[ModelOutput | None] = [None] * len(x)
+        noise, reference = seconds.get("noise", none), seconds.get("reference", none)
         store_inputs = self._cfg.shadow.store_inputs
         prod_name = self._cfg.models.production.name
         pairs = []
-        for i, (cand, nz) in enumerate(zip(candidates, noise, strict=True)):
-            for result in (cand, nz):
+        for i, (cand, nz, ref) in enumerate(zip(candidates, noise, reference, strict=True)):
+            for result in (cand, nz, ref):
                 if result is not None:
                     self._metrics.requests.labels(result.role, result.outcome).inc()
                     if result.outcome in ("ok", "nan"):
@@ -153,6 +163,7 @@ class ShadowWorker:
                     production=prod,
                     candidate=cand,
                     noise=nz,
+                    reference=ref,
                     violations=batch.violations[i] + violations[i],
                 )
             )

@@ -43,6 +43,7 @@ def config_dict(tmp_path, bootstrap, topics):
                 "type": "kafka",
                 "bootstrap_servers": [bootstrap],
                 "annotations_topic": topics[0],
+                "evaluation_topic": f"{topics[0]}.evaluation",
                 "labels_topic": topics[1],
                 "delivery_timeout_ms": 5000,
             },
@@ -96,8 +97,8 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
     joined: dict[str, dict] = {}
     all_joined = threading.Event()
 
-    def on_joined(pair, label, losses):
-        joined[pair.request_id] = losses
+    def on_joined(result, label):
+        joined[result.request_id] = result.losses
         if len(joined) == N_ITEMS:
             all_joined.set()
 
@@ -110,9 +111,9 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
         for i in range(N_ITEMS):
             p = make_pair(i, t0)
             fw.record(p, [item_for(p, t0)])
-        assert fw.sink.flush(timeout_s=30), fw.sink.stats()
+        assert fw.flush(timeout_s=30), fw.stats()
         # the hub measures the rotation's backlog and exposes it as metrics
-        rot = {"rotation": cfg.annotations.rotation.name}
+        rot = {"rotation": cfg.annotations.rotation.name, "lane": "review"}
         deadline = time.monotonic() + 20
         while metrics.registry.get_sample_value("shadowd_annotation_backlog_items", rot) != N_ITEMS:
             assert time.monotonic() < deadline, metrics.registry.get_sample_value(

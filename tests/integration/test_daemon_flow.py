@@ -17,6 +17,7 @@ from shadowd.cli import app
 from shadowd.flywheel.spool import read_spool
 from shadowd.launcher import wait_for_pairs
 from shadowd.records import AnnotationItem
+from shadowd.sampling import hash_unit
 from shadowd.testing import ToyClassifier
 from tests.fixtures.grafana import TOKEN as GRAFANA_TOKEN
 from tests.fixtures.kafka import consumer_config, unique_topic
@@ -59,7 +60,12 @@ def test_divergent_items_reach_kafka_keyed_by_request_id(shadowd_app, kafka_brok
             "task": "classification",
             "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
             "annotations": {
-                "sink": {"type": "kafka", "bootstrap_servers": [kafka_broker.bootstrap], "annotations_topic": topic},
+                "sink": {
+                    "type": "kafka",
+                    "bootstrap_servers": [kafka_broker.bootstrap],
+                    "annotations_topic": topic,
+                    "evaluation_topic": f"{topic}.evaluation",
+                },
                 "policy": NO_BUDGET,
             },
         }
@@ -70,7 +76,8 @@ def test_divergent_items_reach_kafka_keyed_by_request_id(shadowd_app, kafka_brok
     _send(daemon.url, reqs)
     assert wait_for_pairs(daemon.url, 60, 60)["overall"]["divergent"] == len(expected)
 
-    consumer = KafkaConsumer(topic, **consumer_config(kafka_broker.bootstrap, group_id=f"g-{topic}"))
+    topics = (topic, f"{topic}.evaluation")  # the review lane and the evaluation lane
+    consumer = KafkaConsumer(*topics, **consumer_config(kafka_broker.bootstrap, group_id=f"g-{topic}"))
     seen: dict[str, AnnotationItem] = {}
     deadline = time.monotonic() + 60
     while set(seen) != expected and time.monotonic() < deadline:
@@ -78,10 +85,14 @@ def test_divergent_items_reach_kafka_keyed_by_request_id(shadowd_app, kafka_brok
             for rec in records:
                 item = AnnotationItem.model_validate_json(rec.value)
                 assert rec.key.decode() == item.request_id
+                assert rec.topic == topics[item.lane == "evaluation"]
                 seen[item.request_id] = item
     consumer.close()
     assert set(seen) == expected
-    assert all(item.reason == "divergent" and item.inputs is not None for item in seen.values())
+    # the disagreements drawn by the hash of their id (default share 0.2) went to the evaluation lane
+    drawn = {rid for rid in expected if hash_unit(rid, "evaluation") < 0.2}
+    assert {rid for rid, item in seen.items() if item.reason == "evaluation"} == drawn
+    assert all(item.reason in ("divergent", "evaluation") and item.inputs is not None for item in seen.values())
 
 
 def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):

@@ -47,7 +47,7 @@ def make_config(tmp_path, bootstrap: str, topic: str, delivery_timeout_ms: int =
 
 def kafka_sink(cfg, metrics):
     """The sink as the daemon builds it: the spool delivering to the config's Kafka producer."""
-    return build_sink(cfg, build_transport(cfg.annotations.sink, cfg.data_dir).producer(), metrics)
+    return build_sink(cfg, build_transport(cfg.annotations.sink, cfg.data_dir).producer("review"), metrics)
 
 
 def item(i: int) -> AnnotationItem:

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from shadowd.observe.dashboards import build_dashboards, panel_queries, resolve_variables
+from tests.fixtures.kafka import unique_topic
 from tests.fixtures.ray_serve import toy_model
 from tests.fixtures.services import free_port
 
@@ -109,15 +110,25 @@ def scraped_daemon(ray_serve, kafka_broker, tmp_path_factory):
         {
             "task": "classification",
             "data_dir": str(tmp / "data"),
-            "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
-            "shadow": {"sample_share": 1.0, "noise_share": 0.5, "candidate_timeout_s": 2.0},
+            "models": {
+                "production": toy_model("prod", seed=0),
+                "candidate": toy_model("cand", seed=5),
+                "reference": toy_model("prod-reseeded", seed=1),  # the churn floor's panel needs a reference
+            },
+            "shadow": {"sample_share": 1.0, "noise_share": 0.5, "reference_share": 0.5, "candidate_timeout_s": 2.0},
             "serving": {"host": "127.0.0.1", "port": ray_port},
             "slices": [
                 {"name": "high_x0", "where": {"field": "x0", "op": "gt", "value": 0.0}},
                 {"name": "new_users", "where": {"field": "new_user", "op": "eq", "value": True}},
             ],
             "annotations": {
-                "sink": {"type": "kafka", "bootstrap_servers": [kafka_broker.bootstrap], "delivery_timeout_ms": 5000}
+                "sink": {
+                    "type": "kafka",
+                    "bootstrap_servers": [kafka_broker.bootstrap],
+                    "delivery_timeout_ms": 5000,
+                    "annotations_topic": unique_topic("obs-review"),
+                    "evaluation_topic": unique_topic("obs-evaluation"),
+                }
             },
             "metrics": {"port": metrics_port, "host": "127.0.0.1"},
             # |x0| > 2 breaks an expectation on ~5% of requests.

@@ -18,6 +18,7 @@ from shadowd.config import parse_config
 from shadowd.errors import BadRequest
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import Label, ModelOutput, Pair
+from shadowd.sampling import hash_unit
 
 SLICES = [
     {"name": "dark", "where": {"field": "brightness", "op": "lt", "value": 0.3}},
@@ -156,8 +157,20 @@ def test_counts_are_exact_for_a_generated_stream(tmp_path):
         assert r["latency_s"]["candidate"]["n"] == e["compared"]
         assert r["latency_s"]["production"]["n"] == e["pairs"]
     e = expected_counts(pairs, SLICE_FNS["overall"])
-    assert len(items) == e["divergent"]
-    assert all(it.reason == "divergent" for it in items)
+    assert len(items) == e["divergent"]  # every disagreement is queued: drawn ones to the evaluation lane
+    drawn = {p.request_id for p in pairs if hash_unit(p.request_id, "evaluation") < 0.2}
+    for it in items:
+        if it.request_id in drawn:
+            assert (it.reason, it.lane, it.inclusion) == ("evaluation", "evaluation", 0.2)
+        else:
+            assert (it.reason, it.lane, it.inclusion) == ("divergent", "review", None)
+    assert any(it.lane == "evaluation" for it in items) and any(it.lane == "review" for it in items)
+    # every compared pair is counted in its stratum, labelled or not
+    for name, fn in SLICE_FNS.items():
+        e = expected_counts(pairs, fn)
+        strata = (rep["overall"] if name == "overall" else rep["slices"][name])["labels"]["strata"]
+        assert strata.get("flip", 0) == e["flips"]
+        assert sum(strata.values()) == e["compared"]
     json.dumps(rep, allow_nan=False)
 
 
@@ -262,7 +275,7 @@ def test_merge_of_two_replicas_equals_one_fed_both(tmp_path):
     for comp, pairs in ((a, a_pairs), (b, b_pairs), (both, a_pairs + b_pairs)):
         for p in pairs:
             comp.add(p)
-            comp.add_labelled(p, labels[p.request_id])
+            comp.add_labelled(p, labels[p.request_id], "feedback")
     a.merge(json.loads(json.dumps(b.state_dict())))
     _assert_states_equal(a.state_dict(), both.state_dict())
     assert a.report().to_json()["overall"]["flips"] == both.report().to_json()["overall"]["flips"]
@@ -322,17 +335,27 @@ def test_add_labelled_losses_and_accuracy(tmp_path):
         production=out("production", [0.8, 0.1, 0.1]),
         candidate=out("candidate", [0.3, 0.6, 0.1]),
     )
-    losses = comp.add_labelled(pair, Label(request_id="r", label=0, ts=0))
+    comp.add(pair)  # classes the pair: a flip, drawn or not
+    assert pair.selection is not None and pair.selection.stratum == "flip"
+    losses = comp.add_labelled(pair, Label(request_id="r", label=0, ts=0), "feedback")
     assert losses == {"production": pytest.approx(-np.log(0.8)), "candidate": pytest.approx(-np.log(0.3))}
     r = comp.report().to_json()
-    assert r["slices"]["de"]["labels"]["labels"] == 1 and r["slices"]["dark"]["labels"]["labels"] == 0
-    assert r["overall"]["labels"]["accuracy"] == {"production": 1.0, "candidate": 0.0}
-    assert comp.add_labelled(pair, Label(request_id="r", label=None, verdict="skip", ts=0)) == {}
+    assert r["slices"]["de"]["labels"]["used"] == 1 and r["slices"]["dark"]["labels"]["used"] == 0
+    assert r["overall"]["labels"]["by_channel"] == {"feedback": 1}
+    assert r["overall"]["labels"]["accuracy"] == {"production": 1.0, "candidate": 0.0}  # random feedback
+    cell = comp.tally("de").quality.cell("flip", pair.selection.evaluation_share)
+    assert (cell.pairs, cell.accuracy.n, cell.accuracy.mean) == (1, 1, 1.0)  # production right, candidate wrong
+    assert comp.add_labelled(pair, Label(request_id="r", label=None, verdict="skip", ts=0), None) == {}
     with pytest.raises(BadRequest, match="request r"):
-        comp.add_labelled(pair, Label(request_id="r", label=7, ts=0))
+        comp.add_labelled(pair, Label(request_id="r", label=7, ts=0), "feedback")
     only_prod = pair.model_copy(update={"candidate": None})
-    assert set(comp.add_labelled(only_prod, Label(request_id="r", label=1, ts=0))) == {"production"}
-    assert comp.report().to_json()["overall"]["labels"]["labels"] == 1
+    assert set(comp.add_labelled(only_prod, Label(request_id="r", label=1, ts=0), "feedback")) == {"production"}
+    # a label chosen some other way is counted as excluded, never in the cells or the plain accuracies
+    comp.add_labelled(pair, Label(request_id="r", label=1, ts=0), None)
+    comp.exclude_label(pair, "priority queue (not a random sample)")
+    r = comp.report().to_json()["overall"]["labels"]
+    assert r["used"] == 1 and r["feedback"] == 1
+    assert r["excluded"] == {"priority queue (not a random sample)": 1}
 
 
 def test_log_histogram_quantiles_within_one_percent_of_numpy():

@@ -82,14 +82,20 @@ def test_verdict_and_status_codes_in_one_place():
 
 def test_a_report_of_another_schema_version_or_shape_is_refused(tmp_path):
     data = window(tmp_path, 50, 1.0).to_json()
-    with pytest.raises(ShadowdError, match="schema_version 2; this shadowd reads 1"):
-        ShadowReport.from_json({**data, "schema_version": 2})
+    with pytest.raises(ShadowdError, match="schema_version 1; this shadowd reads 2"):
+        ShadowReport.from_json({**data, "schema_version": 1})
     with pytest.raises(ShadowdError, match="not a shadowd report: gate"):
         ShadowReport.from_json({k: v for k, v in data.items() if k != "gate"})
 
 
 @pytest.mark.parametrize(
-    "n,same_share,verdict,code", [(3000, 1.0, "PASS", 0), (800, 0.3, "FAIL", 1), (50, 1.0, "INCONCLUSIVE", 3)]
+    "n,same_share,verdict,code",
+    [
+        (3000, 1.0, "PASS", 0),
+        (800, 0.0, "FAIL", 1),  # a flip rate no retrain produces: operationally broken
+        (800, 0.3, "REVIEW", 3),  # different beyond the floor, no labels yet: not decided
+        (50, 1.0, "INCONCLUSIVE", 3),
+    ],
 )
 def test_cli_gate_exit_code_from_data_dir(tmp_path, n, same_share, verdict, code):
     rep = window(tmp_path, n, same_share)

@@ -89,7 +89,7 @@ def test_crash_after_label_before_commit_is_not_labelled_twice(tmp_path):
     spool_items(tmp_path, [item(i) for i in range(2)])
     a = Annotator(cfg, annotator="ana")
     a.next_item(timeout_s=1)
-    a._queue.commit = lambda handle: (_ for _ in ()).throw(SystemExit("crash"))  # type: ignore[method-assign]  # dies between label and commit
+    a._queues["review"].commit = lambda handle: (_ for _ in ()).throw(SystemExit("crash"))  # type: ignore[method-assign]  # dies between label and commit
     with pytest.raises(SystemExit):
         a.submit(1)
     b = Annotator(cfg, annotator="ana")

@@ -114,7 +114,7 @@ def test_items_pass_the_policy_into_the_spool(fw, tmp_path):
     p = pair(1, [0.9, 0.1], [0.1, 0.9], fw.clock(), brightness=0.1)
     fw.record(p, [divergent_item(p)])
     fw.record(p, [divergent_item(p)])  # the same input again: deduped
-    assert fw.sink.flush(timeout_s=5)
+    assert fw.flush(timeout_s=5)
     recs = read_spool(tmp_path / "spool")
     assert [r.key for r in recs] == ["r1"]
     assert fw.stats()["policy"]["held_back"] == {"duplicate": 1}
@@ -125,7 +125,7 @@ def test_high_loss_input_is_queued_even_when_the_models_agree(fw, tmp_path):
     fw.record(agree, [])  # no divergence: nothing queued
     res = fw.feedback(label("r5", 1, fw.clock))  # ground truth 1: loss -log(0.001) = 6.9 > 5
     assert res.status == "joined"
-    assert fw.sink.flush(timeout_s=5)
+    assert fw.flush(timeout_s=5)
     items = [AnnotationItem.model_validate(r.value) for r in read_spool(tmp_path / "spool")]
     assert [(i.request_id, i.reason) for i in items] == [("r5", "high_loss")]
     assert items[0].priority == pytest.approx(-math.log(0.001))
@@ -133,7 +133,7 @@ def test_high_loss_input_is_queued_even_when_the_models_agree(fw, tmp_path):
     # an annotator's label is not sent back to annotators
     fw.record(pair(6, [0.999, 0.001], [0.999, 0.001], fw.clock()), [])
     fw.feedback(label("r6", 1, fw.clock, source="annotator"))
-    assert fw.sink.flush(timeout_s=5)
+    assert fw.flush(timeout_s=5)
     assert len(read_spool(tmp_path / "spool")) == 1
 
 
@@ -146,7 +146,7 @@ def test_high_loss_quantile_after_enough_labels(tmp_path):
             fw.feedback(label(f"r{i}", 0, clock))  # loss -log(0.9): low and equal
         fw.record(pair(99, [0.6, 0.4], [0.6, 0.4], clock()), [])
         fw.feedback(label("r99", 1, clock))  # -log(0.4) = 0.92: above the 0.9 quantile
-        assert fw.sink.flush(timeout_s=5)
+        assert fw.flush(timeout_s=5)
         assert [r.key for r in read_spool(tmp_path / "spool")] == ["r99"]
         assert fw.stats()["high_loss_queued"] == 1
     finally:
@@ -176,15 +176,15 @@ def test_embedded_annotator_labels_come_back_through_the_labels_file(tmp_path):
     joined = []
     got = threading.Event()
 
-    def on_joined(p, lab, losses):
-        joined.append((p.request_id, losses))
+    def on_joined(result, lab):
+        joined.append((result.request_id, result.losses, result.excluded))
         got.set()
 
     fw = build_flywheel(cfg).start(on_joined=on_joined)
     try:
         p = pair(1, [0.9, 0.1], [0.2, 0.8], fw._clock(), brightness=0.1)
         fw.record(p, [divergent_item(p)])
-        assert fw.sink.flush(timeout_s=5)
+        assert fw.flush(timeout_s=5)
         ann = Annotator(cfg, annotator="ana")
         item = ann.next_item(timeout_s=2)
         assert item.request_id == "r1"
@@ -194,11 +194,58 @@ def test_embedded_annotator_labels_come_back_through_the_labels_file(tmp_path):
         assert got.wait(10)
         assert joined[0][0] == "r1"
         assert joined[0][1]["candidate"] == pytest.approx(-math.log(0.8))
+        assert joined[0][2] == "priority queue (not a random sample)"  # a review-lane item: not for the gate
         # what the rotation handled is compacted out of the spool; the backlog is empty
         deadline = time.monotonic() + 10
-        while fw.sink.spool.delivered_seq < 1 and time.monotonic() < deadline:
+        while fw.sinks["review"].spool.delivered_seq < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert fw.sink.spool.delivered_seq == 1 and fw.sink.spool.pending_count == 0
+        assert fw.sinks["review"].spool.delivered_seq == 1 and fw.sinks["review"].spool.pending_count == 0
         assert fw.stats()["backlog"]["items"] == 0
     finally:
         fw.close(timeout_s=2)
+
+
+def test_evaluation_items_take_their_own_lane_and_skip_dedup_and_rate(tmp_path):
+    cfg = parse_config(
+        {
+            **config(tmp_path).model_dump(mode="json", exclude={"checks"}),
+            "annotations": {"policy": {"rate_per_s": 0.001, "burst_items": 1}},
+        }
+    )
+    fw = build_flywheel(cfg)
+    try:
+        p = pair(1, [0.9, 0.1], [0.1, 0.9], fw._clock(), brightness=0.1)
+        evaluation = divergent_item(p).model_copy(update={"reason": "evaluation", "inclusion": 0.2})
+        for _ in range(3):  # the rate limit (1 item) and dedup would hold these back; evaluation items pass
+            fw.record(p, [evaluation])
+        fw.record(p, [divergent_item(p), divergent_item(p)])  # review lane: the first passes, the copy is deduped
+        assert fw.flush(timeout_s=5)
+        assert [r.value["reason"] for r in read_spool(tmp_path / "spool-evaluation")] == ["evaluation"] * 3
+        assert [r.value["reason"] for r in read_spool(tmp_path / "spool")] == ["divergent"]
+    finally:
+        fw.close(timeout_s=2)
+
+
+def test_labels_say_how_they_were_chosen(fw):
+    """Random feedback and evaluation-sample labels may decide quality; the priority queue's may not."""
+    from shadowd.records import Selection
+
+    def selected(i, in_sample):
+        p = pair(i, [0.9, 0.1], [0.1, 0.9], fw.clock())
+        p.selection = Selection(stratum="flip", evaluation_share=0.2, in_sample=in_sample)
+        fw.record(p, [])
+        return p
+
+    selected(1, in_sample=True)
+    selected(2, in_sample=False)
+    selected(3, in_sample=False)
+    assert fw.feedback(label("r1", 0, fw.clock, source="annotator")).channel == "evaluation"
+    prio = fw.feedback(label("r2", 0, fw.clock, source="annotator"))
+    assert (prio.channel, prio.excluded) == (None, "priority queue (not a random sample)")
+    assert fw.feedback(label("r2", 0, fw.clock)).channel == "feedback"  # random feedback on the same pair
+    again = fw.feedback(label("r1", 0, fw.clock))  # feedback after the evaluation label: counted once
+    assert (again.channel, again.excluded) == (None, "a second label of a pair already counted")
+    skipped = fw.feedback(label("r3", None, fw.clock, source="annotator", verdict="skip"))
+    assert (skipped.status, skipped.excluded) == ("skipped", "skipped by the annotator")
+    body = fw.feedback(label("r3", 1, fw.clock)).as_dict()
+    assert body["used_for_quality"] is True and body["excluded"] is None

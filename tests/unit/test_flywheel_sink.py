@@ -78,7 +78,7 @@ def test_embedded_sink_spools_every_item_in_order(tmp_path):
     assert [r.key for r in recs] == [f"req-{i}" for i in range(100)]
     assert AnnotationItem.model_validate(recs[42].value) == item(42)
     assert sample(metrics, "queued") == 100 and sample(metrics, "spooled") == 100
-    assert metrics.registry.get_sample_value("shadowd_spool_items") == 100
+    assert metrics.registry.get_sample_value("shadowd_spool_items", {"lane": "review"}) == 100
 
 
 def test_delivers_in_order_and_commits_only_acked(tmp_path):
@@ -97,7 +97,7 @@ def test_delivers_in_order_and_commits_only_acked(tmp_path):
     assert tr.received == [f"req-{i}" for i in range(60)]
     assert stats.delivered == 60 and stats.pending == 0 and stats.failed == 0
     assert sample(metrics, "delivered") == 60
-    assert metrics.registry.get_sample_value("shadowd_spool_items") == 0
+    assert metrics.registry.get_sample_value("shadowd_spool_items", {"lane": "review"}) == 0
 
 
 def test_poison_record_goes_to_dead_letter_and_the_rest_flows(tmp_path):
@@ -160,8 +160,8 @@ def test_build_sink_without_kafka_is_spool_only(tmp_path):
         }
     )
     transport = build_transport(cfg.annotations.sink, cfg.data_dir)
-    assert transport.name == "spool" and transport.producer() is None  # the spool is the queue
-    sink = build_sink(cfg, transport.producer())
+    assert transport.name == "spool" and transport.producer("review") is None  # the spool is the queue
+    sink = build_sink(cfg, transport.producer("review"))
     sink.submit(item(1))
     assert sink.flush(timeout_s=5)  # nothing to deliver to: spooled is done
     stats = sink.close(timeout_s=5)

@@ -114,16 +114,29 @@ def test_suite_from_labelled_items_fails_the_regression_and_passes_the_fix(tmp_p
     runner = CliRunner()
     cfg_path = tmp_path / "shadowd.yaml"
     cfg_path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    # the candidate whose own disagreements chose these examples is not tested on them (circular) ...
+    assert {e.selected_by for e in examples} == {"regressed"}
     res = runner.invoke(
         app, ["replay", "slice.dark", "tag.candidate_wrong", "-c", str(cfg_path), "--role", "candidate"]
     )
-    assert res.exit_code == 1, res.output
-    assert "FAIL: slice.dark, tag.candidate_wrong" in res.output
+    assert res.exit_code == 0, res.output
+    assert "SKIPPED" in res.output and f"0 ({dark})" in res.output
+    # ... unless asked to, when it fails by construction
+    res = runner.invoke(
+        app,
+        ["replay", "slice.dark", "tag.candidate_wrong", "-c", str(cfg_path), "--role", "candidate", "--include-own"],
+    )
+    assert res.exit_code == 1 and "FAIL: slice.dark, tag.candidate_wrong" in res.output
+    # the suites gate the next candidate: another model with the same regression fails them
+    nxt = tmp_path / "next.yaml"
+    nxt.write_text(yaml.safe_dump(model_cfg("regressed-v2", "RegressedModel")))
+    res = runner.invoke(app, ["replay", "slice.dark", "tag.candidate_wrong", "-c", str(cfg_path), "--model", str(nxt)])
+    assert res.exit_code == 1 and "FAIL: slice.dark, tag.candidate_wrong" in res.output
     fixed = tmp_path / "fixed.yaml"
     fixed.write_text(yaml.safe_dump(model_cfg("fixed", "GoodModel")))
     res = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--model", str(fixed)])
     assert res.exit_code == 0, res.output
-    assert "PASS: 4 suites" in res.output  # all, slice.dark, tag.divergent, tag.candidate_wrong
+    assert "PASS: 5 suites" in res.output  # all, slice.dark, tag.divergent, tag.evaluation, tag.candidate_wrong
 
 
 def test_replay_cli_errors_are_clear(tmp_path):
@@ -174,19 +187,25 @@ def test_replay_against_a_baseline_judges_by_regression_not_by_absolute_accuracy
     cfg_path = tmp_path / "shadowd.yaml"
     cfg_path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
     runner = CliRunner()
+    own = ["--include-own"]  # these suites were selected by this very candidate (circular unless asked)
     # The regressed candidate against production (the good model): worse on the dark suites.
+    res = runner.invoke(
+        app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "production", *own]
+    )
+    assert res.exit_code == 1, res.output
+    assert "FAIL: all, slice.dark, tag.candidate_wrong, tag.divergent, tag.evaluation" in res.output
+    # Without --include-own, baseline and candidate both leave those examples out: nothing circular is judged.
     res = runner.invoke(
         app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "production"]
     )
-    assert res.exit_code == 1, res.output
-    assert "FAIL: all, slice.dark, tag.candidate_wrong, tag.divergent" in res.output
+    assert res.exit_code == 0 and "SKIPPED" in res.output, res.output
     # The same regressed model judged against itself: as good as its baseline everywhere, so it
     # passes, although its absolute accuracy on the dark suites is 0.
     res = runner.invoke(
-        app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "candidate"]
+        app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", "--baseline", "candidate", *own]
     )
     assert res.exit_code == 0, res.output
-    absolute = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate"])
+    absolute = runner.invoke(app, ["replay", "all-suites", "-c", str(cfg_path), "--role", "candidate", *own])
     assert absolute.exit_code == 1
     model_file = tmp_path / "good.yaml"
     model_file.write_text(yaml.safe_dump(model_cfg("good", "GoodModel")))

@@ -12,10 +12,11 @@ from typing import Annotated
 
 from pydantic import Field
 
-from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, more_needed
+from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, more_needed, scale_needed
 from shadowd.compare.checks.distribution_shift import DistributionShiftCheck
 from shadowd.compare.checks.failure_rate import FailureRateCheck
 from shadowd.compare.checks.flip_rate import FlipRateCheck
+from shadowd.compare.checks.gross_flip_rate import GrossFlipRateCheck
 from shadowd.compare.checks.latency_ratio import LatencyRatioCheck
 from shadowd.compare.checks.mean_divergence import MeanDivergenceCheck
 from shadowd.compare.checks.paired_accuracy import PairedAccuracyCheck
@@ -30,12 +31,14 @@ __all__ = [
     "Evidence",
     "FailureRateCheck",
     "FlipRateCheck",
+    "GrossFlipRateCheck",
     "LatencyRatioCheck",
     "MeanDivergenceCheck",
     "PairedAccuracyCheck",
     "PairedLossCheck",
     "default_checks",
     "more_needed",
+    "scale_needed",
 ]
 
 # The registry of check kinds, chosen by `type:` in the config.
@@ -44,6 +47,7 @@ CheckConfig = Annotated[
     | MeanDivergenceCheck
     | DistributionShiftCheck
     | FailureRateCheck
+    | GrossFlipRateCheck
     | LatencyRatioCheck
     | PairedAccuracyCheck
     | PairedLossCheck,
@@ -51,8 +55,11 @@ CheckConfig = Annotated[
 ]
 
 
-def default_checks() -> list[CheckConfig]:
-    """The checks an empty config gets; ones that do not fit the task are skipped at evaluation."""
+def default_checks(task: str = "classification") -> list[CheckConfig]:
+    """The checks a config without ``checks:`` gets: operational bounds that FAIL a broken candidate,
+    divergence checks that put slices under review, and the label-based quality check that decides
+    "worse" (accuracy for classification, loss for regression). Kinds that do not fit the task are
+    skipped at evaluation."""
     return [
         FlipRateCheck(type="flip_rate", name="flip_rate"),
         MeanDivergenceCheck(type="mean_divergence", name="mean_divergence"),
@@ -60,6 +67,7 @@ def default_checks() -> list[CheckConfig]:
         FailureRateCheck(type="candidate_failure_rate", name="error_rate"),
         FailureRateCheck(type="candidate_failure_rate", name="timeout_rate", outcomes=["timeout"]),
         LatencyRatioCheck(type="latency_ratio", name="latency_p99_ratio", min_samples=1000, slices=[OVERALL]),
-        PairedAccuracyCheck(type="paired_accuracy", name="accuracy", min_samples=100, required=False),
-        PairedLossCheck(type="paired_loss", name="loss", min_samples=100, required=False),
+        GrossFlipRateCheck(type="gross_flip_rate", name="gross_flip_rate"),
+        PairedAccuracyCheck(type="paired_accuracy", name="accuracy"),
+        PairedLossCheck(type="paired_loss", name="loss", required=task == "regression"),
     ]

@@ -1,5 +1,17 @@
 """What a check is, apart from how each kind computes it.
 
+Every kind has a role, which decides what its result can do to the verdict:
+
+- ``operational``: the candidate is broken (errors, NaN, timeouts, latency, a
+  flip rate no retrain produces): beyond its bound it FAILs;
+- ``divergence``: the candidate answers differently (flips, divergence,
+  class shares) beyond the noise or churn floor: that says where to look, not
+  which model is right, so it puts the slice under REVIEW (FAIL only when the
+  check is ``required``);
+- ``quality``: the candidate is worse on labels, estimated from labels whose
+  selection is known: beyond the margin it FAILs.
+
+
 A check kind is a frozen config model (``CheckBase`` subclass, tagged by
 ``type``) whose ``evidence`` method turns one slice's tally into an
 ``Evidence``: for a level alpha (and a hypothetical sample-size multiple
@@ -34,10 +46,12 @@ __all__ = [
     "rate_bounds",
     "rate_hi",
     "rate_lo",
+    "scale_needed",
 ]
 
 Task = Literal["classification", "regression"]
 Unit = Literal["pairs", "labels"]
+Role = Literal["operational", "divergence", "quality"]
 
 # Largest sample-size multiple "needs ~N more" looks at; beyond it the effect
 # sits on the threshold and more data will hardly decide.
@@ -50,9 +64,12 @@ class CheckContext:
     """What every check kind may use besides its tally: the task and the gate's settings."""
 
     task: Task
-    rho: float  # normal-mixture width of the mean confidence sequences (stats.gaussian_mixture_rho)
+    rho: float  # normal-mixture width of the pair-based mean confidence sequences (stats.gaussian_mixture_rho)
     noise_floor: bool  # judge divergence against production's own noise when noise pairs exist
     explain: bool = True  # also compute the fixed-sample tests shown to people (they never decide)
+    rho_labels: float = 0.0  # normal-mixture width of the label-based mean confidence sequences
+    churn_floor: bool = True  # judge divergence against production-vs-reference when reference pairs exist
+    evaluation_shares: frozenset[float] = frozenset()  # every evaluation share the config can draw with
 
 
 @dataclass
@@ -69,12 +86,16 @@ class Evidence:
     interval: Callable[[float], tuple[float, float]]
     noise_floor: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # None: the gate treats fewer than min_samples as undecided. True: the interval is valid at any
+    # size (the check already falls back to worst cases where data is thin).
+    ready: bool | None = None
 
 
 class CheckBase(Strict):
     """Fields every check kind has. Subclasses add ``type: Literal[...]`` and their thresholds."""
 
     tasks: ClassVar[frozenset[Task]] = frozenset({"classification", "regression"})
+    role: ClassVar[Role] = "operational"
 
     type: str = Field(description="Check kind; each subclass narrows it to its own tag.")
     name: str = Field(description="Check name: used in reports and as a metrics label.", pattern=_CHECK_NAME)
@@ -137,6 +158,16 @@ def mean_bounds(mean: float, sd: float, n: int, alpha: float, scale: float, rho:
 
 def more_needed(ev: Evidence, alpha: float) -> int | None:
     """Roughly how many more samples would decide, if the slice kept its current rates and spread."""
+    scale = scale_needed(ev, alpha)
+    return None if scale is None else max(1, math.ceil(ev.n * (scale - 1)))
+
+
+def scale_needed(ev: Evidence, alpha: float) -> float | None:
+    """The smallest multiple of everything seen so far (pairs, labels) that would decide; None past 2**20.
+
+    At steady traffic and label rates, the window decides after ``scale - 1``
+    times its present length.
+    """
     if ev.n == 0:
         return None
 
@@ -155,4 +186,4 @@ def more_needed(ev: Evidence, alpha: float) -> int | None:
             hi = mid
         else:
             lo = mid
-    return max(1, math.ceil(ev.n * (hi - 1)))
+    return hi

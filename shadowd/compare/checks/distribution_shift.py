@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, Task
+from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, Role, Task
 from shadowd.compare.tally import SliceTally
 
 __all__ = ["DistributionShiftCheck"]
@@ -17,6 +17,11 @@ class DistributionShiftCheck(CheckBase):
     """Classification: change in any class's share of predictions, paired over the same requests."""
 
     tasks: ClassVar[frozenset[Task]] = frozenset({"classification"})
+    role: ClassVar[Role] = "divergence"
+    required: bool = Field(
+        False,
+        description="false: a shift beyond max_shift puts the slice under review, never FAILs; true: it FAILs.",
+    )
     type: Literal["distribution_shift"] = Field(description="Largest change in one class's predicted share.")
     max_shift: float = Field(0.05, gt=0, le=1, description="Largest allowed change of one class's predicted share.")
 

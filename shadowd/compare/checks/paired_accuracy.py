@@ -1,23 +1,32 @@
-"""Check kind ``paired_accuracy``: production accuracy minus candidate accuracy on the same labelled requests."""
+"""Check kind ``paired_accuracy``: production accuracy minus candidate accuracy, from labels whose
+selection is known, stratified by disagreement (``stratified``)."""
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, Task, mean_bounds
+from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, Role, Task
+from shadowd.compare.checks.stratified import stratified_estimate
 from shadowd.compare.tally import SliceTally
 
 __all__ = ["PairedAccuracyCheck"]
 
 
 class PairedAccuracyCheck(CheckBase):
-    """Classification with labels: production accuracy minus candidate accuracy on the same requests."""
+    """Classification with labels: is the candidate's top-1 accuracy lower than production's by more than
+    the margin? Only flipped pairs can differ, so only their labels are needed."""
 
     tasks: ClassVar[frozenset[Task]] = frozenset({"classification"})
-    type: Literal["paired_accuracy"] = Field(description="Accuracy drop, paired (McNemar's discordant pairs).")
+    role: ClassVar[Role] = "quality"
+    type: Literal["paired_accuracy"] = Field(description="Accuracy drop, stratified by flips.")
+    min_samples: int = Field(
+        30,
+        ge=1,
+        description="Labels a cell (stratum x evaluation share) needs before its mean is trusted; with fewer, "
+        "the worst case is assumed (the check stays valid, just undecided).",
+    )
     max_drop: float = Field(
         0.01,
         ge=0,
@@ -27,30 +36,24 @@ class PairedAccuracyCheck(CheckBase):
     )
 
     def evidence(self, tally: SliceTally, ctx: CheckContext) -> Evidence:
-        """Mean of 1[production right] - 1[candidate right] over labelled pairs: the accuracy drop."""
-        from shadowd.compare import stats
-
-        lab = tally.labels
-        n = lab.both_correct + lab.prod_only_correct + lab.cand_only_correct + lab.neither_correct
-        b, c = lab.prod_only_correct, lab.cand_only_correct
-        drop = (b - c) / n if n else 0.0
-        var = ((b + c) / n - drop * drop) * n / (n - 1) if n > 1 else 0.0
-        sd = max(math.sqrt(max(var, 0.0)), 1 / math.sqrt(max(n, 1)))
-        acc = None
-        if n:
-            acc = {"production": (lab.both_correct + b) / n, "candidate": (lab.both_correct + c) / n}
+        est = stratified_estimate(tally.quality, ["flip"], "accuracy", ctx, 1.0, self.min_samples)
+        flips = sum(c.pairs for c in est.cells)
+        labelled = [c for c in est.cells if c.labels.n]
+        conditional = sum(c.labels.mean * c.labels.n for c in labelled) / est.labels if est.labels else None
         return Evidence(
-            n=n,
+            n=est.labels,
             unit="labels",
-            value=drop if n else None,
+            value=est.value,
             threshold=self.max_drop,
             label="accuracy drop (production - candidate)",
-            fails=lambda a, s: mean_bounds(drop, sd, n, a, s, ctx.rho)[0] > self.max_drop,
-            passes=lambda a, s: mean_bounds(drop, sd, n, a, s, ctx.rho)[1] <= self.max_drop,
-            interval=lambda a: mean_bounds(drop, sd, n, a, 1.0, ctx.rho),
+            fails=lambda a, s: est.bounds(a, s)[0] > self.max_drop,
+            passes=lambda a, s: est.bounds(a, s)[1] <= self.max_drop,
+            interval=lambda a: est.bounds(a, 1.0),
             extra={
-                "accuracy": acc,
-                "discordant": {"production_only": b, "candidate_only": c},
-                "mcnemar_mid_p_fixed_n": stats.mcnemar_mid_p(b, c) if ctx.explain else None,
+                "flip_rate": flips / est.pairs if est.pairs else None,
+                "drop_given_flip": conditional,
+                "labels_on_flips": est.labels,
+                "cells": {f"{c.stratum}@{c.share:g}": {"pairs": c.pairs, "labels": c.labels.n} for c in est.cells},
             },
+            ready=est.pairs > 0,
         )

@@ -1,42 +1,53 @@
-"""Check kind ``paired_loss``: mean of candidate loss minus production loss on the same labelled requests."""
+"""Check kind ``paired_loss``: mean candidate loss minus production loss, from labels whose selection is
+known, stratified by disagreement (``stratified``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, mean_bounds, mean_sd
+from shadowd.compare.checks.base import CheckBase, CheckContext, Evidence, Role
+from shadowd.compare.checks.stratified import stratified_estimate
+from shadowd.compare.loss import PROB_FLOOR
 from shadowd.compare.tally import SliceTally
 
 __all__ = ["PairedLossCheck"]
 
 
 class PairedLossCheck(CheckBase):
-    """With labels: mean of candidate loss minus production loss on the same requests."""
+    """With labels: is the candidate's mean loss higher than production's by more than the margin?
+    Every stratum needs labels (losses differ even where the top classes agree)."""
 
+    role: ClassVar[Role] = "quality"
     type: Literal["paired_loss"] = Field(description="Mean paired loss difference candidate minus production.")
+    min_samples: int = Field(
+        30,
+        ge=1,
+        description="Labels a cell (stratum x evaluation share) needs before its mean is trusted; with fewer, "
+        "the worst case is assumed (for regression: unbounded, so the check waits).",
+    )
     max_increase: float = Field(
         0.01, ge=0, description="Largest allowed mean loss increase per example (a non-inferiority margin)."
     )
 
     def evidence(self, tally: SliceTally, ctx: CheckContext) -> Evidence:
-        from shadowd.compare import stats
-
-        lab = tally.labels
-        m = lab.loss_diff
-        sd = mean_sd(m)
+        # Classification loss is -log(p) with p clipped at PROB_FLOOR: differences are bounded.
+        bound = -math.log(PROB_FLOOR) if ctx.task == "classification" else math.inf
+        strata = ["flip", "divergent", "agree"] if ctx.task == "classification" else ["divergent", "agree"]
+        est = stratified_estimate(tally.quality, strata, "loss", ctx, bound, self.min_samples)
         return Evidence(
-            n=m.n,
+            n=est.labels,
             unit="labels",
-            value=m.mean if m.n else None,
+            value=est.value,
             threshold=self.max_increase,
             label="mean loss increase (candidate - production)",
-            fails=lambda a, s: mean_bounds(m.mean, sd, m.n, a, s, ctx.rho)[0] > self.max_increase,
-            passes=lambda a, s: mean_bounds(m.mean, sd, m.n, a, s, ctx.rho)[1] <= self.max_increase,
-            interval=lambda a: mean_bounds(m.mean, sd, m.n, a, 1.0, ctx.rho),
+            fails=lambda a, s: est.bounds(a, s)[0] > self.max_increase,
+            passes=lambda a, s: est.bounds(a, s)[1] <= self.max_increase,
+            interval=lambda a: est.bounds(a, 1.0),
             extra={
-                "mean_loss": {role: mm.mean for role, mm in lab.loss.items()} if m.n else None,
-                "wilcoxon_p_fixed_n": stats.wilcoxon_p(lab.diff_sample) if ctx.explain else None,
+                "cells": {f"{c.stratum}@{c.share:g}": {"pairs": c.pairs, "labels": c.labels.n} for c in est.cells},
             },
+            ready=est.pairs > 0,
         )

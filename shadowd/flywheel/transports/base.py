@@ -1,8 +1,10 @@
 """What an annotation transport provides, whatever carries the items.
 
 A transport is the queue between the daemon and the on-call rotation, and the
-channel labels come back on. Each kind (``spool``: the local spool is the
-queue; ``kafka``: topics on a broker) provides the same four sides:
+channel labels come back on. The queue has two lanes (``records.Lane``): the
+evaluation sample, served to annotators first, and the priority-ordered review
+lane. Each kind (``spool``: the local spools are the queue; ``kafka``: topics
+on a broker) provides the same four sides, per lane where it matters:
 
 - the producer side: a ``Producer`` the sink's sender moves spooled items to
   (None when the spool itself is the queue);
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 
 from shadowd.errors import DeliveryError
 from shadowd.flywheel.spool import SpoolRecord
-from shadowd.records import AnnotationItem, Label
+from shadowd.records import AnnotationItem, Label, Lane
 
 __all__ = [
     "Backlog",
@@ -109,11 +111,11 @@ class Transport(Protocol):
     name: str
     backlog_every_s: float  # how often the daemon probes the backlog (a Kafka scan costs more)
 
-    def producer(self) -> Producer | None:
-        """Where the sink delivers spooled items; None when the spool is the queue."""
+    def producer(self, lane: Lane) -> Producer | None:
+        """Where the lane's sink delivers spooled items; None when the spool is the queue."""
         ...
 
-    def queue_reader(self, rotation_name: str, clock: Clock) -> QueueReader: ...
+    def queue_reader(self, rotation_name: str, lane: Lane, clock: Clock) -> QueueReader: ...
 
     def label_writer(self) -> LabelWriter | None:
         """How an annotator publishes a label; None when the local labels file is the channel."""
@@ -121,8 +123,8 @@ class Transport(Protocol):
 
     def label_source(self) -> LabelSource: ...
 
-    def backlog(self, rotation_name: str, clock: Clock) -> Backlog: ...
+    def backlog(self, rotation_name: str, lane: Lane, clock: Clock) -> Backlog: ...
 
-    def handled_seq(self, rotation_name: str) -> int | None:
-        """The last spool seq the rotation is done with, when the spool is the queue (for compaction)."""
+    def handled_seq(self, rotation_name: str, lane: Lane) -> int | None:
+        """The last spool seq of the lane the rotation is done with, when the spool is the queue (compaction)."""
         ...

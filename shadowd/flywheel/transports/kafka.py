@@ -26,7 +26,7 @@ from shadowd.configbase import Strict
 from shadowd.errors import AnnotateError, DeliveryError, SinkError
 from shadowd.flywheel.spool import SpoolRecord
 from shadowd.flywheel.transports.base import Backlog, Clock, LabelSource, QueueReader, SendResult, consumer_group
-from shadowd.records import AnnotationItem, Label
+from shadowd.records import AnnotationItem, Label, Lane
 
 __all__ = ["LABELS_GROUP", "KafkaProducerSide", "KafkaTransport", "KafkaTransportConfig", "kafka_backlog"]
 
@@ -40,7 +40,13 @@ class KafkaTransportConfig(Strict):
 
     type: Literal["kafka"] = Field(description="kafka: items and labels travel on Kafka topics.")
     bootstrap_servers: list[str] = Field(min_length=1, description="host:port of the brokers.")
-    annotations_topic: str = Field("shadowd.annotations", description="Topic annotation items are produced to.")
+    annotations_topic: str = Field(
+        "shadowd.annotations", description="Topic of the review lane (divergent, high-loss, expectation items)."
+    )
+    evaluation_topic: str = Field(
+        "shadowd.annotations.evaluation",
+        description="Topic of the evaluation lane (the random sample of disagreements annotators are served first).",
+    )
     labels_topic: str = Field("shadowd.labels", description="Topic annotators' labels are produced to.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="How clients talk to the brokers (kafka-python security_protocol)."
@@ -138,9 +144,11 @@ class KafkaProducerSide:
     tansu: UnknownProducerIdError, then every later send timing out).
     """
 
-    def __init__(self, kafka: KafkaTransportConfig, client_factory: Callable[..., Any] | None = None):
+    def __init__(
+        self, kafka: KafkaTransportConfig, topic: str | None = None, client_factory: Callable[..., Any] | None = None
+    ):
         self._kafka = kafka
-        self.topic = kafka.annotations_topic
+        self.topic = topic or kafka.annotations_topic
         self.send_timeout_s = kafka.delivery_timeout_ms / 1000
         self._factory = client_factory
         self._producer: Any = None
@@ -209,11 +217,11 @@ class KafkaProducerSide:
 class _KafkaQueue:
     """The annotator's side: one record at a time from the rotation's consumer group."""
 
-    def __init__(self, kafka: KafkaTransportConfig, rotation_name: str):
+    def __init__(self, kafka: KafkaTransportConfig, topic: str, rotation_name: str):
         from kafka import KafkaConsumer
 
         self._consumer = KafkaConsumer(
-            kafka.annotations_topic,
+            topic,
             **kafka_client_config(kafka),
             group_id=consumer_group(rotation_name),
             enable_auto_commit=False,
@@ -314,6 +322,7 @@ def kafka_backlog(
     clock: Clock,
     max_scan: int = 10_000,
     max_scan_s: float = 3.0,
+    topic: str | None = None,
 ) -> Backlog:
     """Items on the annotations topic past the rotation's committed offsets, and the oldest one's age.
 
@@ -334,9 +343,10 @@ def kafka_backlog(
         enable_auto_commit=False,
         fetch_max_wait_ms=100,
     )
+    topic = topic or kafka.annotations_topic
     try:
-        parts = consumer.partitions_for_topic(kafka.annotations_topic) or set()
-        tps = [TopicPartition(kafka.annotations_topic, p) for p in sorted(parts)]
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:
             return Backlog(0, 0.0)
         begin = consumer.beginning_offsets(tps)
@@ -375,11 +385,14 @@ class KafkaTransport:
     def __init__(self, cfg: KafkaTransportConfig):
         self.cfg = cfg
 
-    def producer(self) -> KafkaProducerSide:
-        return KafkaProducerSide(self.cfg)
+    def topic(self, lane: Lane) -> str:
+        return self.cfg.evaluation_topic if lane == "evaluation" else self.cfg.annotations_topic
 
-    def queue_reader(self, rotation_name: str, clock: Clock) -> QueueReader:
-        return _KafkaQueue(self.cfg, rotation_name)
+    def producer(self, lane: Lane) -> KafkaProducerSide:
+        return KafkaProducerSide(self.cfg, self.topic(lane))
+
+    def queue_reader(self, rotation_name: str, lane: Lane, clock: Clock) -> QueueReader:
+        return _KafkaQueue(self.cfg, self.topic(lane), rotation_name)
 
     def label_writer(self) -> _KafkaLabelWriter:
         return _KafkaLabelWriter(self.cfg)
@@ -387,8 +400,8 @@ class KafkaTransport:
     def label_source(self) -> LabelSource:
         return _KafkaLabelSource(self.cfg)
 
-    def backlog(self, rotation_name: str, clock: Clock) -> Backlog:
-        return kafka_backlog(self.cfg, rotation_name, clock)
+    def backlog(self, rotation_name: str, lane: Lane, clock: Clock) -> Backlog:
+        return kafka_backlog(self.cfg, rotation_name, clock, topic=self.topic(lane))
 
-    def handled_seq(self, rotation_name: str) -> int | None:
+    def handled_seq(self, rotation_name: str, lane: Lane) -> int | None:
         return None  # delivery is the broker's ack, not the rotation's progress

@@ -16,9 +16,9 @@ from pydantic import Field
 
 from shadowd.configbase import Strict
 from shadowd.flywheel.labels import labels_path
-from shadowd.flywheel.spool import read_offset, read_spool, spool_last_seq, write_atomic
+from shadowd.flywheel.spool import lane_spool_dir, read_offset, read_spool, spool_last_seq, write_atomic
 from shadowd.flywheel.transports.base import Backlog, Clock, LabelSource, LabelWriter, Producer, QueueReader
-from shadowd.records import AnnotationItem
+from shadowd.records import AnnotationItem, Lane
 
 __all__ = ["SpoolTransport", "SpoolTransportConfig", "spool_backlog"]
 
@@ -109,16 +109,16 @@ class SpoolTransport:
     def __init__(self, cfg: SpoolTransportConfig, data_dir: Path):
         self.cfg = cfg
         self._data_dir = Path(data_dir)
-        self._spool_dir = self._data_dir / "spool"
 
-    def _offset_path(self, rotation_name: str) -> Path:
-        return self._data_dir / "annotate" / f"{rotation_name}.offset"
+    def _offset_path(self, rotation_name: str, lane: Lane) -> Path:
+        suffix = "" if lane == "review" else f".{lane}"
+        return self._data_dir / "annotate" / f"{rotation_name}{suffix}.offset"
 
-    def producer(self) -> Producer | None:
+    def producer(self, lane: Lane) -> Producer | None:
         return None
 
-    def queue_reader(self, rotation_name: str, clock: Clock) -> QueueReader:
-        return _SpoolQueue(self._spool_dir, self._offset_path(rotation_name))
+    def queue_reader(self, rotation_name: str, lane: Lane, clock: Clock) -> QueueReader:
+        return _SpoolQueue(lane_spool_dir(self._data_dir, lane), self._offset_path(rotation_name, lane))
 
     def label_writer(self) -> LabelWriter | None:
         return None
@@ -126,8 +126,9 @@ class SpoolTransport:
     def label_source(self) -> LabelSource:
         return _LabelsFileTail(labels_path(self._data_dir))
 
-    def backlog(self, rotation_name: str, clock: Clock) -> Backlog:
-        return spool_backlog(self._spool_dir, read_offset(self._offset_path(rotation_name)), clock)
+    def backlog(self, rotation_name: str, lane: Lane, clock: Clock) -> Backlog:
+        handled = read_offset(self._offset_path(rotation_name, lane))
+        return spool_backlog(lane_spool_dir(self._data_dir, lane), handled, clock)
 
-    def handled_seq(self, rotation_name: str) -> int | None:
-        return read_offset(self._offset_path(rotation_name))
+    def handled_seq(self, rotation_name: str, lane: Lane) -> int | None:
+        return read_offset(self._offset_path(rotation_name, lane))

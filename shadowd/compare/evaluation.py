@@ -1,0 +1,56 @@
+"""The evaluation sample: which disagreements are drawn for labelling, with what probability.
+
+Sits inside the comparator: every compared pair gets a stratum (flip,
+divergent, agree); a flipped or divergent pair is drawn into the evaluation
+lane when a hash of its request id falls below its share. The share is known
+for every pair, drawn or not, so the labels of the drawn ones (and random
+feedback) estimate quality without the bias of a hand-picked sample
+(docs/statistics.md, "Labels and how they were chosen").
+
+Shares: ``annotations.evaluation.share`` for all traffic, ``slice_shares``
+per slice, and ``review_share`` for slices the gate has under review (their
+divergence is beyond the floor and quality is not decided yet), so labels go
+where the gate needs them. A pair in several slices takes the largest share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from shadowd.config import EvaluationConfig
+from shadowd.records import Selection, Stratum
+from shadowd.sampling import hash_unit
+
+__all__ = ["EVALUATION_SALT", "EvaluationSampler", "possible_shares"]
+
+EVALUATION_SALT = "evaluation"
+
+
+def possible_shares(cfg: EvaluationConfig) -> frozenset[float]:
+    """Every share a pair can be drawn with under this config (fixed: the quality checks split alpha by it)."""
+    return frozenset({cfg.share, cfg.review_share, *cfg.slice_shares.values()})
+
+
+class EvaluationSampler:
+    def __init__(self, cfg: EvaluationConfig):
+        self.cfg = cfg
+        self.review_slices: frozenset[str] = frozenset()
+
+    def share(self, slices: Iterable[str]) -> float:
+        """The draw probability of a disagreement in these slices (overall's share included)."""
+        shares = [self.cfg.share]
+        for name in slices:
+            shares.append(self.cfg.slice_shares.get(name, self.cfg.share))
+            if name in self.review_slices:
+                shares.append(self.cfg.review_share)
+        return max(shares)
+
+    def possible_shares(self) -> frozenset[float]:
+        return possible_shares(self.cfg)
+
+    def select(self, request_id: str, stratum: Stratum, slices: Iterable[str]) -> Selection:
+        if stratum == "agree":
+            return Selection(stratum=stratum, evaluation_share=0.0, in_sample=False)
+        share = self.share(slices)
+        drawn = share > 0 and hash_unit(request_id, EVALUATION_SALT) < share
+        return Selection(stratum=stratum, evaluation_share=share, in_sample=drawn)
