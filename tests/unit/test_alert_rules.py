@@ -75,7 +75,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case(rule):
 
 @pytest.mark.parametrize("rule", alerts(), ids=lambda r: r["alert"])
 def test_every_alert_is_labelled_annotated_and_documented(rule):
-    assert rule["labels"]["severity"] in {"critical", "warning"}
+    assert rule["labels"]["severity"] in {"critical", "warning", "info"}
     assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}
     anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]
     assert anchor == rule["alert"].lower()
