@@ -70,6 +70,7 @@ def test_run_serves_until_sigterm_then_saves_state_and_queue(tmp_path):
     data = tmp_path / "data"
     saved = state_path(data)
     assert saved.exists()
-    spooled = {r.key for r in read_spool(data / "spool")}  # every divergent pair's item, flushed at stop
+    # every divergent pair's item, flushed at stop: the drawn ones in the evaluation lane's spool
+    spooled = {r.key for lane in ("spool", "spool-evaluation") for r in read_spool(data / lane)}
     assert spooled <= {f"run-{i}" for i in range(40)}
     assert len(spooled) == report["overall"]["divergent"] > 0

@@ -114,13 +114,13 @@ def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):
     wrong = requests.post(f"{url}/feedback", json={"request_id": reqs[10][0], "label": 99}, timeout=10)
     assert wrong.status_code == 422 and "class index" in wrong.json()["message"]
     before = requests.get(f"{url}/shadow/report", timeout=10).json()
-    assert before["overall"]["labels"]["labels"] == 10
+    assert before["overall"]["labels"]["used"] == 10 and before["overall"]["labels"]["by_channel"] == {"feedback": 10}
 
     daemon.stop()  # graceful: the hub saves its state
     again = shadowd_app(raw)
     after = requests.get(f"{again.url}/shadow/report", timeout=10).json()
     assert after["overall"]["pairs"] == 30 and after["overall"]["flips"] == before["overall"]["flips"]
-    assert after["overall"]["labels"]["labels"] == 10
+    assert after["overall"]["labels"]["used"] == 10
     # The pair store survived too: a late label for an old request still joins.
     late = requests.post(f"{again.url}/feedback", json={"request_id": reqs[20][0], "label": 2}, timeout=10)
     assert late.status_code == 200 and late.json()["status"] == "joined"

@@ -83,8 +83,10 @@ def test_panels_show_the_numbers_the_traffic_implies(prom):
     # desktop never flips: the panel shows 0 for it rather than dropping the slice.
     assert flips == pytest.approx({sl: s.flips[sl] / s.compared[sl] for sl in SLICES}, rel=0.05, abs=1e-9)
 
-    noise = {dict(k)["slice"]: v for k, v in prom.values(_panel("Noise floor per slice")).items()}
+    noise = {dict(k)["slice"]: v for k, v in prom.values(_panel("Noise and churn floor per slice", "A")).items()}
     assert noise == pytest.approx(s.noise_floor)
+    churn = {dict(k)["slice"]: v for k, v in prom.values(_panel("Noise and churn floor per slice", "B")).items()}
+    assert churn == pytest.approx({sl: 2 * v for sl, v in s.noise_floor.items()})
 
     # histogram_quantile interpolates inside the bucket holding the observations.
     p50 = {dict(k)["role"]: v for k, v in prom.values(_panel("Model latency by role (p50, p99)")).items()}

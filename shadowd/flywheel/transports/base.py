@@ -39,9 +39,10 @@ __all__ = [
 Clock = Callable[[], float]
 
 
-def consumer_group(rotation_name: str) -> str:
-    """The consumer group of a rotation: all its annotators share the queue's offsets."""
-    return f"shadowd.annotate.{rotation_name}"
+def consumer_group(rotation_name: str, lane: str = "review") -> str:
+    """The consumer group of a rotation's lane: all its annotators share that lane's offsets."""
+    suffix = "" if lane == "review" else f".{lane}"
+    return f"shadowd.annotate.{rotation_name}{suffix}"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Transport ``kafka``: the annotation queue and the labels channel are topics on a broker.
 
-Items are produced to the annotations topic (acks=all, idempotent, key =
-request id) by the sink's sender from the spool; the rotation's annotators
-share one consumer group on it (``shadowd.annotate.<rotation>``) and commit
+Items are produced to the lane's topic (acks=all, idempotent, key = request
+id) by the sink's sender from the spool; the rotation's annotators share one
+consumer group per lane (``shadowd.annotate.<rotation>`` for the review lane,
+``shadowd.annotate.<rotation>.evaluation`` for the evaluation lane) and commit
 an item's offset only once its label is acked on the labels topic; the daemon
 consumes the labels topic in group ``shadowd.labels-join`` and commits after
 the joins. Every Kafka client shadowd builds is built here.
@@ -217,13 +218,13 @@ class KafkaProducerSide:
 class _KafkaQueue:
     """The annotator's side: one record at a time from the rotation's consumer group."""
 
-    def __init__(self, kafka: KafkaTransportConfig, topic: str, rotation_name: str):
+    def __init__(self, kafka: KafkaTransportConfig, topic: str, group: str):
         from kafka import KafkaConsumer
 
         self._consumer = KafkaConsumer(
             topic,
             **kafka_client_config(kafka),
-            group_id=consumer_group(rotation_name),
+            group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=1,  # hold one item at a time: the rest stay for other annotators
@@ -322,7 +323,7 @@ def kafka_backlog(
     clock: Clock,
     max_scan: int = 10_000,
     max_scan_s: float = 3.0,
-    topic: str | None = None,
+    lane: Lane = "review",
 ) -> Backlog:
     """Items on the annotations topic past the rotation's committed offsets, and the oldest one's age.
 
@@ -339,11 +340,11 @@ def kafka_backlog(
 
     consumer = KafkaConsumer(
         **kafka_client_config(kafka),
-        group_id=consumer_group(rotation_name),
+        group_id=consumer_group(rotation_name, lane),
         enable_auto_commit=False,
         fetch_max_wait_ms=100,
     )
-    topic = topic or kafka.annotations_topic
+    topic = kafka.evaluation_topic if lane == "evaluation" else kafka.annotations_topic
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
@@ -392,7 +393,7 @@ class KafkaTransport:
         return KafkaProducerSide(self.cfg, self.topic(lane))
 
     def queue_reader(self, rotation_name: str, lane: Lane, clock: Clock) -> QueueReader:
-        return _KafkaQueue(self.cfg, self.topic(lane), rotation_name)
+        return _KafkaQueue(self.cfg, self.topic(lane), consumer_group(rotation_name, lane))
 
     def label_writer(self) -> _KafkaLabelWriter:
         return _KafkaLabelWriter(self.cfg)
@@ -401,7 +402,7 @@ class KafkaTransport:
         return _KafkaLabelSource(self.cfg)
 
     def backlog(self, rotation_name: str, lane: Lane, clock: Clock) -> Backlog:
-        return kafka_backlog(self.cfg, rotation_name, clock, topic=self.topic(lane))
+        return kafka_backlog(self.cfg, rotation_name, clock, lane=lane)
 
     def handled_seq(self, rotation_name: str, lane: Lane) -> int | None:
         return None  # delivery is the broker's ack, not the rotation's progress
