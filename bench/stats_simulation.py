@@ -273,7 +273,7 @@ def _labels_to_decide(results: list[dict[str, Any]], kind: str = "fail") -> list
 
 
 def false_alarms(pool: Any, runs: int) -> list[str]:
-    long = {"batch": 2 * BATCH}  # 40k pairs: long enough for the v1 rule's bias to show
+    long: dict[str, Any] = {"batch": 2 * BATCH}  # 40k pairs: long enough for the v1 rule's bias to show
     scenarios = [
         (
             "A/A: the candidate is production's twin",
