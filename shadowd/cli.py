@@ -84,7 +84,7 @@ def run(
 @app.command("demo")
 def demo(
     data_dir: Path = typer.Option(Path("shadowd-data"), help="Where models, spool and state go."),
-    requests: int = typer.Option(1500, min=1, help="Live requests to send."),
+    requests: int = typer.Option(3000, min=1, help="Live requests to send."),
     port: int = typer.Option(8000, help="HTTP port for Ray Serve."),
     metrics_port: int = typer.Option(9100, help="Port of /metrics; 0 turns it off."),
     feedback_share: float = typer.Option(

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FaultyModel", "SleepyModel", "ToyClassifier", "ToyRegressor"]
+__all__ = ["FaultyModel", "SleepyModel", "ToyClassifier", "ToyRegressor", "WrongWhenDark"]
 
 
 class ToyClassifier:
@@ -74,3 +74,28 @@ class FaultyModel(ToyClassifier):
         if self.mode == "wrong_shape":
             out = out[:, :-1]
         return out
+
+
+class WrongWhenDark:
+    """A TorchScript classifier that answers a wrong class on a share of dim inputs (mean below
+    ``dark_below``): a candidate broken on one slice, to try a gate on. Which inputs it breaks is
+    decided by a hash of the input, so the same request always gets the same answer."""
+
+    def __init__(self, path: str, share: float = 0.3, dark_below: float = 0.13):
+        import torch
+
+        torch.set_num_threads(1)
+        self._module = torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
+        self._share = share
+        self._dark_below = dark_below
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
+        with torch.inference_mode():
+            logits: np.ndarray = self._module(torch.from_numpy(x)).numpy().astype(np.float64)
+        picked = (np.abs(x).sum(axis=1) * 1e4).astype(np.int64) % 1000 < self._share * 1000
+        broken = (x.mean(axis=1) < self._dark_below) & picked
+        logits[broken] = np.roll(logits[broken], 1, axis=1)  # the right class's score goes to its neighbour
+        return logits

@@ -95,6 +95,8 @@ def _reason(
     if ev.noise_floor is not None:
         floor = f" ({ev.extra.get('floor', 'noise')} floor {_fmt(ev.noise_floor)} + margins)"
     stated = f"{ev.label} {_fmt(ev.value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    if ev.unit == "labels":
+        stated += f" from {ev.n} labels"
     if status is CheckStatus.FAIL:
         p_text = f"p<{stats.MIN_ALPHA:.0e}" if p <= stats.MIN_ALPHA else f"p={p:.2g}"
         return f"{stated} > allowed {_fmt(ev.threshold)}{floor}; {p_text}, adjusted {p_adj:.2g}"
@@ -113,7 +115,7 @@ def _needs_text(unit: str, slice_name: str, open_: _Open | None, max_wait_h: flo
         if unit == "labels" and (open_ is None or open_.rate_per_h == 0):
             return f"no usable labels yet on {slice_name}: label the evaluation lane or send random feedback"
         return "at the margin: more data at these rates will hardly decide"
-    rate = f"{open_.rate_per_h:.3g} {unit}/h"
+    rate = f"{_rate_text(open_.rate_per_h)} {unit}/h"
     eta = open_.eta_h if open_.eta_h is not None else math.inf
     if eta > max_wait_h:
         return (
@@ -121,6 +123,10 @@ def _needs_text(unit: str, slice_name: str, open_: _Open | None, max_wait_h: flo
             "widen the margin or raise the evaluation share of this slice"
         )
     return f"needs ~{open_.more} more {unit} (~{duration(eta)} at {rate})"
+
+
+def _rate_text(per_h: float) -> str:
+    return f"{per_h:,.0f}" if per_h >= 10 else f"{per_h:.2g}"
 
 
 def _slice_order(config: ShadowdConfig, tallies: Mapping[str, SliceTally]) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEMO_SEED", "DemoData", "darken", "load_demo_data", "train_demo_models"]
+__all__ = ["DEMO_SEED", "DemoData", "darken", "load_demo_data", "save_torchscript", "train_demo_models", "train_mlp"]
 
 DEMO_SEED = 7
 _DARK_RANGE = (0.15, 0.35)
@@ -50,6 +50,20 @@ def darken(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Dim lighting: scale each image's intensity down."""
     factor = rng.uniform(*_DARK_RANGE, size=(len(x), 1)).astype(np.float32)
     return x * factor
+
+
+def train_mlp(
+    hidden: int, x: np.ndarray, y: np.ndarray, seed: int, background_level: float | None = None, epochs: int = 60
+) -> torch.nn.Module:
+    """A small MLP on (n, 64) digits; the same data and ``seed`` give the same net (one torch thread)."""
+    return _train(hidden, x, y, seed, background_level, epochs)
+
+
+def save_torchscript(net: torch.nn.Module, path: Path) -> Path:
+    import torch
+
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 64)), str(path))  # type: ignore[no-untyped-call]
+    return path
 
 
 def _train(
@@ -106,7 +120,7 @@ def train_demo_models(out_dir: Path, seed: int = DEMO_SEED) -> dict[str, Path]:
     x_dark = darken(data.x_test, np.random.default_rng(seed + 2))
     summary = {}
     for role, net in nets.items():
-        torch.jit.save(torch.jit.trace(net, torch.zeros(1, 64)), str(paths[role]))  # type: ignore[no-untyped-call]
+        save_torchscript(net, paths[role])
         summary[role] = {
             "accuracy_test": round(_accuracy(net, data.x_test, data.y_test), 4),
             "accuracy_test_dark": round(_accuracy(net, x_dark, data.y_test), 4),

@@ -1,13 +1,15 @@
 """``shadowd demo``: the main job end to end on embedded defaults.
 
 Trains (or reuses) the demo models, starts shadowd on them, drives live HTTP
-traffic with a progress bar, sends delayed ground truth for a share of the
-requests, waits for the shadow path to drain, and prints the per-slice
-shadow report and where the annotation items went.
+traffic with a progress bar, sends delayed ground truth for a random share of
+the requests, plays the on-call annotator who labels the evaluation lane,
+and prints the per-slice shadow report (how many labels decided each slice,
+and how they were chosen) and where the annotation items went.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +50,9 @@ def demo_config_dict(data_dir: Path, model_paths: dict[str, Path], port: int, me
         "serving": {"port": port},
         "slices": DEMO_SLICES,
         "divergence": {"tvd_threshold": 0.3},
+        # Every disagreement goes to the evaluation lane, which the demo's on-call annotator labels:
+        # a slice with few flips (daylight) needs about 30 labels on them to pass the 1-point margin.
+        "annotations": {"evaluation": {"share": 1.0}},
         "metrics": {"port": metrics_port},
     }
 
@@ -55,6 +60,11 @@ def demo_config_dict(data_dir: Path, model_paths: dict[str, Path], port: int, me
 def _send(session: requests.Session, url: str, req: DemoRequest) -> tuple[DemoRequest, int]:
     r = session.post(f"{url}/predict", json=req.body, headers={"X-Request-ID": req.request_id}, timeout=30)
     return req, r.status_code
+
+
+def _feedback(session: requests.Session, url: str, req: DemoRequest) -> int:
+    body = {"request_id": req.request_id, "label": req.label}
+    return session.post(f"{url}/feedback", json=body, timeout=30).status_code
 
 
 def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
@@ -70,6 +80,34 @@ def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
         f"replay the hard examples: `shadowd replay all-suites -c {cfg.data_dir / 'demo' / 'shadowd.yaml'} "
         "--role candidate --baseline production`"
     )
+
+
+def _label_evaluation_lane(cfg: ShadowdConfig, truth: dict[str, int], url: str, echo: Callable[[str], None]) -> None:
+    """The on-call annotator labels the evaluation lane (here from the known truth), then the labels join."""
+    from tqdm import tqdm
+
+    from shadowd.flywheel.annotate import Annotator
+
+    def handled() -> int:
+        labels = requests.get(f"{url}/shadow/report", timeout=30).json()["annotations"]["labels"]
+        return int(sum(labels.values()))
+
+    before = handled()
+    annotator = Annotator(cfg, annotator="demo-on-call")
+    done = 0
+    try:
+        with tqdm(desc="on-call annotator, evaluation lane", unit="label") as bar:
+            while (item := annotator.next_item(timeout_s=2.0)) is not None and item.lane == "evaluation":
+                # An item left from an earlier demo run (same data dir) has no truth here: skipped.
+                annotator.submit(truth.get(item.request_id, "skip"))
+                done += 1
+                bar.update()
+    finally:
+        annotator.close()  # a review-lane item it saw stays in the queue for the next person
+    deadline = time.monotonic() + 60  # the hub tails the labels file
+    while handled() < before + done and time.monotonic() < deadline:
+        time.sleep(0.5)
+    echo(f"the on-call annotator labelled {done} evaluation items")
 
 
 def run_demo(
@@ -108,11 +146,15 @@ def run_demo(
         echo(f"responses by HTTP status: {statuses}")
         wait_for_pairs(daemon.url, len(reqs), timeout_s=60)  # labels join pairs the hub already holds
         labelled = reqs[: int(len(reqs) * feedback_share)]
-        with requests.Session() as session:
-            for req in tqdm(labelled, desc="delayed ground truth", unit="label"):
-                session.post(
-                    f"{daemon.url}/feedback", json={"request_id": req.request_id, "label": req.label}, timeout=30
-                )
+        with requests.Session() as session, ThreadPoolExecutor(4) as pool:
+            for _status in tqdm(
+                pool.map(lambda r: _feedback(session, daemon.url, r), labelled),
+                total=len(labelled),
+                desc="delayed ground truth",
+                unit="label",
+            ):
+                pass
+        _label_evaluation_lane(cfg, {r.request_id: r.label for r in reqs}, daemon.url, echo)
         report = ShadowReport.from_json(requests.get(f"{daemon.url}/shadow/report", timeout=30).json())
         echo(render_report(report, "table"))
         echo(_flywheel_summary(report.annotations or {}, cfg))

@@ -293,6 +293,15 @@ def _segment_files(directory: Path) -> list[tuple[int, Path]]:
     return [(int(p.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)]), p) for p in paths]
 
 
+def _line_seq(line: str) -> int:
+    """The seq of a spooled line, read from the prefix ``append`` writes (``{"seq":N,``); -1 if it is not there."""
+    if line.startswith('{"seq":'):
+        end = line.find(",", 7)
+        if end > 7 and line[7:end].isdigit():
+            return int(line[7:end])
+    return -1
+
+
 def read_spool(
     directory: str | Path, pending_only: bool = False, after_seq: int = 0, limit: int | None = None
 ) -> list[SpoolRecord]:
@@ -319,6 +328,8 @@ def read_spool(
             for line in f:
                 if not line.endswith("\n"):
                     break
+                if 0 <= _line_seq(line) <= floor:
+                    continue  # skipped without parsing the item (an annotator reads one past its offset)
                 rec = json.loads(line)
                 if rec["seq"] > floor:
                     out.append(SpoolRecord(rec["seq"], rec["key"], rec["value"]))

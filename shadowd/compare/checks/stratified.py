@@ -14,14 +14,18 @@ their mean estimates mu_k without bias; the weights come from every pair.
 For top-1 accuracy z = 0 wherever the top classes agree, so only flip cells
 count: ``acc_prod - acc_cand = P(flip) * (P(prod right | flip) - P(cand right | flip))``.
 
-Always valid: each w_k gets a beta-binomial confidence sequence at a tenth of
-alpha split over the cells, each mu_k a normal-mixture one at the rest (a
-cell with fewer than ``min_labels`` labels is given the worst case
-[-bound, bound] instead), and the intervals combine by interval arithmetic.
-All of them hold at once with probability at least 1 - alpha, however often
-the report is read (a union bound), so the combination does too. The number
-of cells is fixed by the config (strata x possible evaluation shares), as a
-union bound must be.
+The estimand is the difference on the traffic of this window: the weights
+are the cell shares of the pairs actually seen, known exactly (post-
+stratification, conditional on the strata sizes; the window holds thousands
+of pairs, so the traffic's own share would differ from them by far less
+than any margin in use). Always valid: each mu_k gets a normal-mixture
+confidence sequence at alpha split over the cells (a cell with fewer than
+``min_labels`` labels is given the worst case [-bound, bound] instead; labels
+drawn without replacement from a cell only make the sequence conservative),
+and the intervals combine linearly. They all hold at once with probability
+at least 1 - alpha, however often the report is read (a union bound), so the
+combination does too. The number of cells is fixed by the config (strata x
+possible evaluation shares), as a union bound must be.
 """
 
 from __future__ import annotations
@@ -34,9 +38,6 @@ from shadowd.compare.checks.base import CheckContext
 from shadowd.compare.tally import Moments, QualityTally, cell_key
 
 __all__ = ["Cell", "StratifiedEstimate", "stratified_estimate"]
-
-# Share of alpha spent on the cell weights (they come from thousands of pairs and are tight).
-_WEIGHT_ALPHA_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -74,23 +75,23 @@ class StratifiedEstimate:
 
         if not self.pairs:
             return -self.bound, self.bound
-        a_w = _WEIGHT_ALPHA_SHARE * alpha / self.n_cells
-        a_mu = (1 - _WEIGHT_ALPHA_SHARE) * alpha / self.n_cells
+        a_mu = alpha / self.n_cells
         lo = hi = 0.0
         for c in self.cells:
-            w_lo, w_hi = stats.proportion_cs(c.pairs * scale, self.pairs * scale, a_w)
+            if not c.pairs:
+                continue
+            w = c.pairs / self.pairs
             n = c.labels.n * scale
             if n >= self.min_labels:
                 sd = max(math.sqrt(c.labels.variance), 1 / math.sqrt(max(c.labels.n, 1)))
                 hw = stats.mean_cs_halfwidth(n, sd, a_mu, self.rho)
                 m_lo, m_hi = max(c.labels.mean - hw, -self.bound), min(c.labels.mean + hw, self.bound)
+            elif math.isinf(self.bound):
+                return -math.inf, math.inf
             else:
                 m_lo, m_hi = -self.bound, self.bound
-            if math.isinf(self.bound) and w_hi > 0 and n < self.min_labels:
-                return -math.inf, math.inf
-            corners = (w_lo * m_lo, w_lo * m_hi, w_hi * m_lo, w_hi * m_hi)
-            lo += min(corners)
-            hi += max(corners)
+            lo += w * m_lo
+            hi += w * m_hi
         return lo, hi
 
 
