@@ -43,10 +43,10 @@ test-unit: setup
 chart-schema: setup
 	$(PY) helm/shadowd/hack/gen_values_schema.py
 
-# The commands bench/RESULTS.md quotes (about 6 minutes on 2 cores).
+# The commands bench/RESULTS.md quotes (about 12 minutes on 2 cores).
 bench: setup
 	$(PY) bench/latency.py --rounds 10 --block 100
-	$(PY) bench/stats_simulation.py --runs 200
+	$(PY) bench/stats_simulation.py --runs 100
 	$(PY) bench/expectations_bench.py
 
 clean:
