@@ -90,6 +90,27 @@ class ServingConfig(Strict):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Ray Serve proxy.")
     route_prefix: str = Field("/", description="Route prefix of the shadowd application.")
     max_body_bytes: int = Field(1_000_000, ge=64, description="Larger request bodies get a 413.")
+    max_feature_bytes: int = Field(
+        8192,
+        ge=2,
+        description="Largest 'features' object of a request, as compact JSON (UTF-8 bytes); larger gets a 413. "
+        "Features travel with every pair and annotation item.",
+    )
+    max_feature_keys: int = Field(
+        64, ge=1, description="Most keys in a request's 'features', nested objects' keys included; more gets a 413."
+    )
+    max_feature_depth: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Deepest nesting of objects and lists in 'features' ({'a': 1} is 1, {'a': {'b': [1]}} is 3); "
+        "deeper gets a 422.",
+    )
+    allow_nonfinite_inputs: bool = Field(
+        False,
+        description="Accept NaN, Infinity and numbers beyond float range in 'inputs' and numeric features "
+        "(for models that read NaN as missing); off: a 422 names the field.",
+    )
     ingress_replicas: int = Field(1, ge=1, description="Replicas of the ingress (which also runs production).")
     ingress_cpus: float = Field(0.5, gt=0, description="CPUs reserved per ingress replica.")
     max_ongoing_requests: int = Field(256, ge=1, description="Requests one ingress replica works on at once.")

@@ -144,7 +144,7 @@ class ShadowIngress:
     async def _predict(self, request: Request) -> Response:
         t_start = time.perf_counter()
         request_id = request_id_from(request.headers, _serve_request_id())
-        req = parse_predict(await self._json(request), request_id, self._input_shape)
+        req = parse_predict(await self._json(request), request_id, self._input_shape, self._cfg.serving)
         violations = self._expect.check_request(req.features, req.inputs)
         if violations:
             record_violations(self._metrics, violations)
