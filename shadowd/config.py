@@ -300,6 +300,13 @@ class AnnotationConfig(Strict):
     spool_segment_items: int = Field(
         1000, ge=1, description="Items per spool segment file; delivered segments are deleted."
     )
+    spool_max_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Cap on the spool's size on disk (1 GiB), e.g. while Kafka is down or nobody annotates: past it "
+        "queuing pauses, new items are dropped and counted (shadowd_annotation_items_dropped_total), production "
+        "is unaffected; it resumes when delivery or the rotation frees space.",
+    )
     policy: AnnotationPolicyConfig = Field(
         default_factory=AnnotationPolicyConfig, description="Dedup, quotas, rate limit."
     )

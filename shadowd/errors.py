@@ -28,6 +28,7 @@ __all__ = [
     "ShadowdError",
     "SinkError",
     "SpoolError",
+    "SpoolWriteError",
     "SuiteError",
 ]
 
@@ -93,6 +94,21 @@ class DeliveryError(SinkError):
 
 class SpoolError(ShadowdError):
     """The spool directory is unusable (locked by another process, corrupt, unwritable)."""
+
+
+class SpoolWriteError(SpoolError):
+    """An append to the spool did not happen; none of it is on disk (appends are all-or-nothing).
+
+    ``reason`` (a bounded metrics label): ``disk_full`` (no space, quota or file size limit),
+    ``spool_full`` (``annotations.spool_max_bytes`` reached), ``too_large`` (the records alone
+    exceed that cap), ``write_error`` (any other I/O error). Retrying later can succeed,
+    except for ``too_large``.
+    """
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+        self.retriable = reason != "too_large"
 
 
 class SuiteError(ShadowdError):

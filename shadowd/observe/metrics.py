@@ -119,6 +119,34 @@ class ShadowdMetrics:
             registry=reg,
             multiprocess_mode="mostrecent",  # one writer (the hub); a dead one's value must not linger
         )
+        # issue 12: a spool that cannot lose an acknowledged item, and says when it cannot take more
+        self.annotation_items_dropped = Counter(
+            "shadowd_annotation_items_dropped_total",
+            "Annotation items dropped before reaching the spool, by reason (disk_full, spool_full, write_error: "
+            "queuing paused; too_large, unserializable, buffer_full, closed); also counted as outcome failed.",
+            ["reason"],
+            registry=reg,
+        )
+        self.spool_bytes = Gauge(
+            "shadowd_spool_bytes",
+            "Bytes of the local annotation spool's segment files on disk.",
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.spool_max_bytes = Gauge(
+            "shadowd_spool_max_bytes",
+            "The spool's byte cap (annotations.spool_max_bytes); appends past it pause queuing.",
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.spool_paused = Gauge(
+            "shadowd_spool_paused",
+            "1 while annotation queuing is paused because the spool refuses appends, by reason (disk_full, "
+            "spool_full, write_error); it resumes by itself when an append succeeds.",
+            ["reason"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
         # issue 7: expectations, numerical stability, drift (shadowd/expect/)
         self.expectation_violations = Counter(
             "shadowd_expectation_violations_total",
