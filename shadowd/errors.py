@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "AnnotateError",
+    "AuthError",
     "BadRequest",
     "ConfigError",
     "DeliveryError",
@@ -53,6 +54,15 @@ class BadRequest(ShadowdError):
         super().__init__(reason)
         self.reason = reason
         self.http_status = http_status
+
+
+class AuthError(BadRequest):
+    """A request without a valid token (401) or whose token lacks the route's scope (403).
+    The reason names the route, the scope and the token's name, never a token."""
+
+    def __init__(self, reason: str, http_status: int, scope: str):
+        super().__init__(reason, http_status)
+        self.scope = scope
 
 
 class PayloadTooLarge(BadRequest):

@@ -93,8 +93,10 @@ def run_demo(
     echo("starting Ray Serve ...")
     daemon = start_daemon(cfg, num_cpus=2)
     try:
+        # Feedback, report and reset need a token: this loopback run's generated one (<data_dir>/auth/token).
+        auth = daemon.headers
         # A rerun on the same data dir starts a new test window, with request ids of its own.
-        requests.post(f"{daemon.url}/shadow/reset", timeout=30).raise_for_status()
+        requests.post(f"{daemon.url}/shadow/reset", headers=auth, timeout=30).raise_for_status()
         reqs = list(demo_requests(n_requests, run_id=uuid.uuid4().hex[:8]))
         statuses: dict[int, int] = {}
         with requests.Session() as session, ThreadPoolExecutor(4) as pool:
@@ -106,14 +108,17 @@ def run_demo(
             ):
                 statuses[status] = statuses.get(status, 0) + 1
         echo(f"responses by HTTP status: {statuses}")
-        wait_for_pairs(daemon.url, len(reqs), timeout_s=60)  # labels join pairs the hub already holds
+        wait_for_pairs(daemon.url, len(reqs), timeout_s=60, token=daemon.token)  # labels join stored pairs
         labelled = reqs[: int(len(reqs) * feedback_share)]
         with requests.Session() as session:
             for req in tqdm(labelled, desc="delayed ground truth", unit="label"):
                 session.post(
-                    f"{daemon.url}/feedback", json={"request_id": req.request_id, "label": req.label}, timeout=30
+                    f"{daemon.url}/feedback",
+                    json={"request_id": req.request_id, "label": req.label},
+                    headers=auth,
+                    timeout=30,
                 )
-        report = ShadowReport.from_json(requests.get(f"{daemon.url}/shadow/report", timeout=30).json())
+        report = ShadowReport.from_json(requests.get(f"{daemon.url}/shadow/report", headers=auth, timeout=30).json())
         echo(render_report(report, "table"))
         echo(_flywheel_summary(report.annotations or {}, cfg))
         return report

@@ -44,6 +44,13 @@ class ShadowdMetrics:
             ["status"],
             registry=reg,
         )
+        self.auth_failures = Counter(
+            "shadowd_auth_failures_total",
+            "Requests refused for their token, by the scope the route needs (predict, labels, read, admin) and "
+            "status (401: missing or unknown token; 403: the token lacks the scope).",
+            ["scope", "status"],
+            registry=reg,
+        )
         self.latency = Histogram(
             "shadowd_model_latency_seconds",
             "Model call latency per example, by role.",

@@ -52,6 +52,8 @@ SECRETS = {
     },
     "grafana": {"token": {"existingSecret": "grafana-api", "key": "token"}},
 }
+# Every install names the API tokens Secret (the chart refuses to render without it).
+REQUIRED = {"auth": {"existingSecret": "shadowd-api-tokens"}}
 MONITORING = {
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}, "prometheusRule": {"enabled": True}}
 }
@@ -98,7 +100,7 @@ def chart() -> Iterator[helm.Chart]:
 
 
 def render(chart: helm.Chart, values: dict[str, Any] | None = None, release: str = RELEASE) -> list[dict[str, Any]]:
-    out = chart.render(values or {}, name=release, namespace=NAMESPACE, is_install=True)
+    out = chart.render(_merge(REQUIRED, values or {}), name=release, namespace=NAMESPACE, is_install=True)
     docs = []
     for path, text in sorted(out.items()):
         if path.endswith("NOTES.txt"):
@@ -119,7 +121,7 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 
 @pytest.fixture(scope="module", params=sorted(SWITCHES), ids=sorted(SWITCHES))
 def rendered(request, chart) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-    values = SWITCHES[request.param]
+    values = _merge(REQUIRED, SWITCHES[request.param])
     return request.param, chart.merge_values(values), render(chart, values)
 
 
@@ -304,7 +306,8 @@ def quantities(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
 def test_helm_lint_is_clean(switch):
-    report = helm.lint(CHART, SWITCHES[switch], strict=True, namespace=NAMESPACE, kube_version=f"v{K8S_VERSION}.0")
+    values = _merge(REQUIRED, SWITCHES[switch])
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{K8S_VERSION}.0")
     findings = [m for m in report["messages"] if m["severity"] >= 2]  # 1 = info ("icon is recommended")
     assert report["errors"] == [] and findings == [], (report["errors"], findings)
 
@@ -481,6 +484,21 @@ def test_secrets_arrive_by_reference_under_the_names_the_config_uses(chart, mode
         assert tls["secretName"] == "kafka-ca"
         mount = _volume_paths(spec, "kafka-tls", c)
         assert str(kafka.ssl_cafile) == f"{mount}/{tls['items'][0]['path']}", where
+
+
+@pytest.mark.parametrize("mode", ["rayservice", "deployment"])
+def test_api_tokens_come_from_the_auth_secret_which_is_required(chart, mode):
+    with pytest.raises(helm.HelmRenderError, match=r"auth\.existingSecret is required"):
+        chart.render({"mode": mode}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = render(chart, {"mode": mode, "config": {"auth": {"predict_requires_token": True}}})
+    cfg = parse_config(yaml.safe_load(_config_text(docs)), "configmap")
+    assert cfg.auth.predict_requires_token  # the chart adds tokens_file, keeps the rest of config.auth
+    for where, _, spec in pod_specs(docs):
+        c = spec["containers"][0]
+        vol = next(v for v in spec["volumes"] if v["name"] == "auth-tokens")["secret"]
+        assert vol["secretName"] == "shadowd-api-tokens" and vol["defaultMode"] == 0o440, where
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "auth-tokens")
+        assert mount["readOnly"] and str(cfg.auth.tokens_file) == f"{mount['mountPath']}/{vol['items'][0]['path']}"
 
 
 def test_kafka_secret_without_kafka_config_fails_clearly(chart):

@@ -65,8 +65,14 @@ with this chart's mounts, ports and Secrets. Works on a deep copy so that
 .Values stay untouched for the other templates.
 */}}
 {{- define "shadowd.config" -}}
+{{- if not .Values.auth.existingSecret }}
+{{- fail "auth.existingSecret is required: the chart serves on 0.0.0.0, and shadowd refuses that without API tokens. Create a Secret whose key tokens.yaml holds a YAML list of {name, token, scopes} (docs/security.md) and name it in auth.existingSecret" }}
+{{- end }}
 {{- $cfg := deepCopy .Values.config }}
-{{- $_ := set $cfg "data_dir" .Values.persistence.mountPath }}
+{{- $auth := (get $cfg "auth") | default dict }}
+{{- $_ := set $auth "tokens_file" (printf "%s/%s" .Values.auth.mountPath .Values.auth.key) }}
+{{- $_ = set $cfg "auth" $auth }}
+{{- $_ = set $cfg "data_dir" .Values.persistence.mountPath }}
 {{- $serving := (get $cfg "serving") | default dict }}
 {{- $_ = set $serving "host" "0.0.0.0" }}
 {{- $_ = set $serving "port" (include "shadowd.httpPort" . | int) }}
@@ -222,6 +228,9 @@ annotations:
   mountPath: {{ .Values.kafka.tls.mountPath }}
   readOnly: true
 {{- end }}
+- name: auth-tokens
+  mountPath: {{ .Values.auth.mountPath }}
+  readOnly: true
 {{- end }}
 
 {{/*
@@ -268,4 +277,12 @@ Only types the "restricted" profile allows: configMap, secret, emptyDir, persist
       - key: {{ $root.Values.kafka.tls.caKey }}
         path: {{ $root.Values.kafka.tls.caKey }}
 {{- end }}
+- name: auth-tokens
+  secret:
+    secretName: {{ $root.Values.auth.existingSecret }}
+    # Owner root, group fsGroup: readable by the shadowd user, by no one else.
+    defaultMode: 0440
+    items:
+      - key: {{ $root.Values.auth.key }}
+        path: {{ $root.Values.auth.key }}
 {{- end }}
