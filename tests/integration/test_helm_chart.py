@@ -557,6 +557,102 @@ def test_long_release_names_fit_kuberay(chart, crd_validators):
     validate_object(rs, crd_validators)
 
 
+# --- tests: who may reach the pods, probes, disruptions -------------------------
+
+_OPEN_PORTS = {8000, 9100, 8080, 8265}  # serving, metrics, Ray's metrics, dashboard (the operator)
+
+
+def _selector(values) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "shadowd", "app.kubernetes.io/instance": RELEASE}
+
+
+def test_network_policy_admits_ray_ports_only_from_the_release(rendered):
+    _, values, docs = rendered
+    policy = one(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    for where, meta, _ in pod_specs(docs):
+        assert _selects(spec["podSelector"]["matchLabels"], meta["labels"]), where
+    own = [r for r in spec["ingress"] if "ports" not in r]
+    assert own == [{"from": [{"podSelector": {"matchLabels": _selector(values)}}]}]
+    by_port: dict[int, list] = {}
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without peers admits everyone"
+        for port in rule.get("ports", []):
+            by_port.setdefault(port["port"], []).extend(rule["from"])
+    assert set(by_port) <= _OPEN_PORTS  # GCS 6379, client 10001, agent 52365: the release's pods only
+    np = values["networkPolicy"]
+    assert by_port[8000][: len(np["servingFrom"])] == np["servingFrom"]
+    assert by_port[9100] == np["metricsFrom"]
+    if values["mode"] == "rayservice":
+        assert by_port[8265] == np["kubeRayOperatorFrom"] and by_port[8080] == np["metricsFrom"]
+    else:
+        assert 8265 not in by_port and 8080 not in by_port  # no dashboard; no Ray metrics port
+
+
+def test_network_policy_peers_are_configurable_and_an_empty_list_admits_no_one(chart):
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    docs = render(chart, {"networkPolicy": {"servingFrom": peers, "metricsFrom": []}})
+    rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    serving = [r["from"] for r in rules if {"port": 8000, "protocol": "TCP"} in r.get("ports", [])]
+    assert serving == [peers, chart.merge_values({})["networkPolicy"]["kubeRayOperatorFrom"]]
+    assert not [r for r in rules if {"port": 9100, "protocol": "TCP"} in r.get("ports", [])]
+    assert by_kind(render(chart, {"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+
+
+def test_metrics_are_not_exposed_outside_the_cluster_by_default(rendered):
+    _, values, docs = rendered
+    metrics = one(docs, "Service", f"{RELEASE}-shadowd-metrics")
+    assert metrics["spec"].get("type", "ClusterIP") == "ClusterIP" and metrics["spec"]["clusterIP"] == "None"
+    assert not any("ipBlock" in peer for peer in values["networkPolicy"]["metricsFrom"])
+
+
+_HEALTH_WITHOUT_THE_APP = {"/-/healthz", "/api/local_raylet_healthz", "/api/gcs_healthz"}
+
+
+def test_liveness_and_readiness_never_go_through_the_app_or_a_model(rendered):
+    """An overloaded model must not restart the pod: liveness and readiness ask Serve's proxy or
+    Ray itself, never a route of the shadowd app (the ingress, whose queue the model fills)."""
+    _, _values, docs = rendered
+    for where, _, spec in pod_specs(docs):
+        for c in spec["containers"]:
+            for probe in ("livenessProbe", "readinessProbe"):
+                assert c[probe]["httpGet"]["path"] in _HEALTH_WITHOUT_THE_APP, (where, probe)
+
+
+def test_termination_grace_outlasts_serves_graceful_shutdown_and_a_pdb_covers_the_pods(rendered):
+    from ray.serve._private.constants import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S  # no public accessor
+
+    _, values, docs = rendered
+    # Serve gives each replica up to graceful_shutdown_timeout_s to stop: the hub flushes the
+    # annotation queue and saves its state inside it; Ray's own stop comes after.
+    serve_grace_s = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+    for where, _, spec in pod_specs(docs):
+        assert spec["terminationGracePeriodSeconds"] >= 2 * serve_grace_s, where
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == values["podDisruptionBudget"]["maxUnavailable"]
+    for where, meta, _ in pod_specs(docs):
+        assert _selects(pdb["spec"]["selector"]["matchLabels"], meta["labels"]), where
+
+
+def test_ray_token_auth_is_on_by_default(chart):
+    cluster = one(render(chart, {}), "RayService")["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    off = one(render(chart, {"rayService": {"rayAuth": "disabled"}}), "RayService")["spec"]["rayClusterConfig"]
+    assert "authOptions" not in off
+
+
+def test_kafka_client_certificates_are_mounted_and_configured(chart):
+    tls = {"existingSecret": "kafka-client", "caKey": "ca.crt", "certKey": "tls.crt", "keyKey": "tls.key"}
+    docs = render(chart, _merge(SECRETS, {"kafka": {"tls": tls}}))
+    kafka = parse_config(yaml.safe_load(_config_text(docs)), "configmap").annotations.sink
+    for where, _, spec in pod_specs(docs):
+        vol = next(v for v in spec["volumes"] if v["name"] == "kafka-tls")["secret"]
+        assert [i["key"] for i in vol["items"]] == ["ca.crt", "tls.crt", "tls.key"], where
+        mount = _volume_paths(spec, "kafka-tls", spec["containers"][0])
+        assert (str(kafka.ssl_certfile), str(kafka.ssl_keyfile)) == (f"{mount}/tls.crt", f"{mount}/tls.key")
+
+
 # --- tests: services and monitoring -------------------------------------------
 
 

@@ -252,3 +252,39 @@ def test_serve_batching_of_production_keeps_answers_exact(shadowd_app):
         assert status == 200 and body["request_id"] == rid
         assert np.allclose(body["outputs"], expected[rid], rtol=1e-6, atol=1e-9)
     assert wait_for_pairs(daemon.url, 48, 60, daemon.token)["overall"]["pairs"] == 48
+
+
+def test_serves_own_health_answers_while_the_model_path_is_overloaded(shadowd_app):
+    """The chart's liveness and readiness probes ask Serve's proxy (/-/healthz), not the app:
+    with the ingress saturated by a slow model, the app's /healthz is refused (503), so a probe
+    on it would restart the pod; the proxy's own health still answers 200."""
+    import threading
+
+    raw = _config(None)
+    raw["models"]["production"] = toy_model("prod", "shadowd.testing:SleepyModel", latency_ms=1000, seed=0)
+    raw["serving"] = {"max_ongoing_requests": 1, "max_queued_requests": 1}
+    daemon = shadowd_app(raw)
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def load() -> None:  # keep one request running and one waiting, whatever the timing
+        with requests.Session() as s:
+            while not stop.is_set():
+                answered.append(s.post(f"{daemon.url}/predict", json={"inputs": [0.1] * 8}, timeout=60).status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        seen = []
+        deadline = time.monotonic() + 60
+        while 503 not in seen and time.monotonic() < deadline:
+            seen.append(requests.get(f"{daemon.url}/healthz", timeout=60).status_code)
+            proxy_health = requests.get(f"{daemon.url}/-/healthz", timeout=60).status_code
+            assert proxy_health == 200, seen
+        assert 503 in seen  # the app's own health is refused while its queue is full
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert 200 in answered  # production kept answering the requests it took

@@ -54,6 +54,7 @@ app.kubernetes.io/part-of: shadowd
 {{- define "shadowd.httpPort" -}}8000{{- end }}
 {{- define "shadowd.metricsPort" -}}9100{{- end }}
 {{- define "shadowd.rayMetricsPort" -}}8080{{- end }}
+{{- define "shadowd.dashboardPort" -}}8265{{- end }}
 {{- define "shadowd.configDir" -}}/etc/shadowd{{- end }}
 
 {{- define "shadowd.kafkaSaslUserEnv" -}}SHADOWD_KAFKA_SASL_USERNAME{{- end }}
@@ -97,7 +98,14 @@ with this chart's mounts, ports and Secrets. Works on a deep copy so that
 {{- $_ = set $kafka "sasl_password_env" (include "shadowd.kafkaSaslPasswordEnv" .) }}
 {{- end }}
 {{- if and $kafka .Values.kafka.tls.existingSecret }}
-{{- $_ = set $kafka "ssl_cafile" (printf "%s/%s" .Values.kafka.tls.mountPath .Values.kafka.tls.caKey) }}
+{{- $tls := .Values.kafka.tls }}
+{{- $_ = set $kafka "ssl_cafile" (printf "%s/%s" $tls.mountPath $tls.caKey) }}
+{{- if $tls.certKey }}
+{{- $_ = set $kafka "ssl_certfile" (printf "%s/%s" $tls.mountPath $tls.certKey) }}
+{{- end }}
+{{- if $tls.keyKey }}
+{{- $_ = set $kafka "ssl_keyfile" (printf "%s/%s" $tls.mountPath $tls.keyKey) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- toYaml $cfg }}
@@ -273,9 +281,14 @@ Only types the "restricted" profile allows: configMap, secret, emptyDir, persist
 - name: kafka-tls
   secret:
     secretName: {{ . }}
+    defaultMode: 0440
     items:
-      - key: {{ $root.Values.kafka.tls.caKey }}
-        path: {{ $root.Values.kafka.tls.caKey }}
+      {{- range $key := list $root.Values.kafka.tls.caKey $root.Values.kafka.tls.certKey $root.Values.kafka.tls.keyKey }}
+      {{- if $key }}
+      - key: {{ $key }}
+        path: {{ $key }}
+      {{- end }}
+      {{- end }}
 {{- end }}
 - name: auth-tokens
   secret:
