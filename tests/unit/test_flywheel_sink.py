@@ -361,3 +361,21 @@ def test_build_sink_caps_the_spool_from_the_config(tmp_path):
     sink = build_sink(cfg, None)
     assert sink.spool.max_bytes == 2_000_000
     sink.close(timeout_s=5)
+
+
+def test_an_unreadable_spool_record_pauses_delivery_but_never_ends_the_sender(tmp_path):
+    """On main a record pending() could not parse (a torn append) raised out of the sender
+    thread: delivery stopped for good, until a restart."""
+    spool = Spool(tmp_path)
+    spool.append([(it.request_id, it.model_dump_json()) for it in (item(0), item(1))])
+    seg = next(tmp_path.glob("seg-*.jsonl"))
+    good = seg.read_bytes()
+    seg.write_bytes(b"x" * (len(good) - 1) + b"\n")  # same length: the index still counts two records
+    tr = ScriptedTransport()
+    sink = AnnotationSink(spool, tr, retry_backoff_s=(0.01, 0.01), sleep=lambda s: time.sleep(0.01)).start()
+    _wait_for(lambda: (sink.stats().last_error or "").startswith("spool read failed"))
+    assert tr.received == []
+    seg.write_bytes(good)  # the disk is readable again
+    assert sink.flush(timeout_s=10)
+    sink.close(timeout_s=5)
+    assert tr.received == ["req-0", "req-1"]
