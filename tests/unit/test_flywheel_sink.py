@@ -156,7 +156,7 @@ def test_submit_never_waits_for_a_stalled_disk(tmp_path):
     stats = sink.stats()
     assert stats.queued + stats.dropped["buffer_full"] == 200 and stats.queued <= 25
     StalledDisk.release.set()
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
     stats = sink.close(timeout_s=5)
     assert [r.key for r in read_spool(tmp_path)] == [f"req-{i}" for i in range(stats.queued)]
 
@@ -173,7 +173,7 @@ def test_restart_replays_what_the_last_run_did_not_deliver(tmp_path):
     tr2 = ScriptedTransport()
     sink = AnnotationSink(Spool(tmp_path), tr2).start()
     sink.submit(item(30))
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
     sink.close(timeout_s=5)
     assert tr2.received == [f"req-{i}" for i in range(31)]
 
@@ -266,9 +266,9 @@ def test_an_item_the_json_writer_refuses_is_counted_and_the_spooler_lives_on(tmp
     poison = item(1).model_copy(update={"features": {"a": _deep(300)}})
     for it in (item(0), poison, item(2)):
         sink.submit(it)
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
     sink.submit(item(3))
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
     stats = sink.close(timeout_s=5)
     assert [r.key for r in read_spool(tmp_path)] == ["req-0", "req-2", "req-3"]
     assert stats.failed == 1 and stats.dropped == {"unserializable": 1}
@@ -288,7 +288,7 @@ class FullDisk(SegmentFile):
         return super().write(data)
 
 
-def _wait_for(predicate, timeout_s: float = 10.0) -> None:
+def _wait_for(predicate, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
@@ -302,7 +302,7 @@ def test_a_full_disk_pauses_queuing_drops_by_reason_and_resumes_by_itself(tmp_pa
     sink = AnnotationSink(spool, None, metrics, max_buffered_items=5, batch_items=3, retry_backoff_s=(0.01, 0.05))
     sink.start()
     sink.submit(item(0))
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
 
     def gauge(name, **labels):
         return metrics.registry.get_sample_value(name, labels)
@@ -320,10 +320,10 @@ def test_a_full_disk_pauses_queuing_drops_by_reason_and_resumes_by_itself(tmp_pa
     assert len(spool.pending(100)) == 1  # nothing half-written meanwhile
 
     FullDisk.full.clear()  # space comes back: no one has to do anything
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
     assert sink.stats().paused is None and gauge("shadowd_spool_paused", reason="disk_full") == 0
     sink.submit(item(99))
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
     stats = sink.close(timeout_s=5)
     keys = [r.key for r in read_spool(tmp_path)]
     assert keys[:2] == ["req-0", "req-1"] and keys[-1] == "req-99"
@@ -339,12 +339,12 @@ def test_the_byte_cap_pauses_queuing_until_the_rotation_frees_space(tmp_path):
     sink.start()
     for i in range(4):
         sink.submit(item(i))
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
     sink.submit(item(4))
     _wait_for(lambda: sink.stats().paused == "spool_full")
     assert metrics.registry.get_sample_value("shadowd_spool_max_bytes") == 4 * one + 50
     spool.commit(2)  # annotators handled two items: their segment is deleted
-    assert sink.flush(timeout_s=10) and sink.stats().paused is None
+    assert sink.flush(timeout_s=30) and sink.stats().paused is None
     sink.close(timeout_s=5)
     assert [r.key for r in read_spool(tmp_path)] == ["req-2", "req-3", "req-4"]
 
@@ -376,6 +376,6 @@ def test_an_unreadable_spool_record_pauses_delivery_but_never_ends_the_sender(tm
     _wait_for(lambda: (sink.stats().last_error or "").startswith("spool read failed"))
     assert tr.received == []
     seg.write_bytes(good)  # the disk is readable again
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
     sink.close(timeout_s=5)
     assert tr.received == ["req-0", "req-1"]
