@@ -16,6 +16,8 @@ import typer
 from shadowd.errors import ConfigError
 
 if TYPE_CHECKING:
+    import requests
+
     from shadowd.config import ShadowdConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -321,11 +323,23 @@ def report(
         None,
         "-c",
         "--config",
-        help="With --data-dir: run this config's checks (default: the config saved with the state).",
+        help="With --data-dir: run this config's checks (default: the config saved with the state). With --url: "
+        "the daemon's config, to find its generated token when it has no configured tokens.",
     ),
     gate: bool = typer.Option(False, "--gate", help="Exit with the gate verdict: 0 PASS, 1 FAIL, 3 INCONCLUSIVE."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json or markdown."),
     reset: bool = typer.Option(False, "--reset", help="After printing, start a new test window (POST /shadow/reset)."),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="SHADOWD_TOKEN",
+        show_default=False,
+        help="API token (scope read; admin too for --reset). Prefer SHADOWD_TOKEN or --token-file: "
+        "a command line is visible to other users.",
+    ),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", envvar="SHADOWD_TOKEN_FILE", help="File holding the API token."
+    ),
 ) -> None:
     """Print the per-slice shadow report and gate verdict; --gate makes it a CI/CD step."""
     from shadowd.compare.render import FORMATS, render_report
@@ -348,8 +362,11 @@ def report(
     else:
         import requests
 
+        cfg = _load(config) if config is not None else None
+        headers = _bearer(_api_token(token, token_file, cfg))
         try:
-            resp = requests.get(f"{base}/shadow/report", timeout=30)
+            resp = requests.get(f"{base}/shadow/report", headers=headers, timeout=30)
+            _refused(resp, f"{base}/shadow/report")
             resp.raise_for_status()
             rep = ShadowReport.from_json(resp.json())
         except requests.RequestException as err:
@@ -361,12 +378,47 @@ def report(
     typer.echo(render_report(rep, fmt), nl=False)
     if reset:
         try:
-            requests.post(f"{base}/shadow/reset", timeout=30).raise_for_status()
+            resp = requests.post(f"{base}/shadow/reset", headers=headers, timeout=30)
+            _refused(resp, f"{base}/shadow/reset")
+            resp.raise_for_status()
         except requests.RequestException as err:
             _fail(f"cannot reset at {base}/shadow/reset: {err}")
         typer.echo("new test window started", err=True)
     if gate:
         raise typer.Exit(rep.gate.verdict.exit_code)
+
+
+def _api_token(token: str | None, token_file: Path | None, cfg: ShadowdConfig | None) -> str | None:
+    """--token / SHADOWD_TOKEN, else --token-file / SHADOWD_TOKEN_FILE, else the generated token of a
+    daemon without configured tokens (from -c CONFIG's data dir), else None."""
+    if token:
+        return token.strip()
+    if token_file is not None:
+        try:
+            return token_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            _fail(f"--token-file {token_file}: {err.strerror}")
+    if cfg is not None and not cfg.auth.configured:
+        from shadowd.serving.auth import generated_token_path
+
+        path = generated_token_path(cfg.data_dir)
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+    return None
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _refused(resp: requests.Response, what: str) -> None:
+    """Exit 2 with the daemon's reason when it refused the token (the reason never holds one)."""
+    if resp.status_code in (401, 403):
+        try:
+            reason = resp.json().get("error", resp.reason)
+        except ValueError:
+            reason = resp.reason
+        _fail(f"{what}: HTTP {resp.status_code}: {reason}; give a token with --token-file, SHADOWD_TOKEN or --token")
 
 
 def main() -> None:

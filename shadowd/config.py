@@ -9,6 +9,7 @@ Errors name the file, the key path and what was expected, e.g.::
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +27,7 @@ from shadowd.records import OVERALL
 __all__ = [
     "AnnotationConfig",
     "AnnotationPolicyConfig",
+    "AuthConfig",
     "DivergenceConfig",
     "DriftConfig",
     "EvaluationConfig",
@@ -45,6 +47,7 @@ __all__ = [
     "SliceConfig",
     "SuiteThresholds",
     "describe_error",
+    "is_loopback",
     "load_config",
     "parse_config",
 ]
@@ -103,6 +106,27 @@ class ServingConfig(Strict):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Ray Serve proxy.")
     route_prefix: str = Field("/", description="Route prefix of the shadowd application.")
     max_body_bytes: int = Field(1_000_000, ge=64, description="Larger request bodies get a 413.")
+    max_feature_bytes: int = Field(
+        8192,
+        ge=2,
+        description="Largest 'features' object of a request, as compact JSON (UTF-8 bytes); larger gets a 413. "
+        "Features travel with every pair and annotation item.",
+    )
+    max_feature_keys: int = Field(
+        64, ge=1, description="Most keys in a request's 'features', nested objects' keys included; more gets a 413."
+    )
+    max_feature_depth: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Deepest nesting of objects and lists in 'features' ({'a': 1} is 1, {'a': {'b': [1]}} is 3); "
+        "deeper gets a 422.",
+    )
+    allow_nonfinite_inputs: bool = Field(
+        False,
+        description="Accept NaN, Infinity and numbers beyond float range in 'inputs' and numeric features "
+        "(for models that read NaN as missing); off: a 422 names the field.",
+    )
     ingress_replicas: int = Field(1, ge=1, description="Replicas of the ingress (which also runs production).")
     ingress_cpus: float = Field(0.5, gt=0, description="CPUs reserved per ingress replica.")
     max_ongoing_requests: int = Field(256, ge=1, description="Requests one ingress replica works on at once.")
@@ -123,6 +147,40 @@ class ServingConfig(Strict):
         "that mounts the persistent data dir.",
     )
     torch_threads: int = Field(1, ge=1, description="torch threads per replica; keep 1 on small machines.")
+
+
+class AuthConfig(Strict):
+    """Bearer tokens for the HTTP API (shadowd/serving/auth.py): scopes labels, read, admin, predict."""
+
+    tokens_file: Path | None = Field(
+        None,
+        description="YAML list of API tokens, each {name, token (32+ characters), scopes: [labels | read | admin | "
+        "predict]}; relative to the config file. The Helm chart mounts the Secret auth.existingSecret here.",
+    )
+    tokens_env: str | None = Field(
+        None,
+        description="Environment variable holding the same YAML (a Secret exposed as env); with tokens_file, "
+        "both count. Names the variable, never holds a token.",
+    )
+    predict_requires_token: bool = Field(
+        False,
+        description="POST /predict needs a token with scope predict. Off (default): /predict is open, like the "
+        "model endpoint it stands for; every other route but /healthz always needs a token.",
+    )
+
+    @property
+    def configured(self) -> bool:
+        """Tokens are configured; otherwise shadowd serves on loopback only, with a generated token."""
+        return self.tokens_file is not None or self.tokens_env is not None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- slices: a small declarative predicate language, never code ---
@@ -319,6 +377,13 @@ class AnnotationConfig(Strict):
     spool_segment_items: int = Field(
         1000, ge=1, description="Items per spool segment file; delivered segments are deleted."
     )
+    spool_max_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Cap on the spool's size on disk (1 GiB), e.g. while Kafka is down or nobody annotates: past it "
+        "queuing pauses, new items are dropped and counted (shadowd_annotation_items_dropped_total), production "
+        "is unaffected; it resumes when delivery or the rotation frees space.",
+    )
     policy: AnnotationPolicyConfig = Field(
         default_factory=AnnotationPolicyConfig, description="Dedup, quotas, rate limit."
     )
@@ -376,7 +441,11 @@ class LabelsConfig(Strict):
 
 class MetricsConfig(Strict):
     port: int = Field(9100, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off.")
-    host: str = Field("0.0.0.0", description="Host the metrics endpoint binds.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Host the metrics endpoint binds: loopback by default; 0.0.0.0 for a Prometheus on another "
+        "machine (the Helm chart sets it, behind its NetworkPolicy).",
+    )
 
 
 class GrafanaConfig(Strict):
@@ -569,6 +638,11 @@ class ShadowdConfig(Strict):
     labels: LabelsConfig = Field(
         default_factory=LabelsConfig, description="Label joins, high-loss queueing and hard-example suites."
     )
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig,
+        description="API tokens: who may send labels, read the report and reset the test. None configured: "
+        "loopback only, with a generated token in <data_dir>/auth/token.",
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The Prometheus /metrics endpoint.")
     grafana: GrafanaConfig | None = Field(None, description="Annotate gate verdict changes in Grafana; none: off.")
     checks: list[CheckConfig] = Field(
@@ -606,6 +680,13 @@ class ShadowdConfig(Strict):
             raise ValueError(f"annotations.evaluation.slice_shares names unknown slices {unknown}; known: {names}")
         if self.task == "regression" and self.models.production.output != "values":
             raise ValueError("task 'regression' needs models.production.output 'values'")
+        if not self.auth.configured and not is_loopback(self.serving.host):
+            raise ValueError(
+                f"serving.host is {self.serving.host!r} but no API tokens are configured (auth.tokens_file or "
+                "auth.tokens_env): POST /feedback and /shadow/* would have no token anyone off this machine "
+                "could use. Configure tokens, or bind serving.host to 127.0.0.1 (shadowd then generates a "
+                "token in <data_dir>/auth/token)"
+            )
         return self
 
     @model_validator(mode="before")
@@ -671,12 +752,14 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
     if exp.drift is not None:
         exp = exp.model_copy(update={"drift": exp.drift.model_copy(update={"profile": fix(exp.drift.profile)})})
     labels = cfg.labels.model_copy(update={"suites_dir": fix(cfg.labels.suites_dir)})
+    auth = cfg.auth.model_copy(update={"tokens_file": fix(cfg.auth.tokens_file)})
     return cfg.model_copy(
         update={
             "data_dir": fix(cfg.data_dir),
             "models": cfg.models.model_copy(update=models),
             "expectations": exp,
             "labels": labels,
+            "auth": auth,
         }
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "AnnotateError",
+    "AuthError",
     "BadRequest",
     "ConfigError",
     "DeliveryError",
@@ -28,6 +29,7 @@ __all__ = [
     "ShadowdError",
     "SinkError",
     "SpoolError",
+    "SpoolWriteError",
     "SuiteError",
 ]
 
@@ -52,6 +54,15 @@ class BadRequest(ShadowdError):
         super().__init__(reason)
         self.reason = reason
         self.http_status = http_status
+
+
+class AuthError(BadRequest):
+    """A request without a valid token (401) or whose token lacks the route's scope (403).
+    The reason names the route, the scope and the token's name, never a token."""
+
+    def __init__(self, reason: str, http_status: int, scope: str):
+        super().__init__(reason, http_status)
+        self.scope = scope
 
 
 class PayloadTooLarge(BadRequest):
@@ -93,6 +104,21 @@ class DeliveryError(SinkError):
 
 class SpoolError(ShadowdError):
     """The spool directory is unusable (locked by another process, corrupt, unwritable)."""
+
+
+class SpoolWriteError(SpoolError):
+    """An append to the spool did not happen; none of it is on disk (appends are all-or-nothing).
+
+    ``reason`` (a bounded metrics label): ``disk_full`` (no space, quota or file size limit),
+    ``spool_full`` (``annotations.spool_max_bytes`` reached), ``too_large`` (the records alone
+    exceed that cap), ``write_error`` (any other I/O error). Retrying later can succeed,
+    except for ``too_large``.
+    """
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+        self.retriable = reason != "too_large"
 
 
 class SuiteError(ShadowdError):

@@ -82,14 +82,16 @@ def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
     )
 
 
-def _label_evaluation_lane(cfg: ShadowdConfig, truth: dict[str, int], url: str, echo: Callable[[str], None]) -> None:
+def _label_evaluation_lane(
+    cfg: ShadowdConfig, truth: dict[str, int], url: str, auth: dict[str, str], echo: Callable[[str], None]
+) -> None:
     """The on-call annotator labels the evaluation lane (here from the known truth), then the labels join."""
     from tqdm import tqdm
 
     from shadowd.flywheel.annotate import Annotator
 
     def handled() -> int:
-        labels = requests.get(f"{url}/shadow/report", timeout=30).json()["annotations"]["labels"]
+        labels = requests.get(f"{url}/shadow/report", headers=auth, timeout=30).json()["annotations"]["labels"]
         return int(sum(labels.values()))
 
     before = handled()
@@ -131,8 +133,10 @@ def run_demo(
     echo("starting Ray Serve ...")
     daemon = start_daemon(cfg, num_cpus=2)
     try:
+        # Feedback, report and reset need a token: this loopback run's generated one (<data_dir>/auth/token).
+        auth = daemon.headers
         # A rerun on the same data dir starts a new test window, with request ids of its own.
-        requests.post(f"{daemon.url}/shadow/reset", timeout=30).raise_for_status()
+        requests.post(f"{daemon.url}/shadow/reset", headers=auth, timeout=30).raise_for_status()
         reqs = list(demo_requests(n_requests, run_id=uuid.uuid4().hex[:8]))
         statuses: dict[int, int] = {}
         with requests.Session() as session, ThreadPoolExecutor(4) as pool:
@@ -144,9 +148,10 @@ def run_demo(
             ):
                 statuses[status] = statuses.get(status, 0) + 1
         echo(f"responses by HTTP status: {statuses}")
-        wait_for_pairs(daemon.url, len(reqs), timeout_s=60)  # labels join pairs the hub already holds
+        wait_for_pairs(daemon.url, len(reqs), timeout_s=60, token=daemon.token)  # labels join stored pairs
         labelled = reqs[: int(len(reqs) * feedback_share)]
         with requests.Session() as session, ThreadPoolExecutor(4) as pool:
+            session.headers.update(auth)
             for _status in tqdm(
                 pool.map(lambda r: _feedback(session, daemon.url, r), labelled),
                 total=len(labelled),
@@ -154,8 +159,8 @@ def run_demo(
                 unit="label",
             ):
                 pass
-        _label_evaluation_lane(cfg, {r.request_id: r.label for r in reqs}, daemon.url, echo)
-        report = ShadowReport.from_json(requests.get(f"{daemon.url}/shadow/report", timeout=30).json())
+        _label_evaluation_lane(cfg, {r.request_id: r.label for r in reqs}, daemon.url, auth, echo)
+        report = ShadowReport.from_json(requests.get(f"{daemon.url}/shadow/report", headers=auth, timeout=30).json())
         echo(render_report(report, "table"))
         echo(_flywheel_summary(report.annotations or {}, cfg))
         return report

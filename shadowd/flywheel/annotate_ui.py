@@ -1,7 +1,10 @@
 """The terminal front end of ``shadowd annotate``: show an item, read an answer.
 
 Queue logic lives in ``annotate.Annotator``; this module only renders items
-(rich) and parses what a person types.
+(rich) and parses what a person types. Everything that comes from an item or
+a person (ids, features, details, model names, typed answers) is shown as
+plain ``Text``, never parsed as rich markup or emoji codes: a feature value
+``[/x]`` once raised, and the item came back to every annotator.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
+from rich.text import Text
 
 from shadowd.errors import AnnotateError
 from shadowd.flywheel.annotate import Annotator, Answer
@@ -68,22 +72,23 @@ def render_item(item: AnnotationItem, task: str) -> Panel:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("request", item.request_id)
-    table.add_row("why", f"{item.reason} (priority {item.priority:.3g})" + (f": {item.detail}" if item.detail else ""))
-    table.add_row("slices", ", ".join(item.slices) or "-")
-    table.add_row("assigned", item.assignee or "-")
+    detail = f": {item.detail}" if item.detail else ""
+    table.add_row("request", Text(item.request_id))
+    table.add_row("why", Text(f"{item.reason} (priority {item.priority:.3g}){detail}"))
+    table.add_row("slices", Text(", ".join(item.slices) or "-"))
+    table.add_row("assigned", Text(item.assignee or "-"))
     if item.features:
-        table.add_row("features", json.dumps(item.features)[:300])
-    table.add_row("inputs", _summary(item.inputs) if item.inputs is not None else "(not stored)")
+        table.add_row("features", Text(json.dumps(item.features)[:300]))
+    table.add_row("inputs", Text(_summary(item.inputs) if item.inputs is not None else "(not stored)"))
     for out in (item.production, item.candidate):
         if out is not None:
             shown = _top(out.values, task) if out.ok else f"{out.outcome}: {out.detail or ''}"
-            table.add_row(f"{out.role} ({out.model})", shown)
+            table.add_row(Text(f"{out.role} ({out.model})"), Text(shown))
     parts: list[Any] = [table]
     picture = _image(item.inputs) if item.inputs is not None else None
     if picture:
-        parts.append(Panel(picture, title="inputs", expand=False))
-    return Panel(Group(*parts), title=f"annotation item ({item.reason})")
+        parts.append(Panel(Text(picture), title="inputs", expand=False))
+    return Panel(Group(*parts), title=Text(f"annotation item ({item.reason})"))
 
 
 def parse_answer(text: str, item: AnnotationItem, task: str) -> Answer | None:
@@ -124,7 +129,9 @@ def annotate_session(
     """Show items one at a time and record answers until the queue is empty, ``q``, or ``max_items``."""
     task = annotator.config.task
     done = 0
-    console.print(f"annotating as [bold]{annotator.annotator}[/bold] (rotation {annotator.rotation_name})")
+    console.print(
+        Text.assemble("annotating as ", (annotator.annotator, "bold"), f" (rotation {annotator.rotation_name})")
+    )
     while max_items is None or done < max_items:
         item = annotator.next_item(timeout_s=wait_s)
         if item is None:
@@ -135,16 +142,16 @@ def annotate_session(
             try:
                 answer = parse_answer(ask("label (class / value), s skip, b bad data, q quit"), item, task)
             except ValueError as err:
-                console.print(f"[red]{err}[/red]")
+                console.print(Text(str(err), style="red"))
                 continue
             if answer is None:
                 return done
             try:
                 label = annotator.submit(answer)
             except AnnotateError as err:
-                console.print(f"[red]{err}[/red]")
+                console.print(Text(str(err), style="red"))
                 continue
-            console.print(f"saved: {label.verdict} {'' if label.label is None else label.label}")
+            console.print(Text(f"saved: {label.verdict} {'' if label.label is None else label.label}"))
             done += 1
             break
     return done

@@ -388,12 +388,22 @@ class Flywheel:
             return sum(int(getattr(s, field)) for s in lanes.values())
 
         errors = [f"{lane}: {s.last_error}" for lane, s in lanes.items() if s.last_error]
+        dropped: dict[str, int] = {}
+        for s in lanes.values():
+            for reason, n in s.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+        paused = {lane: s.paused for lane, s in lanes.items() if s.paused}
         return {
             "sink": {
                 **{f: total(f) for f in ("queued", "spooled", "delivered", "failed", "pending")},
+                "dropped": dropped,  # by reason; also counted in failed
+                "paused": paused or None,  # lane -> why its queuing is paused right now
                 "transport": self.transport.name,
                 "last_error": "; ".join(errors) or None,
-                "lanes": {lane: {f: getattr(s, f) for f in ("queued", "pending")} for lane, s in lanes.items()},
+                "lanes": {
+                    lane: {"queued": s.queued, "pending": s.pending, "dropped": s.dropped, "paused": s.paused}
+                    for lane, s in lanes.items()
+                },
             },
             "policy": policy,
             "labels": labels,

@@ -15,26 +15,48 @@ On disk, under ``<data_dir>/spool``::
 
 Segments hold ``segment_items`` records each; a segment whose last record is
 delivered is deleted (compaction). Memory is bounded: only the segment index
-(first seq and count per segment) is held, never the records.
+(first seq, count and size per segment) is held, never the records.
+
+An append is all-or-nothing: on any error (a failed write, a short write on a
+full disk, a failed fsync) every byte of it is cut off again and fsync'd, so
+no half record and no record that was not acknowledged stays behind, and the
+next append reuses its sequence numbers. ``max_bytes`` caps the segments'
+size on disk; an append past it is refused (``SpoolWriteError``, reason
+``spool_full``) until delivery or the rotation's progress compacts segments.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shadowd.errors import SpoolError
+from shadowd.errors import SpoolError, SpoolWriteError
 
-__all__ = ["Spool", "SpoolRecord", "lane_spool_dir", "read_offset", "read_spool", "spool_last_seq", "write_atomic"]
+__all__ = [
+    "SegmentFile",
+    "Spool",
+    "SpoolRecord",
+    "lane_spool_dir",
+    "read_offset",
+    "read_spool",
+    "spool_last_seq",
+    "write_atomic",
+]
+
+log = logging.getLogger(__name__)
 
 _SEGMENT_PREFIX = "seg-"
 _SEGMENT_SUFFIX = ".jsonl"
+# No space, no quota, or over the process's file size limit: space can come back.
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass(frozen=True)
@@ -51,10 +73,45 @@ class _Segment:
     first_seq: int
     count: int
     path: Path
+    size_bytes: int
 
     @property
     def last_seq(self) -> int:
         return self.first_seq + self.count - 1
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """The part of one append that goes to one segment file."""
+
+    first_seq: int
+    path: Path
+    new: bool
+    data: bytes
+    count: int
+
+
+class SegmentFile:
+    """A segment file opened for appending. Every byte the spool appends goes through one of
+    these (tests pass a subclass that fails where a real disk would)."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def write(self, data: bytes | memoryview) -> int:
+        return os.write(self.fd, data)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def truncate(self, size_bytes: int) -> None:
+        os.ftruncate(self.fd, size_bytes)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _segment_path(directory: Path, first_seq: int) -> Path:
@@ -107,12 +164,23 @@ class Spool:
     reads and commits.
     """
 
-    def __init__(self, directory: str | Path, segment_items: int = 1000, fsync: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        segment_items: int = 1000,
+        fsync: bool = True,
+        max_bytes: int | None = None,
+        open_segment: Callable[[Path], SegmentFile] = SegmentFile,
+    ):
         if segment_items < 1:
             raise ValueError(f"got {segment_items} for segment_items; must be >= 1")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"got {max_bytes} for max_bytes; must be >= 1")
         self.directory = Path(directory)
         self.segment_items = segment_items
+        self.max_bytes = max_bytes
         self._fsync = fsync
+        self._open_segment = open_segment
         self._lock = threading.Lock()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -126,9 +194,12 @@ class Spool:
             raise SpoolError(f"{self.directory}: spool is in use by another process") from None
         self._delivered = self._read_delivered()
         self._segments = self._scan()
+        self._bytes = sum(s.size_bytes for s in self._segments)
         self._next_seq = self._segments[-1].last_seq + 1 if self._segments else self._delivered + 1
         # A crash can leave delivered ahead of the log (segments compacted, offset kept): fine.
         self._next_seq = max(self._next_seq, self._delivered + 1)
+        # Cuts a failed append could not make yet (path, size to cut back to, file made by it).
+        self._uncut: list[tuple[Path, int, bool]] = []
         self._closed = False
 
     # --- opening ---
@@ -143,7 +214,7 @@ class Spool:
             first = int(path.name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)])
             count = self._repair(path, first, last=i == len(paths) - 1)
             if count:
-                segments.append(_Segment(first, count, path))
+                segments.append(_Segment(first, count, path, path.stat().st_size))
             else:
                 path.unlink()
         return segments
@@ -173,35 +244,120 @@ class Spool:
     # --- writing ---
 
     def append(self, records: Sequence[tuple[str, str]]) -> int:
-        """Append ``(key, value_json)`` records durably (one fsync); return the last seq."""
+        """Append ``(key, value_json)`` records durably (one fsync per segment touched); return the
+        last seq. All or nothing: ``SpoolWriteError`` means none of them is on disk."""
         if not records:
             return self._next_seq - 1
         with self._lock:
             self._check_open()
-            i = 0
-            while i < len(records):
-                seg = self._segments[-1] if self._segments else None
-                if seg is None or seg.count >= self.segment_items:
-                    seg = _Segment(self._next_seq, 0, _segment_path(self.directory, self._next_seq))
-                    self._segments.append(seg)
-                    new_file = True
+            self._cut_leftovers()
+            chunks = self._plan(records)
+            size = sum(len(c.data) for c in chunks)
+            if self.max_bytes is not None:
+                if size > self.max_bytes:
+                    raise SpoolWriteError(
+                        f"{len(records)} records are {size} bytes, more than the spool's cap of {self.max_bytes} "
+                        "(annotations.spool_max_bytes)",
+                        "too_large",
+                    )
+                if self._bytes + size > self.max_bytes:
+                    raise SpoolWriteError(
+                        f"{self.directory}: spool holds {self._bytes} of {self.max_bytes} bytes "
+                        f"(annotations.spool_max_bytes); {size} more do not fit until items are delivered",
+                        "spool_full",
+                    )
+            touched: list[tuple[Path, int, bool]] = []
+            try:
+                for c in chunks:
+                    self._write(c, touched)
+            except OSError as err:
+                self._cut(touched)
+                reason = "disk_full" if err.errno in _DISK_FULL_ERRNOS else "write_error"
+                raise SpoolWriteError(
+                    f"{self.directory}: append of {len(records)} records failed "
+                    f"({err.strerror or err}); none of them was kept",
+                    reason,
+                ) from None
+            for c in chunks:  # all on disk: now the index
+                if c.new:
+                    self._segments.append(_Segment(c.first_seq, c.count, c.path, len(c.data)))
                 else:
-                    new_file = False
-                take = records[i : i + self.segment_items - seg.count]
-                lines = []
-                for offset, (key, value_json) in enumerate(take):
-                    lines.append(f'{{"seq":{self._next_seq + offset},"key":{json.dumps(key)},"value":{value_json}}}\n')
-                with open(seg.path, "a", encoding="utf-8") as f:
-                    f.write("".join(lines))
-                    f.flush()
-                    if self._fsync:
-                        os.fsync(f.fileno())
-                if new_file and self._fsync:
-                    _fsync_dir(self.directory)
-                seg.count += len(take)
-                self._next_seq += len(take)
-                i += len(take)
+                    self._segments[-1].count += c.count
+                    self._segments[-1].size_bytes += len(c.data)
+            self._next_seq += len(records)
+            self._bytes += size
             return self._next_seq - 1
+
+    def _plan(self, records: Sequence[tuple[str, str]]) -> list[_Chunk]:
+        """Split records over the newest segment's room and new segments."""
+        chunks = []
+        seq = self._next_seq
+        last = self._segments[-1] if self._segments else None
+        room = self.segment_items - last.count if last is not None else 0
+        i = 0
+        while i < len(records):
+            if room <= 0 or last is None:
+                new, room, path = True, self.segment_items, _segment_path(self.directory, seq)
+            else:
+                new, path = False, last.path
+            take = records[i : i + room]
+            lines = [
+                f'{{"seq":{seq + n},"key":{json.dumps(key)},"value":{value_json}}}\n'
+                for n, (key, value_json) in enumerate(take)
+            ]
+            chunks.append(_Chunk(seq, path, new, "".join(lines).encode(), len(take)))
+            seq += len(take)
+            i += len(take)
+            room = 0
+        return chunks
+
+    def _write(self, chunk: _Chunk, touched: list[tuple[Path, int, bool]]) -> None:
+        """Append one chunk and fsync it; ``touched`` learns where to cut back to before any byte is written."""
+        f = self._open_segment(chunk.path)
+        try:
+            touched.append((chunk.path, f.size(), chunk.new))
+            view = memoryview(chunk.data)
+            while view:
+                n = f.write(view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "short write")
+                view = view[n:]  # a full disk or a file size limit can take part of it
+            if self._fsync:
+                f.sync()
+        finally:
+            f.close()
+        if chunk.new and self._fsync:
+            _fsync_dir(self.directory)
+
+    def _cut(self, touched: list[tuple[Path, int, bool]]) -> None:
+        """Cut every touched file back to its size before the failed append, newest first, and fsync."""
+        left = []
+        for path, size, new in reversed(touched):
+            try:
+                f = self._open_segment(path)
+                try:
+                    f.truncate(size)
+                    f.sync()
+                finally:
+                    f.close()
+            except OSError as err:
+                log.error("spool: cannot cut %s back to %d bytes (%s); appends wait until it can", path, size, err)
+                left.append((path, size, new))
+                continue
+            if new and size == 0:
+                path.unlink(missing_ok=True)
+        self._uncut = left + self._uncut
+
+    def _cut_leftovers(self) -> None:
+        """Before appending again, finish cuts a failed append could not make (their seqs are reused)."""
+        if not self._uncut:
+            return
+        pending, self._uncut = self._uncut, []
+        self._cut(list(reversed(pending)))
+        if self._uncut:
+            raise SpoolWriteError(
+                f"{self.directory}: a failed append is not cut back yet; no append until it is", "write_error"
+            )
 
     def commit(self, seq: int) -> None:
         """Mark every record up to ``seq`` delivered; delete fully delivered segments."""
@@ -214,11 +370,16 @@ class Spool:
             write_atomic(self.directory / "delivered", str(seq), fsync=self._fsync)
             self._delivered = seq
             while self._segments and self._segments[0].last_seq <= seq and len(self._segments) > 1:
-                self._segments.pop(0).path.unlink()
+                self._drop_first_segment()
             # Keep the newest segment file (appends continue there) unless it is
             # fully delivered and full.
             if self._segments and self._segments[0].last_seq <= seq and self._segments[0].count >= self.segment_items:
-                self._segments.pop(0).path.unlink()
+                self._drop_first_segment()
+
+    def _drop_first_segment(self) -> None:
+        seg = self._segments.pop(0)
+        seg.path.unlink()
+        self._bytes -= seg.size_bytes
 
     # --- reading ---
 
@@ -256,6 +417,11 @@ class Spool:
     @property
     def pending_count(self) -> int:
         return self._next_seq - 1 - self._delivered
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the segment files on disk (what ``max_bytes`` caps)."""
+        return self._bytes
 
     def close(self) -> None:
         with self._lock:

@@ -45,6 +45,13 @@ class ShadowdMetrics:
             ["status"],
             registry=reg,
         )
+        self.auth_failures = Counter(
+            "shadowd_auth_failures_total",
+            "Requests refused for their token, by the scope the route needs (predict, labels, read, admin) and "
+            "status (401: missing or unknown token; 403: the token lacks the scope).",
+            ["scope", "status"],
+            registry=reg,
+        )
         self.latency = Histogram(
             "shadowd_model_latency_seconds",
             "Model call latency per example, by role.",
@@ -130,6 +137,36 @@ class ShadowdMetrics:
             ["lane"],
             registry=reg,
             multiprocess_mode="mostrecent",  # one writer (the hub); a dead one's value must not linger
+        )
+        # issue 12: a spool that cannot lose an acknowledged item, and says when it cannot take more
+        self.annotation_items_dropped = Counter(
+            "shadowd_annotation_items_dropped_total",
+            "Annotation items dropped before reaching the spool, by reason (disk_full, spool_full, write_error: "
+            "queuing paused; too_large, unserializable, buffer_full, closed) and lane; also counted as outcome failed.",
+            ["lane", "reason"],
+            registry=reg,
+        )
+        self.spool_bytes = Gauge(
+            "shadowd_spool_bytes",
+            "Bytes of the local annotation spool's segment files on disk, by lane (evaluation, review).",
+            ["lane"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.spool_max_bytes = Gauge(
+            "shadowd_spool_max_bytes",
+            "Each lane's spool byte cap (annotations.spool_max_bytes); appends past it pause that lane's queuing.",
+            ["lane"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.spool_paused = Gauge(
+            "shadowd_spool_paused",
+            "1 while annotation queuing is paused because the spool refuses appends, by reason (disk_full, "
+            "spool_full, write_error) and lane; it resumes by itself when an append succeeds.",
+            ["lane", "reason"],
+            registry=reg,
+            multiprocess_mode="mostrecent",
         )
         # issue 7: expectations, numerical stability, drift (shadowd/expect/)
         self.expectation_violations = Counter(

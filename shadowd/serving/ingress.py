@@ -5,8 +5,12 @@ parsed, answered from production, and, if sampled, production's side of the
 pair is offered to the ``ShadowBuffer`` (O(1), never blocks). Everything else
 (candidate, comparison, annotation) happens in other deployments.
 
-Routes: POST /predict, POST /feedback, GET /shadow/report, POST /shadow/reset,
-GET /healthz.
+Routes and the token scope each needs (``shadowd.serving.auth``), checked
+before the body is read: POST /predict (open, or ``predict`` with
+``auth.predict_requires_token``), POST /feedback (``labels``), GET
+/shadow/report (``read``), POST /shadow/reset (``admin``), GET /healthz
+(open). A failure of shadowd or the model answers 500 with the request id to
+find it in the log, never the exception text.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -24,11 +29,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shadowd.config import ShadowdConfig
-from shadowd.errors import BadRequest
+from shadowd.errors import AuthError, BadRequest
 from shadowd.expect import ExpectationSet, Violation, record_violations, violation_item
 from shadowd.models.runtime import check_rows, load_model
 from shadowd.records import Mirrored, MirroredBatch, ModelOutput, Outcome
 from shadowd.sampling import is_sampled
+from shadowd.serving.auth import Scope, load_tokens
 from shadowd.serving.protocol import PredictRequest, parse_feedback, parse_predict, read_json, request_id_from
 from shadowd.serving.runtime import process_metrics
 from shadowd.serving.shadow_buffer import ShadowBuffer
@@ -38,6 +44,9 @@ __all__ = ["ShadowIngress"]
 log = logging.getLogger(__name__)
 
 _HUB_CALLS = 16  # report/feedback/reset calls one ingress replica lets wait on the hub at once
+_BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="shadowd"'}
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _serve_request_id() -> str | None:
@@ -46,6 +55,14 @@ def _serve_request_id() -> str | None:
     from ray.serve.context import _get_serve_request_context  # no public accessor yet
 
     return _get_serve_request_context().request_id or None
+
+
+def _internal_error(request_id: str, what: str) -> JSONResponse:
+    """A 500 that tells the client which request to look up, never the exception (it may hold data)."""
+    return JSONResponse(
+        {"error": f"{what}; the shadowd log has the details under request id {request_id}", "request_id": request_id},
+        status_code=500,
+    )
 
 
 class ShadowIngress:
@@ -81,29 +98,43 @@ class ShadowIngress:
                 max_flush_size=config.shadow.max_flush_size,
                 on_drop=lambda reason, n: self._metrics.pairs_dropped.labels(reason).inc(n),
             )
-        self._routes = {
-            ("POST", "/predict"): self._predict,
-            ("POST", "/feedback"): self._feedback,
-            ("GET", "/shadow/report"): self._report,
-            ("POST", "/shadow/reset"): self._reset,
-            ("GET", "/healthz"): self._healthz,
+        self._tokens = load_tokens(config)
+        predict_scope: Scope | None = "predict" if config.auth.predict_requires_token else None
+        self._routes: dict[tuple[str, str], tuple[Handler, Scope | None]] = {
+            ("POST", "/predict"): (self._predict, predict_scope),
+            ("POST", "/feedback"): (self._feedback, "labels"),
+            ("GET", "/shadow/report"): (self._report, "read"),
+            ("POST", "/shadow/reset"): (self._reset, "admin"),
+            ("GET", "/healthz"): (self._healthz, None),
         }
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :] or "/"
-        handler = self._routes.get((request.method, path))
+        route = self._routes.get((request.method, path))
         try:
-            if handler is None:
+            if route is None:
                 known = [p for (m, p) in self._routes if p == path]
                 if known:
                     raise BadRequest(f"{request.method} is not allowed on {path}", 405)
                 raise BadRequest(f"no route {path}; see /predict, /feedback, /shadow/report, /healthz", 404)
+            handler, scope = route
+            if scope is not None:  # before the body is read: a request without the token costs nothing more
+                self._tokens.check(request.headers.get("authorization"), scope, f"{request.method} {path}")
             return await handler(request)
+        except AuthError as err:
+            self._metrics.auth_failures.labels(scope=err.scope, status=str(err.http_status)).inc()
+            self._metrics.bad_requests.labels(str(err.http_status)).inc()
+            headers = _BEARER_CHALLENGE if err.http_status == 401 else None
+            return JSONResponse({"error": err.reason}, status_code=err.http_status, headers=headers)
         except BadRequest as err:
             self._metrics.bad_requests.labels(str(err.http_status)).inc()
             return JSONResponse({"error": err.reason}, status_code=err.http_status)
+        except Exception:  # a bug or a dead hub: the log has the details, the client gets the id to find them
+            request_id = _serve_request_id() or "-"
+            log.exception("internal error answering %s %s (request %s)", request.method, path, request_id)
+            return _internal_error(request_id, "internal error")
 
     async def _json(self, request: Request) -> dict[str, Any]:
         limit = self._cfg.serving.max_body_bytes
@@ -144,7 +175,7 @@ class ShadowIngress:
     async def _predict(self, request: Request) -> Response:
         t_start = time.perf_counter()
         request_id = request_id_from(request.headers, _serve_request_id())
-        req = parse_predict(await self._json(request), request_id, self._input_shape)
+        req = parse_predict(await self._json(request), request_id, self._input_shape, self._cfg.serving)
         violations = self._expect.check_request(req.features, req.inputs)
         if violations:
             record_violations(self._metrics, violations)
@@ -153,11 +184,10 @@ class ShadowIngress:
         t0 = time.perf_counter()
         try:
             out = await self._run_production(req.inputs)
-        except Exception as err:
+        except Exception:
             self._metrics.requests.labels("production", "error").inc()
             log.exception("production model failed on request %s", request_id)
-            reason = f"production model failed: {type(err).__name__}: {err}"[:500]
-            return JSONResponse({"error": reason, "request_id": request_id}, status_code=500)
+            return _internal_error(request_id, "the production model failed")
         latency_s = time.perf_counter() - t0
         values = np.asarray(out, dtype=np.float64).reshape(-1)
         outcome = check_rows(values[None], 1, None)[0][0]

@@ -2,6 +2,10 @@
 
 Everything a client can get wrong raises ``BadRequest`` with the status and
 a one-line reason, so the ingress never answers a bad request with a 500.
+What passes is bounded (``serving.max_feature_*``), finite (unless
+``serving.allow_nonfinite_inputs``) and carries a well-formed request id:
+nothing a client sends reaches the shadow path or the hub's threads in a
+shape that can break them (a 600-byte body nested 300 deep once did).
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from shadowd.config import ServingConfig
 from shadowd.errors import BadRequest, PayloadTooLarge
 from shadowd.records import Label
 
-__all__ = ["PredictRequest", "parse_feedback", "parse_predict", "read_json", "request_id_from"]
+__all__ = ["PredictRequest", "check_features", "parse_feedback", "parse_predict", "read_json", "request_id_from"]
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Matched whole (fullmatch): "$" would let a trailing newline through.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_FLOAT_MAX = 1.7976931348623157e308
+_DEFAULT_SERVING = ServingConfig()
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ def request_id_from(headers: Mapping[str, str], proxy_id: str | None = None) -> 
     rid = headers.get("x-request-id")
     if rid is None:
         return proxy_id or uuid.uuid4().hex
-    if not _REQUEST_ID.match(rid):
+    if not _REQUEST_ID.fullmatch(rid):
         raise BadRequest("X-Request-ID must be 1-128 characters of letters, digits and . _ : -", 400)
     return rid
 
@@ -55,7 +63,11 @@ def read_json(body: bytes, max_body_bytes: int) -> dict[str, Any]:
     return data
 
 
-def parse_predict(data: dict[str, Any], request_id: str, input_shape: tuple[int, ...]) -> PredictRequest:
+def parse_predict(
+    data: dict[str, Any], request_id: str, input_shape: tuple[int, ...], serving: ServingConfig | None = None
+) -> PredictRequest:
+    """A typed predict request; ``serving`` gives the input limits (the defaults when None)."""
+    limits = serving or _DEFAULT_SERVING
     unknown = sorted(set(data) - {"inputs", "features"})
     if unknown:
         raise BadRequest(f"unknown field(s) {', '.join(unknown)}; expected 'inputs' and optional 'features'", 422)
@@ -64,14 +76,79 @@ def parse_predict(data: dict[str, Any], request_id: str, input_shape: tuple[int,
     features = data.get("features") or {}
     if not isinstance(features, dict):
         raise BadRequest(f"'features' must be an object, got {type(features).__name__}", 422)
+    check_features(features, limits)
     raw = data["inputs"]
     try:
-        x = np.asarray(raw, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a number beyond float32 becomes inf: refused below, not warned
+            x = np.asarray(raw, dtype=np.float32)
     except (TypeError, ValueError, OverflowError, RecursionError):
         raise BadRequest(f"'inputs' must be numbers nested as {list(input_shape)}", 422) from None
     if x.shape != input_shape:
         raise BadRequest(f"'inputs' has shape {list(x.shape)}; the model takes {list(input_shape)}", 422)
+    if not limits.allow_nonfinite_inputs and not np.isfinite(x).all():
+        raise BadRequest(
+            "'inputs' holds NaN, Infinity or a number beyond float32 range; serving.allow_nonfinite_inputs is off",
+            422,
+        )
     return PredictRequest(request_id, x, features)
+
+
+def _where(path: str) -> str:
+    return path if len(path) <= 80 else path[:77] + "..."
+
+
+def check_features(features: dict[str, Any], limits: ServingConfig) -> None:
+    """Raise ``BadRequest`` naming the limit when ``features`` is too deep, has too many keys,
+    holds a non-finite number (unless allowed) or is too large. Iterative: any depth is safe."""
+    keys = 0
+    stack: list[tuple[str, Any, int]] = [("features", features, 1)]
+    while stack:
+        path, node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limits.max_feature_depth:
+                raise BadRequest(
+                    f"'{_where(path)}' nests {depth} deep; serving.max_feature_depth is {limits.max_feature_depth}",
+                    422,
+                )
+            if isinstance(node, dict):
+                keys += len(node)
+                if keys > limits.max_feature_keys:
+                    raise BadRequest(
+                        f"'features' has more than {limits.max_feature_keys} keys (serving.max_feature_keys)", 413
+                    )
+                for k, v in node.items():
+                    _check_text(k, path)
+                    stack.append((f"{path}.{k}", v, depth + 1))
+            else:
+                stack.extend((f"{path}[{i}]", v, depth + 1) for i, v in enumerate(node))
+        elif isinstance(node, str):
+            _check_text(node, path)
+        elif not limits.allow_nonfinite_inputs and not _finite_or_not_number(node):
+            raise BadRequest(
+                f"'{_where(path)}' is NaN, Infinity or beyond float range; serving.allow_nonfinite_inputs is off", 422
+            )
+    size = len(json.dumps(features, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > limits.max_feature_bytes:
+        raise BadRequest(
+            f"'features' is {size} bytes as JSON; serving.max_feature_bytes is {limits.max_feature_bytes}", 413
+        )
+
+
+def _check_text(text: str, path: str) -> None:
+    # JSON may escape a lone surrogate (\ud800), which no UTF-8 writer (spool, Kafka) can encode.
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise BadRequest(f"'{_where(path)}' holds a lone surrogate (\\ud800-\\udfff), not text", 422) from None
+
+
+def _finite_or_not_number(v: Any) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return -_FLOAT_MAX <= v <= _FLOAT_MAX
+    return True
 
 
 def _finite_number(v: Any) -> bool:
@@ -85,7 +162,7 @@ def _finite_number(v: Any) -> bool:
 
 def parse_feedback(data: dict[str, Any], now_s: float) -> Label:
     rid = data.get("request_id")
-    if not isinstance(rid, str) or not _REQUEST_ID.match(rid):
+    if not isinstance(rid, str) or not _REQUEST_ID.fullmatch(rid):
         raise BadRequest("'request_id' must be a request id string", 422)
     if "label" not in data:
         raise BadRequest("missing 'label'", 422)

@@ -54,7 +54,11 @@ def test_run_serves_until_sigterm_then_saves_state_and_queue(tmp_path):
             for i in range(40):
                 body = {"inputs": rng.normal(size=8).round(3).tolist(), "features": {}}
                 assert s.post(f"{url}/predict", json=body, headers={"X-Request-ID": f"run-{i}"}, timeout=30).ok
-        report = wait_for_pairs(url, 40, 60)
+        # No tokens configured, loopback: the run generated one, readable only by its owner.
+        token_file = tmp_path / "data" / "auth" / "token"
+        assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+        report = wait_for_pairs(url, 40, 60, token_file.read_text().strip())
+        assert requests.get(f"{url}/shadow/report", timeout=10).status_code == 401
         assert report["overall"]["pairs"] == 40
         metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         assert 'shadowd_requests_total{outcome="ok",role="production"} 40.0' in metrics

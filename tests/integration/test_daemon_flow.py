@@ -74,7 +74,7 @@ def test_divergent_items_reach_kafka_keyed_by_request_id(shadowd_app, kafka_brok
     expected = _expected_divergent(reqs)
     assert 5 < len(expected) < 60
     _send(daemon.url, reqs)
-    assert wait_for_pairs(daemon.url, 60, 60)["overall"]["divergent"] == len(expected)
+    assert wait_for_pairs(daemon.url, 60, 60, daemon.token)["overall"]["divergent"] == len(expected)
 
     topics = (topic, f"{topic}.evaluation")  # the review lane and the evaluation lane
     consumer = KafkaConsumer(*topics, **consumer_config(kafka_broker.bootstrap, group_id=f"g-{topic}"))
@@ -103,36 +103,38 @@ def test_labels_join_over_http_and_evidence_survives_restart(shadowd_app):
     daemon = shadowd_app(raw)
     reqs = _bodies(30, seed=12)
     _send(daemon.url, reqs)
-    assert wait_for_pairs(daemon.url, 30, 60)["overall"]["pairs"] == 30
-    url = daemon.url
+    assert wait_for_pairs(daemon.url, 30, 60, daemon.token)["overall"]["pairs"] == 30
+    url, auth = daemon.url, daemon.headers  # the run's generated token (loopback, none configured)
     for rid, _ in reqs[:10]:
-        r = requests.post(f"{url}/feedback", json={"request_id": rid, "label": 1}, timeout=10)
+        r = requests.post(f"{url}/feedback", json={"request_id": rid, "label": 1}, headers=auth, timeout=10)
         assert r.status_code == 200 and r.json()["status"] == "joined", r.text
         assert set(r.json()["losses"]) == {"production", "candidate"}
-    unknown = requests.post(f"{url}/feedback", json={"request_id": "never-seen", "label": 1}, timeout=10)
+    unknown = requests.post(f"{url}/feedback", json={"request_id": "never-seen", "label": 1}, headers=auth, timeout=10)
     assert unknown.status_code == 404 and "never-seen" in unknown.json()["error"]
-    wrong = requests.post(f"{url}/feedback", json={"request_id": reqs[10][0], "label": 99}, timeout=10)
+    wrong = requests.post(f"{url}/feedback", json={"request_id": reqs[10][0], "label": 99}, headers=auth, timeout=10)
     assert wrong.status_code == 422 and "class index" in wrong.json()["message"]
-    before = requests.get(f"{url}/shadow/report", timeout=10).json()
+    before = requests.get(f"{url}/shadow/report", headers=auth, timeout=10).json()
     assert before["overall"]["labels"]["used"] == 10 and before["overall"]["labels"]["by_channel"] == {"feedback": 10}
 
     daemon.stop()  # graceful: the hub saves its state
     again = shadowd_app(raw)
-    after = requests.get(f"{again.url}/shadow/report", timeout=10).json()
+    after = requests.get(f"{again.url}/shadow/report", headers=again.headers, timeout=10).json()
     assert after["overall"]["pairs"] == 30 and after["overall"]["flips"] == before["overall"]["flips"]
     assert after["overall"]["labels"]["used"] == 10
     # The pair store survived too: a late label for an old request still joins.
-    late = requests.post(f"{again.url}/feedback", json={"request_id": reqs[20][0], "label": 2}, timeout=10)
+    late = requests.post(
+        f"{again.url}/feedback", json={"request_id": reqs[20][0], "label": 2}, headers=again.headers, timeout=10
+    )
     assert late.status_code == 200 and late.json()["status"] == "joined"
 
     # The CLI against the live daemon: the gate's exit code, then a new window.
-    runner = CliRunner()
+    runner = CliRunner(env={"SHADOWD_TOKEN": again.token})
     gated = runner.invoke(app, ["report", "--url", again.url, "--gate", "--format", "json"])
     # 30 pairs and 11 labels are below every check's minimum sample: no verdict yet.
     assert json.loads(gated.stdout)["gate"]["verdict"] == "INCONCLUSIVE"
     assert gated.exit_code == 3
     assert runner.invoke(app, ["report", "--url", again.url, "--reset"]).exit_code == 0
-    assert requests.get(f"{again.url}/shadow/report", timeout=10).json()["overall"]["pairs"] == 0
+    assert requests.get(f"{again.url}/shadow/report", headers=again.headers, timeout=10).json()["overall"]["pairs"] == 0
 
 
 @pytest.mark.parametrize("mode", ["answer", "reject"])
@@ -158,12 +160,12 @@ def test_expectations_on_live_traffic(shadowd_app, tmp_path, mode):
         assert "required" in answers[1].json()["error"]
         return
     assert [a.status_code for a in answers] == [200, 200]
-    report = wait_for_pairs(daemon.url, 3, 60)
+    report = wait_for_pairs(daemon.url, 3, 60, daemon.token)
     violations = report["expectations"]["violations"]["overall"]
     assert violations == {"features.hour.range": 1, "features.hour.required": 1}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        report = requests.get(f"{daemon.url}/shadow/report", timeout=10).json()
+        report = requests.get(f"{daemon.url}/shadow/report", headers=daemon.headers, timeout=10).json()
         if report["annotations"]["sink"]["queued"] >= 2:
             break
         time.sleep(0.2)
@@ -188,8 +190,8 @@ def test_gate_verdict_changes_become_grafana_annotations(shadowd_app, grafana):
         }
     )
     _send(daemon.url, _bodies(400, seed=13))
-    assert wait_for_pairs(daemon.url, 400, 60)["overall"]["pairs"] == 400
-    verdict = requests.get(f"{daemon.url}/shadow/report", timeout=10).json()["gate"]["verdict"]
+    assert wait_for_pairs(daemon.url, 400, 60, daemon.token)["overall"]["pairs"] == 400
+    verdict = requests.get(f"{daemon.url}/shadow/report", headers=daemon.headers, timeout=10).json()["gate"]["verdict"]
     assert verdict == "FAIL"  # a candidate that flips a large share of answers
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any("FAIL" in str(a.get("tags")).upper() for a in grafana.annotations):

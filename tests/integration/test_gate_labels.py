@@ -71,8 +71,9 @@ def _traffic(url: str, reqs: list[DemoRequest]) -> None:
     assert {r.status_code for r in codes} == {200}
 
 
-def _feedback(url: str, reqs: list[DemoRequest]) -> None:
+def _feedback(url: str, reqs: list[DemoRequest], auth: dict[str, str]) -> None:
     with requests.Session() as s:
+        s.headers.update(auth)
         for r in reqs:
             got = s.post(f"{url}/feedback", json={"request_id": r.request_id, "label": r.label}, timeout=30)
             assert got.status_code == 200, got.text
@@ -82,7 +83,8 @@ def _label_evaluation_lane(daemon: Any, truth: dict[str, int]) -> int:
     """The on-call annotator: every evaluation item, labelled with the truth; then wait for the joins."""
 
     def handled() -> int:
-        labels = requests.get(f"{daemon.url}/shadow/report", timeout=30).json()["annotations"]["labels"]
+        report = requests.get(f"{daemon.url}/shadow/report", headers=daemon.headers, timeout=30).json()
+        labels = report["annotations"]["labels"]
         return int(sum(labels.values()))
 
     before = handled()
@@ -106,11 +108,11 @@ def _run(shadowd_app: Any, candidate: dict[str, Any], seed_models: dict[str, Pat
     daemon = shadowd_app(_config(_torchscript("seed0", seed_models["seed0"]), candidate))
     reqs = list(demo_requests(N_REQUESTS, run_id=uuid.uuid4().hex[:8]))
     _traffic(daemon.url, reqs)
-    assert wait_for_pairs(daemon.url, N_REQUESTS, 120)["overall"]["pairs"] == N_REQUESTS
-    _feedback(daemon.url, reqs[: int(feedback_share * N_REQUESTS)])
+    assert wait_for_pairs(daemon.url, N_REQUESTS, 120, daemon.token)["overall"]["pairs"] == N_REQUESTS
+    _feedback(daemon.url, reqs[: int(feedback_share * N_REQUESTS)], daemon.headers)
     labelled = _label_evaluation_lane(daemon, {r.request_id: r.label for r in reqs})
     assert labelled > 0
-    report: dict = requests.get(f"{daemon.url}/shadow/report", timeout=30).json()
+    report: dict = requests.get(f"{daemon.url}/shadow/report", headers=daemon.headers, timeout=30).json()
     return report
 
 

@@ -52,6 +52,8 @@ SECRETS = {
     },
     "grafana": {"token": {"existingSecret": "grafana-api", "key": "token"}},
 }
+# Every install names the API tokens Secret (the chart refuses to render without it).
+REQUIRED = {"auth": {"existingSecret": "shadowd-api-tokens"}}
 MONITORING = {
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}, "prometheusRule": {"enabled": True}}
 }
@@ -98,7 +100,7 @@ def chart() -> Iterator[helm.Chart]:
 
 
 def render(chart: helm.Chart, values: dict[str, Any] | None = None, release: str = RELEASE) -> list[dict[str, Any]]:
-    out = chart.render(values or {}, name=release, namespace=NAMESPACE, is_install=True)
+    out = chart.render(_merge(REQUIRED, values or {}), name=release, namespace=NAMESPACE, is_install=True)
     docs = []
     for path, text in sorted(out.items()):
         if path.endswith("NOTES.txt"):
@@ -119,7 +121,7 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 
 @pytest.fixture(scope="module", params=sorted(SWITCHES), ids=sorted(SWITCHES))
 def rendered(request, chart) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-    values = SWITCHES[request.param]
+    values = _merge(REQUIRED, SWITCHES[request.param])
     return request.param, chart.merge_values(values), render(chart, values)
 
 
@@ -304,7 +306,8 @@ def quantities(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
 def test_helm_lint_is_clean(switch):
-    report = helm.lint(CHART, SWITCHES[switch], strict=True, namespace=NAMESPACE, kube_version=f"v{K8S_VERSION}.0")
+    values = _merge(REQUIRED, SWITCHES[switch])
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{K8S_VERSION}.0")
     findings = [m for m in report["messages"] if m["severity"] >= 2]  # 1 = info ("icon is recommended")
     assert report["errors"] == [] and findings == [], (report["errors"], findings)
 
@@ -483,6 +486,21 @@ def test_secrets_arrive_by_reference_under_the_names_the_config_uses(chart, mode
         assert str(kafka.ssl_cafile) == f"{mount}/{tls['items'][0]['path']}", where
 
 
+@pytest.mark.parametrize("mode", ["rayservice", "deployment"])
+def test_api_tokens_come_from_the_auth_secret_which_is_required(chart, mode):
+    with pytest.raises(helm.HelmRenderError, match=r"auth\.existingSecret is required"):
+        chart.render({"mode": mode}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = render(chart, {"mode": mode, "config": {"auth": {"predict_requires_token": True}}})
+    cfg = parse_config(yaml.safe_load(_config_text(docs)), "configmap")
+    assert cfg.auth.predict_requires_token  # the chart adds tokens_file, keeps the rest of config.auth
+    for where, _, spec in pod_specs(docs):
+        c = spec["containers"][0]
+        vol = next(v for v in spec["volumes"] if v["name"] == "auth-tokens")["secret"]
+        assert vol["secretName"] == "shadowd-api-tokens" and vol["defaultMode"] == 0o440, where
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "auth-tokens")
+        assert mount["readOnly"] and str(cfg.auth.tokens_file) == f"{mount['mountPath']}/{vol['items'][0]['path']}"
+
+
 def test_kafka_secret_without_kafka_config_fails_clearly(chart):
     with pytest.raises(helm.HelmRenderError, match=r"config\.annotations\.sink is not type kafka"):
         render(chart, {"kafka": {"sasl": {"existingSecret": "kafka-user"}}})
@@ -537,6 +555,102 @@ def test_long_release_names_fit_kuberay(chart, crd_validators):
     rs = one(docs, "RayService")
     assert len(rs["metadata"]["name"]) <= 47
     validate_object(rs, crd_validators)
+
+
+# --- tests: who may reach the pods, probes, disruptions -------------------------
+
+_OPEN_PORTS = {8000, 9100, 8080, 8265}  # serving, metrics, Ray's metrics, dashboard (the operator)
+
+
+def _selector(values) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "shadowd", "app.kubernetes.io/instance": RELEASE}
+
+
+def test_network_policy_admits_ray_ports_only_from_the_release(rendered):
+    _, values, docs = rendered
+    policy = one(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    for where, meta, _ in pod_specs(docs):
+        assert _selects(spec["podSelector"]["matchLabels"], meta["labels"]), where
+    own = [r for r in spec["ingress"] if "ports" not in r]
+    assert own == [{"from": [{"podSelector": {"matchLabels": _selector(values)}}]}]
+    by_port: dict[int, list] = {}
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without peers admits everyone"
+        for port in rule.get("ports", []):
+            by_port.setdefault(port["port"], []).extend(rule["from"])
+    assert set(by_port) <= _OPEN_PORTS  # GCS 6379, client 10001, agent 52365: the release's pods only
+    np = values["networkPolicy"]
+    assert by_port[8000][: len(np["servingFrom"])] == np["servingFrom"]
+    assert by_port[9100] == np["metricsFrom"]
+    if values["mode"] == "rayservice":
+        assert by_port[8265] == np["kubeRayOperatorFrom"] and by_port[8080] == np["metricsFrom"]
+    else:
+        assert 8265 not in by_port and 8080 not in by_port  # no dashboard; no Ray metrics port
+
+
+def test_network_policy_peers_are_configurable_and_an_empty_list_admits_no_one(chart):
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    docs = render(chart, {"networkPolicy": {"servingFrom": peers, "metricsFrom": []}})
+    rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    serving = [r["from"] for r in rules if {"port": 8000, "protocol": "TCP"} in r.get("ports", [])]
+    assert serving == [peers, chart.merge_values({})["networkPolicy"]["kubeRayOperatorFrom"]]
+    assert not [r for r in rules if {"port": 9100, "protocol": "TCP"} in r.get("ports", [])]
+    assert by_kind(render(chart, {"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+
+
+def test_metrics_are_not_exposed_outside_the_cluster_by_default(rendered):
+    _, values, docs = rendered
+    metrics = one(docs, "Service", f"{RELEASE}-shadowd-metrics")
+    assert metrics["spec"].get("type", "ClusterIP") == "ClusterIP" and metrics["spec"]["clusterIP"] == "None"
+    assert not any("ipBlock" in peer for peer in values["networkPolicy"]["metricsFrom"])
+
+
+_HEALTH_WITHOUT_THE_APP = {"/-/healthz", "/api/local_raylet_healthz", "/api/gcs_healthz"}
+
+
+def test_liveness_and_readiness_never_go_through_the_app_or_a_model(rendered):
+    """An overloaded model must not restart the pod: liveness and readiness ask Serve's proxy or
+    Ray itself, never a route of the shadowd app (the ingress, whose queue the model fills)."""
+    _, _values, docs = rendered
+    for where, _, spec in pod_specs(docs):
+        for c in spec["containers"]:
+            for probe in ("livenessProbe", "readinessProbe"):
+                assert c[probe]["httpGet"]["path"] in _HEALTH_WITHOUT_THE_APP, (where, probe)
+
+
+def test_termination_grace_outlasts_serves_graceful_shutdown_and_a_pdb_covers_the_pods(rendered):
+    from ray.serve._private.constants import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S  # no public accessor
+
+    _, values, docs = rendered
+    # Serve gives each replica up to graceful_shutdown_timeout_s to stop: the hub flushes the
+    # annotation queue and saves its state inside it; Ray's own stop comes after.
+    serve_grace_s = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+    for where, _, spec in pod_specs(docs):
+        assert spec["terminationGracePeriodSeconds"] >= 2 * serve_grace_s, where
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == values["podDisruptionBudget"]["maxUnavailable"]
+    for where, meta, _ in pod_specs(docs):
+        assert _selects(pdb["spec"]["selector"]["matchLabels"], meta["labels"]), where
+
+
+def test_ray_token_auth_is_on_by_default(chart):
+    cluster = one(render(chart, {}), "RayService")["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    off = one(render(chart, {"rayService": {"rayAuth": "disabled"}}), "RayService")["spec"]["rayClusterConfig"]
+    assert "authOptions" not in off
+
+
+def test_kafka_client_certificates_are_mounted_and_configured(chart):
+    tls = {"existingSecret": "kafka-client", "caKey": "ca.crt", "certKey": "tls.crt", "keyKey": "tls.key"}
+    docs = render(chart, _merge(SECRETS, {"kafka": {"tls": tls}}))
+    kafka = parse_config(yaml.safe_load(_config_text(docs)), "configmap").annotations.sink
+    for where, _, spec in pod_specs(docs):
+        vol = next(v for v in spec["volumes"] if v["name"] == "kafka-tls")["secret"]
+        assert [i["key"] for i in vol["items"]] == ["ca.crt", "tls.crt", "tls.key"], where
+        mount = _volume_paths(spec, "kafka-tls", spec["containers"][0])
+        assert (str(kafka.ssl_certfile), str(kafka.ssl_keyfile)) == (f"{mount}/tls.crt", f"{mount}/tls.key")
 
 
 # --- tests: services and monitoring -------------------------------------------

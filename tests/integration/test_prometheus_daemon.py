@@ -52,8 +52,9 @@ def _ray_metrics_target() -> str | None:
 class Traffic:
     """Sequential /predict calls with slice features, feedback for every third, until stopped."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, auth: dict[str, str]):
         self.url = url
+        self.auth = auth  # POST /feedback needs a token with scope labels
         self.sent = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -72,7 +73,10 @@ class Traffic:
                         self.errors.append(f"predict {r.status_code}: {r.text[:200]}")
                     if self.sent % 3 == 0:
                         s.post(
-                            f"{self.url}/feedback", json={"request_id": rid, "label": int(self.sent % 4)}, timeout=30
+                            f"{self.url}/feedback",
+                            json={"request_id": rid, "label": int(self.sent % 4)},
+                            headers=self.auth,
+                            timeout=30,
                         )
                     if self.sent % 25 == 0:
                         s.post(f"{self.url}/predict", json={"inputs": "not numbers"}, timeout=30)  # a 4xx
@@ -140,7 +144,7 @@ def scraped_daemon(ray_serve, kafka_broker, tmp_path_factory):
         "observability-test-config",
     )
     daemon = start_daemon(config, timeout_s=120)
-    traffic = Traffic(daemon.url).start()
+    traffic = Traffic(daemon.url, daemon.headers).start()
     try:
         yield daemon, traffic, metrics_port
     finally:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
+import yaml
 
 from shadowd.launcher import wait_for_pairs
 from shadowd.sampling import is_sampled
@@ -79,7 +82,7 @@ def test_production_answers_unchanged_whatever_the_candidate_does(shadowd_app, m
         # The candidate hangs 6 s per call; no request waited for it.
         assert worst_s < 3.0, worst_s
 
-    report = wait_for_pairs(daemon.url, N, 60)
+    report = wait_for_pairs(daemon.url, N, 60, daemon.token)
     overall = report["overall"]
     assert overall["pairs"] == N
     assert overall["candidate_outcomes"][outcome] == N, overall
@@ -92,7 +95,7 @@ def test_report_counts_flips_exactly(shadowd_app):
     reqs = _requests(60, seed=2)
     daemon = shadowd_app(_config(toy_model("cand", seed=5)))
     _send_all(daemon.url, reqs)
-    report = wait_for_pairs(daemon.url, 60, 60)
+    report = wait_for_pairs(daemon.url, 60, 60, daemon.token)
     prod, cand = ToyClassifier(seed=0), ToyClassifier(seed=5)
     x = np.asarray([b["inputs"] for _, b in reqs], dtype=np.float32)
     flips = int((prod.predict(x).argmax(1) != cand.predict(x).argmax(1)).sum())
@@ -111,15 +114,17 @@ def test_sampling_is_by_request_id_hash(shadowd_app):
     _send_all(daemon.url, reqs)
     expected = sum(is_sampled(rid, 0.5) for rid, _ in reqs)
     assert 20 < expected < 60
-    wait_for_pairs(daemon.url, expected, 60)
+    wait_for_pairs(daemon.url, expected, 60, daemon.token)
     time.sleep(0.5)  # nothing more should arrive
-    assert requests.get(f"{daemon.url}/shadow/report", timeout=10).json()["overall"]["pairs"] == expected
+    report = requests.get(f"{daemon.url}/shadow/report", headers=daemon.headers, timeout=10).json()
+    assert report["overall"]["pairs"] == expected
 
 
 def test_bad_requests_get_4xx_and_daemon_keeps_serving(shadowd_app):
     daemon = shadowd_app({**_config(toy_model("cand", seed=1)), "serving": {"max_body_bytes": 2048}})
-    url = daemon.url
+    url, auth = daemon.url, daemon.headers
     good = {"inputs": [0.1] * 8}
+    deep = b'{"inputs": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], "features": {"a": ' + b"[" * 300 + b"]" * 300 + b"}}"
     cases: list[tuple[dict[str, Any], int, str]] = [
         (dict(data=b"{not json", headers={"Content-Type": "application/json"}), 400, "not valid JSON"),
         (dict(json=[1, 2, 3]), 422, "JSON object"),
@@ -131,6 +136,11 @@ def test_bad_requests_get_4xx_and_daemon_keeps_serving(shadowd_app):
         (dict(json={"inputs": [0.1] * 8, "extra": 1}), 422, "unknown field"),
         (dict(data=json.dumps({"inputs": [0.1] * 8, "pad": "x" * 4000})), 413, "limit is 2048"),
         (dict(json=good, headers={"X-Request-ID": "bad id with spaces"}), 400, "X-Request-ID"),
+        # input limits: nothing a client sends may reach the shadow path in a shape that breaks it
+        (dict(data=deep, headers={"X-Request-ID": "deep"}), 422, "serving.max_feature_depth is 4"),
+        (dict(data=b'{"inputs": [NaN, 1, 1, 1, 1, 1, 1, 1]}'), 422, "serving.allow_nonfinite_inputs"),
+        (dict(data=b'{"inputs": [1e999, 1, 1, 1, 1, 1, 1, 1]}'), 422, "serving.allow_nonfinite_inputs"),
+        (dict(json={"inputs": [0.1] * 8, "features": {f"k{i}": i for i in range(65)}}), 413, "max_feature_keys"),
     ]
     for kwargs, status, reason in cases:
         r = requests.post(f"{url}/predict", timeout=10, **kwargs)
@@ -138,17 +148,86 @@ def test_bad_requests_get_4xx_and_daemon_keeps_serving(shadowd_app):
         assert reason in r.json()["error"], r.text
     chunked = requests.post(f"{url}/predict", data=(b" " * 1024 for _ in range(8)), timeout=10)  # no Content-Length
     assert chunked.status_code == 413 and "limit of 2048" in chunked.json()["error"]
-    inf_label = requests.post(f"{url}/feedback", data=b'{"request_id": "x", "label": Infinity}', timeout=10)
+    inf_label = requests.post(
+        f"{url}/feedback", data=b'{"request_id": "x", "label": Infinity}', headers=auth, timeout=10
+    )
     assert inf_label.status_code == 422 and "finite" in inf_label.json()["error"]
     assert requests.get(f"{url}/predict", timeout=10).status_code == 405
     assert requests.get(f"{url}/nope", timeout=10).status_code == 404
-    fb = requests.post(f"{url}/feedback", json={"request_id": "x"}, timeout=10)
+    fb = requests.post(f"{url}/feedback", json={"request_id": "x"}, headers=auth, timeout=10)
     assert fb.status_code == 422 and "label" in fb.json()["error"]
+    newline_id = requests.post(f"{url}/feedback", json={"request_id": "x\n", "label": 1}, headers=auth, timeout=10)
+    assert newline_id.status_code == 422 and "request_id" in newline_id.json()["error"]
 
     r = requests.post(f"{url}/predict", json=good, timeout=10)
     assert r.status_code == 200
     generated = r.headers["X-Request-ID"]  # generated when not sent, and the same id the pair gets
     assert len(generated) >= 16 and r.json()["request_id"] == generated
+    # The shadow path lives on: a good request after all that is still compared.
+    assert wait_for_pairs(url, 1, 60, daemon.token)["overall"]["pairs"] == 1
+
+
+def _ray_logs() -> list:
+    import ray
+
+    logs = ray._private.worker.global_worker.node.get_logs_dir_path()  # no public accessor
+    return [p for p in Path(logs).rglob("*") if p.is_file()]
+
+
+def test_tokens_guard_feedback_report_and_reset_over_http(shadowd_app, tmp_path):
+    tokens = {
+        "labels": "labels-" + uuid.uuid4().hex + uuid.uuid4().hex,
+        "read": "read-" + uuid.uuid4().hex + uuid.uuid4().hex,
+        "admin": "admin-" + uuid.uuid4().hex + uuid.uuid4().hex,
+    }
+    (tmp_path / "tokens.yaml").write_text(
+        yaml.safe_dump([{"name": f"{scope}-client", "token": t, "scopes": [scope]} for scope, t in tokens.items()])
+    )
+    daemon = shadowd_app({**_config(toy_model("cand", seed=1)), "auth": {"tokens_file": str(tmp_path / "tokens.yaml")}})
+    assert daemon.token is None  # configured tokens: nothing generated
+    url = daemon.url
+
+    def bearer(scope: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens[scope]}"}
+
+    reqs = _requests(5, seed=9)
+    _send_all(url, reqs)  # /predict stays open
+    feedback = {"request_id": reqs[0][0], "label": 1}
+    r = requests.post(f"{url}/feedback", json=feedback, timeout=10)
+    assert r.status_code == 401 and "scope labels" in r.json()["error"] and r.headers["WWW-Authenticate"]
+    r = requests.post(f"{url}/feedback", json=feedback, headers=bearer("read"), timeout=10)
+    assert r.status_code == 403 and "token 'read-client' lacks scope labels" in r.json()["error"]
+    assert requests.post(f"{url}/shadow/reset", headers=bearer("labels"), timeout=10).status_code == 403
+    assert requests.get(f"{url}/shadow/report", timeout=10).status_code == 401
+    report = wait_for_pairs(url, 5, 60, tokens["read"])
+    assert report["overall"]["pairs"] == 5
+    r = requests.post(f"{url}/feedback", json=feedback, headers=bearer("labels"), timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "joined"
+    r = requests.post(f"{url}/shadow/reset", headers=bearer("admin"), timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "reset"
+    report = requests.get(f"{url}/shadow/report", headers=bearer("read"), timeout=10).json()
+    assert report["overall"]["pairs"] == 0
+
+    # No token in any log Ray keeps: replica logs, access logs, the proxy's.
+    logs = _ray_logs()
+    assert any(b"POST / 403" in p.read_bytes() for p in logs)  # the refused requests above are in there
+    for path in logs:
+        data = path.read_bytes()
+        assert not any(t.encode() in data for t in tokens.values()), path
+
+
+def test_a_failing_production_model_answers_500_with_the_request_id_only(shadowd_app):
+    raw = _config(None)
+    raw["models"]["production"] = toy_model("prod", "shadowd.testing:FaultyModel", mode="raise", seed=0)
+    daemon = shadowd_app(raw)
+    r = requests.post(
+        f"{daemon.url}/predict", json={"inputs": [0.1] * 8}, headers={"X-Request-ID": "boom-1"}, timeout=10
+    )
+    assert r.status_code == 500
+    assert r.json() == {
+        "error": "the production model failed; the shadowd log has the details under request id boom-1",
+        "request_id": "boom-1",
+    }
 
 
 def test_serve_batching_of_production_keeps_answers_exact(shadowd_app):
@@ -172,4 +251,40 @@ def test_serve_batching_of_production_keeps_answers_exact(shadowd_app):
     for rid, status, body in answers:
         assert status == 200 and body["request_id"] == rid
         assert np.allclose(body["outputs"], expected[rid], rtol=1e-6, atol=1e-9)
-    assert wait_for_pairs(daemon.url, 48, 60)["overall"]["pairs"] == 48
+    assert wait_for_pairs(daemon.url, 48, 60, daemon.token)["overall"]["pairs"] == 48
+
+
+def test_serves_own_health_answers_while_the_model_path_is_overloaded(shadowd_app):
+    """The chart's liveness and readiness probes ask Serve's proxy (/-/healthz), not the app:
+    with the ingress saturated by a slow model, the app's /healthz is refused (503), so a probe
+    on it would restart the pod; the proxy's own health still answers 200."""
+    import threading
+
+    raw = _config(None)
+    raw["models"]["production"] = toy_model("prod", "shadowd.testing:SleepyModel", latency_ms=1000, seed=0)
+    raw["serving"] = {"max_ongoing_requests": 1, "max_queued_requests": 1}
+    daemon = shadowd_app(raw)
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def load() -> None:  # keep one request running and one waiting, whatever the timing
+        with requests.Session() as s:
+            while not stop.is_set():
+                answered.append(s.post(f"{daemon.url}/predict", json={"inputs": [0.1] * 8}, timeout=60).status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        seen = []
+        deadline = time.monotonic() + 60
+        while 503 not in seen and time.monotonic() < deadline:
+            seen.append(requests.get(f"{daemon.url}/healthz", timeout=60).status_code)
+            proxy_health = requests.get(f"{daemon.url}/-/healthz", timeout=60).status_code
+            assert proxy_health == 200, seen
+        assert 503 in seen  # the app's own health is refused while its queue is full
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert 200 in answered  # production kept answering the requests it took

@@ -127,3 +127,92 @@ def test_cli_errors_exit_2(tmp_path):
     assert r.exit_code == 2 and "--format" in r.output
     r = runner.invoke(app, ["report", "--data-dir", str(tmp_path), "--reset"])
     assert r.exit_code == 2 and "--url" in r.output
+
+
+# --- `shadowd report --url` with API tokens (issue 12) ---
+
+READ = "read-" + "r" * 40
+ADMIN = "admin-" + "a" * 40
+
+
+class _TokenCheckingDaemon:
+    """A local HTTP server standing in for a daemon's /shadow/* routes: it checks the bearer
+    token like the ingress (read for the report, admin for reset) and records what it got."""
+
+    def __init__(self, report: dict):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+        readers = self.readers = {READ, ADMIN}
+        admins = self.admins = {ADMIN}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, scope_tokens: set[str], body: dict) -> None:
+                auth = self.headers.get("Authorization", "")
+                seen.append((self.command, self.path, auth))
+                token = auth.removeprefix("Bearer ")
+                if not auth:
+                    status, body = 401, {"error": f"missing token: {self.command} {self.path} needs scope read"}
+                elif token not in scope_tokens:
+                    status, body = 403, {"error": "token 'reader' lacks scope admin: POST /shadow/reset"}
+                else:
+                    status = 200
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._answer(readers, report)
+
+            def do_POST(self) -> None:
+                self._answer(admins, {"status": "reset"})
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = _TokenCheckingDaemon(window(tmp_path / "state", 50, 1.0).to_json())
+    yield d
+    d.server.shutdown()
+
+
+def test_cli_report_sends_the_token_from_env_file_or_the_generated_one(tmp_path, daemon, monkeypatch):
+    runner = CliRunner()
+    monkeypatch.delenv("SHADOWD_TOKEN", raising=False)
+    monkeypatch.delenv("SHADOWD_TOKEN_FILE", raising=False)
+    r = runner.invoke(app, ["report", "--url", daemon.url])
+    assert r.exit_code == 2 and "HTTP 401: missing token" in r.output and "--token-file" in r.output
+
+    r = runner.invoke(app, ["report", "--url", daemon.url, "-f", "json"], env={"SHADOWD_TOKEN": READ})
+    assert r.exit_code == 0 and json.loads(r.stdout)["gate"]["verdict"]
+    (tmp_path / "token").write_text(ADMIN + "\n")
+    r = runner.invoke(app, ["report", "--url", daemon.url, "--token-file", str(tmp_path / "token"), "--reset"])
+    assert r.exit_code == 0 and "new test window started" in r.output
+    assert daemon.seen[-1] == ("POST", "/shadow/reset", f"Bearer {ADMIN}")
+
+    # A loopback daemon without configured tokens: -c CONFIG finds its generated token.
+    from shadowd.serving.auth import write_generated_token
+
+    cfg_path = tmp_path / "shadowd.yaml"
+    cfg_path.write_text(yaml.safe_dump({**RAW, "data_dir": "data"}))
+    generated = write_generated_token(tmp_path / "data", fresh=True)
+    daemon.readers.add(generated)
+    r = runner.invoke(app, ["report", "--url", daemon.url, "-c", str(cfg_path)])
+    assert r.exit_code == 0 and daemon.seen[-1][2] == f"Bearer {generated}"
+    assert generated not in r.output
+
+
+def test_cli_report_reset_with_a_read_token_is_refused_with_the_daemons_reason(daemon):
+    r = CliRunner().invoke(app, ["report", "--url", daemon.url, "--reset"], env={"SHADOWD_TOKEN": READ})
+    assert r.exit_code == 2 and "HTTP 403" in r.output and "lacks scope admin" in r.output
+    assert READ not in r.output

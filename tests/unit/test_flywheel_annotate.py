@@ -148,3 +148,30 @@ def test_render_small_square_inputs_as_a_picture():
     out = io.StringIO()
     Console(file=out, width=100).print(render_item(item(0), "classification"))
     assert "@@" in out.getvalue()  # the brightest pixels of the 8x8 input
+
+
+def test_item_text_is_shown_as_text_never_as_markup(tmp_path):
+    """A feature value "[/x]" made rich raise (a closing tag with nothing open): the item was never
+    committed and came back to every annotator, stopping the rotation."""
+    hostile = item(0).model_copy(
+        update={
+            "features": {"note": "[/x]", "user": "[bold red]eve[/bold red] :smile:"},
+            "detail": "label [/]",
+            "assignee": "[/assignee]",
+            "candidate": ModelOutput(role="candidate", model="[/m]", outcome="error", detail="boom [/"),
+        }
+    )
+    out = io.StringIO()
+    Console(file=out, width=200).print(render_item(hostile, "classification"))
+    text = out.getvalue()
+    for raw in ("[/x]", "[bold red]eve[/bold red] :smile:", "label [/]", "[/assignee]", "candidate ([/m])", "boom [/"):
+        assert raw in text, raw
+
+    cfg = config(tmp_path)
+    spool_items(tmp_path, [hostile, item(1)])
+    ann = Annotator(cfg, annotator="[/ana]")
+    out = io.StringIO()
+    answers = iter(["[/x]", "1", "q"])  # a typed answer echoed in the error message is text too
+    done = annotate_session(ann, Console(file=out, width=200), lambda prompt: next(answers), wait_s=0.5)
+    assert done == 1 and "'[/x]' is not a label" in out.getvalue() and "[/ana]" in out.getvalue()
+    assert "r0" in ann.labels  # labelled and committed: the rotation moves on

@@ -7,6 +7,7 @@ sink's own logic: spool first, commit only what was acked, replay in order,
 never block ``submit``.
 """
 
+import errno
 import threading
 import time
 
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from shadowd.config import parse_config
 from shadowd.errors import DeliveryError
 from shadowd.flywheel.sink import AnnotationSink, build_sink
-from shadowd.flywheel.spool import Spool, read_spool
+from shadowd.flywheel.spool import SegmentFile, Spool, read_spool
 from shadowd.flywheel.transports import build_transport
 from shadowd.flywheel.transports.base import SendResult
 from shadowd.observe.metrics import ShadowdMetrics
@@ -115,23 +116,52 @@ def test_poison_record_goes_to_dead_letter_and_the_rest_flows(tmp_path):
     assert len(dead) == 1 and '"key": "req-3"' in dead[0]
 
 
-def test_submit_never_waits_for_a_hung_broker_and_nothing_is_lost(tmp_path):
+def test_submit_never_waits_for_a_hung_broker_and_nothing_queued_is_lost(tmp_path):
     tr = ScriptedTransport()
     tr.gate.clear()  # the broker hangs
-    sink = AnnotationSink(Spool(tmp_path), tr, max_buffered_items=50, batch_items=10).start()
-    worst_s = 0.0
+    metrics = ShadowdMetrics(CollectorRegistry())
+    sink = AnnotationSink(Spool(tmp_path), tr, metrics, max_buffered_items=50, batch_items=10).start()
     for i in range(2000):
-        t0 = time.perf_counter()
-        sink.submit(item(i))
-        worst_s = max(worst_s, time.perf_counter() - t0)
+        sink.submit(item(i))  # a submit that waited on the hung broker would never return
     assert sink.flush(timeout_s=0.5) is False  # nothing can be delivered
     stats = sink.close(timeout_s=0.5)  # force-closes the hung transport
     assert tr.closed
-    assert stats.queued == 2000
-    # all 2000 are on disk: spooled by the spooler, by submit on overflow, or by close
-    assert sorted(r.key for r in read_spool(tmp_path)) == sorted(f"req-{i}" for i in range(2000))
-    # worst case is an overflow append (one fsync), far below any broker timeout
-    assert worst_s < 2.0, worst_s  # bounded; a submit that waited on the hung broker would never return
+    # What the bounded buffer took is on disk; what it could not take is counted, never waited for.
+    dropped = stats.dropped.get("buffer_full", 0)
+    assert stats.queued + dropped == 2000 and stats.failed == dropped
+    assert metrics.registry.get_sample_value(
+        "shadowd_annotation_items_dropped_total", {"lane": "review", "reason": "buffer_full"}
+    ) == (dropped or None)
+    spooled = [r.key for r in read_spool(tmp_path)]
+    assert len(spooled) == stats.queued == stats.spooled and len(set(spooled)) == len(spooled)
+
+
+class StalledDisk(SegmentFile):
+    """A disk whose writes hang until ``release`` is set."""
+
+    release = threading.Event()
+
+    def write(self, data):
+        self.release.wait()
+        return super().write(data)
+
+
+def test_submit_never_waits_for_a_stalled_disk(tmp_path):
+    """The old sink made the caller (the hub's event loop) append to the spool itself when the
+    buffer was full: with a stalled disk, submit hung with it."""
+    StalledDisk.release.clear()
+    sink = AnnotationSink(Spool(tmp_path, open_segment=StalledDisk), max_buffered_items=20, batch_items=5).start()
+    for i in range(200):
+        sink.submit(item(i))  # the spooler is stuck in a write; every submit still returns
+    stats = sink.stats()
+    assert stats.queued + stats.dropped["buffer_full"] == 200 and stats.queued <= 25
+    StalledDisk.release.set()
+    assert sink.flush(timeout_s=30)
+    stats = sink.close(timeout_s=5)
+    # Exactly the accepted items, in submit order (which ones were dropped depends on when the
+    # spooler took its first batch before the write stalled).
+    order = [int(r.key.removeprefix("req-")) for r in read_spool(tmp_path)]
+    assert len(order) == stats.queued and order == sorted(set(order))
 
 
 def test_restart_replays_what_the_last_run_did_not_deliver(tmp_path):
@@ -146,7 +176,7 @@ def test_restart_replays_what_the_last_run_did_not_deliver(tmp_path):
     tr2 = ScriptedTransport()
     sink = AnnotationSink(Spool(tmp_path), tr2).start()
     sink.submit(item(30))
-    assert sink.flush(timeout_s=10)
+    assert sink.flush(timeout_s=30)
     sink.close(timeout_s=5)
     assert tr2.received == [f"req-{i}" for i in range(31)]
 
@@ -219,3 +249,138 @@ def test_kafka_error_classes_map_to_poison_not_retriable_or_retry():
     assert flags(ke.TopicAuthorizationFailedError()) == {"poison": False, "retriable": False}
     assert flags(ke.KafkaTimeoutError()) == {"poison": False, "retriable": True}
     assert flags(ke.UnknownProducerIdError()) == {"poison": False, "retriable": True}  # a fresh producer cures it
+
+
+# --- the spooler survives what reaches it; a full disk is a state, not a loss (issue 12) ---
+
+
+def _deep(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_an_item_the_json_writer_refuses_is_counted_and_the_spooler_lives_on(tmp_path):
+    """On main one such item (features nested 300 deep) killed the shadowd-spooler thread: the
+    rest of its batch and everything after was never spooled, flush never completed, failed=0."""
+    metrics = ShadowdMetrics(CollectorRegistry())
+    sink = AnnotationSink(Spool(tmp_path), metrics=metrics, batch_items=10).start()
+    poison = item(1).model_copy(update={"features": {"a": _deep(300)}})
+    for it in (item(0), poison, item(2)):
+        sink.submit(it)
+    assert sink.flush(timeout_s=30)
+    sink.submit(item(3))
+    assert sink.flush(timeout_s=30)
+    stats = sink.close(timeout_s=5)
+    assert [r.key for r in read_spool(tmp_path)] == ["req-0", "req-2", "req-3"]
+    assert stats.failed == 1 and stats.dropped == {"unserializable": 1}
+    dropped = metrics.registry.get_sample_value(
+        "shadowd_annotation_items_dropped_total", {"lane": "review", "reason": "unserializable"}
+    )
+    assert dropped == 1
+
+
+class FullDisk(SegmentFile):
+    """A disk that is full while ``full`` is set: part of a write lands, then ENOSPC."""
+
+    full = threading.Event()
+
+    def write(self, data):
+        if self.full.is_set():
+            super().write(bytes(data[:7]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+def _wait_for(predicate, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_a_full_disk_pauses_queuing_drops_by_reason_and_resumes_by_itself(tmp_path):
+    FullDisk.full.clear()
+    metrics = ShadowdMetrics(CollectorRegistry())
+    spool = Spool(tmp_path, open_segment=FullDisk)
+    sink = AnnotationSink(spool, None, metrics, max_buffered_items=5, batch_items=3, retry_backoff_s=(0.01, 0.05))
+    sink.start()
+    sink.submit(item(0))
+    assert sink.flush(timeout_s=30)
+
+    def gauge(name, **labels):
+        return metrics.registry.get_sample_value(name, {"lane": "review", **labels})
+
+    FullDisk.full.set()
+    sink.submit(item(1))
+    _wait_for(lambda: sink.stats().paused == "disk_full")
+    assert gauge("shadowd_spool_paused", reason="disk_full") == 1
+    assert gauge("shadowd_spool_paused", reason="spool_full") == 0
+    for i in range(2, 20):
+        sink.submit(item(i))  # never raises, never waits: the buffer takes 5, the rest is counted
+    stats = sink.stats()
+    assert stats.dropped == {"disk_full": 13} and stats.failed == 13
+    assert gauge("shadowd_annotation_items_dropped_total", reason="disk_full") == stats.dropped["disk_full"]
+    assert len(spool.pending(100)) == 1  # nothing half-written meanwhile
+
+    FullDisk.full.clear()  # space comes back: no one has to do anything
+    assert sink.flush(timeout_s=30)
+    assert sink.stats().paused is None and gauge("shadowd_spool_paused", reason="disk_full") == 0
+    sink.submit(item(99))
+    assert sink.flush(timeout_s=30)
+    stats = sink.close(timeout_s=5)
+    keys = [r.key for r in read_spool(tmp_path)]
+    assert keys[:2] == ["req-0", "req-1"] and keys[-1] == "req-99"
+    assert len(keys) == stats.spooled == stats.queued and len(keys) + stats.failed == 21
+    assert gauge("shadowd_spool_bytes") == sum(p.stat().st_size for p in tmp_path.glob("seg-*.jsonl"))
+
+
+def test_the_byte_cap_pauses_queuing_until_the_rotation_frees_space(tmp_path):
+    metrics = ShadowdMetrics(CollectorRegistry())
+    one = len(f'{{"seq":1,"key":"req-0","value":{item(0).model_dump_json()}}}\n')
+    spool = Spool(tmp_path, segment_items=2, max_bytes=4 * one + 50)
+    sink = AnnotationSink(spool, None, metrics, max_buffered_items=4, batch_items=1, retry_backoff_s=(0.01, 0.05))
+    sink.start()
+    for i in range(4):
+        sink.submit(item(i))
+    assert sink.flush(timeout_s=30)
+    sink.submit(item(4))
+    _wait_for(lambda: sink.stats().paused == "spool_full")
+    assert metrics.registry.get_sample_value("shadowd_spool_max_bytes", {"lane": "review"}) == 4 * one + 50
+    spool.commit(2)  # annotators handled two items: their segment is deleted
+    assert sink.flush(timeout_s=30) and sink.stats().paused is None
+    sink.close(timeout_s=5)
+    assert [r.key for r in read_spool(tmp_path)] == ["req-2", "req-3", "req-4"]
+
+
+def test_build_sink_caps_the_spool_from_the_config(tmp_path):
+    cfg = parse_config(
+        {
+            "task": "classification",
+            "data_dir": str(tmp_path),
+            "models": {"production": {"name": "p", "kind": "python", "target": "m:f", "input_shape": [2]}},
+            "annotations": {"spool_max_bytes": 2_000_000},
+        }
+    )
+    sink = build_sink(cfg, None)
+    assert sink.spool.max_bytes == 2_000_000
+    sink.close(timeout_s=5)
+
+
+def test_an_unreadable_spool_record_pauses_delivery_but_never_ends_the_sender(tmp_path):
+    """On main a record pending() could not parse (a torn append) raised out of the sender
+    thread: delivery stopped for good, until a restart."""
+    spool = Spool(tmp_path)
+    spool.append([(it.request_id, it.model_dump_json()) for it in (item(0), item(1))])
+    seg = next(tmp_path.glob("seg-*.jsonl"))
+    good = seg.read_bytes()
+    seg.write_bytes(b"x" * (len(good) - 1) + b"\n")  # same length: the index still counts two records
+    tr = ScriptedTransport()
+    sink = AnnotationSink(spool, tr, retry_backoff_s=(0.01, 0.01), sleep=lambda s: time.sleep(0.01)).start()
+    _wait_for(lambda: (sink.stats().last_error or "").startswith("spool read failed"))
+    assert tr.received == []
+    seg.write_bytes(good)  # the disk is readable again
+    assert sink.flush(timeout_s=30)
+    sink.close(timeout_s=5)
+    assert tr.received == ["req-0", "req-1"]

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from shadowd.config import ServingConfig
 from shadowd.errors import BadRequest, ModelError
 from shadowd.models import PythonModel, TorchScriptModel
 from shadowd.models.runtime import check_rows, load_model
@@ -214,3 +215,109 @@ def test_feedback_labels_must_be_finite_numbers(label):
     with pytest.raises(BadRequest) as err:
         parse_feedback({"request_id": "r1", "label": label}, 0.0)
     assert err.value.http_status == 422
+
+
+# --- input limits (issue 12): what passes the ingress cannot break the shadow path or the hub ---
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_request_ids_are_matched_whole():
+    """A trailing newline passed ``^...$`` (``$`` matches before a final newline)."""
+    with pytest.raises(BadRequest) as err:
+        request_id_from({"x-request-id": "abc\n"})
+    assert err.value.http_status == 400
+    with pytest.raises(BadRequest) as err:
+        parse_feedback({"request_id": "r1\n", "label": 1}, 0.0)
+    assert err.value.http_status == 422
+
+
+def test_deeply_nested_features_are_refused_naming_the_limit():
+    """300 levels in 600 bytes used to pass the ingress and kill the hub's spooler thread."""
+    body = b'{"inputs": [1, 2], "features": {"a": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}}"
+    assert len(body) < 700
+    with pytest.raises(BadRequest) as err:
+        parse_predict(read_json(body, 1_000_000), "r", (2,))
+    assert err.value.http_status == 422 and "serving.max_feature_depth is 4" in err.value.reason
+    assert "features.a" in err.value.reason
+    # At the limit it passes: the features object and three levels inside it.
+    parse_predict({"inputs": [1, 2], "features": {"a": _nested(3)}}, "r", (2,))
+    with pytest.raises(BadRequest):
+        parse_predict({"inputs": [1, 2], "features": {"a": _nested(4)}}, "r", (2,))
+
+
+def test_feature_keys_and_bytes_are_bounded_with_413():
+    serving = ServingConfig(max_feature_keys=5, max_feature_bytes=100)
+    parse_predict({"inputs": [1, 2], "features": {f"k{i}": i for i in range(5)}}, "r", (2,), serving)
+    with pytest.raises(BadRequest) as err:
+        parse_predict({"inputs": [1, 2], "features": {"a": {f"k{i}": i for i in range(5)}}}, "r", (2,), serving)
+    assert err.value.http_status == 413 and "serving.max_feature_keys" in err.value.reason
+    with pytest.raises(BadRequest) as err:
+        parse_predict({"inputs": [1, 2], "features": {"note": "x" * 200}}, "r", (2,), serving)
+    assert err.value.http_status == 413 and "serving.max_feature_bytes is 100" in err.value.reason
+    # the defaults bound an unconfigured daemon too
+    with pytest.raises(BadRequest) as err:
+        parse_predict({"inputs": [1, 2], "features": {f"k{i}": i for i in range(65)}}, "r", (2,))
+    assert err.value.http_status == 413
+    with pytest.raises(BadRequest) as err:
+        parse_predict({"inputs": [1, 2], "features": {"note": "x" * 9000}}, "r", (2,))
+    assert err.value.http_status == 413
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": [NaN, 1]}',
+        b'{"inputs": [Infinity, 1]}',
+        b'{"inputs": [-Infinity, 1]}',
+        b'{"inputs": [1e999, 1]}',
+        b'{"inputs": [1e39, 1]}',  # finite as a double, inf as the model's float32
+        b'{"inputs": [1, 2], "features": {"x": NaN}}',
+        b'{"inputs": [1, 2], "features": {"x": [1, 1e999]}}',
+    ],
+)
+def test_non_finite_inputs_are_refused_unless_allowed(body):
+    with pytest.raises(BadRequest) as err:
+        parse_predict(read_json(body, 1000), "r", (2,))
+    assert err.value.http_status == 422 and "serving.allow_nonfinite_inputs" in err.value.reason
+    req = parse_predict(read_json(body, 1000), "r", (2,), ServingConfig(allow_nonfinite_inputs=True))
+    assert req.inputs.shape == (2,)
+
+
+def test_lone_surrogates_in_features_are_refused():
+    """JSON can escape a lone surrogate, which no UTF-8 writer (spool, Kafka) can encode."""
+    for body in (
+        b'{"inputs": [1, 2], "features": {"x": "\\ud800"}}',
+        b'{"inputs": [1, 2], "features": {"\\udfff": 1}}',
+    ):
+        with pytest.raises(BadRequest) as err:
+            parse_predict(read_json(body, 1000), "r", (2,))
+        assert err.value.http_status == 422 and "surrogate" in err.value.reason
+    ok = parse_predict(read_json(b'{"inputs": [1, 2], "features": {"x": "\\ud83d\\ude00"}}', 1000), "r", (2,))
+    assert ok.features == {"x": "\U0001f600"}  # a proper surrogate pair is text
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        {"a": _nested(3)},
+        {f"k{i}": "v" * 100 for i in range(64)},
+        {"user": {"id": 10**300, "tags": ["x", "y"], "score": -1.5e308}, "night": True, "note": None},
+        {"text": "[/x] [bold]not markup[/bold] \u00e9\U0001f600"},
+    ],
+)
+def test_features_that_pass_serialize_for_the_spool_kafka_and_ray(features):
+    """What the ingress accepts must travel: pickled to the worker (Ray), JSON to the spool and Kafka."""
+    import pickle
+
+    from shadowd.records import AnnotationItem
+
+    req = parse_predict({"inputs": [1, 2], "features": features}, "r", (2,))
+    pickle.loads(pickle.dumps(req.features))
+    item = AnnotationItem(request_id="r", reason="divergent", priority=1.0, features=req.features, created_ts=0.0)
+    assert AnnotationItem.model_validate_json(item.model_dump_json()).features == features

@@ -54,6 +54,7 @@ app.kubernetes.io/part-of: shadowd
 {{- define "shadowd.httpPort" -}}8000{{- end }}
 {{- define "shadowd.metricsPort" -}}9100{{- end }}
 {{- define "shadowd.rayMetricsPort" -}}8080{{- end }}
+{{- define "shadowd.dashboardPort" -}}8265{{- end }}
 {{- define "shadowd.configDir" -}}/etc/shadowd{{- end }}
 
 {{- define "shadowd.kafkaSaslUserEnv" -}}SHADOWD_KAFKA_SASL_USERNAME{{- end }}
@@ -65,8 +66,14 @@ with this chart's mounts, ports and Secrets. Works on a deep copy so that
 .Values stay untouched for the other templates.
 */}}
 {{- define "shadowd.config" -}}
+{{- if not .Values.auth.existingSecret }}
+{{- fail "auth.existingSecret is required: the chart serves on 0.0.0.0, and shadowd refuses that without API tokens. Create a Secret whose key tokens.yaml holds a YAML list of {name, token, scopes} (docs/security.md) and name it in auth.existingSecret" }}
+{{- end }}
 {{- $cfg := deepCopy .Values.config }}
-{{- $_ := set $cfg "data_dir" .Values.persistence.mountPath }}
+{{- $auth := (get $cfg "auth") | default dict }}
+{{- $_ := set $auth "tokens_file" (printf "%s/%s" .Values.auth.mountPath .Values.auth.key) }}
+{{- $_ = set $cfg "auth" $auth }}
+{{- $_ = set $cfg "data_dir" .Values.persistence.mountPath }}
 {{- $serving := (get $cfg "serving") | default dict }}
 {{- $_ = set $serving "host" "0.0.0.0" }}
 {{- $_ = set $serving "port" (include "shadowd.httpPort" . | int) }}
@@ -91,7 +98,14 @@ with this chart's mounts, ports and Secrets. Works on a deep copy so that
 {{- $_ = set $kafka "sasl_password_env" (include "shadowd.kafkaSaslPasswordEnv" .) }}
 {{- end }}
 {{- if and $kafka .Values.kafka.tls.existingSecret }}
-{{- $_ = set $kafka "ssl_cafile" (printf "%s/%s" .Values.kafka.tls.mountPath .Values.kafka.tls.caKey) }}
+{{- $tls := .Values.kafka.tls }}
+{{- $_ = set $kafka "ssl_cafile" (printf "%s/%s" $tls.mountPath $tls.caKey) }}
+{{- if $tls.certKey }}
+{{- $_ = set $kafka "ssl_certfile" (printf "%s/%s" $tls.mountPath $tls.certKey) }}
+{{- end }}
+{{- if $tls.keyKey }}
+{{- $_ = set $kafka "ssl_keyfile" (printf "%s/%s" $tls.mountPath $tls.keyKey) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- toYaml $cfg }}
@@ -222,6 +236,9 @@ annotations:
   mountPath: {{ .Values.kafka.tls.mountPath }}
   readOnly: true
 {{- end }}
+- name: auth-tokens
+  mountPath: {{ .Values.auth.mountPath }}
+  readOnly: true
 {{- end }}
 
 {{/*
@@ -264,8 +281,21 @@ Only types the "restricted" profile allows: configMap, secret, emptyDir, persist
 - name: kafka-tls
   secret:
     secretName: {{ . }}
+    defaultMode: 0440
     items:
-      - key: {{ $root.Values.kafka.tls.caKey }}
-        path: {{ $root.Values.kafka.tls.caKey }}
+      {{- range $key := list $root.Values.kafka.tls.caKey $root.Values.kafka.tls.certKey $root.Values.kafka.tls.keyKey }}
+      {{- if $key }}
+      - key: {{ $key }}
+        path: {{ $key }}
+      {{- end }}
+      {{- end }}
 {{- end }}
+- name: auth-tokens
+  secret:
+    secretName: {{ $root.Values.auth.existingSecret }}
+    # Owner root, group fsGroup: readable by the shadowd user, by no one else.
+    defaultMode: 0440
+    items:
+      - key: {{ $root.Values.auth.key }}
+        path: {{ $root.Values.auth.key }}
 {{- end }}

@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shadowd.configbase import Strict
-from shadowd.errors import AnnotateError, DeliveryError, SinkError
+from shadowd.errors import AnnotateError, ConfigError, DeliveryError
 from shadowd.flywheel.spool import SpoolRecord
 from shadowd.flywheel.transports.base import Backlog, Clock, LabelSource, QueueReader, SendResult, consumer_group
 from shadowd.records import AnnotationItem, Label, Lane
@@ -53,37 +53,93 @@ class KafkaTransportConfig(Strict):
         "PLAINTEXT", description="How clients talk to the brokers (kafka-python security_protocol)."
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="SASL mechanism with SASL_PLAINTEXT / SASL_SSL; credentials come from the *_env variables."
+        None,
+        description="SASL mechanism with SASL_PLAINTEXT / SASL_SSL; the user name and password come from the "
+        "sasl_*_env or sasl_*_file options.",
     )
     sasl_username_env: str | None = Field(None, description="Environment variable holding the SASL user name.")
     sasl_password_env: str | None = Field(None, description="Environment variable holding the SASL password.")
+    sasl_username_file: Path | None = Field(
+        None, description="File holding the SASL user name (e.g. a mounted Secret); instead of sasl_username_env."
+    )
+    sasl_password_file: Path | None = Field(
+        None, description="File holding the SASL password (e.g. a mounted Secret); instead of sasl_password_env."
+    )
     ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+    ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for SSL / SASL_SSL: mutual TLS, the broker knows shadowd by it."
+    )
+    ssl_keyfile: Path | None = Field(None, description="Private key (PEM) of ssl_certfile, if not inside it.")
+    ssl_password_env: str | None = Field(
+        None, description="Environment variable holding the password of ssl_keyfile, if it is encrypted."
+    )
+    ssl_password_file: Path | None = Field(
+        None, description="File holding the password of ssl_keyfile, if it is encrypted; instead of ssl_password_env."
+    )
     delivery_timeout_ms: int = Field(
         30_000, gt=0, description="Give up on a send after this long; the item stays in the spool."
     )
 
+    @model_validator(mode="after")
+    def _credentials_fit(self) -> KafkaTransportConfig:
+        for name in ("sasl_username", "sasl_password", "ssl_password"):
+            if getattr(self, f"{name}_env") and getattr(self, f"{name}_file"):
+                raise ValueError(f"give {name}_env or {name}_file, not both")
+        if self.sasl_mechanism and not (
+            (self.sasl_username_env or self.sasl_username_file) and (self.sasl_password_env or self.sasl_password_file)
+        ):
+            raise ValueError(
+                f"sasl_mechanism {self.sasl_mechanism} needs the user name and password: "
+                "sasl_username_env or sasl_username_file, and sasl_password_env or sasl_password_file"
+            )
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate it belongs to)")
+        ssl = [k for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, k)]
+        if ssl and self.security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(f"{', '.join(ssl)} need security_protocol SSL or SASL_SSL, not {self.security_protocol}")
+        return self
+
     def build(self, data_dir: Path) -> KafkaTransport:
+        kafka_client_config(self)  # fail at start, naming the key, when a credential cannot be read
         return KafkaTransport(self)
 
 
+def _credential(kafka: KafkaTransportConfig, name: str) -> str | None:
+    """The secret ``name`` (e.g. sasl_password) from its ``_env`` variable or ``_file``; None if neither is set.
+    Errors name the key, never the value."""
+    env: str | None = getattr(kafka, f"{name}_env")
+    path: Path | None = getattr(kafka, f"{name}_file")
+    if env:
+        if env not in os.environ:
+            raise ConfigError(f"annotations.sink.{name}_env: environment variable {env} is not set")
+        return os.environ[env]
+    if path:
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"annotations.sink.{name}_file: cannot read {path}: {err}") from None
+    return None
+
+
 def kafka_client_config(kafka: KafkaTransportConfig) -> dict[str, Any]:
-    """Connection settings shared by every producer and consumer (SASL secrets from env)."""
+    """Connection settings shared by every producer and consumer (secrets from env or files)."""
     cfg: dict[str, Any] = {
         "bootstrap_servers": list(kafka.bootstrap_servers),
         "security_protocol": kafka.security_protocol,
     }
     if kafka.sasl_mechanism:
         cfg["sasl_mechanism"] = kafka.sasl_mechanism
-        for env, key in (
-            (kafka.sasl_username_env, "sasl_plain_username"),
-            (kafka.sasl_password_env, "sasl_plain_password"),
-        ):
-            if env:
-                if env not in os.environ:
-                    raise SinkError(f"annotations.sink: environment variable {env} is not set")
-                cfg[key] = os.environ[env]
-    if kafka.ssl_cafile:
-        cfg["ssl_cafile"] = str(kafka.ssl_cafile)
+        cfg["sasl_plain_username"] = _credential(kafka, "sasl_username")
+        cfg["sasl_plain_password"] = _credential(kafka, "sasl_password")
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path: Path | None = getattr(kafka, key)
+        if path is not None:
+            if not path.is_file():
+                raise ConfigError(f"annotations.sink.{key}: {path} is not a readable file")
+            cfg[key] = str(path)
+    password = _credential(kafka, "ssl_password")
+    if password is not None:
+        cfg["ssl_password"] = password
     return cfg
 
 
@@ -122,7 +178,8 @@ def delivery_error(err: BaseException, of_a_record: bool = True) -> DeliveryErro
         ke.IllegalSaslStateError,
     )
     message = f"{type(err).__name__}: {err}"
-    return DeliveryError(message, retriable=not isinstance(err, setup), poison=of_a_record and isinstance(err, poison))
+    fixable_by_setup_only = isinstance(err, (*setup, ConfigError))  # e.g. a credentials file gone missing
+    return DeliveryError(message, retriable=not fixable_by_setup_only, poison=of_a_record and isinstance(err, poison))
 
 
 def _force_close(producer: Any) -> None:
