@@ -86,6 +86,9 @@ class Comparator:
         # Only the loss-difference reservoir draws from it; seeded so runs repeat.
         self._rng = random.Random(seed)
         self.sampler = EvaluationSampler(config.annotations.evaluation)
+        # The labels journal's seq up to which labels are in these tallies (flywheel/journal.py): saved with
+        # the state, so a restart replays exactly the labels the saved state lacks. A reset keeps it.
+        self.labels_seq = 0
         self.reset()
 
     # --- window ---
@@ -346,6 +349,7 @@ class Comparator:
                 "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
             },
             "window_started_ts": self._window_started_ts,
+            "labels_seq": self.labels_seq,
             "slices": {n: t.to_dict() for n, t in self._tallies.items()},
             # The config the evidence was gathered under, so `shadowd report --data-dir`
             # can run the same checks without the YAML; merge and load ignore it.
@@ -379,6 +383,7 @@ class Comparator:
         tallies.update({name: SliceTally.from_dict(d) for name, d in state["slices"].items()})
         self._tallies = tallies
         self._window_started_ts = float(state["window_started_ts"])
+        self.labels_seq = int(state.get("labels_seq", 0))
 
     def save(self, path: Path | None = None) -> Path:
         """Write the state atomically (temp file, fsync, rename): a crash leaves the old file or the new one."""

@@ -37,6 +37,7 @@ import numpy as np
 from shadowd.compare.loss import example_loss
 from shadowd.compare.slices import SliceMatcher
 from shadowd.config import ShadowdConfig
+from shadowd.flywheel.journal import LabelJournal, journal_path
 from shadowd.flywheel.pairs import PairStore
 from shadowd.flywheel.policy import ItemPolicy
 from shadowd.flywheel.rotation import Rotation
@@ -69,6 +70,7 @@ class JoinResult:
     suites: list[str] = field(default_factory=list)
     channel: LabelChannel | None = None  # how the label was chosen, when the quality checks may use it
     excluded: str | None = None  # else why they may not
+    seq: int | None = None  # its entry in the labels journal (joined and skipped labels)
 
     @property
     def http_status(self) -> int:
@@ -113,6 +115,8 @@ class Flywheel:
         self.policy = ItemPolicy(ann.policy, ann.redaction, clock, self.rotation, metrics)
         self.pairs = PairStore(Path(config.data_dir) / "pairs", lab.pair_retention_s, lab.max_pairs, clock)
         self.suites = SuiteStore(suites_dir(config), config.task, clock)
+        self.journal = LabelJournal(journal_path(config.data_dir))
+        self._join_lock = threading.Lock()  # one join at a time: check, journal, mark stay in order
         self._slices = SliceMatcher(config.slices)
         self._lock = threading.Lock()
         self._recent_losses: deque[float] = deque(maxlen=lab.high_loss_window)
@@ -125,11 +129,17 @@ class Flywheel:
 
     # --- lifecycle ---
 
-    def start(self, on_joined: OnJoined | None = None) -> Flywheel:
-        """Start the threads reading annotators' labels and probing the backlog."""
+    def start(self, on_joined: OnJoined | None = None, replay_after: int | None = None) -> Flywheel:
+        """Replay the labels journal past ``replay_after`` (the seq the saved comparator state holds;
+        None: replay nothing), then start the threads reading annotators' labels and probing the backlog."""
         self._on_joined = on_joined
         if self._threads:
             return self
+        after = self.journal.last_seq if replay_after is None else replay_after
+        replayed = self.replay(after)
+        if replayed:
+            log.info("labels journal: %d labels past seq %d replayed into the comparator", replayed, after)
+        self.journal.advance_to(after)
         for target, name in ((self._labels_loop, "shadowd-labels"), (self._backlog_loop, "shadowd-backlog")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -184,6 +194,39 @@ class Flywheel:
             self._on_joined(result, label)
         return result
 
+    def replay(self, after: int) -> int:
+        """Apply the journal's entries past ``after`` again: pair-store marks, suites, ``on_joined``.
+        Every step is idempotent, so an entry applied before the crash changes nothing twice."""
+        done = 0
+        for entry in self.journal.entries(after):
+            rid = entry.label.request_id
+            look = self.pairs.get(rid)
+            if look.pair is None:
+                log.warning(
+                    "labels journal: the pair of %r is gone (%s); its label cannot be replayed", rid, look.status
+                )
+                continue
+            self.pairs.mark_labelled(rid, entry.label.source)
+            if entry.channel is not None:
+                self.pairs.mark_labelled(rid, "quality")
+            if entry.status == "joined" and look.tags:
+                self._add_to_suites(
+                    look.pair, entry.label, list(look.tags) + _outcome_tags(self.config.task, look.pair, entry.label)
+                )
+            result = JoinResult(
+                entry.status,  # type: ignore[arg-type]
+                rid,
+                "replayed from the labels journal",
+                look.pair,
+                channel=entry.channel,
+                excluded=entry.excluded,
+                seq=entry.seq,
+            )
+            if self._on_joined is not None:
+                self._on_joined(result, entry.label)
+            done += 1
+        return done
+
     def _provenance(self, pair: Pair, label: Label) -> tuple[LabelChannel | None, str | None]:
         """How the label was chosen: a channel the quality checks may use, or why they may not.
 
@@ -203,11 +246,16 @@ class Flywheel:
             channel = "evaluation"
         else:
             return None, "priority queue (not a random sample)"
-        if not self.pairs.mark_labelled(pair.request_id, "quality"):
+        if self.pairs.is_labelled(pair.request_id, "quality"):
             return None, "a second label of a pair already counted"
         return channel, None
 
     def _join(self, label: Label) -> JoinResult:
+        with self._join_lock:
+            return self._join_locked(label)
+
+    def _join_locked(self, label: Label) -> JoinResult:
+        """Decide, journal (fsync), then mark: a label counts once it is in the journal, never before."""
         rid = label.request_id
         look = self.pairs.get(rid)
         if look.status == "unknown":
@@ -225,11 +273,14 @@ class Flywheel:
             )
         pair = look.pair
         assert pair is not None
+        if self.pairs.is_labelled(rid, label.source):
+            return JoinResult("duplicate", rid, f"{label.source} label for {rid!r} was already joined", pair)
         if label.verdict != "label" or label.label is None:
-            self.pairs.mark_labelled(rid, label.source)
             _, why = self._provenance(pair, label)
+            seq = self.journal.append("skipped", None, why, label)
+            self.pairs.mark_labelled(rid, label.source)
             message = f"{label.verdict} recorded for {rid!r}; no loss computed"
-            return JoinResult("skipped", rid, message, pair, excluded=why)
+            return JoinResult("skipped", rid, message, pair, excluded=why, seq=seq)
         try:
             losses = {
                 role: example_loss(self.config.task, out.values, label.label)
@@ -238,16 +289,18 @@ class Flywheel:
             }
         except (ValueError, TypeError) as err:
             return JoinResult("rejected", rid, f"label for {rid!r} does not fit the {self.config.task} task: {err}")
-        if not self.pairs.mark_labelled(rid, label.source):
-            return JoinResult("duplicate", rid, f"{label.source} label for {rid!r} was already joined", pair, losses)
         channel, excluded = self._provenance(pair, label)
+        seq = self.journal.append("joined", channel, excluded, label)
+        self.pairs.mark_labelled(rid, label.source)
+        if channel is not None:
+            self.pairs.mark_labelled(rid, "quality")
         high = self._high_loss(pair, label, losses)
         tags = list(look.tags) + (["high_loss"] if high else []) + _outcome_tags(self.config.task, pair, label)
         suites = []
         if look.tags or high:
             suites = self._add_to_suites(pair, label, tags)
         message = f"joined {label.source} label for {rid!r}"
-        return JoinResult("joined", rid, message, pair, losses, suites, channel, excluded)
+        return JoinResult("joined", rid, message, pair, losses, suites, channel, excluded, seq)
 
     def _high_loss(self, pair: Pair, label: Label, losses: dict[str, float]) -> bool:
         if not losses:

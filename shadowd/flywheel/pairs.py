@@ -88,6 +88,13 @@ class PairStore:
             "found", Pair.model_validate_json(body), age_s=now - ts, tags=tuple(t for t in tags.split(",") if t)
         )
 
+    def is_labelled(self, request_id: str, source: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM labelled WHERE request_id = ? AND source = ?", (request_id, source)
+            ).fetchone()
+            return row is not None
+
     def mark_labelled(self, request_id: str, source: str) -> bool:
         """Record that ``source`` labelled the pair; False if it already had (a duplicate delivery)."""
         with self._lock:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.exceptions import RayError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -161,6 +162,9 @@ class ShadowIngress:
                 raise BadRequest(
                     f"the hub did not answer within {self._cfg.serving.hub_timeout_s} s; retry", 503
                 ) from None
+            except RayError as err:  # the hub replica died; Serve starts another, which resumes its state
+                log.warning("hub call %s failed: %s", method, type(err).__name__)
+                raise BadRequest("the hub is restarting; retry shortly", 503) from None
 
     @serve.batch(max_batch_size=1)
     async def _predict_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:

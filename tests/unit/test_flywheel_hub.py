@@ -98,7 +98,10 @@ def test_unknown_expired_rejected_duplicate_skipped(fw):
     assert (dup.status, dup.http_status) == ("duplicate", 200)
     # the same request labelled by an annotator is a different source: joined once more
     assert fw.feedback(label("r2", 1, fw.clock, source="annotator")).status == "joined"
-    assert fw.feedback(label("r2", None, fw.clock, verdict="skip")).status == "skipped"
+    # a source answers once per request: a skip after its label is a duplicate, a first skip is recorded
+    assert fw.feedback(label("r2", None, fw.clock, verdict="skip")).status == "duplicate"
+    fw.record(pair(4, [0.5, 0.5], [0.5, 0.5], fw.clock()), [])
+    assert fw.feedback(label("r4", None, fw.clock, verdict="skip")).status == "skipped"
 
     fw.record(pair(3, [0.5, 0.5], [0.5, 0.5], fw.clock()), [])
     fw.clock.t += 3601
