@@ -258,7 +258,7 @@ def test_unreadable_lines_and_a_lost_manifest_are_repaired_not_fatal(tmp_path):
     lines = (folder / "examples.jsonl").read_text().splitlines(keepends=True)
     (folder / "examples.jsonl").write_text(lines[0] + "{not json\n" + lines[2])
     (folder / "manifest.json").unlink()
-    with pytest.raises(SuiteError, match="manifest.json: missing"):
+    with pytest.raises(SuiteError, match=r"manifest\.json: missing"):
         load_suite(folder)  # a reader says what is wrong ...
     SuiteStore(tmp_path, "classification", clock=lambda: 6.0).add(ex.model_copy(update={"request_id": "z"}))
     manifest, examples = load_suite(folder)  # ... the writer repairs it
