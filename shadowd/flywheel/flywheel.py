@@ -45,6 +45,7 @@ from shadowd.flywheel.sink import AnnotationSink
 from shadowd.flywheel.suites import SuiteExample, SuiteStore
 from shadowd.flywheel.transports.base import LabelSource, Transport
 from shadowd.observe.metrics import ShadowdMetrics
+from shadowd.observe.supervise import supervised
 from shadowd.records import AnnotationItem, Label, LabelChannel, Lane, Pair
 
 __all__ = ["Flywheel", "JoinResult", "OnJoined", "suites_dir"]
@@ -140,10 +141,8 @@ class Flywheel:
         if replayed:
             log.info("labels journal: %d labels past seq %d replayed into the comparator", replayed, after)
         self.journal.advance_to(after)
-        for target, name in ((self._labels_loop, "shadowd-labels"), (self._backlog_loop, "shadowd-backlog")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        for target, name in ((self._labels_loop, "labels"), (self._backlog_loop, "backlog")):
+            self._threads.append(supervised(name, target, self._stop, self._metrics))
         return self
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -188,6 +188,13 @@ class ShadowdMetrics:
             registry=reg,
             multiprocess_mode="mostrecent",
         )
+        self.thread_restarts = Counter(
+            "shadowd_thread_restarts_total",
+            "Background threads (spooler, sender, labels, backlog) that raised something unexpected and were "
+            "restarted after a backoff, by thread; the log has the traceback.",
+            ["thread"],
+            registry=reg,
+        )
         # issue 4: data flywheel (shadowd/flywheel/)
         self.kafka_delivery_errors = Counter(
             "shadowd_kafka_delivery_errors_total",
