@@ -95,6 +95,12 @@ class ShadowConfig(Strict):
         description="How often buffered pairs are sent to the shadow worker; each send costs the ingress CPU, "
         "so fewer, larger sends keep production latency flat (bench/RESULTS.md).",
     )
+    max_in_flight_bytes: int = Field(
+        64 * 2**20,
+        ge=2**16,
+        description="Bytes (inputs and features, as the ingress estimates them) of the pairs buffered or in flight "
+        "to the shadow worker, per ingress replica; beyond this, pairs are dropped and counted (reason bytes).",
+    )
     max_flush_size: int = Field(256, ge=1, description="Most pairs sent in one call to the shadow worker.")
     store_inputs: bool = Field(
         True, description="Keep request inputs on pairs (needed for annotation items and replay)."
@@ -423,6 +429,12 @@ class LabelsConfig(Strict):
         "high-loss queueing, never for the gate).",
     )
     max_pairs: int = Field(200_000, ge=1, description="Most pairs kept for label joins; the oldest go first.")
+    max_pair_store_bytes: int = Field(
+        2 * 2**30,
+        ge=2**20,
+        description="Most bytes of stored pairs (their JSON) kept for label joins; the oldest go first. A late "
+        "label for an evicted pair is answered 410 (expired).",
+    )
     high_loss_threshold: float | None = Field(
         None, gt=0, description="Queue a labelled input (reason high_loss) when a model's loss is above this."
     )

@@ -114,7 +114,9 @@ class Flywheel:
         self.rotation = Rotation(ann.rotation, clock) if ann.rotation is not None else None
         self._rotation_name = self.rotation.name if self.rotation is not None else "default"
         self.policy = ItemPolicy(ann.policy, ann.redaction, clock, self.rotation, metrics)
-        self.pairs = PairStore(Path(config.data_dir) / "pairs", lab.pair_retention_s, lab.max_pairs, clock)
+        self.pairs = PairStore(
+            Path(config.data_dir) / "pairs", lab.pair_retention_s, lab.max_pairs, clock, lab.max_pair_store_bytes
+        )
         self.suites = SuiteStore(suites_dir(config), config.task, clock)
         self.journal = LabelJournal(journal_path(config.data_dir))
         self._join_lock = threading.Lock()  # one join at a time: check, journal, mark stay in order
@@ -460,6 +462,7 @@ class Flywheel:
             "policy": policy,
             "labels": labels,
             "high_loss_queued": high,
+            "pair_store": {"pairs": len(self.pairs), "bytes": self.pairs.bytes},
             "on_call": self.rotation.on_call() if self.rotation is not None else None,
             "backlog": self.backlog,
             "suites": self.suites.counts(),

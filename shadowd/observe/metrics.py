@@ -71,7 +71,8 @@ class ShadowdMetrics:
         self.pairs_dropped = Counter(
             "shadowd_pairs_dropped_total",
             "Pairs dropped before comparison, by reason "
-            "(budget: in-flight budget full; worker: shadow worker call failed).",
+            "(budget: in-flight pair budget full; bytes: in-flight byte budget full; worker: shadow worker call "
+            "failed; violation_*: the same for expectation-violation items).",
             ["reason"],
             registry=reg,
         )

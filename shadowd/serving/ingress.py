@@ -89,6 +89,7 @@ class ShadowIngress:
             flush_interval_s=config.shadow.flush_interval_ms / 1000,
             max_flush_size=config.shadow.max_flush_size,
             on_drop=lambda reason, n: self._metrics.pairs_dropped.labels(f"violation_{reason}").inc(n),
+            max_in_flight_bytes=config.shadow.max_in_flight_bytes,
         )
         self._buffer = None
         if worker is not None and config.shadow.sample_share > 0:
@@ -98,6 +99,7 @@ class ShadowIngress:
                 flush_interval_s=config.shadow.flush_interval_ms / 1000,
                 max_flush_size=config.shadow.max_flush_size,
                 on_drop=lambda reason, n: self._metrics.pairs_dropped.labels(reason).inc(n),
+                max_in_flight_bytes=config.shadow.max_in_flight_bytes,
             )
         self._tokens = load_tokens(config)
         predict_scope: Scope | None = "predict" if config.auth.predict_requires_token else None
@@ -234,7 +236,8 @@ class ShadowIngress:
                     production_outcome=outcome,
                     production_latency_s=latency_s,
                     violations=[asdict(v) for v in violations],
-                )
+                ),
+                req.nbytes,
             )
         if violations and self._expect.should_annotate(req.request_id, violations):
             production = ModelOutput(
@@ -248,7 +251,7 @@ class ShadowIngress:
                 inputs=req.inputs.tolist(),
                 production=production,
             )
-            self._violation_items.offer(item)
+            self._violation_items.offer(item, req.nbytes)
 
     async def _feedback(self, request: Request) -> Response:
         label = parse_feedback(await self._json(request), time.time())
