@@ -297,7 +297,8 @@ class AnnotationPolicyConfig(Strict):
 
 
 class RedactionConfig(Strict):
-    """Fields removed or hashed before an item leaves the process (spool, Kafka)."""
+    """Fields removed or hashed wherever request data rests: annotation items (spool, Kafka), the pair
+    store, suites, dead letters, expectation messages in the report and the logs."""
 
     drop: list[str] = Field(
         default_factory=list,
@@ -308,7 +309,11 @@ class RedactionConfig(Strict):
         description="Dotted item paths replaced by 'sha256:<hex>' of their JSON value (salted), so equal values "
         "still match.",
     )
-    salt_env: str | None = Field(None, description="Environment variable holding the hash salt; none means unsalted.")
+    salt_env: str | None = Field(
+        None,
+        description="Environment variable holding the hash salt (required when 'hash' lists paths: an unsalted "
+        "hash of a small value space, such as a user id, is reversible by trying them all).",
+    )
 
     @model_validator(mode="after")
     def _paths_ok(self) -> RedactionConfig:
@@ -319,7 +324,17 @@ class RedactionConfig(Strict):
         both = sorted(set(self.drop) & set(self.hash))
         if both:
             raise ValueError(f"paths both dropped and hashed: {', '.join(both)}")
+        if self.hash and not self.salt_env:
+            raise ValueError(
+                "salt_env is required when 'hash' lists paths: set it to an environment variable holding a secret salt"
+            )
         return self
+
+    def covers(self, field: str) -> bool:
+        """Is any of ``field`` (a dotted path: 'features.email', 'inputs') dropped or hashed?"""
+        return any(
+            p == field or field.startswith(p + ".") or p.startswith(field + ".") for p in [*self.drop, *self.hash]
+        )
 
 
 class RotationConfig(Strict):

@@ -254,7 +254,7 @@ class Comparator:
             accuracy_diff = float(correct[0]) - float(correct[1])
         loss_diff = losses["candidate"] - losses["production"]
         sel = pair.selection
-        for n in [OVERALL, *self._matcher.match(pair.features)]:
+        for n in self._slices_of(pair):
             t = self._tallies.setdefault(n, SliceTally())
             t.quality.add_label(sel.stratum, sel.evaluation_share, channel, accuracy_diff, loss_diff)
             if channel == "feedback":
@@ -263,8 +263,15 @@ class Comparator:
 
     def exclude_label(self, pair: Pair, reason: str) -> None:
         """Count a label left out of the quality estimates, with why, in every slice of its pair."""
-        for n in [OVERALL, *self._matcher.match(pair.features)]:
+        for n in self._slices_of(pair):
             self._tallies.setdefault(n, SliceTally()).quality.exclude(reason)
+
+    def _slices_of(self, pair: Pair) -> list[str]:
+        """Where a labelled pair counts: the slices recorded when it was compared (its features may be
+        redacted by now), else matched again."""
+        if pair.selection is not None and pair.selection.slices is not None:
+            return [OVERALL, *(n for n in pair.selection.slices if n in self._tallies)]
+        return [OVERALL, *self._matcher.match(pair.features)]
 
     def set_review_slices(self, names: Iterable[str]) -> None:
         """Slices the gate has under review: their disagreements are drawn with the review share."""

@@ -160,7 +160,9 @@ class Flywheel:
 
     def record(self, pair: Pair, items: list[AnnotationItem]) -> None:
         """Keep the pair for label joins; send the items the policy admits to the annotation queue."""
-        self.pairs.put(pair, tags=[it.reason for it in items])
+        # At rest the pair is redacted like the items (its label still lands in its slices: the
+        # comparator recorded them on pair.selection before this point).
+        self.pairs.put(self.policy.redactor.apply_pair(pair), tags=[it.reason for it in items])
         for item in items:
             self._submit(item)
 
@@ -322,7 +324,7 @@ class Flywheel:
                 request_id=pair.request_id,
                 reason="high_loss",
                 priority=worst,
-                slices=list(self._slices.match(pair.features)),
+                slices=self._slices_of(pair),
                 features=pair.features,
                 inputs=pair.inputs,
                 production=pair.production,
@@ -335,10 +337,16 @@ class Flywheel:
                     self._high_loss_queued += 1
         return True
 
+    def _slices_of(self, pair: Pair) -> list[str]:
+        """The pair's slices as recorded when it was compared (stored features may be redacted)."""
+        if pair.selection is not None and pair.selection.slices is not None:
+            return list(pair.selection.slices)
+        return list(self._slices.match(pair.features))
+
     def _add_to_suites(self, pair: Pair, label: Label, tags: list[str]) -> list[str]:
         if pair.inputs is None:
             return []  # nothing to replay without inputs (shadow.store_inputs off)
-        slices = list(self._slices.match(pair.features))
+        slices = self._slices_of(pair)
         example = SuiteExample(
             request_id=pair.request_id,
             inputs=pair.inputs,

@@ -81,7 +81,7 @@ class ShadowIngress:
             self._predict_batch.set_batch_wait_timeout_s(prod.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._batching = prod.max_batch_size > 1
         self._hub_calls = asyncio.Semaphore(_HUB_CALLS)
-        self._expect = ExpectationSet(config.expectations)
+        self._expect = ExpectationSet(config.expectations, redaction=config.annotations.redaction)
         # Violating requests worth a human look travel to the hub beside the shadow path, bounded the same way.
         self._violation_items = ShadowBuffer(
             send=lambda items: hub.add_items.remote(items),
