@@ -23,7 +23,9 @@ pair aged out gets "expired" (410), one that does not fit the task gets
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -394,19 +396,46 @@ class Flywheel:
             source.close()
 
     def _on_topic_label(self, raw: bytes) -> None:
+        """One record of the labels channel. A record that is not a label, or that the join cannot take,
+        goes to ``labels/dead-letter.jsonl`` (counted as rejected): one bad record must not stop the
+        stream, nor on Kafka be re-polled forever. A disk that refuses the journal holds the stream on
+        this label, retried with backoff, never skipped; if the flywheel closes meanwhile, the channel
+        is not committed and the label comes back at the next start."""
         try:
             label = Label.model_validate_json(raw)
         except ValueError as err:
-            log.error("labels channel: not a Label, skipped: %s", str(err).splitlines()[0])
-            if self._metrics is not None:
-                self._metrics.labels.labels(source="annotator", outcome="rejected").inc()
+            self._dead_letter(raw, f"not a Label: {str(err).splitlines()[0]}", "annotator")
             return
-        try:  # one bad label must not stop the stream (nor, on Kafka, be re-polled forever)
-            self.feedback(label)
-        except Exception:
-            log.exception("label for %s skipped", label.request_id)
-            if self._metrics is not None:
-                self._metrics.labels.labels(source=label.source, outcome="rejected").inc()
+        backoff_s = 0.1
+        while True:
+            try:
+                self.feedback(label)
+                return
+            except OSError as err:
+                log.error("label for %s waits: the labels journal cannot be written: %s", label.request_id, err)
+                if self._stop.wait(backoff_s):
+                    raise
+                backoff_s = min(backoff_s * 2, 10.0)
+            except Exception as err:
+                log.exception("label for %s rejected", label.request_id)
+                self._dead_letter(raw, f"{type(err).__name__}: {err}", label.source)
+                return
+
+    def _dead_letter(self, raw: bytes, error: str, source: str) -> None:
+        path = Path(self.config.data_dir) / "labels" / "dead-letter.jsonl"
+        record = {"ts": self._clock(), "error": error[:500], "raw": raw[:65536].decode("utf-8", "replace")}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            log.error("labels dead letter not written (%s): %s", err, error)
+        else:
+            log.error("labels channel: record rejected (%s); kept in %s", error, path)
+        if self._metrics is not None:
+            self._metrics.labels.labels(source=source, outcome="rejected").inc()
 
     def _backlog_loop(self) -> None:
         """Probe the backlog (first within a second, then at the transport's pace); where the spool is the
