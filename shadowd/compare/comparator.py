@@ -233,7 +233,11 @@ class Comparator:
         when the candidate had none. Raises BadRequest when the label does
         not fit the task (e.g. class 12 of 10).
         """
-        if label.verdict != "label" or label.label is None or not pair.production.ok or not pair.production.values:
+        if label.verdict != "label" or label.label is None:
+            return {}
+        if not pair.production.ok or not pair.production.values:
+            if channel is not None:
+                self.exclude_label(pair, "production had no usable answer")
             return {}
         prod_values, cand = pair.production.values, pair.candidate
         try:
@@ -242,9 +246,14 @@ class Comparator:
                 losses["candidate"] = example_loss(self._task, cand.values, label.label)
         except (ValueError, TypeError) as err:
             raise BadRequest(f"label for request {pair.request_id}: {err}") from None
-        if cand is None or cand.values is None or "candidate" not in losses:
+        if channel is None:
             return losses
-        if not all(math.isfinite(v) for v in losses.values()) or channel is None or pair.selection is None:
+        # A usable label that cannot enter a cell is still accounted for: the report says why.
+        if cand is None or cand.values is None or "candidate" not in losses or pair.selection is None:
+            self.exclude_label(pair, "no candidate answer to compare (failed, timed out or not sampled)")
+            return losses
+        if not all(math.isfinite(v) for v in losses.values()):
+            self.exclude_label(pair, "non-finite loss")
             return losses
         correct = None
         accuracy_diff = None
