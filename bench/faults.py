@@ -309,7 +309,7 @@ class Load:
             except requests.RequestException:
                 self.count(phase, "hostile_refused")
             return
-        rid = f"{phase}-{i}-{uuid.uuid4().hex[:6]}"
+        rid = f"{slug(phase)}-{i}-{uuid.uuid4().hex[:6]}"
         x = np.random.default_rng(i).normal(size=8).round(4)
         try:
             r = session.post(
@@ -604,9 +604,14 @@ def expected_items(data_dir: Path) -> set[str]:
     return ids
 
 
+def slug(phase: str) -> str:
+    """A phase name as request ids may carry it (letters, digits, '.', '_', ':', '-')."""
+    return re.sub(r"[^a-z0-9]+", "_", phase.lower()).strip("_")
+
+
 def phase_of(rid: str, names: list[str]) -> str:
     for n in names:
-        if rid.startswith(n + "-"):
+        if rid.startswith(slug(n) + "-"):
             return n
     return "?"
 
