@@ -162,6 +162,7 @@ def test_check_answer():
     it = item(0)  # three classes
     assert check_answer(2, it, "classification") == 2
     assert check_answer("skip", it, "classification") == "skip"
+    bad: object
     for bad in (3, -1, True, 1.5, "2", None, [1]):
         with pytest.raises(ValueError):
             check_answer(bad, it, "classification")
