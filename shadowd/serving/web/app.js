@@ -229,7 +229,7 @@
     const typed = item.task !== "classification" || classes.length > 10;
     if (item.task === "classification" && classes.length <= 20) {
       classes.forEach((name, k) => {
-        const b = el("button", (k < 10 && !typed ? k + ": " : "") + name);
+        const b = el("button", name === String(k) || typed || k >= 10 ? name : k + ": " + name);
         b.type = "button";
         b.dataset.answer = String(k);
         b.addEventListener("click", () => answer(k));
