@@ -310,6 +310,58 @@ def _annotate_web(cfg: ShadowdConfig, as_: str | None, host: str | None, port: i
         typer.echo("labelling page stopped; unanswered items went back to the queue", err=True)
 
 
+@app.command("label-studio")
+def label_studio(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config file of the daemon."),
+    once: bool = typer.Option(False, "--once", help="Export what is queued, import what is annotated, then exit."),
+) -> None:
+    """Bridge the annotation queue and Label Studio (annotations.label_studio): queue items become tasks with
+    both models' answers as predictions; completed annotations come back as labels."""
+    import signal
+    import threading
+
+    from shadowd.errors import LabelStudioError
+    from shadowd.flywheel.annotate import WorkQueue
+    from shadowd.flywheel.labelstudio import LabelStudioBridge
+
+    cfg = _load(config)
+    ls = cfg.annotations.label_studio
+    if ls is None:
+        _fail(f"{config}: annotations.label_studio is not configured")
+    try:
+        queue = WorkQueue(cfg, lease_s=3600.0)
+    except Exception as err:  # broker unreachable, the page holds the spool
+        _fail(f"cannot open the annotation queue: {type(err).__name__}: {err}", code=1)
+    receiver = None
+    try:
+        bridge = LabelStudioBridge(cfg, queue)
+        bridge.start()
+        typer.echo(f"label studio: project {bridge.project_id} at {ls.url}", err=True)
+        if once:
+            exported = bridge.export_pending()
+            imported = bridge.import_labels()
+            typer.echo(f"exported {exported} items, imported {imported} labels")
+            return
+        if ls.webhook_port is not None:
+            from shadowd.serving.annotate_web import serve_webhook
+
+            receiver = serve_webhook(cfg, bridge)
+            typer.echo(f"label studio webhooks: POST {receiver.url}webhook (token of scope labels)", err=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        typer.echo("label studio bridge running; Ctrl-C to stop", err=True)
+        bridge.run(stop, on_error=lambda err: typer.echo(f"label studio: {err} (retrying)", err=True))
+    except ConfigError as err:
+        _fail(str(err))
+    except LabelStudioError as err:
+        _fail(str(err), code=1)
+    finally:
+        if receiver is not None:
+            receiver.close()
+        queue.close()
+
+
 @app.command("replay")
 def replay(
     suites: list[str] = typer.Argument(..., help="Suite names (in the suites folder), suite folders, or 'all-suites'."),

@@ -336,6 +336,18 @@ class WorkQueue:
             self._finish(entry)
             return label
 
+    def record(self, label: Label) -> bool:
+        """Persist a label given elsewhere (Label Studio) the way one given here is: on the labels channel
+        (acked), then in the labels file. False, and nothing written, if its request has a label already:
+        a label counts once."""
+        with self._lock:
+            if label.request_id in self.labels:
+                return False
+            if self._writer is not None:
+                self._writer.write(label)
+            self.labels.append(label)
+            return True
+
     def complete(self, session: str, request_id: str | None = None) -> AnnotationItem:
         """Count the session's item done without a label here (the Label Studio bridge: exported)."""
         with self._lock:

@@ -152,8 +152,8 @@ def summary_text(item: AnnotationItem, lane: Lane, task: str, class_names: list[
         else:
             shown = f"{out.outcome}: {out.detail or ''}"
         lines.append(f"{out.role} ({out.model}): {shown}")
-    if item.features:
-        lines.append("features: " + json.dumps(item.features, ensure_ascii=False)[:500])
+    for k, v in list(item.features.items())[:32]:
+        lines.append(f"feature {k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"[:300])
     return "\n".join(lines)
 
 

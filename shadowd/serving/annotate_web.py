@@ -42,13 +42,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shadowd.config import ShadowdConfig, is_loopback
-from shadowd.errors import AnnotateError, AuthError, BadRequest
+from shadowd.errors import AnnotateError, AuthError, BadRequest, LabelStudioError
 from shadowd.flywheel.annotate import LANES, LeaseLost, WorkQueue, check_answer
 from shadowd.flywheel.item_view import item_view
+from shadowd.flywheel.labelstudio import LabelStudioBridge
 from shadowd.flywheel.transports import Backlog
 from shadowd.serving.auth import Scope, TokenSet, generated_token_path, load_tokens
 
-__all__ = ["AnnotateServer", "PageTokens", "Route", "open_link", "serve_page"]
+__all__ = ["AnnotateServer", "PageTokens", "Route", "open_link", "serve_page", "serve_webhook"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Route:
     handler: Callable[[AnnotateServer, str, str | None, dict[str, Any]], tuple[int, Any]]
     scope: Scope = "labels"
     needs_session: bool = True
+    max_body_bytes: int = MAX_BODY_BYTES
 
 
 class AnnotateServer:
@@ -278,6 +280,10 @@ class AnnotateServer:
 
     # --- dispatch (called by the handler thread) ---
 
+    def body_limit(self, method: str, path: str) -> int:
+        route = self._routes.get((method, path))
+        return route.max_body_bytes if route is not None else MAX_BODY_BYTES
+
     def handle(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
         if self._page and method == "GET" and path in _STATIC:
             name, ctype = _STATIC[path]
@@ -358,10 +364,11 @@ def _handler(server: AnnotateServer) -> type[http.server.BaseHTTPRequestHandler]
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
                 length = -1
-            if length < 0 or length > MAX_BODY_BYTES:
+            limit = server.body_limit(self.command, path)
+            if length < 0 or length > limit:
                 self.close_connection = True
                 status = 400 if length < 0 else 413
-                self._answer(*_json(status, {"error": f"a body must be 0 to {MAX_BODY_BYTES} bytes"}))
+                self._answer(*_json(status, {"error": f"a body must be 0 to {limit} bytes"}))
                 return
             body = self.rfile.read(length) if length else b""
             try:
@@ -410,3 +417,28 @@ def serve_page(
     except BaseException:
         queue.close()
         raise
+
+
+WEBHOOK_MAX_BODY_BYTES = 4 * 1024 * 1024  # Label Studio sends the whole task (an image as a data URL)
+
+
+def serve_webhook(config: ShadowdConfig, bridge: LabelStudioBridge) -> AnnotateServer:
+    """Label Studio's webhook receiver (POST /webhook, a token of scope labels): imports the task at once."""
+    ls = config.annotations.label_studio
+    assert ls is not None and ls.webhook_port is not None
+
+    def webhook(server: AnnotateServer, token: str, session: str | None, body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            return 200, bridge.on_webhook(body)
+        except LabelStudioError as err:  # fetching the task failed: Label Studio may retry; polling will
+            return 503, {"error": str(err)}
+
+    route = Route(webhook, needs_session=False, max_body_bytes=WEBHOOK_MAX_BODY_BYTES)
+    return AnnotateServer(
+        config,
+        bridge.queue,
+        host=ls.webhook_host,
+        port=ls.webhook_port,
+        extra_routes={("POST", "/webhook"): route},
+        page=False,
+    ).start()

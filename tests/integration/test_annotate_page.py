@@ -55,8 +55,9 @@ def browsers() -> Iterator[list[Any]]:
         b.quit()
 
 
-def _daemon_with_items(shadowd_app: Any) -> Any:
-    """A daemon on two 10-class toy models that disagree a lot; digits from scikit-learn as inputs."""
+def daemon_with_items(shadowd_app: Any, **annotations: Any) -> Any:
+    """A daemon on two 10-class toy models that disagree a lot, digits from scikit-learn as inputs, and
+    N_REQUESTS requests sent (features HOSTILE); ``annotations`` adds to its annotations config."""
     from sklearn.datasets import load_digits
 
     def toy(name: str, seed: int) -> dict[str, Any]:
@@ -83,6 +84,7 @@ def _daemon_with_items(shadowd_app: Any) -> Any:
                     "shift_s": 28800,
                     "start": "2026-01-05T09:00:00Z",
                 },
+                **annotations,
             },
         }
     )
@@ -96,21 +98,21 @@ def _daemon_with_items(shadowd_app: Any) -> Any:
     return daemon
 
 
-def _report(daemon: Any) -> dict[str, Any]:
+def report(daemon: Any) -> dict[str, Any]:
     r = requests.get(f"{daemon.url}/shadow/report", headers=daemon.headers, timeout=30)
     r.raise_for_status()
     out: dict[str, Any] = r.json()
     return out
 
 
-def _wait_queued(daemon: Any, at_least: int) -> None:
+def wait_queued(daemon: Any, at_least: int) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        backlog = (_report(daemon)["annotations"] or {}).get("backlog") or {}
+        backlog = (report(daemon)["annotations"] or {}).get("backlog") or {}
         if backlog.get("items", 0) >= at_least:
             return
         time.sleep(0.5)
-    raise AssertionError(f"fewer than {at_least} items queued: {_report(daemon)['annotations']}")
+    raise AssertionError(f"fewer than {at_least} items queued: {report(daemon)['annotations']}")
 
 
 def _shown(browser: Any, not_: str | None = None, timeout_s: float = 30) -> str:
@@ -137,9 +139,9 @@ def test_two_browsers_label_through_the_page_and_the_labels_join(shadowd_app: An
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    daemon = _daemon_with_items(shadowd_app)
-    _wait_queued(daemon, 6)
-    before = _report(daemon)
+    daemon = daemon_with_items(shadowd_app)
+    wait_queued(daemon, 6)
+    before = report(daemon)
     labels_before = dict(before["annotations"]["labels"])
     server = serve_page(daemon.config)  # beside the daemon, on its data dir (the spool is the queue)
     try:
@@ -203,7 +205,7 @@ def test_two_browsers_label_through_the_page_and_the_labels_join(shadowd_app: An
     # The labels reached the daemon (labels channel -> the hub's join) and joined their pairs.
     deadline = time.monotonic() + 60
     while True:
-        rep = _report(daemon)
+        rep = report(daemon)
         got = rep["annotations"]["labels"]
         grown = {k: got.get(k, 0) - labels_before.get(k, 0) for k in ("joined", "skipped")}
         if grown == {"joined": 3, "skipped": 1} or time.monotonic() > deadline:
