@@ -75,7 +75,7 @@ def read_token(cfg: LabelStudioConfig) -> str:
 
 class LabelStudioClient:
     """Label Studio's REST API, the calls the bridge makes. A personal access token (a JWT) is exchanged
-    for short-lived access tokens (``/api/token/refresh``); a legacy token is sent as ``Token <key>``."""
+    for short-lived access tokens (``/api/token/refresh/``); a legacy token is sent as ``Token <key>``."""
 
     def __init__(self, url: str, token: str, timeout_s: float = 30.0, session: requests.Session | None = None):
         self.url = url.rstrip("/")
@@ -91,7 +91,7 @@ class LabelStudioClient:
             return f"Token {self._token}"
         with self._lock:
             if self._access is None or fresh:
-                r = self._send("POST", "/api/token/refresh", {}, json={"refresh": self._token})
+                r = self._send("POST", "/api/token/refresh/", {}, json={"refresh": self._token})
                 self._access = r.json().get("access")
                 if not self._access:
                     raise LabelStudioError("POST /api/token/refresh answered no access token", retriable=False)

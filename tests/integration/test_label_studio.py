@@ -115,6 +115,13 @@ def test_bridge_round_trip_with_a_real_label_studio(shadowd_app: Any, label_stud
     rids = [t["data"]["shadowd_request_id"] for t in tasks]
     assert len(rids) == len(set(rids)) == exported and crashed in rids  # one task per item, none twice
 
+    # A personal access token (a JWT) works too: exchanged for access tokens at /api/token/refresh/.
+    made = requests.post(f"{label_studio.url}/api/token/", headers=label_studio.headers, timeout=30)
+    assert made.status_code == 201, made.text
+    pat = made.json()["token"]
+    assert pat.count(".") == 2
+    assert LabelStudioClient(label_studio.url, pat).call("GET", f"/api/projects/{project}")["id"] == project
+
     # Each task: both models' answers as pre-annotations, the provenance, the inputs, hostile text kept as text.
     ev = next(t for t in tasks if t["data"]["shadowd_lane"] == "evaluation")
     rv = next(t for t in tasks if t["data"]["shadowd_lane"] == "review")
