@@ -25,8 +25,8 @@ system-deps:
 		command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium chromium-driver >/dev/null; }
 
-# Label Studio for the bridge's integration test, in a venv of its own: it pins numpy, pytz and others
-# that pip would otherwise change in .venv (checked with pip install --dry-run --report).
+# Label Studio for the bridge's integration test, in a venv of its own: installed into .venv it would
+# downgrade numpy (2.4 -> 2.2; pip install --dry-run --report label-studio==1.23.2).
 LS_VENV  ?= .venv-labelstudio
 LS_STAMP := $(LS_VENV)/.installed-1.23.2
 label-studio: $(LS_STAMP)
