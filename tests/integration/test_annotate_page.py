@@ -33,7 +33,8 @@ HOSTILE = {
 }
 
 
-def _chrome(label: str) -> Any:
+def _chrome(profile: Path) -> Any:
+    """Headless Chromium with its own profile (its own sessionStorage: another browser session)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -43,7 +44,7 @@ def _chrome(label: str) -> Any:
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         opts.add_argument(arg)
-    opts.add_argument(f"--user-data-dir=/tmp/shadowd-chromium-{label}-{time.monotonic_ns()}")
+    opts.add_argument(f"--user-data-dir={profile}")
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
@@ -135,7 +136,9 @@ def _saved(browser: Any, count: int) -> None:
     WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "saved").get_attribute("data-count") == str(count))
 
 
-def test_two_browsers_label_through_the_page_and_the_labels_join(shadowd_app: Any, browsers: list[Any]) -> None:
+def test_two_browsers_label_through_the_page_and_the_labels_join(
+    shadowd_app: Any, browsers: list[Any], tmp_path: Path
+) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -146,7 +149,7 @@ def test_two_browsers_label_through_the_page_and_the_labels_join(shadowd_app: An
     server = serve_page(daemon.config)  # beside the daemon, on its data dir (the spool is the queue)
     try:
         url = f"{server.url}#token={daemon.token}"
-        a = _chrome("a")
+        a = _chrome(tmp_path / "chromium-a")
         browsers.append(a)
         a.get(url)
         first = _shown(a)
@@ -168,7 +171,7 @@ def test_two_browsers_label_through_the_page_and_the_labels_join(shadowd_app: An
         a.save_screenshot(str(SCREENSHOT))
 
         # A second browser, open at the same time, is served a different item.
-        b = _chrome("b")
+        b = _chrome(tmp_path / "chromium-b")
         browsers.append(b)
         b.get(url)
         other = _shown(b)
