@@ -97,6 +97,12 @@ class ShadowConfig(Strict):
         description="How often buffered pairs are sent to the shadow worker; each send costs the ingress CPU, "
         "so fewer, larger sends keep production latency flat (bench/RESULTS.md).",
     )
+    max_in_flight_bytes: int = Field(
+        64 * 2**20,
+        ge=2**16,
+        description="Bytes (inputs and features, as the ingress estimates them) of the pairs buffered or in flight "
+        "to the shadow worker, per ingress replica; beyond this, pairs are dropped and counted (reason bytes).",
+    )
     max_flush_size: int = Field(256, ge=1, description="Most pairs sent in one call to the shadow worker.")
     store_inputs: bool = Field(
         True, description="Keep request inputs on pairs (needed for annotation items and replay)."
@@ -293,7 +299,8 @@ class AnnotationPolicyConfig(Strict):
 
 
 class RedactionConfig(Strict):
-    """Fields removed or hashed before an item leaves the process (spool, Kafka)."""
+    """Fields removed or hashed wherever request data rests: annotation items (spool, Kafka), the pair
+    store, suites, dead letters, expectation messages in the report and the logs."""
 
     drop: list[str] = Field(
         default_factory=list,
@@ -304,7 +311,11 @@ class RedactionConfig(Strict):
         description="Dotted item paths replaced by 'sha256:<hex>' of their JSON value (salted), so equal values "
         "still match.",
     )
-    salt_env: str | None = Field(None, description="Environment variable holding the hash salt; none means unsalted.")
+    salt_env: str | None = Field(
+        None,
+        description="Environment variable holding the hash salt (required when 'hash' lists paths: an unsalted "
+        "hash of a small value space, such as a user id, is reversible by trying them all).",
+    )
 
     @model_validator(mode="after")
     def _paths_ok(self) -> RedactionConfig:
@@ -315,7 +326,17 @@ class RedactionConfig(Strict):
         both = sorted(set(self.drop) & set(self.hash))
         if both:
             raise ValueError(f"paths both dropped and hashed: {', '.join(both)}")
+        if self.hash and not self.salt_env:
+            raise ValueError(
+                "salt_env is required when 'hash' lists paths: set it to an environment variable holding a secret salt"
+            )
         return self
+
+    def covers(self, field: str) -> bool:
+        """Is any of ``field`` (a dotted path: 'features.email', 'inputs') dropped or hashed?"""
+        return any(
+            p == field or field.startswith(p + ".") or p.startswith(field + ".") for p in [*self.drop, *self.hash]
+        )
 
 
 class RotationConfig(Strict):
@@ -528,6 +549,12 @@ class LabelsConfig(Strict):
         "high-loss queueing, never for the gate).",
     )
     max_pairs: int = Field(200_000, ge=1, description="Most pairs kept for label joins; the oldest go first.")
+    max_pair_store_bytes: int = Field(
+        2 * 2**30,
+        ge=2**20,
+        description="Most bytes of stored pairs (their JSON) kept for label joins; the oldest go first. A late "
+        "label for an evicted pair is answered 410 (expired).",
+    )
     high_loss_threshold: float | None = Field(
         None, gt=0, description="Queue a labelled input (reason high_loss) when a model's loss is above this."
     )

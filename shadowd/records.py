@@ -85,6 +85,11 @@ class Selection(BaseModel):
         ge=0, le=1, description="Probability that a pair of this stratum and slices enters the evaluation sample."
     )
     in_sample: bool = Field(description="This pair was drawn (hash of its request id below the share).")
+    slices: list[str] | None = Field(
+        None,
+        description="The configured slices the pair fell in, so its label is counted there even where the pair "
+        "store keeps its features redacted (None: recorded before shadowd kept them; matched again).",
+    )
 
 
 class Pair(_Record):

@@ -86,6 +86,9 @@ class Comparator:
         # Only the loss-difference reservoir draws from it; seeded so runs repeat.
         self._rng = random.Random(seed)
         self.sampler = EvaluationSampler(config.annotations.evaluation)
+        # The labels journal's seq up to which labels are in these tallies (flywheel/journal.py): saved with
+        # the state, so a restart replays exactly the labels the saved state lacks. A reset keeps it.
+        self.labels_seq = 0
         self.reset()
 
     # --- window ---
@@ -230,7 +233,11 @@ class Comparator:
         when the candidate had none. Raises BadRequest when the label does
         not fit the task (e.g. class 12 of 10).
         """
-        if label.verdict != "label" or label.label is None or not pair.production.ok or not pair.production.values:
+        if label.verdict != "label" or label.label is None:
+            return {}
+        if not pair.production.ok or not pair.production.values:
+            if channel is not None:
+                self.exclude_label(pair, "production had no usable answer")
             return {}
         prod_values, cand = pair.production.values, pair.candidate
         try:
@@ -239,9 +246,14 @@ class Comparator:
                 losses["candidate"] = example_loss(self._task, cand.values, label.label)
         except (ValueError, TypeError) as err:
             raise BadRequest(f"label for request {pair.request_id}: {err}") from None
-        if cand is None or cand.values is None or "candidate" not in losses:
+        if channel is None:
             return losses
-        if not all(math.isfinite(v) for v in losses.values()) or channel is None or pair.selection is None:
+        # A usable label that cannot enter a cell is still accounted for: the report says why.
+        if cand is None or cand.values is None or "candidate" not in losses or pair.selection is None:
+            self.exclude_label(pair, "no candidate answer to compare (failed, timed out or not sampled)")
+            return losses
+        if not all(math.isfinite(v) for v in losses.values()):
+            self.exclude_label(pair, "non-finite loss")
             return losses
         correct = None
         accuracy_diff = None
@@ -251,7 +263,7 @@ class Comparator:
             accuracy_diff = float(correct[0]) - float(correct[1])
         loss_diff = losses["candidate"] - losses["production"]
         sel = pair.selection
-        for n in [OVERALL, *self._matcher.match(pair.features)]:
+        for n in self._slices_of(pair):
             t = self._tallies.setdefault(n, SliceTally())
             t.quality.add_label(sel.stratum, sel.evaluation_share, channel, accuracy_diff, loss_diff)
             if channel == "feedback":
@@ -260,8 +272,15 @@ class Comparator:
 
     def exclude_label(self, pair: Pair, reason: str) -> None:
         """Count a label left out of the quality estimates, with why, in every slice of its pair."""
-        for n in [OVERALL, *self._matcher.match(pair.features)]:
+        for n in self._slices_of(pair):
             self._tallies.setdefault(n, SliceTally()).quality.exclude(reason)
+
+    def _slices_of(self, pair: Pair) -> list[str]:
+        """Where a labelled pair counts: the slices recorded when it was compared (its features may be
+        redacted by now), else matched again."""
+        if pair.selection is not None and pair.selection.slices is not None:
+            return [OVERALL, *(n for n in pair.selection.slices if n in self._tallies)]
+        return [OVERALL, *self._matcher.match(pair.features)]
 
     def set_review_slices(self, names: Iterable[str]) -> None:
         """Slices the gate has under review: their disagreements are drawn with the review share."""
@@ -346,6 +365,7 @@ class Comparator:
                 "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
             },
             "window_started_ts": self._window_started_ts,
+            "labels_seq": self.labels_seq,
             "slices": {n: t.to_dict() for n, t in self._tallies.items()},
             # The config the evidence was gathered under, so `shadowd report --data-dir`
             # can run the same checks without the YAML; merge and load ignore it.
@@ -379,6 +399,7 @@ class Comparator:
         tallies.update({name: SliceTally.from_dict(d) for name, d in state["slices"].items()})
         self._tallies = tallies
         self._window_started_ts = float(state["window_started_ts"])
+        self.labels_seq = int(state.get("labels_seq", 0))
 
     def save(self, path: Path | None = None) -> Path:
         """Write the state atomically (temp file, fsync, rename): a crash leaves the old file or the new one."""
