@@ -151,6 +151,15 @@ class Label(_Record):
     verdict: Literal["label", "skip", "bad_data"] = "label"
     annotator: str | None = None
     ts: float
+    lane: Lane | None = Field(
+        None,
+        description="Annotator labels: the queue lane the item came from (evaluation: the random sample). "
+        "A record of how the item was chosen; the daemon decides what a label may be used for from the "
+        "pair's own stored selection, never from this field.",
+    )
+    inclusion: float | None = Field(
+        None, ge=0, le=1, description="Annotator labels of evaluation items: the probability the item was drawn with."
+    )
 
 
 # --- the shadow path's own records: ingress -> shadow worker (one Ray call per batch) ---
