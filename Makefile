@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps label-studio demo test test-unit lint bench chart-schema clean
+.PHONY: setup system-deps label-studio demo test test-unit screenshot lint bench chart-schema clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ test: setup system-deps label-studio lint
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
+
+# Retake the labelling page's screenshot the README shows (a normal test run leaves it alone).
+screenshot: setup system-deps
+	SHADOWD_WRITE_SCREENSHOT=1 $(PY) -m pytest -q tests/integration/test_annotate_page.py
 
 # Regenerate helm/shadowd/values.schema.json after changing shadowd/config.py (a test checks they agree).
 chart-schema: setup
