@@ -390,9 +390,12 @@ class Load:
             t.start()
 
     def finish(self) -> None:
+        """Stop sending requests; return once every queued label (retries included) has had its answer."""
         self.stop.set()
         for t in self._threads:
-            t.join(60)
+            t.join(FEEDBACK_DELAY_S * (LABEL_RETRIES + 1) + 600)
+            if t.is_alive():  # a label still in flight would be counted after the report is read
+                raise RuntimeError(f"load thread {t.name} did not finish")
 
 
 class KafkaWatcher:
@@ -759,9 +762,11 @@ def soak(workdir: Path, seconds: float) -> str:
     wait_until(lambda: delivered_all(daemon), timeout_s=120)
     final = daemon.report() or {}
     restarts = daemon.metric("shadowd_thread_restarts_total")
-    time.sleep(5)
+    time.sleep(5)  # the watcher reads the last deliveries
     daemon.stop()
     kafka.stop.set()
+    pending = {r.key for lane in LANES for r in read_spool(data_dir / lane, pending_only=True)}
+    expected = expected_items(data_dir)
     broker.stop()
     warm = [s for s in samples if s[0] >= 60] or samples
     rss0, fds0 = warm[0][1], warm[0][2]
@@ -781,9 +786,10 @@ def soak(workdir: Path, seconds: float) -> str:
             f"| last | {warm[-1][1]:.0f} | {warm[-1][2]} | {warm[-1][3]} |",
             f"| largest / first | {rss_max / rss0:.2f} | {fds_max / max(fds0, 1):.2f} | |",
             "",
-            f"Thread restarts: {restarts:.0f}. Labels answered 200: {len(load.acked_labels)}, held at the end: {held}. "
-            f"Annotation items on Kafka: {len(kafka.seen)}; pending in the spool at the end: "
-            f"{final.get('annotations', {}).get('sink', {}).get('pending', 'n/a')}.",
+            f"Thread restarts: {restarts:.0f}. Labels answered 200: {len(load.acked_labels)}, held by the comparator "
+            f"at the end: {held}. Stored pairs that flipped or diverged: {len(expected)}; their items on Kafka: "
+            f"{len(expected & kafka.seen)}, pending in the spool at the end: {len(pending)}, "
+            f"**lost: {len(expected - kafka.seen - pending)}**.",
         ]
     )
 
