@@ -23,7 +23,8 @@ pairs whose item never reached Kafka (items still in memory at a kill are not
 acknowledged: counted apart), labels answered 200 that the comparator does not
 hold at the end (0), and the recovery time. Labels go 10 s after their request;
 one answered 404 (no pair yet: the shadow path runs behind under a backlog),
-503 or refused is sent again 10 s later, up to three times.
+503 or refused (the daemon is down) is sent again 10 s later, for up to two
+minutes. Pairs dropped across the daemon's restart are the new process's.
 
 ``--soak 600`` instead runs the daemon without faults at about 70 % of its
 measured saturation for that many seconds and samples RSS and open files of
@@ -72,7 +73,7 @@ TOKEN = "bench-" + "x" * 40
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FEEDBACK_SHARE = 0.2
 FEEDBACK_DELAY_S = 10.0  # delayed ground truth: after the pair has been compared, even under a backlog
-LABEL_RETRIES = 3  # a label answered 404 (no pair yet) or 503 is sent again after another delay
+LABEL_RETRIES = 12  # a label answered 404 (no pair yet), 503 or refused is sent again 10 s later, for 2 minutes
 PROD = ToyClassifier(seed=0)
 
 
@@ -132,6 +133,7 @@ class Daemon:
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log: Any = None
+    starts: int = 0
 
     @property
     def url(self) -> str:
@@ -181,6 +183,7 @@ class Daemon:
 
     def start(self, config: Path, timeout_s: float = 240) -> float:
         """Start ``shadowd run``; returns seconds until it answered /healthz."""
+        self.starts += 1  # a new process: its counters start at 0
         started = time.monotonic()
         self.log = open(self.workdir / "daemon.log", "ab")  # noqa: SIM115 (held for the process's life)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -602,7 +605,7 @@ def run_battery(workdir: Path, rate: float, write: bool) -> str:
     for f in faults:
         print(f"fault: {f.name} (so far {load.stats})", flush=True)
         load.phase = f.name
-        before = daemon.metric("shadowd_pairs_dropped_total")
+        before, starts = daemon.metric("shadowd_pairs_dropped_total"), daemon.starts
         f.inject()
         time.sleep(f.hold_s)
         cleared = time.monotonic()
@@ -611,7 +614,9 @@ def run_battery(workdir: Path, rate: float, write: bool) -> str:
         took = wait_until(check, timeout_s=180)
         recovery[f.name] = None if took is None else time.monotonic() - cleared
         time.sleep(5)
-        dropped[f.name] = daemon.metric("shadowd_pairs_dropped_total") - before  # nan across a daemon restart
+        after = daemon.metric("shadowd_pairs_dropped_total")
+        # across a daemon restart the counter started again at 0: what the new process dropped
+        dropped[f.name] = after if daemon.starts != starts else after - before
     load.phase = "after"
     time.sleep(10)
     load.finish()
@@ -731,6 +736,19 @@ def summarize(
         f"Kafka, {len(pending)} still pending in a spool at the end; {len(acked_items)} items were seen "
         f"acknowledged in a spool segment, **{len(lost_acked)} of them never reached Kafka**.",
     ]
+    not_joined = {
+        p: {
+            k.removeprefix("labels_"): v
+            for k, v in load.stats.get(p, {}).items()
+            if k.startswith("labels_") and k != "labels_acked"
+        }
+        for p in phases
+    }
+    lines.append(
+        "Labels not joined, by the last answer (after retries): "
+        + ("; ".join(f"{p}: {d}" for p, d in not_joined.items() if d) or "none")
+        + "."
+    )
     if "daemon restart: healthy after" in recovery:
         lines.append(f"The restarted daemon answered /healthz after {recovery['daemon restart: healthy after']:.0f} s.")
     return "\n".join(lines)
