@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps label-studio demo test test-unit screenshot lint bench soak chart-schema clean
+.PHONY: setup system-deps label-studio mlserver demo test test-unit screenshot lint bench soak chart-schema clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,18 @@ $(LS_STAMP):
 	$(LS_VENV)/bin/python -m pip install -q label-studio==1.23.2
 	touch $(LS_STAMP)
 
+# MLServer (a model server speaking the Open Inference Protocol v2) for the remote-model integration
+# tests (kind: http), in a venv of its own: its pinned server stack (fastapi, uvicorn, grpcio, protobuf)
+# stays out of .venv. The tests start it with a custom runtime (tests/data/mlserver/toy_runtime.py).
+MLS_VENV  ?= .venv-mlserver
+MLS_STAMP := $(MLS_VENV)/.installed-1.7.1
+mlserver: $(MLS_STAMP)
+$(MLS_STAMP):
+	python3 -m venv $(MLS_VENV)
+	$(MLS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MLS_VENV)/bin/python -m pip install -q mlserver==1.7.1
+	touch $(MLS_STAMP)
+
 demo: setup
 	$(VENV)/bin/shadowd demo
 
@@ -46,7 +58,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: setup system-deps label-studio lint
+test: setup system-deps label-studio mlserver lint
 	$(PY) -m pytest -q
 
 test-unit: setup
@@ -73,4 +85,4 @@ soak: setup
 	$(PY) bench/faults.py --soak 600
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) shadowd-data .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) $(MLS_VENV) shadowd-data .pytest_cache

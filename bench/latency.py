@@ -8,17 +8,25 @@ blocks with the arm order rotated every round):
   c  shadowd, 100 % shadowing, candidate of equal latency that does not compete for CPU (sleep)
   d  as c with a CPU-bound candidate (informational: on 2 cores it competes with production)
   e  as b with data expectations on (features and inputs checked on every request)
+  r  the same model behind a small HTTP model server (OIP v2, its own process), called directly
+  f  shadowd in front of that server: production kind http, shadowing off
+  g  as f with 100 % shadowing and the sleep candidate of c
 
 Prints p50/p99 per arm and the ratios c/a and c/b (target c/a p99 <= 1.10)
-and e/b, the cost of expectations (target p99 <= 1.05).
+and e/b, the cost of expectations (target p99 <= 1.05); f/r and g/r, what
+shadowd adds in front of a remote production model.
 Usage: .venv/bin/python bench/latency.py [--rounds 8] [--block 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import tempfile
 import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +57,39 @@ class PlainModel:
         return JSONResponse({"outputs": out.tolist(), "prediction": int(out.argmax())})
 
 
+def _serve_remote(port: int) -> None:
+    """Arm r's server, in a process of its own: the production model (5 ms sleep) behind OIP v2, one thread per
+    connection (kept alive), as a model server would answer."""
+    model = SleepyModel(latency_ms=MODEL_MS)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: without it, delayed ACKs add 40 ms
+
+        def do_POST(self) -> None:
+            tensor = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["inputs"][0]
+            x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+            out = model.predict(x)
+            answer = {
+                "outputs": [{"name": "p", "shape": list(out.shape), "datatype": "FP64", "data": out.ravel().tolist()}]
+            }
+            data = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def _remote_model(name: str, port: int) -> dict[str, Any]:
+    return {"name": name, "kind": "http", "url": f"http://127.0.0.1:{port}", "input_shape": [8], "timeout_s": 5.0}
+
+
 def _model(name: str, **kwargs: Any) -> dict[str, Any]:
     return {
         "name": name,
@@ -72,11 +113,12 @@ def _shadowd(
     candidate: dict[str, Any] | None,
     flush_ms: float,
     expectations: dict[str, Any] | None = None,
+    production: dict[str, Any] | None = None,
 ) -> Application:
     raw = {
         "task": "classification",
         "data_dir": str(data_dir / prefix.strip("/")),
-        "models": {"production": _model("prod", latency_ms=MODEL_MS), "candidate": candidate},
+        "models": {"production": production or _model("prod", latency_ms=MODEL_MS), "candidate": candidate},
         "shadow": {"sample_share": 1.0, "flush_interval_ms": flush_ms},
         "serving": {"port": port, "route_prefix": prefix},
         "metrics": {"port": 0},
@@ -85,10 +127,24 @@ def _shadowd(
     return build_app(parse_config(raw, f"bench{prefix}"))
 
 
-def _block(session: requests.Session, url: str, n: int, rng: np.random.Generator) -> list[float]:
+def _predict_body(x: list[float]) -> dict[str, Any]:
+    return {"inputs": x, "features": {"x0": 1}}
+
+
+def _oip_body(x: list[float]) -> dict[str, Any]:
+    return {"inputs": [{"name": "input-0", "shape": [1, 8], "datatype": "FP32", "data": x}]}
+
+
+def _block(
+    session: requests.Session,
+    url: str,
+    n: int,
+    rng: np.random.Generator,
+    make_body: Callable[[list[float]], dict[str, Any]] = _predict_body,
+) -> list[float]:
     out = []
     for _ in range(n):
-        body = {"inputs": rng.normal(size=8).round(4).tolist(), "features": {"x0": 1}}
+        body = make_body(rng.normal(size=8).round(4).tolist())
         t0 = time.perf_counter()
         r = session.post(url, json=body, timeout=30)
         out.append(time.perf_counter() - t0)
@@ -101,9 +157,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--port", type=int, default=8123)
-    parser.add_argument("--flush-ms", type=float, default=100.0, help="shadow.flush_interval_ms for arms b-d")
+    parser.add_argument("--flush-ms", type=float, default=100.0, help="shadow.flush_interval_ms for arms b-d, f, g")
+    parser.add_argument("--remote-port", type=int, default=8124, help="arm r's model server")
     args = parser.parse_args()
 
+    # Before Ray starts, in a fresh interpreter: the remote model server shares nothing with shadowd.
+    server = multiprocessing.get_context("spawn").Process(target=_serve_remote, args=(args.remote_port,), daemon=True)
+    server.start()
     ensure_ray(num_cpus=8)  # logical CPUs so all four arms fit; the machine has what it has
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     base = f"http://127.0.0.1:{args.port}"
@@ -126,7 +186,20 @@ def main() -> None:
     serve.run(
         _shadowd("/e", tmp, args.port, None, args.flush_ms, EXPECTATIONS), name="e", route_prefix="/e", blocking=False
     )
-    for prefix in ("/b", "/c", "/d", "/e"):
+    remote = _remote_model("prod", args.remote_port)
+    serve.run(
+        _shadowd("/f", tmp, args.port, None, args.flush_ms, production=remote),
+        name="f",
+        route_prefix="/f",
+        blocking=False,
+    )
+    serve.run(
+        _shadowd("/g", tmp, args.port, _model("cand", latency_ms=MODEL_MS), args.flush_ms, production=remote),
+        name="g",
+        route_prefix="/g",
+        blocking=False,
+    )
+    for prefix in ("/b", "/c", "/d", "/e", "/f", "/g"):
         wait_healthy(f"{base}{prefix}", 120)
     urls = {
         "a": f"{base}/a",
@@ -134,19 +207,24 @@ def main() -> None:
         "c": f"{base}/c/predict",
         "d": f"{base}/d/predict",
         "e": f"{base}/e/predict",
+        "r": f"http://127.0.0.1:{args.remote_port}/v2/models/prod/infer",
+        "f": f"{base}/f/predict",
+        "g": f"{base}/g/predict",
     }
+    bodies = {arm: _oip_body if arm == "r" else _predict_body for arm in urls}
     arms = list(urls)
     samples: dict[str, list[float]] = {a: [] for a in arms}
     rng = np.random.default_rng(0)
     with requests.Session() as session:
         for arm in arms:  # warm-up, discarded
-            _block(session, urls[arm], 30, rng)
+            _block(session, urls[arm], 30, rng, bodies[arm])
         for r in range(args.rounds):
             order = arms[r % len(arms) :] + arms[: r % len(arms)]
             for arm in order:
-                samples[arm] += _block(session, urls[arm], args.block, rng)
+                samples[arm] += _block(session, urls[arm], args.block, rng, bodies[arm])
                 time.sleep(0.2)  # let the arm's shadow path drain before the next arm
     serve.shutdown()
+    server.terminate()
 
     q = {a: (np.percentile(s, 50) * 1e3, np.percentile(s, 99) * 1e3) for a, s in samples.items()}
     names = {
@@ -155,13 +233,16 @@ def main() -> None:
         "c": "shadowd, 100% shadow, sleep candidate",
         "d": "shadowd, 100% shadow, CPU-bound candidate",
         "e": "shadowd, shadowing off, expectations on",
+        "r": "remote model server (OIP v2), called directly",
+        "f": "shadowd, remote production (kind http), shadowing off",
+        "g": "shadowd, remote production, 100% shadow, sleep candidate",
     }
     print("| arm | what | n | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for a in arms:
         print(f"| {a} | {names[a]} | {len(samples[a])} | {q[a][0]:.2f} | {q[a][1]:.2f} |")
     print()
     print("| ratio | p50 | p99 |\n|---|---|---|")
-    for num, den in (("c", "a"), ("c", "b"), ("b", "a"), ("d", "a"), ("e", "b")):
+    for num, den in (("c", "a"), ("c", "b"), ("b", "a"), ("d", "a"), ("e", "b"), ("f", "r"), ("g", "r"), ("g", "f")):
         print(f"| {num}/{den} | {q[num][0] / q[den][0]:.3f} | {q[num][1] / q[den][1]:.3f} |")
 
 

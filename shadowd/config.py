@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from shadowd.compare.checks import CheckConfig, default_checks
-from shadowd.configbase import Scalar, Strict
+from shadowd.configbase import SECRET_ERROR, Scalar, Strict
 from shadowd.errors import ConfigError
 from shadowd.flywheel.transports import SpoolTransportConfig, TransportConfig
 from shadowd.models import ModelConfig
@@ -878,12 +878,19 @@ def _loc(loc: tuple[Any, ...], data: Any, missing: bool) -> str:
     return "".join(parts) or "(top level)"
 
 
+def _may_hold_credential(value: Any) -> bool:
+    """A mapping that may carry a remote model's headers or URL (e.g. a whole model config whose kind is
+    mistyped): its value stays out of the message, as a credential in it would otherwise be echoed."""
+    return isinstance(value, dict) and any(key in value for key in ("headers", "url"))
+
+
 def describe_error(err: ValidationError, source: str, data: Any) -> str:
     """One line per error: file, key path, what is wrong and the value given."""
     lines = []
     for e in err.errors(include_url=False):
         missing = e["type"] == "missing"
-        show_input = not missing and e["loc"]  # the top level's input is the whole file
+        # the top level's input is the whole file; a credential's is the credential
+        show_input = not missing and e["loc"] and e["type"] != SECRET_ERROR and not _may_hold_credential(e.get("input"))
         got = f" (got {e.get('input')!r})" if show_input else ""
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"{source}: {_loc(e['loc'], data, missing)}: {msg}{got}")

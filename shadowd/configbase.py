@@ -13,8 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
 
-__all__ = ["Scalar", "Strict", "resolve_path"]
+__all__ = ["SECRET_ERROR", "Scalar", "Strict", "resolve_path", "secret_error"]
+
+# The error type of a value that holds a credential: the config's error message leaves the value out.
+SECRET_ERROR = "secret_in_config"
 
 Scalar = str | int | float | bool | None
 
@@ -28,3 +32,9 @@ class Strict(BaseModel):
 def resolve_path(path: Path | None, base_dir: Path) -> Path | None:
     """A config path made absolute: relative paths are relative to the config file's folder."""
     return path if path is None or path.is_absolute() else (base_dir / path).resolve()
+
+
+def secret_error(message: str) -> PydanticCustomError:
+    """A validation error for a credential written into the config: the message says where it belongs instead,
+    and ``shadowd.config.describe_error`` never shows the value."""
+    return PydanticCustomError(SECRET_ERROR, message)

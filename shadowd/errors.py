@@ -27,6 +27,8 @@ __all__ = [
     "LabelStudioError",
     "ModelError",
     "PayloadTooLarge",
+    "RemoteModelError",
+    "RemoteModelTimeout",
     "ShadowdError",
     "SinkError",
     "SpoolError",
@@ -81,6 +83,35 @@ class ExpectationFailed(BadRequest):
 
 class ModelError(ShadowdError):
     """A model raised, returned garbage (NaN/inf, wrong shape) or could not be loaded."""
+
+
+class RemoteModelError(ModelError):
+    """A model served elsewhere (``kind: http``) did not answer usefully: connection refused or reset, an HTTP
+    error status, or an answer that is not what its payload says. The message is safe to show a client (no URL,
+    no response body, no header); ``detail`` adds a short excerpt of the answer for the log.
+
+    ``reason`` (a bounded metrics label): ``refused`` (no connection), ``status`` (an HTTP error status),
+    ``bad_answer`` (not JSON, or not the payload's shape), ``timeout``. ``outcome`` is what a shadow role
+    records (``error``, ``timeout``, ``bad_shape``); ``http_status`` what production's client gets (502).
+    """
+
+    http_status = 502
+
+    def __init__(self, message: str, reason: str, outcome: str = "error", detail: str = "", retriable: bool = False):
+        super().__init__(message)
+        self.reason = reason
+        self.outcome = outcome
+        self.detail = detail
+        self.retriable = retriable
+
+
+class RemoteModelTimeout(RemoteModelError):
+    """A model served elsewhere gave no answer within its ``timeout_s``: production's client gets 504."""
+
+    http_status = 504
+
+    def __init__(self, message: str):
+        super().__init__(message, "timeout", "timeout")
 
 
 class SinkError(ShadowdError):

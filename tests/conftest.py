@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.grafana",
     "tests.fixtures.ray_serve",
     "tests.fixtures.label_studio",
+    "tests.fixtures.mlserver",
 ]

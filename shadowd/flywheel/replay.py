@@ -52,10 +52,13 @@ def replay_suites(
 
     folders = resolve_suites(specs, suites_dir)
     model = load_model(model_cfg)
-    return [
-        replay_suite(f, model.predict, model_cfg.input_shape, thresholds, exclude_selected_by=exclude_selected_by)
-        for f in folders
-    ]
+    try:
+        return [
+            replay_suite(f, model.predict, model_cfg.input_shape, thresholds, exclude_selected_by=exclude_selected_by)
+            for f in folders
+        ]
+    finally:
+        model.close()  # a remote model's connections
 
 
 def against_baseline(

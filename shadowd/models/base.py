@@ -1,24 +1,35 @@
 """What every model kind's config shares, and the interface a kind implements.
 
-A kind module subclasses ``ModelBase`` with ``kind: Literal[...]``, its own
-fields, and ``load()``. Heavy imports (torch, numpy) happen inside ``load``,
-so the config tree loads with pydantic alone.
+A kind module subclasses ``ModelBase`` with ``kind: Literal[...]`` and its own
+fields. A model that runs in shadowd's process subclasses ``LocalModelBase``
+and implements ``load()`` (a synchronous batch function); a model served
+elsewhere implements ``connect()`` (an asynchronous one). Heavy imports
+(torch, numpy, httpx) happen inside those, so the config tree loads with
+pydantic alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Protocol, Self
 
 from pydantic import Field
 
 from shadowd.configbase import Strict
 
-__all__ = ["ModelBase", "Predict"]
+__all__ = ["LocalModelBase", "ModelBase", "Predict", "RemotePredict"]
 
 # One batch (a numpy array of n examples) in, n outputs out (anything numpy can read).
 Predict = Callable[[Any], Any]
+
+
+class RemotePredict(Protocol):
+    """A model served elsewhere: awaited on the caller's event loop, never blocking it."""
+
+    def __call__(self, batch: Any) -> Awaitable[Any]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class ModelBase(Strict):
@@ -40,8 +51,32 @@ class ModelBase(Strict):
 
     def load(self, torch_threads: int) -> Predict:
         """The model's batch function; raises ModelError naming the model and the cause."""
-        raise NotImplementedError
+        raise NotImplementedError(f"model kind of {self.name!r} is not loaded in process; see connect()")
+
+    def connect(self) -> RemotePredict | None:
+        """For a model served elsewhere: its asynchronous batch function (ModelError names the model and the
+        cause of a setup that cannot work, e.g. a missing credential). None for a model loaded in process."""
+        return None
 
     def with_base_dir(self, base_dir: Path) -> Self:
         """This config with its relative paths resolved against the config file's folder."""
         return self
+
+
+class LocalModelBase(ModelBase):
+    """A model that runs in shadowd's own process (TorchScript, a Python object)."""
+
+    run_in_thread: bool = Field(
+        False,
+        description="Where an event loop calls this model (the ingress runs production there): false runs each "
+        "call inline on the loop, the fastest path for a model of a few milliseconds; true runs it in a thread "
+        "of the replica's pool (run_threads), so the loop keeps answering other requests and /healthz while a "
+        "slow model works. The shadow worker always runs local models in its own bounded threads.",
+    )
+    run_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="With run_in_thread: model calls one replica runs at once (torch releases the GIL, so up to "
+        "the cores' worth run in parallel); more wait for a free thread.",
+    )

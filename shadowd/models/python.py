@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from shadowd.errors import ModelError
-from shadowd.models.base import ModelBase, Predict
+from shadowd.models.base import LocalModelBase, Predict
 
 __all__ = ["PythonModel"]
 
@@ -31,7 +31,7 @@ def _import_target(target: str) -> Any:
     return obj
 
 
-class PythonModel(ModelBase):
+class PythonModel(LocalModelBase):
     kind: Literal["python"] = Field(description="python: an import path 'module:attr'.")
     target: str = Field(
         description="Import path 'package.module:attr' of a class or factory returning an object with "

@@ -9,12 +9,12 @@ from pydantic import Field
 
 from shadowd.configbase import resolve_path
 from shadowd.errors import ModelError
-from shadowd.models.base import ModelBase, Predict
+from shadowd.models.base import LocalModelBase, Predict
 
 __all__ = ["TorchScriptModel"]
 
 
-class TorchScriptModel(ModelBase):
+class TorchScriptModel(LocalModelBase):
     kind: Literal["torchscript"] = Field(description="torchscript: a file saved with torch.jit.save.")
     path: Path = Field(description="TorchScript file; relative paths are relative to the config file.")
 

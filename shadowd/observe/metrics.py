@@ -39,6 +39,14 @@ class ShadowdMetrics:
             ["role", "outcome"],
             registry=reg,
         )
+        self.remote_failures = Counter(
+            "shadowd_remote_model_failures_total",
+            "Failed calls to a model served elsewhere (kind http), by role and reason (refused: no connection; "
+            "status: an HTTP error status; bad_answer: not the payload's shape; timeout). Production's clients "
+            "got a 502 (504 for timeout) for each production one.",
+            ["role", "reason"],
+            registry=reg,
+        )
         self.bad_requests = Counter(
             "shadowd_bad_requests_total",
             "Client requests refused with a 4xx, by HTTP status.",

@@ -1,16 +1,22 @@
 """ShadowIngress: the HTTP front of shadowd and the production path.
 
-The production model runs inside this replica (no extra hop). A request is
-parsed, answered from production, and, if sampled, production's side of the
-pair is offered to the ``ShadowBuffer`` (O(1), never blocks). Everything else
-(candidate, comparison, annotation) happens in other deployments.
+The production model runs inside this replica (no extra hop), or is served
+elsewhere (``kind: http``) and awaited here; either way through
+``LoadedModel.apredict``, so the event loop is never blocked on a remote
+model (a local one runs inline or, with ``run_in_thread``, in a thread). A
+request is parsed, answered from production, and, if sampled, production's
+side of the pair is offered to the ``ShadowBuffer`` (O(1), never blocks).
+Everything else (candidate, comparison, annotation) happens in other
+deployments.
 
 Routes and the token scope each needs (``shadowd.serving.auth``), checked
 before the body is read: POST /predict (open, or ``predict`` with
 ``auth.predict_requires_token``), POST /feedback (``labels``), GET
 /shadow/report (``read``), POST /shadow/reset (``admin``), GET /healthz
-(open). A failure of shadowd or the model answers 500 with the request id to
-find it in the log, never the exception text.
+(open). A failure of shadowd or of a local model answers 500 with the request
+id to find it in the log, never the exception text; a remote production model
+that is unreachable or answers badly answers 502, one that does not answer
+within its ``timeout_s`` 504, each with a one-line reason and the request id.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shadowd.config import ShadowdConfig
-from shadowd.errors import AuthError, BadRequest
+from shadowd.errors import AuthError, BadRequest, RemoteModelError
 from shadowd.expect import ExpectationSet, Violation, record_violations, violation_item
 from shadowd.models.runtime import check_rows, load_model
 from shadowd.records import Mirrored, MirroredBatch, ModelOutput, Outcome
@@ -170,13 +176,30 @@ class ShadowIngress:
 
     @serve.batch(max_batch_size=1)
     async def _predict_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self._model.predict(np.stack(xs)))
+        return list(await self._model.apredict(np.stack(xs)))
 
     async def _run_production(self, x: np.ndarray) -> np.ndarray:
         if self._batching:
             return await self._predict_batch(x)
-        row: np.ndarray = self._model.predict(x[None])[0]
+        row: np.ndarray = (await self._model.apredict(x[None]))[0]
         return row
+
+    def _remote_failure(self, err: RemoteModelError, request_id: str) -> JSONResponse:
+        """A remote production model failed: 502 (refused, error status, bad answer) or 504 (timeout), with the
+        reason; counted. The log gets an excerpt of the answer, the client never does."""
+        self._metrics.requests.labels("production", "timeout" if err.http_status == 504 else "error").inc()
+        self._metrics.remote_failures.labels("production", err.reason).inc()
+        log.warning(
+            "production model %r failed on request %s: %s%s",
+            self._model.name,
+            request_id,
+            err,
+            f" (answer: {err.detail})" if err.detail else "",
+        )
+        return JSONResponse(
+            {"error": f"production model {self._model.name!r}: {err}", "request_id": request_id},
+            status_code=err.http_status,
+        )
 
     async def _predict(self, request: Request) -> Response:
         t_start = time.perf_counter()
@@ -190,6 +213,8 @@ class ShadowIngress:
         t0 = time.perf_counter()
         try:
             out = await self._run_production(req.inputs)
+        except RemoteModelError as err:
+            return self._remote_failure(err, request_id)
         except Exception:
             self._metrics.requests.labels("production", "error").inc()
             log.exception("production model failed on request %s", request_id)
@@ -269,6 +294,7 @@ class ShadowIngress:
         for buffer in (self._buffer, self._violation_items):
             if buffer is not None:
                 await buffer.drain(timeout_s=5.0)
+        await self._model.aclose()
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse(

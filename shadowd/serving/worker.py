@@ -3,12 +3,16 @@ for the noise floor and the reference model for the churn floor) on mirrored
 requests in batches, isolated from production, and hands finished ``Pair``s
 to the hub.
 
-Fault isolation: the candidate runs in a small thread pool under a timeout.
-A call that raises, hangs past ``candidate_timeout_s``, or returns NaN/inf or
-the wrong shape is recorded as that outcome on its pairs; nothing here can
-reach a production answer, which was sent before the pair was even queued.
-A candidate that hangs keeps its thread; once every thread is stuck, further
-batches are marked as timeouts at once instead of piling up behind them.
+Fault isolation: a local candidate runs in a small thread pool under a
+timeout; a remote one (``kind: http``) is awaited on this replica's loop
+under the same timeout and the same bound on calls in flight. A call that
+raises, hangs past ``candidate_timeout_s``, fails remotely (refused, an
+error status, a bad answer), or returns NaN/inf or the wrong shape is
+recorded as that outcome on its pairs; nothing here can reach a production
+answer, which was sent before the pair was even queued. A local candidate
+that hangs keeps its thread; once every thread is stuck, further batches are
+marked as timeouts at once instead of piling up behind them (a remote call
+past the timeout is cancelled and frees its slot).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from shadowd.config import ShadowdConfig
+from shadowd.errors import RemoteModelError
 from shadowd.expect import ExpectationSet, Violation, record_violations
 from shadowd.models.runtime import LoadedModel, check_rows, load_model
 from shadowd.records import MirroredBatch, ModelOutput, Outcome, Pair, Role
@@ -38,16 +44,25 @@ log = logging.getLogger(__name__)
 # candidate applies backpressure (the ingress's budget then drops and counts) instead of a call
 # finding no free thread; only calls stuck past the timeout can leave none free.
 MODEL_THREADS = 2
+_REMOTE_OUTCOMES: dict[str, Outcome] = {"timeout": "timeout", "bad_shape": "bad_shape"}
 
 
 class _Runner:
-    """Calls one model in a bounded thread pool with a timeout."""
+    """Calls one model with a timeout, at most MODEL_THREADS calls at once: a local model in a bounded thread
+    pool, a remote one on the event loop. ``on_remote_failure`` counts a remote failure by its reason."""
 
-    def __init__(self, model: LoadedModel, timeout_s: float):
+    def __init__(
+        self, model: LoadedModel, timeout_s: float, on_remote_failure: Callable[[str], None] = lambda reason: None
+    ):
         self.model = model
         self._timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=MODEL_THREADS, thread_name_prefix=f"shadow-{model.name}")
-        # Free threads; released by the thread itself, so a hung call keeps its slot.
+        self._on_remote_failure = on_remote_failure
+        self._pool = (
+            None
+            if model.remote
+            else ThreadPoolExecutor(max_workers=MODEL_THREADS, thread_name_prefix=f"shadow-{model.name}")
+        )
+        # Free slots; released by the thread itself (a hung local call keeps its slot) or when a remote call ends.
         self._slots = threading.Semaphore(MODEL_THREADS)
 
     def _call(self, x: np.ndarray) -> tuple[np.ndarray, float]:
@@ -61,6 +76,8 @@ class _Runner:
         """(output array | failed outcome, seconds per example, reason)."""
         if not self._slots.acquire(blocking=False):
             return "timeout", 0.0, f"all {MODEL_THREADS} model threads are still busy with earlier calls"
+        if self._pool is None:
+            return await self._call_remote(x)
         loop = asyncio.get_running_loop()
         try:
             out, elapsed_s = await asyncio.wait_for(loop.run_in_executor(self._pool, self._call, x), self._timeout_s)
@@ -69,6 +86,24 @@ class _Runner:
         except Exception as err:  # the model's own failure, whatever it is
             return "error", 0.0, f"{type(err).__name__}: {err}"[:300]
         return out, elapsed_s / len(x), None
+
+    async def _call_remote(self, x: np.ndarray) -> tuple[Outcome | np.ndarray, float, str | None]:
+        """A remote model's call, awaited here; cancelled at the timeout, which frees its slot."""
+        t0 = time.perf_counter()
+        try:
+            out = await asyncio.wait_for(self.model.apredict(x), self._timeout_s)
+        except TimeoutError:
+            self._on_remote_failure("timeout")
+            return "timeout", self._timeout_s / len(x), f"no answer within {self._timeout_s} s"
+        except RemoteModelError as err:
+            self._on_remote_failure(err.reason)
+            outcome = _REMOTE_OUTCOMES.get(err.outcome, "error")
+            return outcome, (time.perf_counter() - t0) / len(x), str(err)[:300]
+        except Exception as err:
+            return "error", 0.0, f"{type(err).__name__}: {err}"[:300]
+        finally:
+            self._slots.release()
+        return out, (time.perf_counter() - t0) / len(x), None
 
 
 async def run_role(
@@ -103,17 +138,23 @@ class ShadowWorker:
         self._metrics = process_metrics()
         timeout_s = config.shadow.candidate_timeout_s
         assert config.models.candidate is not None, "the app builder adds a worker only with a candidate"
-        self._candidate = _Runner(load_model(config.models.candidate, config.serving.torch_threads), timeout_s)
+        self._candidate = _Runner(
+            load_model(config.models.candidate, config.serving.torch_threads), timeout_s, self._failures("candidate")
+        )
         self._expect = ExpectationSet(config.expectations, redaction=config.annotations.redaction)
         threads = config.serving.torch_threads
         # Second opinions on a sampled share: production again (noise floor), the reference (churn floor).
         self._seconds: list[tuple[Role, float, _Runner]] = []
         if config.shadow.noise_share > 0:
-            runner = _Runner(load_model(config.models.production, threads), timeout_s)
+            runner = _Runner(load_model(config.models.production, threads), timeout_s, self._failures("noise"))
             self._seconds.append(("noise", config.shadow.noise_share, runner))
         if config.models.reference is not None and config.shadow.reference_share > 0:
-            runner = _Runner(load_model(config.models.reference, threads), timeout_s)
+            runner = _Runner(load_model(config.models.reference, threads), timeout_s, self._failures("reference"))
             self._seconds.append(("reference", config.shadow.reference_share, runner))
+
+    def _failures(self, role: Role) -> Callable[[str], None]:
+        """Counts a remote model's failures for ``role`` by reason."""
+        return lambda reason: self._metrics.remote_failures.labels(role, reason).inc()
 
     def _record(self, violations: list[Violation]) -> list[dict[str, Any]]:
         """Count output violations in metrics; return them as the pair carries them."""

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from starlette.requests import Request
 
 from shadowd.config import parse_config
 from shadowd.serving.ingress import ShadowIngress
+from tests.fixtures.model_server import ModelServer
 
 LABELS_TOKEN = "labels-" + "1" * 40
 ADMIN_TOKEN = "admin-" + "2" * 40
@@ -92,7 +95,7 @@ class Body:
         return {"type": "http.request", "body": self.body, "more_body": False}
 
 
-def call(app: ShadowIngress, method: str, path: str, body: Any = None, token: str | None = None):
+def request(method: str, path: str, body: Any = None, token: str | None = None) -> tuple[Request, Body]:
     raw = json.dumps(body).encode() if body is not None else b""
     headers = [(b"content-length", str(len(raw)).encode()), (b"content-type", b"application/json")]
     if token is not None:
@@ -108,7 +111,12 @@ def call(app: ShadowIngress, method: str, path: str, body: Any = None, token: st
         "scheme": "http",
         "server": ("test", 80),
     }
-    resp = asyncio.run(app(Request(scope, receive)))
+    return Request(scope, receive), receive
+
+
+def call(app: ShadowIngress, method: str, path: str, body: Any = None, token: str | None = None):
+    req, receive = request(method, path, body, token)
+    resp = asyncio.run(app(req))
     return resp.status_code, json.loads(bytes(resp.body)), dict(resp.headers), receive.read
 
 
@@ -195,3 +203,102 @@ def test_tokens_never_reach_logs_or_error_bodies(tmp_path, caplog, level):
     for secret in (LABELS_TOKEN, ADMIN_TOKEN, near_miss, "1" * 40, "2" * 39):
         assert secret not in caplog.text
         assert not any(secret in b for b in bodies)
+
+
+# ---- a production model served elsewhere (kind: http), against a small real HTTP server ----
+
+X = [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8]
+
+
+def remote(url: str, **fields: Any) -> dict[str, Any]:
+    return {"name": "remote-prod", "kind": "http", "url": url, "input_shape": [8], **fields}
+
+
+@pytest.fixture
+def model_server():
+    with ModelServer() as server:
+        yield server
+
+
+def test_a_remote_production_answer_is_the_servers_own(tmp_path, model_server):
+    model_server.add("remote-prod", seed=2)
+    app = ingress(tmp_path, StandInHub(), production=remote(model_server.url))
+    status, body, _, _ = call(app, "POST", "/predict", {"inputs": X})
+    expected = model_server.direct("remote-prod", np.array([X]))[0]
+    assert status == 200 and body["outputs"] == expected and body["model"] == "remote-prod"
+    assert body["prediction"] == int(np.argmax(expected))
+    assert model_server.received[-1].path == "/v2/models/remote-prod/infer"
+
+
+@pytest.mark.parametrize(
+    "mode, status, reason, outcome, words",
+    [
+        ("error500", 502, "status", "error", "its server answered HTTP 500"),
+        ("not_json", 502, "bad_answer", "error", "the answer is not JSON"),
+        ("wrong_rows", 502, "bad_answer", "error", "output 'probabilities' has shape [2, 4] for 1 example(s)"),
+        ("hang", 504, "timeout", "timeout", "no answer within 0.5 s (timeout_s)"),
+        ("refused", 502, "refused", "error", "cannot connect to its server"),
+    ],
+)
+def test_a_remote_production_failure_answers_502_or_504_with_a_reason(
+    tmp_path, caplog, model_server, mode, status, reason, outcome, words
+):
+    model_server.add("remote-prod", mode=mode)
+    url = model_server.url
+    if mode == "refused":
+        model_server.stop()
+    app = ingress(tmp_path, StandInHub(), production=remote(url, timeout_s=0.5))
+    registry = app._metrics.registry  # one per process: count what this call adds
+    failures = ("shadowd_remote_model_failures_total", {"role": "production", "reason": reason})
+    requests = ("shadowd_requests_total", {"role": "production", "outcome": outcome})
+    before = [registry.get_sample_value(*sample) or 0.0 for sample in (failures, requests)]
+    with caplog.at_level(logging.WARNING, logger="shadowd"):
+        got, body, _, _ = call(app, "POST", "/predict", {"inputs": X})
+    assert got == status, body
+    assert set(body) == {"error", "request_id"} and body["request_id"]
+    assert body["error"] == f"production model 'remote-prod': {words}", body
+    text = json.dumps(body)
+    assert "Traceback" not in text and "model exploded" not in text and url not in text
+    after = [registry.get_sample_value(*sample) for sample in (failures, requests)]
+    assert after == [before[0] + 1, before[1] + 1]
+    assert body["request_id"] in caplog.text
+    if mode == "error500":
+        assert "model exploded" in caplog.text  # the server's answer goes to the log, not to the client
+
+
+async def _healthz_while_predicting(app: ShadowIngress) -> tuple[float, bool, int]:
+    """Seconds /healthz took while a /predict was in flight, whether that predict was still running then, and
+    the predict's status."""
+    predict = asyncio.create_task(app(request("POST", "/predict", {"inputs": X})[0]))
+    await asyncio.sleep(0.2)  # the predict is now waiting on its model
+    t0 = time.perf_counter()
+    health = await app(request("GET", "/healthz")[0])
+    took_s = time.perf_counter() - t0
+    running = not predict.done()
+    assert health.status_code == 200
+    return took_s, running, (await predict).status_code
+
+
+def test_the_event_loop_keeps_answering_while_a_remote_production_hangs(tmp_path, model_server):
+    model_server.add("remote-prod", mode="hang")
+    app = ingress(tmp_path, StandInHub(), production=remote(model_server.url, timeout_s=1.5))
+    took_s, running, status = asyncio.run(_healthz_while_predicting(app))
+    assert running and took_s < 0.5 and status == 504
+
+
+@pytest.mark.parametrize("in_thread", [True, False])
+def test_a_slow_local_production_runs_in_a_thread_when_configured(tmp_path, in_thread):
+    sleepy: dict[str, Any] = {
+        "name": "p",
+        "kind": "python",
+        "target": "shadowd.testing:SleepyModel",
+        "input_shape": [8],
+    }
+    sleepy |= {"kwargs": {"latency_ms": 1500}, "run_in_thread": in_thread}
+    app = ingress(tmp_path, StandInHub(), production=sleepy)
+    took_s, running, status = asyncio.run(_healthz_while_predicting(app))
+    assert status == 200
+    if in_thread:  # the loop answered /healthz while the model slept in its thread
+        assert running and took_s < 0.5
+    else:  # inline: the model held the loop, so /healthz waited for it
+        assert not running
