@@ -23,11 +23,12 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shadowd.compare.divergence import Divergence, pair_divergence, top_class
+from shadowd.compare.batch import BatchCounter, BatchResult
+from shadowd.compare.divergence import SCORE_LIMIT, Divergence, pair_divergence, top_class
 from shadowd.compare.evaluation import EvaluationSampler
 from shadowd.compare.gate import evaluate_gate
 from shadowd.compare.loss import example_loss
@@ -37,7 +38,17 @@ from shadowd.compare.tally import FloorTally, LogHistogram, SliceTally
 from shadowd.config import ShadowdConfig
 from shadowd.errors import BadRequest, ShadowdError
 from shadowd.observe.metrics import ShadowdMetrics
-from shadowd.records import OVERALL, AnnotationItem, AnnotationReason, Label, LabelChannel, ModelOutput, Pair, Stratum
+from shadowd.records import (
+    OVERALL,
+    AnnotationItem,
+    AnnotationReason,
+    Label,
+    LabelChannel,
+    ModelOutput,
+    Pair,
+    PairBatch,
+    Stratum,
+)
 
 __all__ = [
     "STATE_SCHEMA_VERSION",
@@ -52,7 +63,6 @@ STATE_SCHEMA_VERSION = 2
 # Version 1 (before the reference model and the stratified label cells) reads with those empty.
 _READABLE_STATE_VERSIONS = (1, 2)
 _STATE_KIND = "shadowd.comparator.state"
-_SCORE_LIMIT = 1e150
 
 
 def state_path(data_dir: Path) -> Path:
@@ -86,6 +96,7 @@ class Comparator:
         # Only the loss-difference reservoir draws from it; seeded so runs repeat.
         self._rng = random.Random(seed)
         self.sampler = EvaluationSampler(config.annotations.evaluation)
+        self._batch = BatchCounter(config, self._matcher, self.sampler)
         self.reset()
 
     # --- window ---
@@ -116,7 +127,7 @@ class Comparator:
         except ValueError:
             finite = all(math.isfinite(v) for v in other.values)
             return ("bad_shape" if finite else "nan"), None
-        if not abs(div.score) < _SCORE_LIMIT:  # inf, or so large its square (in the variance) overflows
+        if not abs(div.score) < SCORE_LIMIT:  # inf, or so large its square (in the variance) overflows
             return "nan", None  # numerically broken output: counted, never allowed to poison the tallies
         return "ok", div
 
@@ -212,11 +223,26 @@ class Comparator:
                 floor.add(div.score, div.divergent, div.flip)
                 t.add_latency(second.role, second.latency_s)
 
-    def add_many(self, pairs: Iterable[Pair]) -> list[AnnotationItem]:
-        items: list[AnnotationItem] = []
-        for pair in pairs:
-            items.extend(self.add(pair))
-        return items
+    def add_batch(self, batch: PairBatch) -> BatchResult:
+        """Count a whole batch (numpy over its rows): exactly what ``add`` on each of its pairs counts.
+
+        The result holds each row's slices, selection and annotation items;
+        the caller stores each pair with its selection (``batch.pair(i, result.selection(i))``).
+        """
+        return self._batch.count(batch, self._tallies, self._metrics, self._clock)
+
+    def add_many(self, pairs: Sequence[Pair]) -> list[AnnotationItem]:
+        """``add`` for each pair, counted as one batch; sets each compared pair's ``selection``."""
+        try:
+            batch = PairBatch.of(pairs)
+        except ValueError:  # an output under another role's name: the per-pair path takes it as it is
+            return [item for pair in pairs for item in self.add(pair)]
+        result = self.add_batch(batch)
+        for i, pair in enumerate(pairs):
+            selection = result.selection(i)
+            if selection is not None:
+                pair.selection = selection
+        return result.all_items()
 
     def add_labelled(self, pair: Pair, label: Label, channel: LabelChannel | None) -> dict[str, float]:
         """Count a label whose pair is known; return the loss per role.
