@@ -80,6 +80,13 @@ class BatchResult:
         """The configured slices row i belongs to (overall is implied), in config order."""
         return [self.names[j + 1] for j in np.flatnonzero(self.member[1:, i]).tolist()]
 
+    def touched(self) -> list[str]:
+        """Overall and the slices that have a row of this batch (their tallies changed)."""
+        if not len(self):
+            return []
+        idx: list[int] = np.flatnonzero(self.member.sum(axis=1)).tolist()
+        return [self.names[j] for j in idx]
+
     def selection(self, i: int) -> Selection | None:
         """Row i's stratum and evaluation draw; None when it was not compared."""
         code = int(self.stratum[i])

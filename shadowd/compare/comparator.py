@@ -11,11 +11,14 @@ present), the slices it belongs to, then running tallies for "overall" and
 every matching slice. The tallies are mergeable (``merge``) and persisted as
 JSON under the data dir (``save`` / ``load``); ``reset`` starts a new window.
 The statistical checks and the gate verdict are computed from the tallies
-whenever a report is asked for.
+whenever a report is asked for; a check on a slice whose tally has not
+changed since the last report is taken from the last one (an
+``EvidenceMemo``, keyed by a version per slice that every change bumps).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -30,7 +33,7 @@ from typing import Any
 from shadowd.compare.batch import BatchCounter, BatchResult
 from shadowd.compare.divergence import SCORE_LIMIT, Divergence, pair_divergence, top_class
 from shadowd.compare.evaluation import EvaluationSampler
-from shadowd.compare.gate import evaluate_gate
+from shadowd.compare.gate import EvidenceMemo, evaluate_gate
 from shadowd.compare.loss import example_loss
 from shadowd.compare.report import LabelSummary, LatencySummary, NoiseSummary, ShadowReport, SliceReport
 from shadowd.compare.slices import SliceMatcher
@@ -97,6 +100,11 @@ class Comparator:
         self._rng = random.Random(seed)
         self.sampler = EvaluationSampler(config.annotations.evaluation)
         self._batch = BatchCounter(config, self._matcher, self.sampler)
+        # A version per slice, new whenever its tally changes: the memo reuses a check's evidence
+        # on an unchanged slice from one report to the next.
+        self._memo = EvidenceMemo()
+        self._version_counter = itertools.count()
+        self._versions: dict[str, int] = {}
         self.reset()
 
     # --- window ---
@@ -105,6 +113,17 @@ class Comparator:
         """Start a new test window (e.g. a new candidate): every tally back to zero."""
         self._window_started_ts = self._clock()
         self._tallies: dict[str, SliceTally] = {name: SliceTally() for name in [OVERALL, *self._matcher.names]}
+        self._changed_all()
+
+    def _changed(self, names: Iterable[str]) -> None:
+        """These slices' tallies changed (every method that changes a tally says so)."""
+        for name in names:
+            self._versions[name] = next(self._version_counter)
+
+    def _changed_all(self) -> None:
+        self._memo.clear()
+        self._versions = {}
+        self._changed(self._tallies)
 
     @property
     def window_started_ts(self) -> float:
@@ -139,6 +158,7 @@ class Comparator:
         """
         names = [OVERALL, *self._matcher.match(pair.features)]
         tallies = [self._tallies.setdefault(n, SliceTally()) for n in names]
+        self._changed(names)
         prod = pair.production
         for t in tallies:
             t.pairs += 1
@@ -229,7 +249,9 @@ class Comparator:
         The result holds each row's slices, selection and annotation items;
         the caller stores each pair with its selection (``batch.pair(i, result.selection(i))``).
         """
-        return self._batch.count(batch, self._tallies, self._metrics, self._clock)
+        result = self._batch.count(batch, self._tallies, self._metrics, self._clock)
+        self._changed(result.touched())
+        return result
 
     def add_many(self, pairs: Sequence[Pair]) -> list[AnnotationItem]:
         """``add`` for each pair, counted as one batch; sets each compared pair's ``selection``."""
@@ -277,7 +299,9 @@ class Comparator:
             accuracy_diff = float(correct[0]) - float(correct[1])
         loss_diff = losses["candidate"] - losses["production"]
         sel = pair.selection
-        for n in [OVERALL, *self._matcher.match(pair.features)]:
+        names = [OVERALL, *self._matcher.match(pair.features)]
+        self._changed(names)
+        for n in names:
             t = self._tallies.setdefault(n, SliceTally())
             t.quality.add_label(sel.stratum, sel.evaluation_share, channel, accuracy_diff, loss_diff)
             if channel == "feedback":
@@ -286,7 +310,9 @@ class Comparator:
 
     def exclude_label(self, pair: Pair, reason: str) -> None:
         """Count a label left out of the quality estimates, with why, in every slice of its pair."""
-        for n in [OVERALL, *self._matcher.match(pair.features)]:
+        names = [OVERALL, *self._matcher.match(pair.features)]
+        self._changed(names)
+        for n in names:
             self._tallies.setdefault(n, SliceTally()).quality.exclude(reason)
 
     def set_review_slices(self, names: Iterable[str]) -> None:
@@ -344,7 +370,7 @@ class Comparator:
     def report(self) -> ShadowReport:
         """The whole window: counts per slice, checks, gate verdict."""
         elapsed_s = max(0.0, self._clock() - self._window_started_ts)
-        checks, gate = evaluate_gate(self._cfg, self._tallies, elapsed_s)
+        checks, gate = evaluate_gate(self._cfg, self._tallies, elapsed_s, self._memo, self._versions)
         return ShadowReport(
             generated_ts=self._clock(),
             window_started_ts=self._window_started_ts,
@@ -397,6 +423,7 @@ class Comparator:
         for name, d in state["slices"].items():
             self._tallies.setdefault(name, SliceTally()).merge(SliceTally.from_dict(d), self._rng)
         self._window_started_ts = min(self._window_started_ts, float(state["window_started_ts"]))
+        self._changed_all()
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Replace this comparator's window with a saved one."""
@@ -405,6 +432,7 @@ class Comparator:
         tallies.update({name: SliceTally.from_dict(d) for name, d in state["slices"].items()})
         self._tallies = tallies
         self._window_started_ts = float(state["window_started_ts"])
+        self._changed_all()
 
     def save(self, path: Path | None = None) -> Path:
         """Write the state atomically (temp file, fsync, rename): a crash leaves the old file or the new one."""

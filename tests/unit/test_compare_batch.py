@@ -595,3 +595,77 @@ def test_log_histogram_dense_counts_merge_and_round_trip():
     c = LogHistogram()
     c.add_counts(1, np.array([5, -3]), np.array([2, 1]))
     assert c.counts == {-3: 1, 5: 2} and c.n == 4 and c.zero == 1
+
+
+# --- the report: evidence kept between reads while a slice's tally is unchanged ---
+
+
+def test_report_with_kept_evidence_equals_a_fresh_report_after_every_change(tmp_path):
+    """Each read equals the gate computed from scratch on the same tallies, whatever changed in between."""
+    from shadowd.compare.gate import evaluate_gate
+
+    cfg = make_config(tmp_path)
+    clock = Clock()
+    comp = Comparator(cfg, clock=clock, seed=7)
+    pairs = random_pairs(30, 2400)
+    rng = np.random.default_rng(31)
+    stored: list[Pair] = []
+
+    def read_and_check() -> None:
+        kept = comp.report()
+        elapsed = clock() - comp.window_started_ts
+        checks, gate = evaluate_gate(
+            cfg, {n: comp.tally(n) for n in ["overall", *[s.name for s in cfg.slices]]}, elapsed
+        )
+        assert kept.checks == checks and kept.gate == gate
+
+    steps = ["batch", "read", "read", "labels", "read", "exclude", "read", "batch", "time", "read", "merge", "read"]
+    steps += ["review", "batch", "read", "reset", "read", "batch", "read"]
+    cursor = 0
+    for step in steps:
+        if step == "batch":
+            batch = PairBatch.of(pairs[cursor : cursor + 400])
+            result = comp.add_batch(batch)
+            stored += [batch.pair(i, result.selection(i)) for i in range(len(batch))]
+            cursor += 400
+        elif step == "labels":
+            for p in stored[:: max(1, len(stored) // 150)]:
+                if p.selection is not None:
+                    comp.add_labelled(p, Label(request_id=p.request_id, label=int(rng.integers(4)), ts=0.0), "feedback")
+        elif step == "exclude":
+            comp.exclude_label(stored[0], "skipped by the annotator")
+        elif step == "time":
+            clock.t += 3600.0  # only the "when" of the needs changes
+        elif step == "merge":
+            other = Comparator(cfg, clock=clock, seed=8)
+            other.add_many(pairs[cursor : cursor + 300])
+            comp.merge(other.state_dict())
+        elif step == "review":
+            comp.set_review_slices(["dark"])
+        elif step == "reset":
+            comp.reset()
+        else:
+            read_and_check()
+
+
+def test_unchanged_slices_reuse_their_evidence(tmp_path):
+    cfg = make_config(tmp_path)
+    comp = Comparator(cfg, clock=Clock(), seed=7)
+    comp.add_many(random_pairs(32, 1500))
+    comp.report()
+    memo = comp._memo
+    tests = len(memo.tests)
+    hits, misses = memo.hits, memo.misses
+    comp.report()  # nothing changed: every test from the memo
+    assert (memo.hits - hits, memo.misses - misses) == (tests, 0)
+    lone = Pair(
+        request_id="lone", ts=0.0, features={}, production=ModelOutput(role="production", model="p", values=[1.0])
+    )
+    assert SliceMatcher(cfg.slices).match(lone.features) == ["anon"]  # a pair in overall and one slice
+    comp.exclude_label(lone, "skipped by the annotator")
+    hits, misses = memo.hits, memo.misses
+    comp.report()
+    changed = sum(name in ("overall", "anon") for _, name in memo.tests)
+    assert 0 < changed < tests / 3
+    assert memo.misses - misses == changed  # overall and anon computed again, the rest kept
+    assert memo.hits - hits == tests - changed
