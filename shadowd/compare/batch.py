@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import get_args
+from typing import Any, get_args
 
 import numpy as np
 
@@ -160,26 +160,22 @@ class _Table:
     def dense(self, v: int, row: list[int]) -> list[int]:
         """A one-hot variable's counts in one slice (``row``: that slice's row of ``counts``, as a list)."""
         base = self._base[v]
-        assert base >= 0, "a variable with few codes"
         return row[base : base + self._n_codes[v]]
 
-    def base(self, v: int) -> int:
-        return self._base[v]
+    def found(self, v: int, j: int, row: list[int]) -> tuple[list[int], list[int]]:
+        """(codes, counts) of a variable's non-zero codes in slice j (``row``: its counts), ascending."""
+        base = self._base[v]
+        if base >= 0:
+            seg = row[base : base + self._n_codes[v]]
+            codes = [k for k, c in enumerate(seg) if c]
+            return codes, [seg[k] for k in codes]
+        bounds, codes_all, counts_all = self._found[v]
+        return codes_all[bounds[j] : bounds[j + 1]].tolist(), counts_all[bounds[j] : bounds[j + 1]].tolist()
 
     def segment(self, v: int, j: int) -> np.ndarray | None:
         """A one-hot variable's counts in slice j as an array; None for a sparse variable."""
         base = self._base[v]
         return self.counts[j, base : base + self._n_codes[v]] if base >= 0 else None
-
-    def nonzero(self, v: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-        """(codes, counts) of a variable's non-zero codes in slice j, ascending."""
-        base = self._base[v]
-        if base >= 0:
-            seg = self.counts[j, base : base + self._n_codes[v]]
-            idx = np.flatnonzero(seg)
-            return idx, seg[idx]
-        bounds, codes, counts = self._found[v]
-        return codes[bounds[j] : bounds[j + 1]], counts[bounds[j] : bounds[j + 1]]
 
 
 def _moments(member: np.ndarray, rows: np.ndarray, x: np.ndarray) -> list[Moments | None]:
@@ -220,6 +216,8 @@ class BatchCounter:
         self._sampler = sampler
         self.names = [OVERALL, *matcher.names]
         self._shares = np.array(sorted({0.0, *sampler.possible_shares()}))
+        self._metrics_of: ShadowdMetrics | None = None
+        self._metric_children: dict[str, tuple[Any, Any, Any, Any]] = {}
 
     def count(
         self,
@@ -311,32 +309,43 @@ class BatchCounter:
                 self._add_latency(t, second.role, table, second.v_latency, second.latency_low, j, row)
             if v_cells >= 0:
                 u = len(share_values)
-                codes, counts = table.nonzero(v_cells, j)
-                for k, count in zip(codes.tolist(), counts.tolist(), strict=True):
+                for k, count in zip(*table.found(v_cells, j, row), strict=True):
                     t.quality.cell(STRATA[k // u], float(share_values[k % u])).pairs += count
             if v_classes >= 0:
                 w = classes_width
                 classes = t.candidate.classes
-                codes, counts = table.nonzero(v_classes, j)
-                for k, count in zip(codes.tolist(), counts.tolist(), strict=True):
+                for k, count in zip(*table.found(v_classes, j, row), strict=True):
                     classes[(k // w, k % w)] = classes.get((k // w, k % w), 0) + count
             if v_metric >= 0 and metrics is not None:
                 neither, flip_only, divergent_only, both = table.dense(c.v_divergence, row)
                 if neither + flip_only + divergent_only + both:
-                    name = names[j]
-                    metrics.pairs_compared.labels(slice=name).inc(neither + flip_only + divergent_only + both)
-                    hist = metrics.divergence.labels(slice=name)
+                    compared_j, divergent_j, flips_j, hist = self._children(metrics, names[j])
+                    compared_j.inc(neither + flip_only + divergent_only + both)
                     if not observe_counts(hist, table.dense(v_metric, row), score_sums[j]):
                         for x in div.score[compared[member[j, compared]]].tolist():
                             hist.observe(x)
                     if divergent_only + both:
-                        metrics.pairs_divergent.labels(slice=name).inc(divergent_only + both)
+                        divergent_j.inc(divergent_only + both)
                     if flip_only + both:
-                        metrics.label_flips.labels(slice=name).inc(flip_only + both)
+                        flips_j.inc(flip_only + both)
         self._items(batch, result, div, clock())
         return result
 
     # --- pieces ---
+
+    def _children(self, metrics: ShadowdMetrics, name: str) -> tuple[Any, Any, Any, Any]:
+        """A slice's compared, divergent and flip counters and divergence histogram (looked up once)."""
+        if metrics is not self._metrics_of:
+            self._metrics_of, self._metric_children = metrics, {}
+        children = self._metric_children.get(name)
+        if children is None:
+            children = self._metric_children[name] = (
+                metrics.pairs_compared.labels(slice=name),
+                metrics.pairs_divergent.labels(slice=name),
+                metrics.label_flips.labels(slice=name),
+                metrics.divergence.labels(slice=name),
+            )
+        return children
 
     def _against(self, table: _Table, batch: PairBatch, other: OutputColumns, prod_ok: np.ndarray) -> _Compared:
         """Another model against production on the rows where it ran; declares its variables."""
@@ -378,50 +387,65 @@ class BatchCounter:
         """Slice j's latency buckets of one role into its histogram (``row``: slice j's counts)."""
         if v is None:
             return
+        # Code 0: at or below MIN_VALUE; code k: bucket low + k - 1.
         dense = table.segment(v, j)
-        if dense is not None:  # code 0: at or below MIN_VALUE; code k: bucket low + k - 1
-            zero, total = row[table.base(v)], sum(table.dense(v, row))
-            if total:
+        if dense is not None:
+            counts = table.dense(v, row)
+            placed = sum(counts) - counts[0]
+            if counts[0] or placed:
                 hist = t.latency_s.get(role) or t.latency_s.setdefault(role, LogHistogram())
-                hist.add_dense(zero, low, dense[1:])
+                hist.add_dense(counts[0], low, dense[1:], placed)
             return
-        codes, counts = table.nonzero(v, j)
-        if codes.size:
-            zero = int(counts[0]) if codes[0] == 0 else 0
-            placed = slice(1, None) if zero else slice(None)
+        codes, found = table.found(v, j, row)
+        if codes:
+            zero = found[0] if codes[0] == 0 else 0
+            start = 1 if zero else 0
             hist = t.latency_s.get(role) or t.latency_s.setdefault(role, LogHistogram())
-            hist.add_counts(zero, codes[placed] + (low - 1), counts[placed])
+            hist.add_counts(zero, np.asarray(codes[start:]) + (low - 1), np.asarray(found[start:]))
 
     def _items(self, batch: PairBatch, result: BatchResult, div: ColumnDivergence, now: float) -> None:
         """An annotation item for each disagreement drawn into the evaluation sample or divergent."""
         disagree = (result.stratum >= 0) & (result.stratum != _AGREE)
         rows = np.flatnonzero(disagree & (result.in_sample | div.divergent))
+        if not rows.size:
+            return
         classification = self._task == "classification"
-        for i in rows.tolist():
-            score = float(div.score[i])
-            if classification and div.flip[i]:
-                detail = f"top class {int(div.top_production[i])} -> {int(div.top_other[i])}, tvd {score:.3f}"
+        slices = [[self.names[j + 1] for j in np.flatnonzero(m).tolist()] for m in result.member[1:, rows].T]
+        columns = zip(
+            rows.tolist(),
+            div.score[rows].tolist(),
+            div.flip[rows].tolist(),
+            div.top_production[rows].tolist(),
+            div.top_other[rows].tolist(),
+            div.abs_diff[rows].tolist(),
+            result.share[rows].tolist(),
+            result.in_sample[rows].tolist(),
+            slices,
+            strict=True,
+        )
+        for i, score, flip, top_p, top_c, abs_diff, share, drawn, names in columns:
+            if classification and flip:
+                detail = f"top class {top_p} -> {top_c}, tvd {score:.3f}"
             elif classification:
                 detail = f"tvd {score:.3f} over {self._cfg.divergence.tvd_threshold}"
             else:
-                detail = f"abs diff {float(div.abs_diff[i]):.4g}, rel diff {score:.4g}"
-            share = float(result.share[i])
+                detail = f"abs diff {abs_diff:.4g}, rel diff {score:.4g}"
             reason: AnnotationReason = "divergent"
-            if result.in_sample[i]:
+            if drawn:
                 reason = "evaluation"
                 detail = f"evaluation sample (drawn with p={share:g}): {detail}"
             result.items[i] = AnnotationItem(
                 request_id=batch.request_ids[i],
                 reason=reason,
                 priority=score,
-                slices=result.slices(i),
+                slices=names,
                 features=batch.features[i],
                 inputs=batch.input(i),
                 production=batch.production.output(i),
                 candidate=batch.candidate.output(i),
                 detail=detail,
                 created_ts=now,
-                inclusion=share if result.in_sample[i] else None,
+                inclusion=share if drawn else None,
             )
 
 

@@ -183,14 +183,16 @@ class LogHistogram:
             d[buckets - self._low] += counts
             self.n += int(counts.sum())
 
-    def add_dense(self, zero: int, low: int, counts: np.ndarray) -> None:
-        """Add values already placed: ``zero`` at or below MIN_VALUE, ``counts[k]`` in bucket ``low + k``."""
+    def add_dense(self, zero: int, low: int, counts: np.ndarray, total: int | None = None) -> None:
+        """Add values already placed: ``zero`` at or below MIN_VALUE, ``counts[k]`` in bucket ``low + k``
+        (``total``: their sum, when the caller knows it)."""
         self.zero += zero
-        self.n += zero + self._add_array(low, counts)
+        self.n += zero + self._add_array(low, counts, total)
 
-    def _add_array(self, low: int, counts: np.ndarray) -> int:
+    def _add_array(self, low: int, counts: np.ndarray, total: int | None = None) -> int:
         """Add ``counts[k]`` to bucket ``low + k``; returns how many values that is."""
-        total = int(counts.sum()) if len(counts) else 0
+        if total is None:
+            total = int(counts.sum()) if len(counts) else 0
         if total:
             d = self._cover(low, low + len(counts) - 1)
             d[low - self._low : low - self._low + len(counts)] += counts
