@@ -52,7 +52,7 @@ STRATA: tuple[Stratum, ...] = get_args(Stratum)
 _FLIP, _DIVERGENT, _AGREE = (STRATA.index(s) for s in ("flip", "divergent", "agree"))
 _OK = OUTCOMES.index("ok")
 # Variables with more codes than this (many classes, latencies spread over many buckets) are counted
-# with np.unique instead of one-hot columns.
+# with np.unique instead of columns of their own.
 _MAX_ONEHOT_CODES = 1024
 
 
@@ -107,9 +107,9 @@ class _Table:
     """Per-slice counts of several per-row codes at once.
 
     Each ``add`` declares a variable: a code in [0, n_codes) on some rows.
-    ``finish`` writes the variables as one-hot columns of one (rows x columns)
-    matrix and multiplies the slice membership matrix by it: one product
-    counts every code of every variable in every slice (exact: sums of ones).
+    ``finish`` gives every variable its own columns and counts every
+    (slice, column) of every declared row in one bincount over the rows'
+    slice memberships (not a matrix product: BLAS would wake its threads).
     A variable with more codes than ``_MAX_ONEHOT_CODES`` (many classes,
     latencies spread over many buckets) is counted with np.unique over
     (slice, code) instead.
@@ -119,7 +119,7 @@ class _Table:
         self._member = member
         self._rows: list[np.ndarray] = []
         self._cols: list[np.ndarray] = []
-        self._base: list[int] = []  # a one-hot variable's first column, -1 for a sparse one
+        self._base: list[int] = []  # a dense variable's first column, -1 for a sparse one
         self._n_codes: list[int] = []
         self._sparse: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # variable -> rows, codes, n_codes
         self._width = 0
@@ -140,13 +140,19 @@ class _Table:
         return len(self._base) - 1
 
     def finish(self) -> None:
-        n = self._member.shape[1]
-        onehot = np.zeros((n, self._width), dtype=np.float32)  # counts up to 2**24 per batch are exact
+        n_slices = self._member.shape[0]
         if self._rows:
-            onehot[np.concatenate(self._rows), np.concatenate(self._cols)] = 1.0
-        self.counts = np.rint(self._member.astype(np.float32) @ onehot).astype(np.int64)
+            rows, cols = np.concatenate(self._rows), np.concatenate(self._cols)
+            # Every (slice, row) membership of every declared (row, column): one bincount.
+            hits = np.flatnonzero(self._member[:, rows])  # (slice, position) as slice * len(rows) + position
+            s, at = np.divmod(hits, rows.size)
+            flat = np.bincount(s * self._width + cols[at], minlength=n_slices * self._width)
+            self.counts = flat.reshape(n_slices, self._width)
+        else:
+            self.counts = np.zeros((n_slices, self._width), dtype=np.int64)
         if self._sparse:
             s_all, r_all = np.nonzero(self._member)
+            n = self._member.shape[1]
             at = np.full(n, -1, dtype=np.int64)
             for v, (rows, codes, n_codes) in self._sparse.items():
                 at[:] = -1
@@ -154,11 +160,11 @@ class _Table:
                 keep = at[r_all] >= 0
                 combined = s_all[keep] * n_codes + codes[at[r_all[keep]]]
                 uniq, c = np.unique(combined, return_counts=True)
-                bounds = np.searchsorted(uniq // n_codes, np.arange(self._member.shape[0] + 1)).tolist()
+                bounds = np.searchsorted(uniq // n_codes, np.arange(n_slices + 1)).tolist()
                 self._found[v] = (bounds, uniq % n_codes, c)
 
     def dense(self, v: int, row: list[int]) -> list[int]:
-        """A one-hot variable's counts in one slice (``row``: that slice's row of ``counts``, as a list)."""
+        """A dense variable's counts in one slice (``row``: that slice's row of ``counts``, as a list)."""
         base = self._base[v]
         return row[base : base + self._n_codes[v]]
 
@@ -173,7 +179,7 @@ class _Table:
         return codes_all[bounds[j] : bounds[j + 1]].tolist(), counts_all[bounds[j] : bounds[j + 1]].tolist()
 
     def segment(self, v: int, j: int) -> np.ndarray | None:
-        """A one-hot variable's counts in slice j as an array; None for a sparse variable."""
+        """A dense variable's counts in slice j as an array; None for a sparse variable."""
         base = self._base[v]
         return self.counts[j, base : base + self._n_codes[v]] if base >= 0 else None
 

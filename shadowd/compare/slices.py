@@ -107,48 +107,83 @@ _EXACT_INT = 2**53
 
 
 class _Column:
-    """One feature over the rows of a batch: its values, their type codes, the numbers as floats."""
+    """One feature over the rows of a batch: its values and their types; type codes and the numbers as
+    floats are worked out when a condition first needs them."""
 
     def __init__(self, values: list[Any]):
+        self.values = values
+        self.types = set(map(type, values))
+        self._ready = False
+
+    @property
+    def codes(self) -> np.ndarray:
+        self._prepare()
+        return self._codes
+
+    @property
+    def numbers(self) -> np.ndarray:
+        """Numbers as floats, NaN elsewhere (every comparison with them is false)."""
+        self._prepare()
+        return self._numbers
+
+    @property
+    def is_number(self) -> np.ndarray:
+        self._prepare()
+        return self._is_number
+
+    @property
+    def other(self) -> Sequence[int] | np.ndarray:
+        """Rows judged one by one: types the columns do not cover, integers too large for a float."""
+        self._prepare()
+        return self._other
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
         import numpy as np
 
+        self._ready = True
+        values, types = self.values, self.types
         n = len(values)
-        self.values = values
-        types = set(map(type, values))
         if len(types) == 1:  # the usual case: one type throughout
-            self.codes = np.full(n, _TYPE_CODE.get(next(iter(types)), _OTHER), dtype=np.int8)
+            self._codes = np.full(n, _TYPE_CODE.get(next(iter(types)), _OTHER), dtype=np.int8)
         else:
-            self.codes = np.fromiter(map(_TYPE_CODE.get, map(type, values), repeat(_OTHER)), np.int8, n)
-        self.other: Sequence[int] | np.ndarray = ()
+            self._codes = np.fromiter(map(_TYPE_CODE.get, map(type, values), repeat(_OTHER)), np.int8, n)
+        self._other: Sequence[int] | np.ndarray = ()
         if types and types <= {float, int}:  # the usual numeric feature
             try:
                 numbers = np.asarray(values, dtype=np.float64)
             except OverflowError:  # an integer past any float: the general case below
                 numbers = None
             if numbers is not None and (int not in types or not (np.abs(numbers) >= _EXACT_INT).any()):
-                self.is_number = np.ones(n, dtype=bool)
-                self.numbers = numbers
+                self._is_number = np.ones(n, dtype=bool)
+                self._numbers = numbers
                 return
-        self.numbers = np.full(n, math.nan)  # NaN where not a number: every comparison is false
+        self._numbers = np.full(n, math.nan)
         if int in types or float in types:
-            self.is_number = (self.codes == _INT) | (self.codes == _FLOAT)
-            idx = np.flatnonzero(self.is_number)
+            self._is_number = (self._codes == _INT) | (self._codes == _FLOAT)
+            idx = np.flatnonzero(self._is_number)
             picked = values if idx.size == n else [values[i] for i in idx.tolist()]
             try:
-                self.numbers[idx] = np.asarray(picked, dtype=np.float64)
+                self._numbers[idx] = np.asarray(picked, dtype=np.float64)
             except OverflowError:  # an integer past any float
-                self.numbers[idx] = [v if type(v) is float or abs(v) < _EXACT_INT else math.inf for v in picked]
+                self._numbers[idx] = [v if type(v) is float or abs(v) < _EXACT_INT else math.inf for v in picked]
             if int in types:
-                ints = idx[self.codes[idx] == _INT]
-                big = ints[np.abs(self.numbers[ints]) >= _EXACT_INT]
+                ints = idx[self._codes[idx] == _INT]
+                big = ints[np.abs(self._numbers[ints]) >= _EXACT_INT]
                 if big.size:  # compared exactly, row by row
-                    self.codes[big] = _OTHER
-                    self.is_number[big] = False
-                    self.numbers[big] = math.nan
+                    self._codes[big] = _OTHER
+                    self._is_number[big] = False
+                    self._numbers[big] = math.nan
         else:
-            self.is_number = np.zeros(n, dtype=bool)
+            self._is_number = np.zeros(n, dtype=bool)
         if types - _TYPE_CODE.keys() or int in types:
-            self.other = np.flatnonzero(self.codes == _OTHER)
+            self._other = np.flatnonzero(self._codes == _OTHER)
+
+    def simple_kind(self) -> str | None:
+        """'str' or 'bool' when every value is exactly of that type or None; else None."""
+        rest = self.types - {type(None)}
+        return "str" if rest == {str} else "bool" if rest == {bool} else None
 
     def kind(self, kind: str) -> np.ndarray:
         """Rows whose value is of this kind: bool, number or str."""
@@ -180,11 +215,14 @@ def _condition_batch(cond: Condition, columns: dict[str, _Column], features: Seq
     col = columns.get(cond.field)
     if col is None:
         col = columns[cond.field] = _Column(list(map(dict.get, features, repeat(cond.field))))
+    n = len(col.values)
     op = cond.op
     out: np.ndarray
     if op in ("missing", "exists"):
-        out = col.codes == _NONE if op == "missing" else col.codes != _NONE
-        return out
+        if type(None) not in col.types:
+            return np.full(n, op == "exists")
+        out = np.fromiter(map(operator.is_, col.values, repeat(None)), bool, n)
+        return out if op == "missing" else ~out
     if op in ("lt", "le", "gt", "ge"):
         bound = float(cond.value)  # type: ignore[arg-type]  # a number for lt/le/gt/ge (config validation)
         x = col.numbers  # comparisons with NaN are false (and quiet)
@@ -192,17 +230,29 @@ def _condition_batch(cond: Condition, columns: dict[str, _Column], features: Seq
     else:
         # eq, ne, in, not_in: comparable where the value has the kind of some target (else false).
         targets = list(cond.value) if op in ("in", "not_in") else [cond.value]  # type: ignore[arg-type]
+        kinds = {_kind(t) for t in targets} - {None}  # a None target is never equal to anything
+        simple = col.simple_kind()
+        if simple is not None and kinds == {simple}:
+            # Every value a str (or every value a bool), or None: set membership is Python's ==.
+            wanted = frozenset(t for t in targets if t is not None)
+            equal_rows = np.fromiter(map(wanted.__contains__, col.values), bool, n)
+            if op in ("eq", "in"):
+                return equal_rows
+            out = ~equal_rows
+            if type(None) in col.types:
+                out &= np.fromiter(map(operator.is_not, col.values, repeat(None)), bool, n)
+            return out
         comparable: np.ndarray | None = None
         equal: np.ndarray | None = None
         for target in targets:
             kind = _kind(target)
             if kind is None:
-                continue  # None is never equal to anything
+                continue
             rows, hit = col.kind(kind), col.equal(kind, target)
             comparable = rows if comparable is None else comparable | rows
             equal = hit if equal is None else equal | hit
         if comparable is None or equal is None:
-            out = np.zeros(len(col.values), dtype=bool)
+            out = np.zeros(n, dtype=bool)
         else:
             out = equal if op in ("eq", "in") else comparable & ~equal  # equal implies comparable
     for i in col.other:  # unusual values: the row-wise rules
@@ -259,7 +309,10 @@ class SliceMatcher:
         """Membership of every row in every slice: bool array (slices in config order, rows)."""
         import numpy as np
 
-        rows = [f if type(f) is dict else dict(f) if isinstance(f, Mapping) else {} for f in features]
+        if set(map(type, features)) == {dict}:
+            rows: Sequence[dict[str, Any]] = features  # type: ignore[assignment]  # all plain dicts
+        else:
+            rows = [f if type(f) is dict else dict(f) if isinstance(f, Mapping) else {} for f in features]
         columns: dict[str, _Column] = {}
         out = np.zeros((len(self._slices), len(rows)), dtype=bool)
         for j, s in enumerate(self._slices):

@@ -501,12 +501,16 @@ def test_slice_membership_in_columns_equals_row_by_row():
     expected = np.array([[name in matcher.match(f) for f in features] for name in matcher.names])
     assert (member == expected).all()
     assert member.any(axis=1).all() and (~member).any(axis=1).all()  # every slice both matches and not
-    for j in range(len(matcher.names)):  # homogeneous columns take the fast paths: same answers
-        for field in ("brightness", "hour", "country", "tier"):
-            same_type = [f for f in features[:2000] if type(f.get(field)) is type(features[j].get(field))]
-            got = matcher.match_batch(same_type)
-            want = np.array([[n in matcher.match(f) for f in same_type] for n in matcher.names])
-            assert (got == want).all(), (field, type(features[j].get(field)))
+    # Columns of one type (with or without missing values) take the fast paths: the same answers.
+    for field in ("brightness", "hour", "country", "tier", "new_user", "user"):
+        for kind in {type(f.get(field)) for f in features[:2000]}:
+            for with_none in (False, True):
+                same = [
+                    f for f in features[:2000] if type(f.get(field)) is kind or (with_none and f.get(field) is None)
+                ]
+                got = matcher.match_batch(same)
+                want = np.array([[n in matcher.match(f) for f in same] for n in matcher.names])
+                assert (got == want).all(), (field, kind, with_none)
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
