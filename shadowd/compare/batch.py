@@ -53,7 +53,7 @@ _FLIP, _DIVERGENT, _AGREE = (STRATA.index(s) for s in ("flip", "divergent", "agr
 _OK = OUTCOMES.index("ok")
 # Variables with more codes than this (many classes, latencies spread over many buckets) are counted
 # with np.unique instead of columns of their own.
-_MAX_ONEHOT_CODES = 1024
+_MAX_DENSE_CODES = 1024
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class _Table:
     ``finish`` gives every variable its own columns and counts every
     (slice, column) of every declared row in one bincount over the rows'
     slice memberships (not a matrix product: BLAS would wake its threads).
-    A variable with more codes than ``_MAX_ONEHOT_CODES`` (many classes,
+    A variable with more codes than ``_MAX_DENSE_CODES`` (many classes,
     latencies spread over many buckets) is counted with np.unique over
     (slice, code) instead.
     """
@@ -129,7 +129,7 @@ class _Table:
     def add(self, rows: np.ndarray, codes: np.ndarray, n_codes: int) -> int:
         """Count ``codes[i]`` for the rows ``i`` (an index array); returns the variable."""
         self._n_codes.append(n_codes)
-        if n_codes > _MAX_ONEHOT_CODES:
+        if n_codes > _MAX_DENSE_CODES:
             self._sparse[len(self._base)] = (rows, codes[rows], n_codes)
             self._base.append(-1)
         else:

@@ -111,6 +111,8 @@ def _latency(rng):
         return LogHistogram.MIN_VALUE  # at it: the zero bucket too
     if u < 0.2:
         return float(LogHistogram.GAMMA ** int(rng.integers(-700, -100)))  # exactly on a bucket edge
+    if u < 0.23:
+        return float(10 ** rng.uniform(-8, 4))  # anywhere from 10 ns to hours: more buckets than one batch's columns
     return float(rng.uniform(0.0005, 0.2))
 
 
@@ -308,6 +310,7 @@ def feed_both(cfg, pairs, seed, metrics=False):
         ("classification", 4, 1),
         ("classification", 10, 2),
         ("classification", 3, 3),
+        ("classification", 40, 6),  # 1600 (production, candidate) class pairs: counted with np.unique
         ("regression", 1, 4),
         ("regression", 3, 5),
     ],
