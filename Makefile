@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-unit lint bench chart-schema clean
+.PHONY: setup system-deps label-studio demo test test-unit screenshot lint bench soak chart-schema clean
 
 setup: $(STAMP)
 
@@ -18,10 +18,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# prometheus + promtool for the alert-rule and real-Prometheus tests (Debian package).
+# Debian packages the tests use: prometheus + promtool (alert rules, a real Prometheus), chromium +
+# chromium-driver (the labelling page's browser test).
 system-deps:
-	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && \
+		command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium chromium-driver >/dev/null; }
+
+# Label Studio for the bridge's integration test, in a venv of its own: installed into .venv it would
+# downgrade numpy (2.4 -> 2.2; pip install --dry-run --report label-studio==1.23.2).
+LS_VENV  ?= .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed-1.23.2
+label-studio: $(LS_STAMP)
+$(LS_STAMP):
+	python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q label-studio==1.23.2
+	touch $(LS_STAMP)
 
 demo: setup
 	$(VENV)/bin/shadowd demo
@@ -33,21 +46,31 @@ lint: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: setup system-deps lint
+test: setup system-deps label-studio lint
 	$(PY) -m pytest -q
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
+# Retake the labelling page's screenshot the README shows (a normal test run leaves it alone).
+screenshot: setup system-deps
+	SHADOWD_WRITE_SCREENSHOT=1 $(PY) -m pytest -q tests/integration/test_annotate_page.py
+
 # Regenerate helm/shadowd/values.schema.json after changing shadowd/config.py (a test checks they agree).
 chart-schema: setup
 	$(PY) helm/shadowd/hack/gen_values_schema.py
 
-# The commands bench/RESULTS.md quotes (about 12 minutes on 2 cores).
+# The commands bench/RESULTS.md quotes (about 17 minutes on 2 cores; the fault battery mounts a small
+# tmpfs as the daemon's data dir when run as root, else it limits the hub's file size instead).
 bench: setup
 	$(PY) bench/latency.py --rounds 10 --block 100
 	$(PY) bench/stats_simulation.py --runs 100
 	$(PY) bench/expectations_bench.py
+	$(PY) bench/faults.py
+
+# Ten minutes at 70 % of saturation, no faults: memory and open files stay flat, nothing lost.
+soak: setup
+	$(PY) bench/faults.py --soak 600
 
 clean:
-	rm -rf $(VENV) shadowd-data .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) shadowd-data .pytest_cache

@@ -205,38 +205,161 @@ def dashboards_push(
 @app.command("annotate")
 def annotate(
     config: Path = typer.Option(..., "--config", "-c", help="YAML config file of the daemon."),
-    as_: str | None = typer.Option(None, "--as", help="Annotator name; default: who is on call now."),
+    as_: str | None = typer.Option(
+        None,
+        "--as",
+        help="Annotator name; default: who is on call now (with --web and configured tokens: the token's name).",
+    ),
     status: bool = typer.Option(False, "--status", help="Print on-call, backlog and oldest item age, then exit."),
     max_items: int | None = typer.Option(None, "--max-items", help="Stop after this many items."),
     wait_s: float = typer.Option(10.0, "--wait-s", help="How long to wait for an item before stopping."),
+    web: bool = typer.Option(
+        False, "--web", help="Serve the labelling page (annotations.web) until Ctrl-C, instead of the terminal."
+    ),
+    host: str | None = typer.Option(None, "--host", help="With --web: address to listen on (annotations.web.host)."),
+    port: int | None = typer.Option(None, "--port", help="With --web: port (annotations.web.port); 0 picks one."),
+    open_: bool = typer.Option(False, "--open", help="With --web: open the page in a browser, token included."),
 ) -> None:
-    """Label the annotation queue as the on-call annotator, one item at a time."""
+    """Label the annotation queue as the on-call annotator: one item at a time in the terminal, or the page."""
+    from shadowd.errors import AnnotateError
+
+    cfg = _load(config)
+    if status:
+        _annotate_status(cfg)
+        return
+    if web:
+        _annotate_web(cfg, as_, host, port, open_)
+        return
     from rich.console import Console
     from rich.prompt import Prompt
 
-    from shadowd.errors import AnnotateError
     from shadowd.flywheel.annotate import Annotator
     from shadowd.flywheel.annotate_ui import annotate_session
 
-    cfg = _load(config)
     console = Console()
     try:
         annotator = Annotator(cfg, annotator=as_)
-    except Exception as err:  # broker unreachable, bad credentials: say so, exit 1
+    except Exception as err:  # broker unreachable, bad credentials, the page holds the spool: say so, exit 1
         _fail(f"cannot open the annotation queue: {type(err).__name__}: {err}", code=1)
     try:
-        if status:
-            backlog = annotator.backlog()
-            on_call = annotator.rotation.current_shift().describe() if annotator.rotation else "-"
-            typer.echo(f"rotation {annotator.rotation_name}; on call: {on_call}")
-            typer.echo(f"backlog: {backlog.items} items; oldest waiting {backlog.oldest_age_s:.0f} s")
-            return
         done = annotate_session(annotator, console, lambda q: Prompt.ask(q, console=console), max_items, wait_s)
         typer.echo(f"{done} items handled")
     except AnnotateError as err:
         _fail(str(err), code=1)
     finally:
         annotator.close()
+
+
+def _annotate_status(cfg: ShadowdConfig) -> None:
+    """On call, backlog and oldest age, read without joining the queue (a page may be working it)."""
+    import time
+
+    from shadowd.flywheel.annotate import LANES
+    from shadowd.flywheel.rotation import Rotation
+    from shadowd.flywheel.transports import build_transport
+
+    rot_cfg = cfg.annotations.rotation
+    name = rot_cfg.name if rot_cfg is not None else "default"
+    try:
+        transport = build_transport(cfg.annotations.sink, cfg.data_dir)
+        lanes = {lane: transport.backlog(name, lane, time.time) for lane in LANES}
+    except Exception as err:
+        _fail(f"cannot read the annotation queue: {type(err).__name__}: {err}", code=1)
+    on_call = Rotation(rot_cfg, time.time).current_shift().describe() if rot_cfg else "-"
+    typer.echo(f"rotation {name}; on call: {on_call}")
+    items = sum(b.items for b in lanes.values())
+    oldest = max(b.oldest_age_s for b in lanes.values())
+    per_lane = ", ".join(f"{lane} {b.items}" for lane, b in lanes.items())
+    typer.echo(f"backlog: {items} items ({per_lane}); oldest waiting {oldest:.0f} s")
+
+
+def _annotate_web(cfg: ShadowdConfig, as_: str | None, host: str | None, port: int | None, open_: bool) -> None:
+    import signal
+    import threading
+    import webbrowser
+
+    from shadowd.config import is_loopback
+
+    if host is not None and not cfg.auth.configured and not is_loopback(host):
+        _fail(f"--host {host}: without configured API tokens (auth.tokens_file) the page serves loopback only")
+    from shadowd.serving.annotate_web import open_link, serve_page
+
+    try:
+        server = serve_page(cfg, annotator=as_, host=host, port=port)
+    except ConfigError as err:
+        _fail(str(err))
+    except Exception as err:  # the port is taken, a broker unreachable, another process holds the spool
+        _fail(f"cannot serve the labelling page: {type(err).__name__}: {err}", code=1)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    token_hint = (
+        f"token: {cfg.data_dir / 'auth' / 'token'}"
+        if not cfg.auth.configured
+        else "token: yours, with scope labels (auth.tokens_file)"
+    )
+    typer.echo(f"labelling page at {server.url} ({token_hint}); Ctrl-C to stop", err=True)
+    if open_:
+        link = open_link(cfg, server.url)
+        webbrowser.open(link.as_uri() if link is not None else server.url)
+    try:
+        stop.wait()
+    finally:
+        server.close()
+        server.queue.close()
+        typer.echo("labelling page stopped; unanswered items went back to the queue", err=True)
+
+
+@app.command("label-studio")
+def label_studio(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config file of the daemon."),
+    once: bool = typer.Option(False, "--once", help="Export what is queued, import what is annotated, then exit."),
+) -> None:
+    """Bridge the annotation queue and Label Studio (annotations.label_studio): queue items become tasks with
+    both models' answers as predictions; completed annotations come back as labels."""
+    import signal
+    import threading
+
+    from shadowd.errors import LabelStudioError
+    from shadowd.flywheel.annotate import WorkQueue
+    from shadowd.flywheel.labelstudio import LabelStudioBridge
+
+    cfg = _load(config)
+    ls = cfg.annotations.label_studio
+    if ls is None:
+        _fail(f"{config}: annotations.label_studio is not configured")
+    try:
+        queue = WorkQueue(cfg, lease_s=3600.0)
+    except Exception as err:  # broker unreachable, the page holds the spool
+        _fail(f"cannot open the annotation queue: {type(err).__name__}: {err}", code=1)
+    receiver = None
+    try:
+        bridge = LabelStudioBridge(cfg, queue)
+        bridge.start()
+        typer.echo(f"label studio: project {bridge.project_id} at {ls.url}", err=True)
+        if once:
+            exported = bridge.export_pending()
+            imported = bridge.import_labels()
+            typer.echo(f"exported {exported} items, imported {imported} labels")
+            return
+        if ls.webhook_port is not None:
+            from shadowd.serving.annotate_web import serve_webhook
+
+            receiver = serve_webhook(cfg, bridge)
+            typer.echo(f"label studio webhooks: POST {receiver.url}webhook (token of scope labels)", err=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        typer.echo("label studio bridge running; Ctrl-C to stop", err=True)
+        bridge.run(stop, on_error=lambda err: typer.echo(f"label studio: {err} (retrying)", err=True))
+    except ConfigError as err:
+        _fail(str(err))
+    except LabelStudioError as err:
+        _fail(str(err), code=1)
+    finally:
+        if receiver is not None:
+            receiver.close()
+        queue.close()
 
 
 @app.command("replay")

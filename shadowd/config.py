@@ -36,6 +36,7 @@ __all__ = [
     "GateConfig",
     "GrafanaConfig",
     "InputsExpectation",
+    "LabelStudioConfig",
     "LabelsConfig",
     "MetricsConfig",
     "OutputsExpectation",
@@ -46,6 +47,7 @@ __all__ = [
     "ShadowdConfig",
     "SliceConfig",
     "SuiteThresholds",
+    "WebAnnotateConfig",
     "describe_error",
     "is_loopback",
     "load_config",
@@ -94,6 +96,12 @@ class ShadowConfig(Strict):
         le=10_000,
         description="How often buffered pairs are sent to the shadow worker; each send costs the ingress CPU, "
         "so fewer, larger sends keep production latency flat (bench/RESULTS.md).",
+    )
+    max_in_flight_bytes: int = Field(
+        64 * 2**20,
+        ge=2**16,
+        description="Bytes (inputs and features, as the ingress estimates them) of the pairs buffered or in flight "
+        "to the shadow worker, per ingress replica; beyond this, pairs are dropped and counted (reason bytes).",
     )
     max_flush_size: int = Field(256, ge=1, description="Most pairs sent in one call to the shadow worker.")
     store_inputs: bool = Field(
@@ -291,7 +299,8 @@ class AnnotationPolicyConfig(Strict):
 
 
 class RedactionConfig(Strict):
-    """Fields removed or hashed before an item leaves the process (spool, Kafka)."""
+    """Fields removed or hashed wherever request data rests: annotation items (spool, Kafka), the pair
+    store, suites, dead letters, expectation messages in the report and the logs."""
 
     drop: list[str] = Field(
         default_factory=list,
@@ -302,7 +311,11 @@ class RedactionConfig(Strict):
         description="Dotted item paths replaced by 'sha256:<hex>' of their JSON value (salted), so equal values "
         "still match.",
     )
-    salt_env: str | None = Field(None, description="Environment variable holding the hash salt; none means unsalted.")
+    salt_env: str | None = Field(
+        None,
+        description="Environment variable holding the hash salt (required when 'hash' lists paths: an unsalted "
+        "hash of a small value space, such as a user id, is reversible by trying them all).",
+    )
 
     @model_validator(mode="after")
     def _paths_ok(self) -> RedactionConfig:
@@ -313,7 +326,17 @@ class RedactionConfig(Strict):
         both = sorted(set(self.drop) & set(self.hash))
         if both:
             raise ValueError(f"paths both dropped and hashed: {', '.join(both)}")
+        if self.hash and not self.salt_env:
+            raise ValueError(
+                "salt_env is required when 'hash' lists paths: set it to an environment variable holding a secret salt"
+            )
         return self
+
+    def covers(self, field: str) -> bool:
+        """Is any of ``field`` (a dotted path: 'features.email', 'inputs') dropped or hashed?"""
+        return any(
+            p == field or field.startswith(p + ".") or p.startswith(field + ".") for p in [*self.drop, *self.hash]
+        )
 
 
 class RotationConfig(Strict):
@@ -364,6 +387,97 @@ class EvaluationConfig(Strict):
     )
 
 
+class WebAnnotateConfig(Strict):
+    """The labelling page (``shadowd annotate --web``): the on-call rotation labels in a browser."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the page listens on. Anything but loopback needs configured API tokens "
+        "(auth.tokens_file / auth.tokens_env), each annotator with a token of scope labels.",
+    )
+    port: int = Field(8780, ge=0, le=65535, description="Port of the page; 0 picks a free one (printed at start).")
+    input_kind: Literal["auto", "image", "table", "text"] = Field(
+        "auto",
+        description="How an item's inputs are shown: image (a grid of pixels, e.g. 8x8 digits), table (one row per "
+        "input value, named by input_names), text (the inputs as JSON text); auto: image when image_shape is set or "
+        "the inputs are a square of 4x4 to 64x64 values, table up to 256 values, text otherwise.",
+    )
+    image_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=3,
+        description="[height, width] or [height, width, channels] (1 or 3) the inputs are drawn as; default: the "
+        "square their size allows.",
+    )
+    input_names: list[str] | None = Field(
+        None, description="Names of the input values in order, for the table kind; default x[0], x[1], ..."
+    )
+    lease_s: float = Field(
+        900.0,
+        gt=0,
+        description="An item held by a page that stopped asking for this long (a closed tab, a sleeping laptop) "
+        "goes to the next annotator; an open page renews its lease every 15 s.",
+    )
+
+    @model_validator(mode="after")
+    def _channels(self) -> WebAnnotateConfig:
+        if self.image_shape is not None and len(self.image_shape) == 3 and self.image_shape[2] not in (1, 3):
+            raise ValueError(f"image_shape {self.image_shape}: channels (the third entry) must be 1 or 3")
+        return self
+
+
+class LabelStudioConfig(Strict):
+    """The Label Studio bridge (``shadowd label-studio``): queue items out as tasks, annotations back as labels."""
+
+    url: str = Field(description="Label Studio's base URL, e.g. http://label-studio:8080.", pattern=r"^https?://\S+$")
+    token_env: str | None = Field(
+        None,
+        description="Environment variable holding a Label Studio API token: a personal access token (JWT; "
+        "refreshed through /api/token/refresh) or a legacy token (sent as 'Token <key>').",
+    )
+    token_file: Path | None = Field(
+        None, description="File holding the Label Studio API token (e.g. a mounted Secret); instead of token_env."
+    )
+    project_id: int | None = Field(
+        None, ge=1, description="The project to export into; none: the project titled project_title (created if none)."
+    )
+    project_title: str = Field(
+        "shadowd",
+        min_length=3,
+        max_length=50,
+        description="Title of the project used (or created, with a labelling config for the task) when "
+        "project_id is not set.",
+    )
+    poll_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often completed annotations are fetched from Label Studio: the path that brings every "
+        "label back at least once (a webhook only brings it sooner).",
+    )
+    export_interval_s: float = Field(
+        5.0, gt=0, description="How long the bridge waits for new queue items before fetching annotations again."
+    )
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for one Label Studio API call.")
+    webhook_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Listen for Label Studio's ANNOTATION_CREATED / ANNOTATION_UPDATED webhooks on this port "
+        "(POST /webhook, with a shadowd API token of scope labels as the webhook's Authorization header) and "
+        "import that task at once; none: polling only.",
+    )
+    webhook_host: str = Field(
+        "127.0.0.1",
+        description="Address the webhook receiver listens on; anything but loopback needs configured API tokens.",
+    )
+
+    @model_validator(mode="after")
+    def _one_token(self) -> LabelStudioConfig:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token_env or token_file (the Label Studio API token)")
+        return self
+
+
 class AnnotationConfig(Strict):
     sink: TransportConfig = Field(
         default_factory=SpoolTransportConfig,
@@ -391,6 +505,18 @@ class AnnotationConfig(Strict):
     rotation: RotationConfig | None = Field(None, description="On-call rotation; none leaves items unassigned.")
     evaluation: EvaluationConfig = Field(
         default_factory=EvaluationConfig, description="The evaluation sample (the lane annotators are served first)."
+    )
+    class_names: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        None,
+        min_length=2,
+        description="Classification: the classes' names in the models' output order, shown to annotators (the "
+        "page, Label Studio's choices); default: the class indices 0, 1, ...",
+    )
+    web: WebAnnotateConfig = Field(
+        default_factory=WebAnnotateConfig, description="The labelling page, `shadowd annotate --web`."
+    )
+    label_studio: LabelStudioConfig | None = Field(
+        None, description="The Label Studio bridge, `shadowd label-studio`; none: not used."
     )
 
     @model_validator(mode="before")
@@ -423,6 +549,12 @@ class LabelsConfig(Strict):
         "high-loss queueing, never for the gate).",
     )
     max_pairs: int = Field(200_000, ge=1, description="Most pairs kept for label joins; the oldest go first.")
+    max_pair_store_bytes: int = Field(
+        2 * 2**30,
+        ge=2**20,
+        description="Most bytes of stored pairs (their JSON) kept for label joins; the oldest go first. A late "
+        "label for an evicted pair is answered 410 (expired).",
+    )
     high_loss_threshold: float | None = Field(
         None, gt=0, description="Queue a labelled input (reason high_loss) when a model's loss is above this."
     )
@@ -680,6 +812,24 @@ class ShadowdConfig(Strict):
             raise ValueError(f"annotations.evaluation.slice_shares names unknown slices {unknown}; known: {names}")
         if self.task == "regression" and self.models.production.output != "values":
             raise ValueError("task 'regression' needs models.production.output 'values'")
+        ann = self.annotations
+        for key, host in (
+            ("annotations.web.host", ann.web.host),
+            ("annotations.label_studio.webhook_host", ann.label_studio.webhook_host if ann.label_studio else None),
+        ):
+            if host is not None and not self.auth.configured and not is_loopback(host):
+                raise ValueError(
+                    f"{key} is {host!r} but no API tokens are configured (auth.tokens_file or auth.tokens_env): "
+                    "labels would be accepted with no token anyone off this machine could hold. Configure tokens, "
+                    f"or bind {key} to 127.0.0.1"
+                )
+        if ann.class_names is not None and self.task != "classification":
+            raise ValueError("annotations.class_names is for task 'classification'")
+        if ann.label_studio is not None and self.task == "classification" and ann.class_names is None:
+            raise ValueError(
+                "annotations.label_studio needs annotations.class_names for a classification task (Label Studio's "
+                "choices are fixed when the project is created)"
+            )
         if not self.auth.configured and not is_loopback(self.serving.host):
             raise ValueError(
                 f"serving.host is {self.serving.host!r} but no API tokens are configured (auth.tokens_file or "
@@ -753,6 +903,10 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
         exp = exp.model_copy(update={"drift": exp.drift.model_copy(update={"profile": fix(exp.drift.profile)})})
     labels = cfg.labels.model_copy(update={"suites_dir": fix(cfg.labels.suites_dir)})
     auth = cfg.auth.model_copy(update={"tokens_file": fix(cfg.auth.tokens_file)})
+    annotations = cfg.annotations
+    if annotations.label_studio is not None:
+        ls = annotations.label_studio.model_copy(update={"token_file": fix(annotations.label_studio.token_file)})
+        annotations = annotations.model_copy(update={"label_studio": ls})
     return cfg.model_copy(
         update={
             "data_dir": fix(cfg.data_dir),
@@ -760,6 +914,7 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
             "expectations": exp,
             "labels": labels,
             "auth": auth,
+            "annotations": annotations,
         }
     )
 

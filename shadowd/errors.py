@@ -24,6 +24,7 @@ __all__ = [
     "DeliveryError",
     "ExpectationFailed",
     "GrafanaError",
+    "LabelStudioError",
     "ModelError",
     "PayloadTooLarge",
     "ShadowdError",
@@ -135,3 +136,12 @@ class GrafanaError(ShadowdError):
     """Grafana refused a call or could not be reached; the message says which call and why."""
 
     retriable = True
+
+
+class LabelStudioError(ShadowdError):
+    """Label Studio refused a call or could not be reached; the message says which call and why (never the
+    token). Retriable unless the setup is wrong (401/403: the token; 400: the project's labelling config)."""
+
+    def __init__(self, message: str, retriable: bool = True):
+        super().__init__(message)
+        self.retriable = retriable

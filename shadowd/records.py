@@ -91,6 +91,11 @@ class Selection(BaseModel):
         ge=0, le=1, description="Probability that a pair of this stratum and slices enters the evaluation sample."
     )
     in_sample: bool = Field(description="This pair was drawn (hash of its request id below the share).")
+    slices: list[str] | None = Field(
+        None,
+        description="The configured slices the pair fell in, so its label is counted there even where the pair "
+        "store keeps its features redacted (None: recorded before shadowd kept them; matched again).",
+    )
 
 
 class Pair(_Record):
@@ -152,6 +157,15 @@ class Label(_Record):
     verdict: Literal["label", "skip", "bad_data"] = "label"
     annotator: str | None = None
     ts: float
+    lane: Lane | None = Field(
+        None,
+        description="Annotator labels: the queue lane the item came from (evaluation: the random sample). "
+        "A record of how the item was chosen; the daemon decides what a label may be used for from the "
+        "pair's own stored selection, never from this field.",
+    )
+    inclusion: float | None = Field(
+        None, ge=0, le=1, description="Annotator labels of evaluation items: the probability the item was drawn with."
+    )
 
 
 # --- the shadow path's own records: ingress -> shadow worker (one Ray call per batch) ---

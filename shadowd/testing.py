@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FaultyModel", "SleepyModel", "ToyClassifier", "ToyRegressor", "WrongWhenDark"]
+__all__ = ["ControlledFaultyModel", "FaultyModel", "SleepyModel", "ToyClassifier", "ToyRegressor", "WrongWhenDark"]
 
 
 class ToyClassifier:
@@ -74,6 +74,24 @@ class FaultyModel(ToyClassifier):
         if self.mode == "wrong_shape":
             out = out[:, :-1]
         return out
+
+
+class ControlledFaultyModel(FaultyModel):
+    """A FaultyModel whose mode is read from a file at every call (``none`` when it is missing or empty):
+    a running candidate can be made to fail and recover from outside (``bench/faults.py``)."""
+
+    def __init__(self, control: str, **kwargs: Any):
+        super().__init__(mode="none", **kwargs)
+        self.control = control
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            with open(self.control, encoding="utf-8") as f:
+                mode = f.read().strip() or "none"
+        except FileNotFoundError:
+            mode = "none"
+        self.mode = mode if mode in ("raise", "hang", "nan", "wrong_shape") else "none"
+        return super().predict(batch)
 
 
 class WrongWhenDark:

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.prometheus",
     "tests.fixtures.grafana",
     "tests.fixtures.ray_serve",
+    "tests.fixtures.label_studio",
 ]

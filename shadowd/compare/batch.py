@@ -88,11 +88,17 @@ class BatchResult:
         return [self.names[j] for j in idx]
 
     def selection(self, i: int) -> Selection | None:
-        """Row i's stratum and evaluation draw; None when it was not compared."""
+        """Row i's stratum, evaluation draw and slices (as ``EvaluationSampler.select`` records them);
+        None when it was not compared."""
         code = int(self.stratum[i])
         if code < 0:
             return None
-        return Selection(stratum=STRATA[code], evaluation_share=float(self.share[i]), in_sample=bool(self.in_sample[i]))
+        return Selection(
+            stratum=STRATA[code],
+            evaluation_share=float(self.share[i]),
+            in_sample=bool(self.in_sample[i]),
+            slices=self.slices(i),
+        )
 
     def items_of(self, i: int) -> list[AnnotationItem]:
         item = self.items.get(i)

@@ -105,6 +105,9 @@ class Comparator:
         self._memo = EvidenceMemo()
         self._version_counter = itertools.count()
         self._versions: dict[str, int] = {}
+        # The labels journal's seq up to which labels are in these tallies (flywheel/journal.py): saved with
+        # the state, so a restart replays exactly the labels the saved state lacks. A reset keeps it.
+        self.labels_seq = 0
         self.reset()
 
     # --- window ---
@@ -278,7 +281,11 @@ class Comparator:
         when the candidate had none. Raises BadRequest when the label does
         not fit the task (e.g. class 12 of 10).
         """
-        if label.verdict != "label" or label.label is None or not pair.production.ok or not pair.production.values:
+        if label.verdict != "label" or label.label is None:
+            return {}
+        if not pair.production.ok or not pair.production.values:
+            if channel is not None:
+                self.exclude_label(pair, "production had no usable answer")
             return {}
         prod_values, cand = pair.production.values, pair.candidate
         try:
@@ -287,9 +294,14 @@ class Comparator:
                 losses["candidate"] = example_loss(self._task, cand.values, label.label)
         except (ValueError, TypeError) as err:
             raise BadRequest(f"label for request {pair.request_id}: {err}") from None
-        if cand is None or cand.values is None or "candidate" not in losses:
+        if channel is None:
             return losses
-        if not all(math.isfinite(v) for v in losses.values()) or channel is None or pair.selection is None:
+        # A usable label that cannot enter a cell is still accounted for: the report says why.
+        if cand is None or cand.values is None or "candidate" not in losses or pair.selection is None:
+            self.exclude_label(pair, "no candidate answer to compare (failed, timed out or not sampled)")
+            return losses
+        if not all(math.isfinite(v) for v in losses.values()):
+            self.exclude_label(pair, "non-finite loss")
             return losses
         correct = None
         accuracy_diff = None
@@ -299,7 +311,7 @@ class Comparator:
             accuracy_diff = float(correct[0]) - float(correct[1])
         loss_diff = losses["candidate"] - losses["production"]
         sel = pair.selection
-        names = [OVERALL, *self._matcher.match(pair.features)]
+        names = self._slices_of(pair)
         self._changed(names)
         for n in names:
             t = self._tallies.setdefault(n, SliceTally())
@@ -310,10 +322,17 @@ class Comparator:
 
     def exclude_label(self, pair: Pair, reason: str) -> None:
         """Count a label left out of the quality estimates, with why, in every slice of its pair."""
-        names = [OVERALL, *self._matcher.match(pair.features)]
+        names = self._slices_of(pair)
         self._changed(names)
         for n in names:
             self._tallies.setdefault(n, SliceTally()).quality.exclude(reason)
+
+    def _slices_of(self, pair: Pair) -> list[str]:
+        """Where a labelled pair counts: the slices recorded when it was compared (its features may be
+        redacted by now), else matched again."""
+        if pair.selection is not None and pair.selection.slices is not None:
+            return [OVERALL, *(n for n in pair.selection.slices if n in self._tallies)]
+        return [OVERALL, *self._matcher.match(pair.features)]
 
     def set_review_slices(self, names: Iterable[str]) -> None:
         """Slices the gate has under review: their disagreements are drawn with the review share."""
@@ -398,6 +417,7 @@ class Comparator:
                 "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
             },
             "window_started_ts": self._window_started_ts,
+            "labels_seq": self.labels_seq,
             "slices": {n: t.to_dict() for n, t in self._tallies.items()},
             # The config the evidence was gathered under, so `shadowd report --data-dir`
             # can run the same checks without the YAML; merge and load ignore it.
@@ -432,6 +452,7 @@ class Comparator:
         tallies.update({name: SliceTally.from_dict(d) for name, d in state["slices"].items()})
         self._tallies = tallies
         self._window_started_ts = float(state["window_started_ts"])
+        self.labels_seq = int(state.get("labels_seq", 0))
         self._changed_all()
 
     def save(self, path: Path | None = None) -> Path:

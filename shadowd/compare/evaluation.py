@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from shadowd.config import EvaluationConfig
-from shadowd.records import Selection, Stratum
+from shadowd.records import OVERALL, Selection, Stratum
 from shadowd.sampling import hash_unit
 
 if TYPE_CHECKING:
@@ -77,8 +77,9 @@ class EvaluationSampler:
         return possible_shares(self.cfg)
 
     def select(self, request_id: str, stratum: Stratum, slices: Iterable[str]) -> Selection:
+        names = [s for s in slices if s != OVERALL]
         if stratum == "agree":
-            return Selection(stratum=stratum, evaluation_share=0.0, in_sample=False)
+            return Selection(stratum=stratum, evaluation_share=0.0, in_sample=False, slices=names)
         share = self.share(slices)
         drawn = share > 0 and hash_unit(request_id, EVALUATION_SALT) < share
-        return Selection(stratum=stratum, evaluation_share=share, in_sample=drawn)
+        return Selection(stratum=stratum, evaluation_share=share, in_sample=drawn, slices=names)

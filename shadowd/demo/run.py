@@ -4,7 +4,8 @@ Trains (or reuses) the demo models, starts shadowd on them, drives live HTTP
 traffic with a progress bar, sends delayed ground truth for a random share of
 the requests, plays the on-call annotator who labels the evaluation lane,
 and prints the per-slice shadow report (how many labels decided each slice,
-and how they were chosen) and where the annotation items went.
+and how they were chosen), where the annotation items went, and the labelling
+page's URL with the one command that serves and opens it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from shadowd.demo.traffic import DEMO_SLICES, DemoRequest, demo_requests
 if TYPE_CHECKING:
     from shadowd.compare.report import ShadowReport
 
-__all__ = ["demo_config_dict", "run_demo"]
+__all__ = ["demo_config_dict", "page_hint", "run_demo"]
 
 
 def demo_config_dict(data_dir: Path, model_paths: dict[str, Path], port: int, metrics_port: int) -> dict[str, Any]:
@@ -76,9 +77,25 @@ def _flywheel_summary(ann: dict[str, Any], cfg: ShadowdConfig) -> str:
         f"({ann.get('high_loss_queued', 0)} for high loss once labels arrived); "
         f"labels joined: {labels.get('joined', 0)}, unknown: {labels.get('unknown', 0)}\n"
         f"hard-example suites ({cfg.data_dir / 'suites'}): {suites}\n"
-        f"next: label the queue with `shadowd annotate -c {cfg.data_dir / 'demo' / 'shadowd.yaml'}`, "
-        f"replay the hard examples: `shadowd replay all-suites -c {cfg.data_dir / 'demo' / 'shadowd.yaml'} "
+        f"next: replay the hard examples: `shadowd replay all-suites -c {cfg.data_dir / 'demo' / 'shadowd.yaml'} "
         "--role candidate --baseline production`"
+    )
+
+
+def page_hint(cfg: ShadowdConfig, config_path: Path) -> str:
+    """Where the labelling page is, what waits there, and the one line that serves it and opens it."""
+    from shadowd.flywheel.annotate import LANES
+    from shadowd.flywheel.transports import build_transport
+
+    web = cfg.annotations.web
+    url = f"http://{web.host}:{web.port}/"
+    transport = build_transport(cfg.annotations.sink, cfg.data_dir)
+    rotation = cfg.annotations.rotation.name if cfg.annotations.rotation is not None else "default"
+    waiting = sum(transport.backlog(rotation, lane, time.time).items for lane in LANES)
+    what = f"{waiting} items wait there" if waiting else "the queue is empty now; new items appear there as they come"
+    return (
+        f"labelling page: {url} ({what}; the token is in {cfg.data_dir / 'auth' / 'token'})\n"
+        f"open it: shadowd annotate --web -c {config_path} --open"
     )
 
 
@@ -163,6 +180,7 @@ def run_demo(
         report = ShadowReport.from_json(requests.get(f"{daemon.url}/shadow/report", headers=auth, timeout=30).json())
         echo(render_report(report, "table"))
         echo(_flywheel_summary(report.annotations or {}, cfg))
-        return report
     finally:
         daemon.stop()
+    echo(page_hint(cfg, config_path))  # the last lines: what to do next
+    return report

@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from shadowd.config import ExpectationsConfig, FeatureExpectation, InputsExpectation, OutputsExpectation
+from shadowd.config import (
+    ExpectationsConfig,
+    FeatureExpectation,
+    InputsExpectation,
+    OutputsExpectation,
+    RedactionConfig,
+)
 from shadowd.errors import ExpectationFailed
 from shadowd.records import OVERALL, AnnotationItem, ModelOutput
 
@@ -87,9 +93,15 @@ _TYPE_TESTS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def _feature_check(name: str, exp: FeatureExpectation) -> Callable[[Any], list[Violation] | None]:
-    """Compile one feature's rules into a closure; it returns None when all hold (the common case)."""
+_HIDDEN = "<redacted>"
+
+
+def _feature_check(name: str, exp: FeatureExpectation, hide: bool = False) -> Callable[[Any], list[Violation] | None]:
+    """Compile one feature's rules into a closure; it returns None when all hold (the common case).
+    ``hide``: the feature is redacted, so messages never show its value."""
     field = f"features.{name}"
+    show: Callable[[Any], str] = (lambda _v: _HIDDEN) if hide else _show
+    rep: Callable[[Any], str] = (lambda _v: _HIDDEN) if hide else repr
 
     def viol(rule: str, message: str) -> Violation:
         return Violation(f"{field}.{rule}", field, rule, f"{field}: {message}")
@@ -108,24 +120,24 @@ def _feature_check(name: str, exp: FeatureExpectation) -> Callable[[Any], list[V
             return [viol("required", "missing; the feature is required")] if exp.required else None
         if value is None or (isinstance(value, float) and value != value):
             if exp.not_null:
-                return [viol("not_null", f"got {_show(value)}; must not be null")]
+                return [viol("not_null", f"got {show(value)}; must not be null")]
             if value is None:
                 return None  # null is allowed; no other rule applies to it
         if type_test is not None and not type_test(value):
-            return [viol("type", f"got {_show(value)} ({type(value).__name__}); must be {exp.type}")]
+            return [viol("type", f"got {show(value)} ({type(value).__name__}); must be {exp.type}")]
         out: list[Violation] = []
         if _is_number(value):
             if exp.finite and not _finite(value):
-                out.append(viol("finite", f"got {value!r}; must be finite"))
+                out.append(viol("finite", f"got {rep(value)}; must be finite"))
             elif has_range and ((lo is not None and value < lo) or (hi is not None and value > hi)):
-                out.append(viol("range", f"got {value!r}; must be {_bounds(lo, hi)}"))
+                out.append(viol("range", f"got {rep(value)}; must be {_bounds(lo, hi)}"))
         if allowed is not None:
             try:
                 ok = (type(value) is bool, value) in allowed
             except TypeError:  # unhashable, e.g. a list
                 ok = False
             if not ok:
-                out.append(viol("allowed", f"got {_show(value)}; must be one of {_show(exp.allowed)}"))
+                out.append(viol("allowed", f"got {show(value)}; must be one of {_show(exp.allowed)}"))
         if shape is not None:
             try:
                 got = np.shape(value)
@@ -141,8 +153,11 @@ def _feature_check(name: str, exp: FeatureExpectation) -> Callable[[Any], list[V
 class _ArrayRules:
     """Vectorised rules for one numeric array: shape, finite, range."""
 
-    def __init__(self, field: str, shape: list[int] | None, finite: bool, lo: float | None, hi: float | None):
+    def __init__(
+        self, field: str, shape: list[int] | None, finite: bool, lo: float | None, hi: float | None, hide: bool = False
+    ):
         self.field = field
+        self._num: Callable[[Any], str] = (lambda _v: _HIDDEN) if hide else (lambda v: repr(float(v)))
         self.shape = tuple(shape) if shape is not None else None
         self.finite = finite
         self.lo = lo
@@ -167,15 +182,17 @@ class _ArrayRules:
             if self.finite:
                 bad = x.size - int(np.count_nonzero(finite_mask))
                 first = x.flat[int(np.argmin(finite_mask.ravel()))]
-                out.append(self._viol("finite", f"{bad} of {x.size} values are NaN/inf (first {float(first)!r})", role))
+                out.append(
+                    self._viol("finite", f"{bad} of {x.size} values are NaN/inf (first {self._num(first)})", role)
+                )
             kept = x[finite_mask]
             if kept.size == 0:
                 return
             lo, hi = kept.min(), kept.max()
         if self.lo is not None and lo < self.lo:
-            out.append(self._viol("range", f"smallest value {float(lo)!r} < min {self.lo:g}", role))
+            out.append(self._viol("range", f"smallest value {self._num(lo)} < min {self.lo:g}", role))
         if self.hi is not None and hi > self.hi:
-            out.append(self._viol("range", f"largest value {float(hi)!r} > max {self.hi:g}", role))
+            out.append(self._viol("range", f"largest value {self._num(hi)} > max {self.hi:g}", role))
 
 
 class _OutputRules:
@@ -265,12 +282,27 @@ class _OutputRules:
 class ExpectationSet:
     """The configured expectations, compiled once; ``check_*`` are cheap enough for every request."""
 
-    def __init__(self, cfg: ExpectationsConfig, roles: Iterable[str] = ("production", "candidate", "noise")):
+    def __init__(
+        self,
+        cfg: ExpectationsConfig,
+        roles: Iterable[str] = ("production", "candidate", "noise"),
+        redaction: RedactionConfig | None = None,
+    ):
+        """``redaction``: fields it covers never show their values in violation messages (which reach
+        the report, the logs, annotation items and the pair store)."""
         self.cfg = cfg
         self.rejects = cfg.on_violation == "reject"
-        self._features = [(name, _feature_check(name, exp)) for name, exp in cfg.features.items()]
+
+        def hide(field: str) -> bool:
+            return redaction is not None and redaction.covers(field)
+
+        self._features = [
+            (name, _feature_check(name, exp, hide(f"features.{name}"))) for name, exp in cfg.features.items()
+        ]
         inp: InputsExpectation | None = cfg.inputs
-        self._inputs = None if inp is None else _ArrayRules("inputs", inp.shape, inp.finite, inp.min, inp.max)
+        self._inputs = (
+            None if inp is None else _ArrayRules("inputs", inp.shape, inp.finite, inp.min, inp.max, hide("inputs"))
+        )
         self._outputs = {role: _OutputRules(role, cfg.outputs) for role in roles}
 
     @property

@@ -18,7 +18,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from shadowd.errors import AnnotateError
-from shadowd.flywheel.annotate import Annotator, Answer
+from shadowd.flywheel.annotate import Annotator, Answer, check_answer
 from shadowd.records import AnnotationItem
 
 __all__ = ["annotate_session", "parse_answer", "render_item"]
@@ -107,16 +107,15 @@ def parse_answer(text: str, item: AnnotationItem, task: str) -> Answer | None:
         value = json.loads(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a label; type a number, s, b or q") from None
-    if task == "classification":
+    if value in ("skip", "bad_data"):  # typed as JSON strings: not a label either
+        raise ValueError(f"{text!r} is not a label; type a number, s, b or q")
+    try:
+        return check_answer(value, item, task)
+    except ValueError:
+        what = "a class index" if task == "classification" else "a value or a list of values"
         n = len(item.production.values or []) if item.production is not None else 0
-        if not isinstance(value, int) or isinstance(value, bool) or not (0 <= value < n if n else value >= 0):
-            raise ValueError(f"{text!r} is not a class index" + (f" in 0..{n - 1}" if n else ""))
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-        return [float(v) for v in value]
-    raise ValueError(f"{text!r} is not a value or a list of values")
+        in_range = f" in 0..{n - 1}" if task == "classification" and n else ""
+        raise ValueError(f"{text!r} is not {what}{in_range}") from None
 
 
 def annotate_session(

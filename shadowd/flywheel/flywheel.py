@@ -23,7 +23,9 @@ pair aged out gets "expired" (410), one that does not fit the task gets
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -37,6 +39,7 @@ import numpy as np
 from shadowd.compare.loss import example_loss
 from shadowd.compare.slices import SliceMatcher
 from shadowd.config import ShadowdConfig
+from shadowd.flywheel.journal import LabelJournal, journal_path
 from shadowd.flywheel.pairs import PairStore
 from shadowd.flywheel.policy import ItemPolicy
 from shadowd.flywheel.rotation import Rotation
@@ -44,6 +47,7 @@ from shadowd.flywheel.sink import AnnotationSink
 from shadowd.flywheel.suites import SuiteExample, SuiteStore
 from shadowd.flywheel.transports.base import LabelSource, Transport
 from shadowd.observe.metrics import ShadowdMetrics
+from shadowd.observe.supervise import supervised
 from shadowd.records import AnnotationItem, Label, LabelChannel, Lane, Pair
 
 __all__ = ["Flywheel", "JoinResult", "OnJoined", "suites_dir"]
@@ -69,6 +73,7 @@ class JoinResult:
     suites: list[str] = field(default_factory=list)
     channel: LabelChannel | None = None  # how the label was chosen, when the quality checks may use it
     excluded: str | None = None  # else why they may not
+    seq: int | None = None  # its entry in the labels journal (joined and skipped labels)
 
     @property
     def http_status(self) -> int:
@@ -111,8 +116,12 @@ class Flywheel:
         self.rotation = Rotation(ann.rotation, clock) if ann.rotation is not None else None
         self._rotation_name = self.rotation.name if self.rotation is not None else "default"
         self.policy = ItemPolicy(ann.policy, ann.redaction, clock, self.rotation, metrics)
-        self.pairs = PairStore(Path(config.data_dir) / "pairs", lab.pair_retention_s, lab.max_pairs, clock)
+        self.pairs = PairStore(
+            Path(config.data_dir) / "pairs", lab.pair_retention_s, lab.max_pairs, clock, lab.max_pair_store_bytes
+        )
         self.suites = SuiteStore(suites_dir(config), config.task, clock)
+        self.journal = LabelJournal(journal_path(config.data_dir))
+        self._join_lock = threading.Lock()  # one join at a time: check, journal, mark stay in order
         self._slices = SliceMatcher(config.slices)
         self._lock = threading.Lock()
         self._recent_losses: deque[float] = deque(maxlen=lab.high_loss_window)
@@ -125,15 +134,19 @@ class Flywheel:
 
     # --- lifecycle ---
 
-    def start(self, on_joined: OnJoined | None = None) -> Flywheel:
-        """Start the threads reading annotators' labels and probing the backlog."""
+    def start(self, on_joined: OnJoined | None = None, replay_after: int | None = None) -> Flywheel:
+        """Replay the labels journal past ``replay_after`` (the seq the saved comparator state holds;
+        None: replay nothing), then start the threads reading annotators' labels and probing the backlog."""
         self._on_joined = on_joined
         if self._threads:
             return self
-        for target, name in ((self._labels_loop, "shadowd-labels"), (self._backlog_loop, "shadowd-backlog")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        after = self.journal.last_seq if replay_after is None else replay_after
+        replayed = self.replay(after)
+        if replayed:
+            log.info("labels journal: %d labels past seq %d replayed into the comparator", replayed, after)
+        self.journal.advance_to(after)
+        for target, name in ((self._labels_loop, "labels"), (self._backlog_loop, "backlog")):
+            self._threads.append(supervised(name, target, self._stop, self._metrics))
         return self
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -149,7 +162,9 @@ class Flywheel:
 
     def record(self, pair: Pair, items: list[AnnotationItem]) -> None:
         """Keep the pair for label joins; send the items the policy admits to the annotation queue."""
-        self.pairs.put(pair, tags=[it.reason for it in items])
+        # At rest the pair is redacted like the items (its label still lands in its slices: the
+        # comparator recorded them on pair.selection before this point).
+        self.pairs.put(self.policy.redactor.apply_pair(pair), tags=[it.reason for it in items])
         for item in items:
             self._submit(item)
 
@@ -184,6 +199,39 @@ class Flywheel:
             self._on_joined(result, label)
         return result
 
+    def replay(self, after: int) -> int:
+        """Apply the journal's entries past ``after`` again: pair-store marks, suites, ``on_joined``.
+        Every step is idempotent, so an entry applied before the crash changes nothing twice."""
+        done = 0
+        for entry in self.journal.entries(after):
+            rid = entry.label.request_id
+            look = self.pairs.get(rid)
+            if look.pair is None:
+                log.warning(
+                    "labels journal: the pair of %r is gone (%s); its label cannot be replayed", rid, look.status
+                )
+                continue
+            self.pairs.mark_labelled(rid, entry.label.source)
+            if entry.channel is not None:
+                self.pairs.mark_labelled(rid, "quality")
+            if entry.status == "joined" and look.tags:
+                self._add_to_suites(
+                    look.pair, entry.label, list(look.tags) + _outcome_tags(self.config.task, look.pair, entry.label)
+                )
+            result = JoinResult(
+                entry.status,  # type: ignore[arg-type]
+                rid,
+                "replayed from the labels journal",
+                look.pair,
+                channel=entry.channel,
+                excluded=entry.excluded,
+                seq=entry.seq,
+            )
+            if self._on_joined is not None:
+                self._on_joined(result, entry.label)
+            done += 1
+        return done
+
     def _provenance(self, pair: Pair, label: Label) -> tuple[LabelChannel | None, str | None]:
         """How the label was chosen: a channel the quality checks may use, or why they may not.
 
@@ -203,11 +251,16 @@ class Flywheel:
             channel = "evaluation"
         else:
             return None, "priority queue (not a random sample)"
-        if not self.pairs.mark_labelled(pair.request_id, "quality"):
+        if self.pairs.is_labelled(pair.request_id, "quality"):
             return None, "a second label of a pair already counted"
         return channel, None
 
     def _join(self, label: Label) -> JoinResult:
+        with self._join_lock:
+            return self._join_locked(label)
+
+    def _join_locked(self, label: Label) -> JoinResult:
+        """Decide, journal (fsync), then mark: a label counts once it is in the journal, never before."""
         rid = label.request_id
         look = self.pairs.get(rid)
         if look.status == "unknown":
@@ -225,11 +278,14 @@ class Flywheel:
             )
         pair = look.pair
         assert pair is not None
+        if self.pairs.is_labelled(rid, label.source):
+            return JoinResult("duplicate", rid, f"{label.source} label for {rid!r} was already joined", pair)
         if label.verdict != "label" or label.label is None:
-            self.pairs.mark_labelled(rid, label.source)
             _, why = self._provenance(pair, label)
+            seq = self.journal.append("skipped", None, why, label)
+            self.pairs.mark_labelled(rid, label.source)
             message = f"{label.verdict} recorded for {rid!r}; no loss computed"
-            return JoinResult("skipped", rid, message, pair, excluded=why)
+            return JoinResult("skipped", rid, message, pair, excluded=why, seq=seq)
         try:
             losses = {
                 role: example_loss(self.config.task, out.values, label.label)
@@ -238,16 +294,18 @@ class Flywheel:
             }
         except (ValueError, TypeError) as err:
             return JoinResult("rejected", rid, f"label for {rid!r} does not fit the {self.config.task} task: {err}")
-        if not self.pairs.mark_labelled(rid, label.source):
-            return JoinResult("duplicate", rid, f"{label.source} label for {rid!r} was already joined", pair, losses)
         channel, excluded = self._provenance(pair, label)
+        seq = self.journal.append("joined", channel, excluded, label)
+        self.pairs.mark_labelled(rid, label.source)
+        if channel is not None:
+            self.pairs.mark_labelled(rid, "quality")
         high = self._high_loss(pair, label, losses)
         tags = list(look.tags) + (["high_loss"] if high else []) + _outcome_tags(self.config.task, pair, label)
         suites = []
         if look.tags or high:
             suites = self._add_to_suites(pair, label, tags)
         message = f"joined {label.source} label for {rid!r}"
-        return JoinResult("joined", rid, message, pair, losses, suites, channel, excluded)
+        return JoinResult("joined", rid, message, pair, losses, suites, channel, excluded, seq)
 
     def _high_loss(self, pair: Pair, label: Label, losses: dict[str, float]) -> bool:
         if not losses:
@@ -268,7 +326,7 @@ class Flywheel:
                 request_id=pair.request_id,
                 reason="high_loss",
                 priority=worst,
-                slices=list(self._slices.match(pair.features)),
+                slices=self._slices_of(pair),
                 features=pair.features,
                 inputs=pair.inputs,
                 production=pair.production,
@@ -281,10 +339,16 @@ class Flywheel:
                     self._high_loss_queued += 1
         return True
 
+    def _slices_of(self, pair: Pair) -> list[str]:
+        """The pair's slices as recorded when it was compared (stored features may be redacted)."""
+        if pair.selection is not None and pair.selection.slices is not None:
+            return list(pair.selection.slices)
+        return list(self._slices.match(pair.features))
+
     def _add_to_suites(self, pair: Pair, label: Label, tags: list[str]) -> list[str]:
         if pair.inputs is None:
             return []  # nothing to replay without inputs (shadow.store_inputs off)
-        slices = list(self._slices.match(pair.features))
+        slices = self._slices_of(pair)
         example = SuiteExample(
             request_id=pair.request_id,
             inputs=pair.inputs,
@@ -332,19 +396,46 @@ class Flywheel:
             source.close()
 
     def _on_topic_label(self, raw: bytes) -> None:
+        """One record of the labels channel. A record that is not a label, or that the join cannot take,
+        goes to ``labels/dead-letter.jsonl`` (counted as rejected): one bad record must not stop the
+        stream, nor on Kafka be re-polled forever. A disk that refuses the journal holds the stream on
+        this label, retried with backoff, never skipped; if the flywheel closes meanwhile, the channel
+        is not committed and the label comes back at the next start."""
         try:
             label = Label.model_validate_json(raw)
         except ValueError as err:
-            log.error("labels channel: not a Label, skipped: %s", str(err).splitlines()[0])
-            if self._metrics is not None:
-                self._metrics.labels.labels(source="annotator", outcome="rejected").inc()
+            self._dead_letter(raw, f"not a Label: {str(err).splitlines()[0]}", "annotator")
             return
-        try:  # one bad label must not stop the stream (nor, on Kafka, be re-polled forever)
-            self.feedback(label)
-        except Exception:
-            log.exception("label for %s skipped", label.request_id)
-            if self._metrics is not None:
-                self._metrics.labels.labels(source=label.source, outcome="rejected").inc()
+        backoff_s = 0.1
+        while True:
+            try:
+                self.feedback(label)
+                return
+            except OSError as err:
+                log.error("label for %s waits: the labels journal cannot be written: %s", label.request_id, err)
+                if self._stop.wait(backoff_s):
+                    raise
+                backoff_s = min(backoff_s * 2, 10.0)
+            except Exception as err:
+                log.exception("label for %s rejected", label.request_id)
+                self._dead_letter(raw, f"{type(err).__name__}: {err}", label.source)
+                return
+
+    def _dead_letter(self, raw: bytes, error: str, source: str) -> None:
+        path = Path(self.config.data_dir) / "labels" / "dead-letter.jsonl"
+        record = {"ts": self._clock(), "error": error[:500], "raw": raw[:65536].decode("utf-8", "replace")}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            log.error("labels dead letter not written (%s): %s", err, error)
+        else:
+            log.error("labels channel: record rejected (%s); kept in %s", error, path)
+        if self._metrics is not None:
+            self._metrics.labels.labels(source=source, outcome="rejected").inc()
 
     def _backlog_loop(self) -> None:
         """Probe the backlog (first within a second, then at the transport's pace); where the spool is the
@@ -408,6 +499,7 @@ class Flywheel:
             "policy": policy,
             "labels": labels,
             "high_loss_queued": high,
+            "pair_store": {"pairs": len(self.pairs), "bytes": self.pairs.bytes},
             "on_call": self.rotation.on_call() if self.rotation is not None else None,
             "backlog": self.backlog,
             "suites": self.suites.counts(),

@@ -2,7 +2,8 @@
 
 Data flow: ``Flywheel.record`` puts every compared pair here; a label from
 ``POST /feedback`` or the labels topic looks its pair up by request id. Pairs
-older than ``retention_s`` or beyond ``max_pairs`` (oldest first) are evicted;
+older than ``retention_s``, beyond ``max_pairs`` or beyond ``max_bytes`` of
+stored pair JSON (oldest first) are evicted;
 their ids are remembered (bounded too) so a late label gets "expired", not
 "unknown".
 
@@ -35,9 +36,17 @@ class Lookup:
 
 
 class PairStore:
-    def __init__(self, directory: str | Path, retention_s: float, max_pairs: int, clock: Callable[[], float]):
+    def __init__(
+        self,
+        directory: str | Path,
+        retention_s: float,
+        max_pairs: int,
+        clock: Callable[[], float],
+        max_bytes: int | None = None,
+    ):
         if retention_s <= 0 or max_pairs < 1:
             raise ValueError(f"got retention_s={retention_s}, max_pairs={max_pairs}; both must be > 0")
+        self.max_bytes = max_bytes
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_s
@@ -57,6 +66,12 @@ class PairStore:
             "PRIMARY KEY (request_id, source))"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS pairs_ts ON pairs (ts)")
+        if "size" not in {row[1] for row in self._db.execute("PRAGMA table_info(pairs)")}:  # a store from before
+            self._db.execute("ALTER TABLE pairs ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("UPDATE pairs SET size = length(body)")
+        # Byte totals and oldest-first eviction read this index alone, never the bodies.
+        self._db.execute("CREATE INDEX IF NOT EXISTS pairs_ts_size ON pairs (ts, size)")
+        self._bytes = 0
         self._db.execute("CREATE TABLE IF NOT EXISTS evicted (request_id TEXT PRIMARY KEY, evicted_ts REAL NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS evicted_ts ON evicted (evicted_ts)")
         self._puts = 0
@@ -64,13 +79,16 @@ class PairStore:
 
     def put(self, pair: Pair, tags: Sequence[str] = ()) -> None:
         """Store a pair; ``tags`` are why it is interesting (annotation reasons), kept for suites."""
+        body = pair.model_dump_json()
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO pairs (request_id, ts, body, tags) VALUES (?, ?, ?, ?)",
-                (pair.request_id, pair.ts, pair.model_dump_json(), ",".join(dict.fromkeys(tags))),
+                "INSERT OR REPLACE INTO pairs (request_id, ts, body, tags, size) VALUES (?, ?, ?, ?, ?)",
+                (pair.request_id, pair.ts, body, ",".join(dict.fromkeys(tags)), len(body)),
             )
             self._puts += 1
-            due = self._puts % _PRUNE_EVERY_PUTS == 0
+            self._bytes += len(body)  # an upper bound between prunes (a replaced row counts twice)
+            over_bytes = self.max_bytes is not None and self._bytes > self.max_bytes
+            due = self._puts % _PRUNE_EVERY_PUTS == 0 or over_bytes
         if due:
             self.prune()
 
@@ -88,14 +106,27 @@ class PairStore:
             "found", Pair.model_validate_json(body), age_s=now - ts, tags=tuple(t for t in tags.split(",") if t)
         )
 
+    def is_labelled(self, request_id: str, source: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM labelled WHERE request_id = ? AND source = ?", (request_id, source)
+            ).fetchone()
+            return row is not None
+
     def mark_labelled(self, request_id: str, source: str) -> bool:
         """Record that ``source`` labelled the pair; False if it already had (a duplicate delivery)."""
         with self._lock:
             cur = self._db.execute("INSERT OR IGNORE INTO labelled VALUES (?, ?)", (request_id, source))
             return cur.rowcount == 1
 
+    @property
+    def bytes(self) -> int:
+        """Stored pair JSON in bytes (exact after each prune)."""
+        return self._bytes
+
     def prune(self) -> int:
-        """Evict pairs past retention, then the oldest beyond ``max_pairs``; return how many."""
+        """Evict pairs past retention, then the oldest beyond ``max_pairs`` and beyond ``max_bytes``
+        (down to 90 % of it, so a full store does not prune on every put); return how many."""
         now = self._clock()
         with self._lock, self._db:
             self._db.execute("BEGIN")
@@ -109,6 +140,20 @@ class PairStore:
                 oldest = "SELECT request_id FROM pairs ORDER BY ts LIMIT ?"
                 self._db.execute(f"INSERT OR REPLACE INTO evicted SELECT request_id, ? FROM ({oldest})", (now, over))
                 n += self._db.execute(f"DELETE FROM pairs WHERE request_id IN ({oldest})", (over,)).rowcount
+            total = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM pairs").fetchone()[0])
+            if self.max_bytes is not None and total > self.max_bytes:
+                target, freed, cut_ts = total - int(0.9 * self.max_bytes), 0, None
+                for ts, size in self._db.execute("SELECT ts, size FROM pairs ORDER BY ts"):
+                    freed += size
+                    cut_ts = ts
+                    if freed >= target:
+                        break
+                self._db.execute(
+                    "INSERT OR REPLACE INTO evicted SELECT request_id, ? FROM pairs WHERE ts <= ?", (now, cut_ts)
+                )
+                n += self._db.execute("DELETE FROM pairs WHERE ts <= ?", (cut_ts,)).rowcount
+                total = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM pairs").fetchone()[0])
+            self._bytes = total
             self._db.execute("DELETE FROM labelled WHERE request_id NOT IN (SELECT request_id FROM pairs)")
             # Remember as many evicted ids as pairs kept: bounded, and enough for late labels.
             extra = self._db.execute("SELECT COUNT(*) FROM evicted").fetchone()[0] - self.max_pairs

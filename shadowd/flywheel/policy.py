@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections import Counter as _Tally
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from shadowd.config import AnnotationPolicyConfig, RedactionConfig
 from shadowd.errors import ConfigError
 from shadowd.flywheel.rotation import Rotation
 from shadowd.observe.metrics import ShadowdMetrics
-from shadowd.records import OVERALL, AnnotationItem
+from shadowd.records import OVERALL, AnnotationItem, Pair
 
 __all__ = ["ItemPolicy", "Redactor", "TokenBucket", "fingerprint"]
 
@@ -77,6 +78,9 @@ def fingerprint(item: AnnotationItem, decimals: int) -> str:
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
 
 
+_HASHED = re.compile(r"sha256:[0-9a-f]{32}")
+
+
 class Redactor:
     """Drops or hashes configured dotted paths ('features.user_id', 'inputs', ...) of an item."""
 
@@ -84,9 +88,11 @@ class Redactor:
         self.cfg = cfg
         salt = ""
         if cfg.salt_env:
-            if cfg.salt_env not in os.environ:
-                raise ConfigError(f"annotations.redaction.salt_env: environment variable {cfg.salt_env} is not set")
-            salt = os.environ[cfg.salt_env]
+            salt = os.environ.get(cfg.salt_env, "")
+            if not salt:
+                raise ConfigError(
+                    f"annotations.redaction.salt_env: environment variable {cfg.salt_env} is not set or empty"
+                )
         self._salt = salt.encode()
 
     @property
@@ -94,8 +100,20 @@ class Redactor:
         return bool(self.cfg.drop or self.cfg.hash)
 
     def hash_value(self, value: Any) -> str:
+        if isinstance(value, str) and _HASHED.fullmatch(value):
+            return value  # already hashed (e.g. an item built from a stored, redacted pair)
         digest = hashlib.sha256(self._salt + json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
         return f"sha256:{digest[:32]}"
+
+    def apply_pair(self, pair: Pair) -> Pair:
+        """The pair as it may rest on disk (the pair store): features and inputs redacted; a pair whose
+        inputs are dropped or hashed keeps none (it cannot be replayed, so it makes no suite example)."""
+        if not self.active:
+            return pair
+        inputs = pair.inputs
+        if self.cfg.covers("inputs"):
+            inputs = None
+        return pair.model_copy(update={"features": self.apply_features(pair.features), "inputs": inputs})
 
     def apply(self, item: AnnotationItem) -> AnnotationItem:
         if not self.active:

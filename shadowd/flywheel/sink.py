@@ -42,6 +42,7 @@ from shadowd.errors import DeliveryError, SpoolError, SpoolWriteError
 from shadowd.flywheel.spool import Spool, SpoolRecord, lane_spool_dir
 from shadowd.flywheel.transports.base import Producer, SendResult
 from shadowd.observe.metrics import ShadowdMetrics
+from shadowd.observe.supervise import supervised
 from shadowd.records import AnnotationItem, Lane
 
 __all__ = ["PAUSE_REASONS", "AnnotationSink", "SinkStats", "build_sink"]
@@ -110,6 +111,7 @@ class AnnotationSink:
         self._paused: str | None = None
         self._paused_since = 0.0
         self._threads: list[threading.Thread] = []
+        self._held: list[tuple[str, str]] = []
         self._closed = False
         self._set_gauge()
 
@@ -118,11 +120,11 @@ class AnnotationSink:
     def start(self) -> AnnotationSink:
         if self._threads:
             return self
-        self._threads.append(threading.Thread(target=self._spooler, name="shadowd-spooler", daemon=True))
+        # Supervised: an unexpected error restarts the loop (counted, alerted), never ends it for good.
+        # They stop only when forced: a graceful close still wants them to drain.
+        self._threads.append(supervised(f"spooler-{self.lane}", self._spooler, self._force, self._metrics))
         if self._producer is not None:
-            self._threads.append(threading.Thread(target=self._sender, name="shadowd-sender", daemon=True))
-        for t in self._threads:
-            t.start()
+            self._threads.append(supervised(f"sender-{self.lane}", self._sender, self._force, self._metrics))
         return self
 
     def submit(self, item: AnnotationItem) -> None:
@@ -302,8 +304,8 @@ class AnnotationSink:
 
     def _spooler(self) -> None:
         backoff_s = self._backoff_min_s
-        held: list[tuple[str, str]] = []  # records the spool refused (paused); retried before anything newer
         while True:
+            held = self._held  # records the spool refused (paused); retried before anything newer
             if not held:
                 try:
                     first = self._buffer.get(timeout=_IDLE_WAIT_S)
@@ -313,13 +315,13 @@ class AnnotationSink:
                         return
                     continue
                 batch = [first, *self._drain(self._batch_items - 1)]
-                held = self._records(batch)
+                held = self._held = self._records(batch)  # kept on the sink: a restarted loop goes on with them
                 for _ in range(len(batch) - len(held)):  # dropped as unserializable
                     self._buffer.task_done()
             done = self._append(held)
             for _ in range(done):
                 self._buffer.task_done()
-            held = held[done:]
+            held = self._held = held[done:]
             if not held:
                 backoff_s = self._backoff_min_s
                 continue
@@ -327,6 +329,7 @@ class AnnotationSink:
                 self._drop(self._paused or "closed", len(held))
                 for _ in held:
                     self._buffer.task_done()
+                self._held = []
                 return
             self._stop.wait(backoff_s)  # paused: retry with backoff; close() cuts the wait short
             backoff_s = min(backoff_s * 2, self._backoff_max_s)

@@ -135,12 +135,16 @@ def lane_spool_dir(data_dir: Path, lane: str) -> Path:
 def write_atomic(path: Path, text: str, fsync: bool = True) -> None:
     """Replace a small file (an offset) so that a crash leaves the old content or the new, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if fsync:
         _fsync_dir(path.parent)
 

@@ -11,11 +11,20 @@ On disk, one folder per suite under the folder the user chose::
 
     <suites_dir>/slice.dark/examples.jsonl   one SuiteExample per line (fsync'd)
     <suites_dir>/slice.dark/manifest.json    schema_version, version, task, count, sha256 of examples
+
+The manifest is the commit point: an example is appended (fsync) first, then
+the manifest is replaced atomically. Readers take the first ``count`` lines
+and check their sha256, so a reader racing the writer sees the last commit.
+A crash between the two leaves the file ahead of its manifest: the store
+repairs the suite when it opens it (complete examples kept, a torn last line
+cut, an unreadable line moved to ``examples.dead-letter.jsonl``, the manifest
+rebuilt); a suite never stays unloadable.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -29,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shadowd.compare.loss import example_loss
 from shadowd.config import SuiteThresholds
 from shadowd.errors import SuiteError
+from shadowd.flywheel.spool import write_atomic
 
 __all__ = [
     "SUITE_SCHEMA_VERSION",
@@ -41,6 +51,8 @@ __all__ = [
     "resolve_suites",
     "suite_names",
 ]
+
+log = logging.getLogger(__name__)
 
 SUITE_SCHEMA_VERSION = 1
 _NAME_OK = re.compile(r"[^a-z0-9_.-]+")
@@ -88,14 +100,6 @@ def suite_names(slices: Iterable[str], tags: Iterable[str]) -> list[str]:
     return ["all", *(f"slice.{_safe(s)}" for s in slices), *(f"tag.{_safe(t)}" for t in tags)]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class SuiteStore:
     """Appends examples to suites; one writer (the comparator process)."""
 
@@ -113,11 +117,15 @@ class SuiteStore:
         if name not in self._manifests:
             folder = self.directory / name
             mpath = folder / "manifest.json"
-            if mpath.exists():
-                manifest = _read_manifest(mpath)
+            if mpath.exists() or (folder / "examples.jsonl").exists():
+                try:
+                    manifest, examples = load_suite(folder, exact=True)
+                except _Unreadable as err:
+                    log.warning("suite %s: %s; repairing it", folder, err)
+                    manifest, examples = repair_suite(folder, self.task, self._clock)
                 if manifest.task != self.task:
                     raise SuiteError(f"{mpath}: suite is for task {manifest.task!r}, not {self.task!r}")
-                self._ids[name] = {e.request_id for e in load_suite(folder)[1]}
+                self._ids[name] = {e.request_id for e in examples}
                 self._hashes[name] = hashlib.sha256((folder / "examples.jsonl").read_bytes())
             else:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -150,9 +158,7 @@ class SuiteStore:
                         "updated_ts": self._clock(),
                     }
                 )
-                tmp = folder / "manifest.json.tmp"
-                tmp.write_text(manifest.model_dump_json(indent=2))
-                os.replace(tmp, folder / "manifest.json")
+                write_atomic(folder / "manifest.json", manifest.model_dump_json(indent=2))  # the commit
                 self._manifests[name] = manifest
                 self._ids[name].add(example.request_id)
                 written.append(name)
@@ -163,35 +169,102 @@ class SuiteStore:
             return {n: m.count for n, m in self._manifests.items()}
 
 
+class _Unreadable(SuiteError):
+    """The suite's files disagree (a crash between append and manifest, or an edit): repairable."""
+
+
 def _read_manifest(path: Path) -> SuiteManifest:
     try:
         manifest = SuiteManifest.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise _Unreadable(f"{path}: missing") from None
     except (OSError, ValueError) as err:
-        raise SuiteError(f"{path}: not a suite manifest: {err}") from None
+        raise _Unreadable(f"{path}: not a suite manifest: {err}") from None
     if manifest.schema_version != SUITE_SCHEMA_VERSION:
         raise SuiteError(f"{path}: schema_version {manifest.schema_version}; this shadowd reads {SUITE_SCHEMA_VERSION}")
     return manifest
 
 
-def load_suite(folder: str | Path) -> tuple[SuiteManifest, list[SuiteExample]]:
-    """Read a suite folder; the manifest's count and sha256 must match its examples."""
+def load_suite(folder: str | Path, exact: bool = False) -> tuple[SuiteManifest, list[SuiteExample]]:
+    """Read a suite folder: the ``count`` examples its manifest committed, checked against its sha256.
+
+    Lines past ``count`` are an append not yet committed (a writer is at work, or crashed between
+    append and manifest): ignored, unless ``exact`` (the writer opening its own suite) asks for a
+    file that matches its manifest to the byte.
+    """
     folder = Path(folder)
     manifest = _read_manifest(folder / "manifest.json")
     path = folder / "examples.jsonl"
-    if not path.exists():
-        raise SuiteError(f"{path}: missing")
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                examples.append(SuiteExample.model_validate_json(line))
-            except ValueError as err:
-                raise SuiteError(f"{path}: line {n}: {err}") from None
-    if len(examples) != manifest.count or _sha256(path) != manifest.sha256:
-        raise SuiteError(
-            f"{path}: {len(examples)} examples do not match the manifest ({manifest.count}, version "
-            f"{manifest.version}); the file was edited or truncated"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _Unreadable(f"{path}: missing") from None
+    lines = data.splitlines(keepends=True)
+    committed = lines[: manifest.count]
+    body = b"".join(committed)
+    if (
+        len(committed) != manifest.count
+        or hashlib.sha256(body).hexdigest() != manifest.sha256
+        or (exact and len(body) != len(data))
+    ):
+        raise _Unreadable(
+            f"{path}: {len(lines)} lines do not match the manifest ({manifest.count} examples, version "
+            f"{manifest.version}); the file was edited or truncated, or a write was cut short"
         )
+    examples = []
+    for n, line in enumerate(committed, 1):
+        try:
+            examples.append(SuiteExample.model_validate_json(line))
+        except ValueError as err:
+            raise _Unreadable(f"{path}: line {n}: {err}") from None
+    return manifest, examples
+
+
+def repair_suite(folder: Path, task: str, clock: Callable[[], float]) -> tuple[SuiteManifest, list[SuiteExample]]:
+    """Make a suite loadable again from what its examples file holds; say what was dropped."""
+    path, mpath = folder / "examples.jsonl", folder / "manifest.json"
+    data = path.read_bytes() if path.exists() else b""
+    examples: list[SuiteExample] = []
+    good: list[bytes] = []
+    bad: list[bytes] = []
+    seen: set[str] = set()
+    for raw in data.splitlines(keepends=True):
+        if not raw.endswith(b"\n"):
+            log.warning("suite %s: cutting a torn last line (%d bytes)", folder, len(raw))
+            continue
+        try:
+            example = SuiteExample.model_validate_json(raw)
+        except ValueError:
+            bad.append(raw)
+            continue
+        if example.request_id in seen:
+            continue
+        seen.add(example.request_id)
+        examples.append(example)
+        good.append(raw)
+    if bad:
+        with open(folder / "examples.dead-letter.jsonl", "ab") as f:
+            f.writelines(bad)
+            f.flush()
+            os.fsync(f.fileno())
+        log.error("suite %s: %d unreadable lines moved to examples.dead-letter.jsonl", folder, len(bad))
+    body = b"".join(good)
+    if body != data:
+        write_atomic(path, body.decode("utf-8"))
+    try:
+        old = _read_manifest(mpath)
+    except _Unreadable:
+        old = SuiteManifest(name=folder.name, task=task)  # type: ignore[arg-type]
+    manifest = old.model_copy(
+        update={
+            "version": max(old.version + 1, len(examples)),
+            "count": len(examples),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "updated_ts": clock(),
+        }
+    )
+    write_atomic(mpath, manifest.model_dump_json(indent=2))
+    log.warning("suite %s repaired: %d examples (the manifest said %d)", folder, len(examples), old.count)
     return manifest, examples
 
 

@@ -83,7 +83,8 @@ class ShadowdMetrics:
         self.pairs_dropped = Counter(
             "shadowd_pairs_dropped_total",
             "Pairs dropped before comparison, by reason "
-            "(budget: in-flight budget full; worker: shadow worker call failed).",
+            "(budget: in-flight pair budget full; bytes: in-flight byte budget full; worker: shadow worker call "
+            "failed; violation_*: the same for expectation-violation items).",
             ["reason"],
             registry=reg,
         )
@@ -199,6 +200,13 @@ class ShadowdMetrics:
             ["feature", "slice"],
             registry=reg,
             multiprocess_mode="mostrecent",
+        )
+        self.thread_restarts = Counter(
+            "shadowd_thread_restarts_total",
+            "Background threads (spooler, sender, labels, backlog) that raised something unexpected and were "
+            "restarted after a backoff, by thread; the log has the traceback.",
+            ["thread"],
+            registry=reg,
         )
         # issue 4: data flywheel (shadowd/flywheel/)
         self.kafka_delivery_errors = Counter(

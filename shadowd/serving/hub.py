@@ -74,12 +74,13 @@ class ShadowHub:
         self._annotator = parts.verdict_annotator  # Grafana annotations when the gate verdict changes
         self._lock = threading.Lock()  # the labels thread and the event loop both feed the comparator
         self._state_path = state_path(config.data_dir)
-        if self._state_path.exists():
-            self._comparator.load(self._state_path)
+        resumed = self._state_path.exists() and self._comparator.load(self._state_path)
         self._dirty = False
         self._violations = ViolationTally()
         self._persist_task: asyncio.Task[None] | None = None
-        self._flywheel.start(on_joined=self._on_joined)
+        # Labels journalled after the saved state was written are replayed into it; a new window
+        # (no state, another candidate) takes none of them.
+        self._flywheel.start(on_joined=self._on_joined, replay_after=self._comparator.labels_seq if resumed else None)
 
     def _on_joined(self, result: JoinResult, label: Label) -> None:
         """A label found its pair: into the quality cells if its selection is known, else counted as excluded."""
@@ -90,6 +91,8 @@ class ShadowHub:
                 self._comparator.add_labelled(result.pair, label, result.channel)
             elif result.excluded is not None:
                 self._comparator.exclude_label(result.pair, result.excluded)
+            if result.seq is not None:
+                self._comparator.labels_seq = max(self._comparator.labels_seq, result.seq)
             self._dirty = True
 
     def _ensure_persisting(self) -> None:
@@ -118,6 +121,8 @@ class ShadowHub:
             if self._dirty:
                 self._comparator.save(self._state_path)
                 self._dirty = False
+                # Every journalled label the state now holds is safe: the journal may forget them.
+                self._flywheel.journal.compact(self._comparator.labels_seq)
 
     async def add_pairs(self, pairs: list[Pair]) -> int:
         """Finished pairs as objects (a caller without columns): counted as one batch."""
@@ -150,7 +155,11 @@ class ShadowHub:
     async def feedback(self, label: Label) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) for POST /feedback."""
         self._ensure_persisting()
-        result = self._flywheel.feedback(label)  # joins, then calls _on_joined
+        try:
+            result = self._flywheel.feedback(label)  # joins, journals (fsync), then calls _on_joined
+        except OSError as err:  # the journal cannot be written (disk full): not acknowledged, so no loss
+            log.error("label for %s not accepted: the labels journal cannot be written: %s", label.request_id, err)
+            return 503, {"error": "labels cannot be persisted right now (disk); retry later", "status": "unavailable"}
         body = result.as_dict()
         if result.http_status >= 400:
             body["error"] = result.message  # the same key every 4xx of the API has

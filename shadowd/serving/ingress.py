@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.exceptions import RayError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -80,7 +81,7 @@ class ShadowIngress:
             self._predict_batch.set_batch_wait_timeout_s(prod.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._batching = prod.max_batch_size > 1
         self._hub_calls = asyncio.Semaphore(_HUB_CALLS)
-        self._expect = ExpectationSet(config.expectations)
+        self._expect = ExpectationSet(config.expectations, redaction=config.annotations.redaction)
         # Violating requests worth a human look travel to the hub beside the shadow path, bounded the same way.
         self._violation_items = ShadowBuffer(
             send=lambda items: hub.add_items.remote(items),
@@ -88,6 +89,7 @@ class ShadowIngress:
             flush_interval_s=config.shadow.flush_interval_ms / 1000,
             max_flush_size=config.shadow.max_flush_size,
             on_drop=lambda reason, n: self._metrics.pairs_dropped.labels(f"violation_{reason}").inc(n),
+            max_in_flight_bytes=config.shadow.max_in_flight_bytes,
         )
         self._buffer = None
         if worker is not None and config.shadow.sample_share > 0:
@@ -97,6 +99,7 @@ class ShadowIngress:
                 flush_interval_s=config.shadow.flush_interval_ms / 1000,
                 max_flush_size=config.shadow.max_flush_size,
                 on_drop=lambda reason, n: self._metrics.pairs_dropped.labels(reason).inc(n),
+                max_in_flight_bytes=config.shadow.max_in_flight_bytes,
             )
         self._tokens = load_tokens(config)
         predict_scope: Scope | None = "predict" if config.auth.predict_requires_token else None
@@ -161,6 +164,9 @@ class ShadowIngress:
                 raise BadRequest(
                     f"the hub did not answer within {self._cfg.serving.hub_timeout_s} s; retry", 503
                 ) from None
+            except RayError as err:  # the hub replica died; Serve starts another, which resumes its state
+                log.warning("hub call %s failed: %s", method, type(err).__name__)
+                raise BadRequest("the hub is restarting; retry shortly", 503) from None
 
     @serve.batch(max_batch_size=1)
     async def _predict_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -230,7 +236,8 @@ class ShadowIngress:
                     production_outcome=outcome,
                     production_latency_s=latency_s,
                     violations=[asdict(v) for v in violations],
-                )
+                ),
+                req.nbytes,
             )
         if violations and self._expect.should_annotate(req.request_id, violations):
             production = ModelOutput(
@@ -244,7 +251,7 @@ class ShadowIngress:
                 inputs=req.inputs.tolist(),
                 production=production,
             )
-            self._violation_items.offer(item)
+            self._violation_items.offer(item, req.nbytes)
 
     async def _feedback(self, request: Request) -> Response:
         label = parse_feedback(await self._json(request), time.time())

@@ -37,6 +37,12 @@ class PredictRequest:
     request_id: str
     inputs: np.ndarray  # one example, shaped like the model's input_shape
     features: dict[str, Any] = field(default_factory=dict)
+    feature_bytes: int = 2  # the features' size as compact JSON ("{}")
+
+    @property
+    def nbytes(self) -> int:
+        """Roughly what this request holds in memory on the shadow path (inputs, features, bookkeeping)."""
+        return int(self.inputs.nbytes) + self.feature_bytes + 512
 
 
 def request_id_from(headers: Mapping[str, str], proxy_id: str | None = None) -> str:
@@ -76,7 +82,7 @@ def parse_predict(
     features = data.get("features") or {}
     if not isinstance(features, dict):
         raise BadRequest(f"'features' must be an object, got {type(features).__name__}", 422)
-    check_features(features, limits)
+    feature_bytes = check_features(features, limits)
     raw = data["inputs"]
     try:
         with np.errstate(over="ignore"):  # a number beyond float32 becomes inf: refused below, not warned
@@ -90,16 +96,17 @@ def parse_predict(
             "'inputs' holds NaN, Infinity or a number beyond float32 range; serving.allow_nonfinite_inputs is off",
             422,
         )
-    return PredictRequest(request_id, x, features)
+    return PredictRequest(request_id, x, features, feature_bytes)
 
 
 def _where(path: str) -> str:
     return path if len(path) <= 80 else path[:77] + "..."
 
 
-def check_features(features: dict[str, Any], limits: ServingConfig) -> None:
+def check_features(features: dict[str, Any], limits: ServingConfig) -> int:
     """Raise ``BadRequest`` naming the limit when ``features`` is too deep, has too many keys,
-    holds a non-finite number (unless allowed) or is too large. Iterative: any depth is safe."""
+    holds a non-finite number (unless allowed) or is too large; else return its size as compact JSON.
+    Iterative: any depth is safe."""
     keys = 0
     stack: list[tuple[str, Any, int]] = [("features", features, 1)]
     while stack:
@@ -132,6 +139,7 @@ def check_features(features: dict[str, Any], limits: ServingConfig) -> None:
         raise BadRequest(
             f"'features' is {size} bytes as JSON; serving.max_feature_bytes is {limits.max_feature_bytes}", 413
         )
+    return size
 
 
 def _check_text(text: str, path: str) -> None:

@@ -104,7 +104,7 @@ class ShadowWorker:
         timeout_s = config.shadow.candidate_timeout_s
         assert config.models.candidate is not None, "the app builder adds a worker only with a candidate"
         self._candidate = _Runner(load_model(config.models.candidate, config.serving.torch_threads), timeout_s)
-        self._expect = ExpectationSet(config.expectations)
+        self._expect = ExpectationSet(config.expectations, redaction=config.annotations.redaction)
         threads = config.serving.torch_threads
         # Second opinions on a sampled share: production again (noise floor), the reference (churn floor).
         self._seconds: list[tuple[Role, float, _Runner]] = []

@@ -174,3 +174,49 @@ def test_killed_annotator_item_comes_back_and_labels_join(kafka_broker, tmp_path
         assert joined[shown]["candidate"] == pytest.approx(-math.log(0.3))
     finally:
         fw.close(timeout_s=5)
+
+
+def test_several_sessions_on_kafka_commit_in_read_order(kafka_broker, tmp_path):
+    """The page's tabs on Kafka: three sessions hold three items; the last two read are labelled, the
+    first never is, and the process dies. Nothing was committed (the first item read blocks the commits),
+    so the next process gets the first item again and passes over the two labelled ones."""
+    from shadowd.flywheel.annotate import WorkQueue
+
+    topics = (unique_topic("ann"), unique_topic("lab"))
+    cfg = parse_config(config_dict(tmp_path, kafka_broker.bootstrap, topics))
+    fw = build_flywheel(cfg, ShadowdMetrics(CollectorRegistry()))
+    try:
+        t0 = time.time()
+        for i in range(N_ITEMS):
+            p = make_pair(i, t0)
+            fw.record(p, [item_for(p, t0)])
+        assert fw.flush(timeout_s=30), fw.stats()
+    finally:
+        fw.close(timeout_s=5)
+    rotation = cfg.annotations.rotation.name
+
+    q = WorkQueue(cfg)
+    try:
+        a, b, c = (q.open_session(n) for n in ("ana", "bo", "cy"))
+        held = [q.lease(a, timeout_s=30), q.lease(b, timeout_s=5), q.lease(c, timeout_s=5)]
+        ids = [h.item.request_id for h in held]
+        assert len(set(ids)) == 3  # three different items
+        q.submit(c, 1)
+        q.submit(b, 0)
+    finally:
+        q.close()  # dies holding the first item read
+    assert kafka_backlog(kafka_cfg(cfg), rotation, time.time).items == N_ITEMS
+
+    q2 = WorkQueue(cfg)
+    try:
+        s = q2.open_session("bo")
+        seen = []
+        while (got := q2.lease(s, timeout_s=30 if not seen else 5)) is not None:
+            seen.append(got.item.request_id)
+            q2.submit(s, 0)
+        assert ids[0] in seen  # the unanswered item came back
+        assert sorted(seen) == sorted({f"req-{i}" for i in range(N_ITEMS)} - set(ids[1:]))  # the rest, once
+        assert q2.passed_over == 2  # the two labelled ones were passed over: labelled once
+    finally:
+        q2.close()
+    assert kafka_backlog(kafka_cfg(cfg), rotation, time.time).items == 0

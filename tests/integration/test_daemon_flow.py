@@ -201,3 +201,62 @@ def test_gate_verdict_changes_become_grafana_annotations(shadowd_app, grafana):
     verdicts = [r.body["tags"][-1].upper() for r in posts]
     assert verdicts[-1] == "FAIL" and "gate verdict" in posts[-1].body["text"]
     assert len(verdicts) == len(set(verdicts))  # one annotation per change, not per evaluation
+
+
+def _hub_actor():
+    import ray
+
+    (name,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if "ShadowHub" in a["name"]]
+    return ray.get_actor(name["name"], namespace=name["namespace"])
+
+
+def test_labels_acknowledged_just_before_the_hub_is_killed_survive_it(shadowd_app, tmp_path):
+    """The hub replica is killed like SIGKILL (ray.kill: no shutdown hook, no state save) right after
+    answering 200 to labels; Serve starts a new replica, which replays the labels journal. Before the
+    journal, those labels were lost with the unsaved tallies and a resend was answered "duplicate"."""
+    import ray
+
+    from shadowd.compare.comparator import report_from_data_dir
+
+    daemon = shadowd_app(
+        {
+            "task": "classification",
+            "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
+            "shadow": {"sample_share": 1.0},
+        }
+    )
+    reqs = _bodies(40, seed=21)
+    _send(daemon.url, reqs)
+    assert wait_for_pairs(daemon.url, 40, 60, daemon.token)["overall"]["pairs"] == 40
+    deadline = time.monotonic() + 30  # the hub's periodic save holds the pairs (not yet the labels)
+    while True:
+        try:
+            if report_from_data_dir(daemon.config.data_dir).overall.pairs == 40:
+                break
+        except Exception:  # no state written yet
+            pass
+        assert time.monotonic() < deadline, "the hub never saved its state"
+        time.sleep(0.5)
+    auth = daemon.headers
+    for rid, _ in reqs[:10]:
+        r = requests.post(f"{daemon.url}/feedback", json={"request_id": rid, "label": 1}, headers=auth, timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "joined"
+    ray.kill(_hub_actor(), no_restart=False)  # within the save interval of the labels
+
+    deadline = time.monotonic() + 90
+    while True:
+        r = requests.get(f"{daemon.url}/shadow/report", headers=auth, timeout=30)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503 and "retry" in r.json()["error"], r.text  # never a 500 while it restarts
+        assert time.monotonic() < deadline, "no new hub replica"
+        time.sleep(1)
+    assert r.json()["overall"]["pairs"] == 40 and r.json()["overall"]["labels"]["used"] == 10
+    again = requests.post(
+        f"{daemon.url}/feedback", json={"request_id": reqs[0][0], "label": 1}, headers=auth, timeout=10
+    )
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    late = requests.post(
+        f"{daemon.url}/feedback", json={"request_id": reqs[11][0], "label": 1}, headers=auth, timeout=10
+    )
+    assert late.status_code == 200 and late.json()["status"] == "joined"

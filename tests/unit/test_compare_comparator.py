@@ -355,7 +355,11 @@ def test_add_labelled_losses_and_accuracy(tmp_path):
     comp.exclude_label(pair, "priority queue (not a random sample)")
     r = comp.report().to_json()["overall"]["labels"]
     assert r["used"] == 1 and r["feedback"] == 1
-    assert r["excluded"] == {"priority queue (not a random sample)": 1}
+    # every usable label is accounted for: the one without a candidate answer says so
+    assert r["excluded"] == {
+        "priority queue (not a random sample)": 1,
+        "no candidate answer to compare (failed, timed out or not sampled)": 1,
+    }
 
 
 def test_log_histogram_quantiles_within_one_percent_of_numpy():

@@ -79,7 +79,7 @@ def test_killed_mid_item_the_item_comes_back(tmp_path):
     spool_items(tmp_path, [item(i) for i in range(2)])
     a = Annotator(cfg, annotator="ana")
     assert a.next_item(timeout_s=1).request_id == "r0"
-    del a  # died before answering: nothing committed
+    a.close()  # died before answering: nothing committed (a dead process's spool lock goes with it)
     b = Annotator(cfg, annotator="bo")
     assert b.next_item(timeout_s=1).request_id == "r0"
 
@@ -89,9 +89,10 @@ def test_crash_after_label_before_commit_is_not_labelled_twice(tmp_path):
     spool_items(tmp_path, [item(i) for i in range(2)])
     a = Annotator(cfg, annotator="ana")
     a.next_item(timeout_s=1)
-    a._queues["review"].commit = lambda handle: (_ for _ in ()).throw(SystemExit("crash"))  # type: ignore[method-assign]  # dies between label and commit
+    a.queue._readers["review"].commit = lambda handle: (_ for _ in ()).throw(SystemExit("crash"))  # type: ignore[method-assign]  # dies between label and commit
     with pytest.raises(SystemExit):
         a.submit(1)
+    a.close()  # the process is gone, and its spool lock with it
     b = Annotator(cfg, annotator="ana")
     assert b.next_item(timeout_s=1).request_id == "r1"  # r0 is labelled: passed over
     assert b.passed_over == 1

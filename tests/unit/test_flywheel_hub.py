@@ -98,7 +98,10 @@ def test_unknown_expired_rejected_duplicate_skipped(fw):
     assert (dup.status, dup.http_status) == ("duplicate", 200)
     # the same request labelled by an annotator is a different source: joined once more
     assert fw.feedback(label("r2", 1, fw.clock, source="annotator")).status == "joined"
-    assert fw.feedback(label("r2", None, fw.clock, verdict="skip")).status == "skipped"
+    # a source answers once per request: a skip after its label is a duplicate, a first skip is recorded
+    assert fw.feedback(label("r2", None, fw.clock, verdict="skip")).status == "duplicate"
+    fw.record(pair(4, [0.5, 0.5], [0.5, 0.5], fw.clock()), [])
+    assert fw.feedback(label("r4", None, fw.clock, verdict="skip")).status == "skipped"
 
     fw.record(pair(3, [0.5, 0.5], [0.5, 0.5], fw.clock()), [])
     fw.clock.t += 3601
@@ -249,3 +252,53 @@ def test_labels_say_how_they_were_chosen(fw):
     assert (skipped.status, skipped.excluded) == ("skipped", "skipped by the annotator")
     body = fw.feedback(label("r3", 1, fw.clock)).as_dict()
     assert body["used_for_quality"] is True and body["excluded"] is None
+
+
+def test_a_bad_labels_record_is_dead_lettered_and_a_refusing_disk_retries(tmp_path, monkeypatch):
+    """The labels channel (here the embedded labels file): a record that is not a label is kept in
+    labels/dead-letter.jsonl and the stream goes on; a journal the disk refuses leaves the label
+    uncommitted, so it comes back and joins once the disk takes it (before: counted rejected, lost)."""
+    import threading
+
+    from shadowd.flywheel.labels import labels_path
+
+    cfg = config(tmp_path)
+    joined = []
+    got = threading.Event()
+
+    def on_joined(result, lab):
+        joined.append(result.request_id)
+        got.set()
+
+    fw = build_flywheel(cfg).start(on_joined=on_joined)
+    try:
+        for i in (1, 2):
+            fw.record(pair(i, [0.9, 0.1], [0.2, 0.8], fw._clock()), [])
+        path = labels_path(cfg.data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fails = {"n": 2}
+        real_append = fw.journal.append
+
+        def flaky_append(*args):
+            if fails["n"]:
+                fails["n"] -= 1
+                raise OSError(28, "No space left on device")
+            return real_append(*args)
+
+        monkeypatch.setattr(fw.journal, "append", flaky_append)
+        good = Label(request_id="r2", label=1, source="annotator", annotator="ana", ts=1.0)
+        with open(path, "a") as f:
+            f.write('{"request_id": "r1", "label": "one"\n')  # garbage
+            f.write(good.model_dump_json() + "\n")
+        assert got.wait(15)
+        assert joined == ["r2"] and fails["n"] == 0  # retried until the disk took it, joined once
+        dead = (tmp_path / "labels" / "dead-letter.jsonl").read_text().splitlines()
+        assert len(dead) == 1 and "not a Label" in dead[0] and '\\"label\\": \\"one\\"' in dead[0]
+        reg = fw._metrics
+        assert (
+            reg is None
+            or reg.registry.get_sample_value("shadowd_labels_total", {"source": "annotator", "outcome": "rejected"})
+            == 1
+        )
+    finally:
+        fw.close(timeout_s=2)

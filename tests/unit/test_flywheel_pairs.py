@@ -86,3 +86,18 @@ def test_tags_and_duplicate_labels(tmp_path):
     store.prune()  # the pair goes, and with it what labelled it
     assert store._db.execute("SELECT COUNT(*) FROM labelled").fetchone()[0] == 0
     store.close()
+
+
+def test_byte_cap_evicts_oldest_pairs_and_they_answer_expired(tmp_path):
+    """Capping rows alone let a store of large pairs (features up to serving.max_feature_bytes) fill the disk."""
+    clock = Clock()
+    store = PairStore(tmp_path, retention_s=10_000, max_pairs=1000, clock=clock, max_bytes=50_000)
+    for i in range(40):
+        clock.t += 1
+        big = pair(i, clock.t).model_copy(update={"features": {"note": "x" * 4000}})
+        store.put(big)
+        assert store.bytes <= 50_000 + 5_000  # never more than one pair over the cap
+    assert 9 <= len(store) <= 12
+    assert store.get("r0").status == "expired" and store.get("r39").status == "found"
+    reopened = PairStore(tmp_path, retention_s=10_000, max_pairs=1000, clock=clock, max_bytes=50_000)
+    assert reopened.bytes == store.bytes  # the total is read back from the store, not assumed

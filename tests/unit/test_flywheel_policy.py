@@ -141,3 +141,17 @@ def test_rotation_shifts_wrap_and_items_get_the_on_call_person():
     assert rot.group == consumer_group("digits") == "shadowd.annotate.digits"
     pol = ItemPolicy(unlimited(), RedactionConfig(), clock, rotation=rot)
     assert pol.admit(item(1)).assignee == "bo"
+
+
+def test_hashing_needs_a_salt_named_in_the_config():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="salt_env is required"):
+        RedactionConfig(hash=["features.user_id"])
+    assert RedactionConfig(drop=["features.email"]).salt_env is None  # dropping needs none
+
+
+def test_redaction_covers_nested_paths_both_ways():
+    red = RedactionConfig(drop=["features.user.email"], hash=["features.user_id"], salt_env="S")
+    assert red.covers("features.user.email") and red.covers("features.user")  # the parent shows the child
+    assert red.covers("features.user_id") and not red.covers("features.user_idx") and not red.covers("inputs")

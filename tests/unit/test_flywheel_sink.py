@@ -8,6 +8,7 @@ never block ``submit``.
 """
 
 import errno
+import itertools
 import threading
 import time
 
@@ -384,3 +385,58 @@ def test_an_unreadable_spool_record_pauses_delivery_but_never_ends_the_sender(tm
     assert sink.flush(timeout_s=30)
     sink.close(timeout_s=5)
     assert tr.received == ["req-0", "req-1"]
+
+
+class BuggyTransport(ScriptedTransport):
+    """A transport whose send raises (a bug, a library error it did not expect) a few times."""
+
+    def __init__(self, raises: int):
+        super().__init__()
+        self.raises = raises
+
+    def send(self, records, timeout_s):
+        if self.raises:
+            self.raises -= 1
+            raise KeyError("unexpected")
+        return super().send(records, timeout_s)
+
+
+def test_a_sender_that_raises_is_restarted_counted_and_delivers_everything(tmp_path):
+    """Before supervision, an exception out of the transport ended the sender thread for good:
+    items piled up in the spool, and nothing but their age said so."""
+    metrics = ShadowdMetrics(CollectorRegistry())
+    tr = BuggyTransport(raises=3)
+    sink = AnnotationSink(Spool(tmp_path), tr, metrics, batch_items=10).start()
+    for i in range(25):
+        sink.submit(item(i))
+    assert sink.flush(timeout_s=30)
+    sink.close(timeout_s=5)
+    assert tr.received == [f"req-{i}" for i in range(25)]
+    restarts = metrics.registry.get_sample_value("shadowd_thread_restarts_total", {"thread": "sender-review"})
+    assert restarts == 3
+
+
+def test_supervised_loop_restarts_with_backoff_and_stops_when_told():
+    from shadowd.observe.supervise import supervised
+
+    metrics = ShadowdMetrics(CollectorRegistry())
+    stop = threading.Event()
+    runs = []
+
+    def loop():
+        runs.append(time.monotonic())
+        if len(runs) < 4:
+            raise RuntimeError("boom")
+        stop.wait()  # the fourth run works until told to stop
+
+    t = supervised("probe", loop, stop, metrics, min_backoff_s=0.01, max_backoff_s=0.05)
+    deadline = time.monotonic() + 10
+    while len(runs) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(runs) == 4 and t.is_alive()
+    assert metrics.registry.get_sample_value("shadowd_thread_restarts_total", {"thread": "probe"}) == 3
+    gaps = [b - a for a, b in itertools.pairwise(runs)]
+    assert gaps[0] >= 0.01 and gaps[2] >= 0.04  # the backoff doubles, capped
+    stop.set()
+    t.join(5)
+    assert not t.is_alive()

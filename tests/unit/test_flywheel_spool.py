@@ -298,3 +298,27 @@ def test_the_byte_cap_refuses_appends_until_delivery_frees_space(tmp_path):
         sp.append(_recs(5, 10))  # more than the cap on its own: can never fit
     assert err.value.reason == "too_large" and not err.value.retriable
     sp.close()
+
+
+def test_offsets_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """On main before write_atomic, the labels offset (joined.offset) was written in place: a crash
+    mid-write left a truncated number, and the next start re-joined or skipped labels."""
+    import os as _os
+
+    from shadowd.flywheel.spool import read_offset, write_atomic
+
+    path = tmp_path / "joined.offset"
+    write_atomic(path, "1234")
+    assert read_offset(path) == 1234
+
+    def crash(fd):
+        raise OSError(5, "I/O error")  # the machine dies between writing the new number and making it durable
+
+    monkeypatch.setattr(_os, "fsync", crash)
+    with pytest.raises(OSError):
+        write_atomic(path, "99999")
+    monkeypatch.undo()
+    assert read_offset(path) == 1234  # the old value, whole
+    assert not list(tmp_path.glob("*.tmp"))  # nothing half-made left behind
+    write_atomic(path, "99999")
+    assert read_offset(path) == 99999

@@ -223,3 +223,44 @@ def test_replay_against_a_baseline_judges_by_regression_not_by_absolute_accuracy
         ],
     )
     assert no_config.exit_code == 2 and "--baseline needs --config" in no_config.output
+
+
+def test_a_crash_between_append_and_manifest_is_repaired_when_the_suite_opens(tmp_path):
+    """On main, a crash after an example's append and before its manifest write left a suite
+    that never loaded again (every later join into it failed too)."""
+    store = SuiteStore(tmp_path, "classification", clock=lambda: 5.0)
+    ex = SuiteExample(request_id="a", inputs=[1, 2], label=1, tags=["divergent"], ts=5.0)
+    store.add(ex)
+    store.add(ex.model_copy(update={"request_id": "b"}))
+    folder = tmp_path / "all"
+    committed = load_suite(folder)[0]
+    # the crash: "c" appended (fsync'd), its manifest never written, then a torn append of "d"
+    with open(folder / "examples.jsonl", "ab") as f:
+        f.write((ex.model_copy(update={"request_id": "c"}).model_dump_json() + "\n").encode())
+        f.write(ex.model_copy(update={"request_id": "d"}).model_dump_json().encode()[:30])
+    # a reader (shadowd replay) meanwhile sees the last commit, not an error
+    manifest, examples = load_suite(folder)
+    assert manifest == committed and [e.request_id for e in examples] == ["a", "b"]
+
+    reopened = SuiteStore(tmp_path, "classification", clock=lambda: 6.0)
+    assert reopened.add(ex.model_copy(update={"request_id": "e"})) == ["all", "tag.divergent"]
+    manifest, examples = load_suite(folder)
+    assert [e.request_id for e in examples] == ["a", "b", "c", "e"]  # the fsync'd example kept, the torn one cut
+    assert manifest.count == 4 and manifest.version > committed.version
+
+
+def test_unreadable_lines_and_a_lost_manifest_are_repaired_not_fatal(tmp_path):
+    store = SuiteStore(tmp_path, "classification", clock=lambda: 5.0)
+    ex = SuiteExample(request_id="a", inputs=[1, 2], label=1, ts=5.0)
+    for rid in "abc":
+        store.add(ex.model_copy(update={"request_id": rid}))
+    folder = tmp_path / "all"
+    lines = (folder / "examples.jsonl").read_text().splitlines(keepends=True)
+    (folder / "examples.jsonl").write_text(lines[0] + "{not json\n" + lines[2])
+    (folder / "manifest.json").unlink()
+    with pytest.raises(SuiteError, match=r"manifest\.json: missing"):
+        load_suite(folder)  # a reader says what is wrong ...
+    SuiteStore(tmp_path, "classification", clock=lambda: 6.0).add(ex.model_copy(update={"request_id": "z"}))
+    manifest, examples = load_suite(folder)  # ... the writer repairs it
+    assert [e.request_id for e in examples] == ["a", "c", "z"] and manifest.count == 3
+    assert (folder / "examples.dead-letter.jsonl").read_text() == "{not json\n"

@@ -173,6 +173,45 @@ def test_shadow_buffer_batches_bounds_and_counts_drops():
     assert sorted(x for b in sent for x in b) == [0, 1, 2, 3, 4, 100]
 
 
+def test_shadow_buffer_bounds_bytes_as_well_as_pairs():
+    """Counting pairs alone let large requests (features up to serving.max_feature_bytes each) hold
+    max_in_flight times that in memory while the worker was slow."""
+    sent: list[list[int]] = []
+    drops: dict[str, int] = {}
+    release = asyncio.Event()
+
+    async def send(batch):
+        sent.append(batch)
+        await release.wait()
+
+    async def scenario():
+        buf = ShadowBuffer(
+            send, 100, 0.01, 10, lambda r, n: drops.update({r: drops.get(r, 0) + n}), max_in_flight_bytes=10_000
+        )
+        accepted = [buf.offer(i, nbytes=3_000) for i in range(5)]
+        assert accepted == [True, True, True, False, False] and buf.outstanding_bytes == 9_000
+        assert buf.offer(5, nbytes=1_000)  # a small one still fits
+        release.set()
+        await buf.drain(1.0)
+        for _ in range(200):
+            if buf.outstanding == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert buf.outstanding_bytes == 0 and buf.offer(6, nbytes=9_000)  # the budget is given back
+        await buf.drain(1.0)
+
+    asyncio.run(scenario())
+    assert drops == {"bytes": 2}
+    assert sorted(x for b in sent for x in b) == [0, 1, 2, 5, 6]
+
+
+def test_predict_request_size_counts_inputs_and_features():
+    limits = ServingConfig()
+    small = parse_predict({"inputs": [0.0] * 8, "features": {}}, "r", (8,), limits)
+    big = parse_predict({"inputs": [0.0] * 8, "features": {"note": "x" * 4000}}, "r", (8,), limits)
+    assert big.nbytes - small.nbytes == len('{"note":""}') + 4000 - 2
+
+
 def test_shadow_buffer_counts_failed_sends():
     drops: dict[str, int] = {}
 

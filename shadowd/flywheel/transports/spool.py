@@ -8,6 +8,8 @@ rotation, so the daemon compacts the spool up to the rotation's offset.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from shadowd.configbase import Strict
+from shadowd.errors import AnnotateError
 from shadowd.flywheel.labels import labels_path
 from shadowd.flywheel.spool import lane_spool_dir, read_offset, read_spool, spool_last_seq, write_atomic
 from shadowd.flywheel.transports.base import Backlog, Clock, LabelSource, LabelWriter, Producer, QueueReader
@@ -44,19 +47,39 @@ def spool_backlog(spool_dir: Path, handled_seq: int, clock: Clock) -> Backlog:
 
 
 class _SpoolQueue:
-    """The annotator's side: the next spooled item past the rotation's offset file."""
+    """The annotator's side: spooled items past the rotation's offset file, one after another.
 
-    def __init__(self, spool_dir: Path, offset_path: Path):
+    ``next`` moves a read cursor (several items can be out at once, e.g. one per browser tab);
+    ``commit`` moves the offset file, which is the rotation's position for the next process. One
+    process at a time reads a lane of a rotation (an exclusive lock beside the offset file): two
+    readers of the same spool would be served the same items.
+    """
+
+    def __init__(self, spool_dir: Path, offset_path: Path, rotation_name: str, lane: Lane):
         self._spool_dir = spool_dir
         self._offset_path = offset_path
+        self._cursor = 0
         offset_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = offset_path.with_name(offset_path.name + ".lock")
+        self._lock_fd: int | None = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise AnnotateError(
+                f"another annotator process is working rotation {rotation_name!r}'s {lane} lane on this data dir "
+                f"(it holds {lock_path}), e.g. `shadowd annotate --web`: label through it; two readers of the "
+                "local spool would be served the same items"
+            ) from None
 
     def next(self, timeout_s: float) -> tuple[AnnotationItem, Any] | None:
         deadline = time.monotonic() + timeout_s
         while True:
-            after = read_offset(self._offset_path)
+            after = max(read_offset(self._offset_path), self._cursor)
             pending = read_spool(self._spool_dir, after_seq=after, limit=1) if self._spool_dir.exists() else []
             if pending:
+                self._cursor = pending[0].seq
                 return AnnotationItem.model_validate(pending[0].value), pending[0].seq
             if time.monotonic() >= deadline:
                 return None
@@ -66,7 +89,9 @@ class _SpoolQueue:
         write_atomic(self._offset_path, str(handle))
 
     def close(self) -> None:
-        pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
 
 class _LabelsFileTail:
@@ -118,7 +143,9 @@ class SpoolTransport:
         return None
 
     def queue_reader(self, rotation_name: str, lane: Lane, clock: Clock) -> QueueReader:
-        return _SpoolQueue(lane_spool_dir(self._data_dir, lane), self._offset_path(rotation_name, lane))
+        return _SpoolQueue(
+            lane_spool_dir(self._data_dir, lane), self._offset_path(rotation_name, lane), rotation_name, lane
+        )
 
     def label_writer(self) -> LabelWriter | None:
         return None
