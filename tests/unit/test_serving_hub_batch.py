@@ -29,7 +29,7 @@ from shadowd.serving.worker import ShadowWorker
 from tests.unit.test_compare_batch import SLICES, Clock, assert_same, random_pairs
 
 
-def _config(data_dir, **shadow):
+def _config(data_dir, redaction=None, **shadow):
     def model(name, seed):
         kwargs = {"n_features": 8, "n_classes": 4, "seed": seed}
         return {"name": name, "kind": "python", "target": "shadowd.testing:ToyClassifier", "kwargs": kwargs}
@@ -48,6 +48,7 @@ def _config(data_dir, **shadow):
             "annotations": {
                 "evaluation": {"share": 0.3, "slice_shares": {"dark": 0.6}},
                 "policy": {"rate_per_s": 100000, "burst_items": 100000, "dedup_window_items": 0},
+                **({"redaction": redaction} if redaction else {}),
             },
             "labels": {"pair_retention_s": 10**9},
         }
@@ -82,12 +83,18 @@ def _json_safe(pairs):
     return out
 
 
-def test_hub_counts_a_batch_as_the_per_pair_path_did(tmp_path):
+# Redaction at rest: the slices "de" and "not_fr" are on a hashed feature, "anon" on a dropped one.
+_REDACT = {"drop": ["features.user"], "hash": ["features.country"], "salt_env": "TEST_HUB_SALT"}
+
+
+@pytest.mark.parametrize("redaction", [None, _REDACT], ids=["plain", "redacted"])
+def test_hub_counts_a_batch_as_the_per_pair_path_did(tmp_path, monkeypatch, redaction):
+    monkeypatch.setenv("TEST_HUB_SALT", "salt")
     clock = Clock()
     pairs = _json_safe(random_pairs(21, 600))
-    cfg = _config(tmp_path / "hub")
+    cfg = _config(tmp_path / "hub", redaction)
     hub = ShadowHub(cfg, lambda c: _parts(c, clock))
-    ref_cfg = _config(tmp_path / "ref")
+    ref_cfg = _config(tmp_path / "ref", redaction)
     ref = _parts(ref_cfg, clock)
     try:
 
@@ -108,6 +115,13 @@ def test_hub_counts_a_batch_as_the_per_pair_path_did(tmp_path):
             assert_same(got.pair.model_dump(), want.pair.model_dump())
             kept += got.pair.selection is not None
         assert kept > 200
+        if redaction:  # stored redacted (as the per-pair path stores them), their slices kept on the selection
+            raw = [p for p in pairs if p.features.get("country") == "de"]
+            assert len(raw) > 50
+            for p in raw:
+                stored = hub._flywheel.pairs.get(p.request_id).pair
+                assert stored.features["country"] != "de" and "user" not in stored.features
+                assert stored.selection is None or "de" in (stored.selection.slices or [])
         assert hub._flywheel.flush(10) and ref.flywheel.flush(10)
         for lane in ("evaluation", "review"):
             mine = [r.value for r in read_spool(lane_spool_dir(cfg.data_dir, lane))]
@@ -115,10 +129,20 @@ def test_hub_counts_a_batch_as_the_per_pair_path_did(tmp_path):
             assert mine == theirs and mine, lane
 
         # A label joins the stored pair and lands in the cell the batch counted it in.
-        in_sample = next(p for p in pairs if (hub._flywheel.pairs.get(p.request_id).pair.selection or _No).in_sample)
+        # (A pair in "de" where that is known: with redaction, only from the selection's slices.)
+        in_sample = next(
+            p
+            for p in pairs
+            if (hub._flywheel.pairs.get(p.request_id).pair.selection or _No).in_sample
+            and p.features.get("country") == "de"
+        )
         status, body = asyncio.run(hub.feedback(Label(request_id=in_sample.request_id, label=1, ts=clock())))
         assert status == 200 and body["used_for_quality"]
         assert hub._comparator.tally().quality.labels == 1
+        selection = hub._flywheel.pairs.get(in_sample.request_id).pair.selection
+        assert selection is not None and selection.slices is not None and "de" in selection.slices
+        for name in ["de", *selection.slices]:
+            assert hub._comparator.tally(name).quality.labels == 1, name
     finally:
         hub.__del__()  # what Serve calls on shutdown: close the flywheel, save the state
         del hub.__dict__["_flywheel"]  # and not again when the object goes
