@@ -67,6 +67,7 @@ bench: setup
 	$(PY) bench/stats_simulation.py --runs 100
 	$(PY) bench/expectations_bench.py
 	$(PY) bench/faults.py
+	$(PY) bench/hub.py --rounds 5
 
 # Ten minutes at 70 % of saturation, no faults: memory and open files stay flat, nothing lost.
 soak: setup
