@@ -130,10 +130,12 @@ class ShadowHub:
 
     async def add_batch(self, batch: PairBatch) -> int:
         """A shadow worker's finished pairs in columns: counted in one step, then each pair stored with its
-        selection (a Pair is built per row for the pair store; items only where the comparator made one)."""
+        selection (a Pair is built per row for the pair store, all stored in one transaction; items only
+        where the comparator made one)."""
         self._ensure_persisting()
         with self._lock:
             result = self._comparator.add_batch(batch)
+        entries: list[tuple[Pair, list[AnnotationItem]]] = []
         for i in range(len(batch)):
             pair = batch.pair(i, result.selection(i))
             slices = result.slices(i)
@@ -143,7 +145,8 @@ class ShadowHub:
                     o.role: o.values for o in (pair.production, pair.candidate) if o is not None and o.ok
                 }
                 self._drift.add(pair.features, outputs, slices, inputs=pair.inputs)
-            self._flywheel.record(pair, result.items_of(i))
+            entries.append((pair, result.items_of(i)))
+        self._flywheel.record_many(entries)
         self._dirty = True
         return len(batch)
 
