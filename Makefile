@@ -72,13 +72,14 @@ screenshot: setup system-deps
 chart-schema: setup
 	$(PY) helm/shadowd/hack/gen_values_schema.py
 
-# The commands bench/RESULTS.md quotes (about 17 minutes on 2 cores; the fault battery mounts a small
+# The commands bench/RESULTS.md quotes (about 18 minutes on 2 cores; the fault battery mounts a small
 # tmpfs as the daemon's data dir when run as root, else it limits the hub's file size instead).
 bench: setup
 	$(PY) bench/latency.py --rounds 10 --block 100
 	$(PY) bench/stats_simulation.py --runs 100
 	$(PY) bench/expectations_bench.py
 	$(PY) bench/faults.py
+	$(PY) bench/hub.py --rounds 5
 
 # Ten minutes at 70 % of saturation, no faults: memory and open files stay flat, nothing lost.
 soak: setup

@@ -8,8 +8,9 @@ values (regression), one entry per output unit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "OUTCOMES",
     "OVERALL",
     "SCHEMA_VERSION",
     "AnnotationItem",
@@ -27,7 +29,9 @@ __all__ = [
     "MirroredBatch",
     "ModelOutput",
     "Outcome",
+    "OutputColumns",
     "Pair",
+    "PairBatch",
     "Role",
     "Selection",
     "Stratum",
@@ -41,6 +45,8 @@ OVERALL = "overall"
 Role = Literal["production", "candidate", "noise", "reference"]
 # ok, or why a model's output cannot be compared.
 Outcome = Literal["ok", "error", "timeout", "nan", "bad_shape"]
+# The outcomes in a fixed order: their index is an outcome's code in columnar batches.
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 # How the candidate's answer relates to production's: top class changed (classification), divergent
 # past the configured thresholds without a flip, or in agreement. Quality estimates are stratified by it.
 Stratum = Literal["flip", "divergent", "agree"]
@@ -205,4 +211,148 @@ class MirroredBatch:
             [m.production_outcome for m in items],
             [m.production_latency_s for m in items],
             [m.violations for m in items],
+        )
+
+
+# --- shadow worker -> hub: finished pairs in columns (one Ray call per batch) ---
+
+
+@dataclass(frozen=True)
+class OutputColumns:
+    """One role's outputs for every row of a ``PairBatch``, in columns.
+
+    ``outcomes[i]`` is the index of row i's outcome in ``OUTCOMES``, or -1 where
+    this role did not run on row i (no noise run, no candidate). ``values``
+    holds each row's values left-aligned, padded with 0.0 past ``widths[i]``;
+    ``widths[i]`` is -1 where the output has no values (None).
+    """
+
+    role: Role
+    models: list[str]
+    outcomes: np.ndarray  # int8 (n,)
+    values: np.ndarray  # float64 (n, max width)
+    widths: np.ndarray  # int64 (n,)
+    latency_s: np.ndarray  # float64 (n,)
+    details: list[str | None]
+
+    @classmethod
+    def of(cls, role: Role, outputs: Sequence[ModelOutput | None]) -> OutputColumns:
+        """Columns of ``outputs`` (None where the role did not run); every output must have this role."""
+        for i, out in enumerate(outputs):
+            if out is not None and out.role != role:
+                raise ValueError(f"row {i}: a {out.role!r} output in the {role!r} column")
+        return cls.of_lists(
+            role,
+            [out.model if out is not None else "" for out in outputs],
+            [out.outcome if out is not None else None for out in outputs],
+            [out.values if out is not None else None for out in outputs],
+            [out.latency_s if out is not None else 0.0 for out in outputs],
+            [out.detail if out is not None else None for out in outputs],
+        )
+
+    @classmethod
+    def of_lists(
+        cls,
+        role: Role,
+        models: list[str],
+        outcomes: Sequence[Outcome | None],
+        values: Sequence[list[float] | None],
+        latency_s: Sequence[float],
+        details: list[str | None],
+    ) -> OutputColumns:
+        """Columns from per-row lists; an outcome of None: the role did not run on that row."""
+        import numpy as np
+
+        n = len(outcomes)
+        codes = np.fromiter((-1 if o is None else OUTCOMES.index(o) for o in outcomes), np.int8, n)
+        widths = np.fromiter((-1 if v is None else len(v) for v in values), np.int64, n)
+        width = int(widths.max(initial=0))
+        rows = [v for v in values if v is not None]
+        out = np.zeros((n, width), dtype=np.float64)
+        if rows and all(len(r) == width for r in rows):
+            out[widths >= 0] = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
+        else:  # ragged: row by row
+            for i, v in enumerate(values):
+                if v:
+                    out[i, : len(v)] = v
+        return cls(role, models, codes, out, widths, np.asarray(latency_s, dtype=np.float64), details)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def output(self, i: int) -> ModelOutput | None:
+        """Row i as a ModelOutput (None where the role did not run)."""
+        code = int(self.outcomes[i])
+        if code < 0:
+            return None
+        w = int(self.widths[i])
+        return ModelOutput(
+            role=self.role,
+            model=self.models[i],
+            outcome=OUTCOMES[code],
+            values=self.values[i, :w].tolist() if w >= 0 else None,
+            latency_s=float(self.latency_s[i]),
+            detail=self.details[i],
+        )
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """Finished pairs in columns: what a shadow worker sends the hub, and what ``Comparator.add_batch``
+    counts without building a ``Pair`` per row. ``pair(i)`` builds one where it is needed (the pair
+    store, annotation items). ``inputs`` is the stacked inputs array, a list of per-row inputs, or None
+    (``shadow.store_inputs`` off)."""
+
+    request_ids: list[str]
+    ts: list[float]
+    features: list[dict[str, Any]]
+    inputs: np.ndarray | list[Any] | None
+    violations: list[list[dict[str, Any]]]
+    production: OutputColumns
+    candidate: OutputColumns
+    noise: OutputColumns | None = None
+    reference: OutputColumns | None = None
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    @classmethod
+    def of(cls, pairs: Sequence[Pair]) -> PairBatch:
+        """The columns of ``pairs``; ValueError when an output sits under another role's name."""
+        noise = [p.noise for p in pairs]
+        reference = [p.reference for p in pairs]
+        return cls(
+            request_ids=[p.request_id for p in pairs],
+            ts=[p.ts for p in pairs],
+            features=[p.features for p in pairs],
+            inputs=[p.inputs for p in pairs] if any(p.inputs is not None for p in pairs) else None,
+            violations=[p.violations for p in pairs],
+            production=OutputColumns.of("production", [p.production for p in pairs]),
+            candidate=OutputColumns.of("candidate", [p.candidate for p in pairs]),
+            noise=OutputColumns.of("noise", noise) if any(o is not None for o in noise) else None,
+            reference=OutputColumns.of("reference", reference) if any(o is not None for o in reference) else None,
+        )
+
+    def input(self, i: int) -> Any:
+        if self.inputs is None:
+            return None
+        if isinstance(self.inputs, list):
+            return self.inputs[i]
+        return self.inputs[i].tolist()
+
+    def pair(self, i: int, selection: Selection | None = None) -> Pair:
+        """Row i as a ``Pair`` (with the comparator's selection, when given)."""
+        production = self.production.output(i)
+        assert production is not None, "every row has production's side"
+        return Pair(
+            request_id=self.request_ids[i],
+            ts=self.ts[i],
+            features=self.features[i],
+            inputs=self.input(i),
+            production=production,
+            candidate=self.candidate.output(i),
+            noise=self.noise.output(i) if self.noise is not None else None,
+            reference=self.reference.output(i) if self.reference is not None else None,
+            selection=selection,
+            violations=self.violations[i],
         )

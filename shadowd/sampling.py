@@ -1,13 +1,16 @@
-"""Which requests are mirrored: a hash of the request id, so a request is
-reproducibly in or out of the sample whichever replica serves it."""
+"""Which requests are mirrored, and which hub shard counts them: a hash of the
+request id, so a request is reproducibly in or out of the sample, and on the
+same shard, whichever replica serves it (and wherever its label arrives)."""
 
 from __future__ import annotations
 
 import hashlib
 
-__all__ = ["hash_unit", "is_sampled"]
+__all__ = ["SHARD_SALT", "hash_unit", "is_sampled", "shard_of"]
 
 _SCALE = float(1 << 64)
+# Independent of the sampling and evaluation hashes: a shard holds a uniform share of every stratum.
+SHARD_SALT = "shard"
 
 
 def hash_unit(request_id: str, salt: str = "") -> float:
@@ -20,3 +23,11 @@ def is_sampled(request_id: str, share: float, salt: str = "shadow") -> bool:
     if share >= 1.0:
         return True
     return share > 0.0 and hash_unit(request_id, salt) < share
+
+
+def shard_of(request_id: str, shards: int) -> int:
+    """The hub shard (0 .. shards - 1) that counts a request's pair and joins its labels."""
+    if shards < 1:
+        raise ValueError(f"got {shards} shards; must be >= 1")
+    # min(): a hash just below 2**64 divides to 1.0 in floats.
+    return min(int(hash_unit(request_id, SHARD_SALT) * shards), shards - 1)

@@ -11,11 +11,14 @@ present), the slices it belongs to, then running tallies for "overall" and
 every matching slice. The tallies are mergeable (``merge``) and persisted as
 JSON under the data dir (``save`` / ``load``); ``reset`` starts a new window.
 The statistical checks and the gate verdict are computed from the tallies
-whenever a report is asked for.
+whenever a report is asked for; a check on a slice whose tally has not
+changed since the last report is taken from the last one (an
+``EvidenceMemo``, keyed by a version per slice that every change bumps).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -23,13 +26,14 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shadowd.compare.divergence import Divergence, pair_divergence, top_class
+from shadowd.compare.batch import BatchCounter, BatchResult
+from shadowd.compare.divergence import SCORE_LIMIT, Divergence, pair_divergence, top_class
 from shadowd.compare.evaluation import EvaluationSampler
-from shadowd.compare.gate import evaluate_gate
+from shadowd.compare.gate import EvidenceMemo, evaluate_gate
 from shadowd.compare.loss import example_loss
 from shadowd.compare.report import LabelSummary, LatencySummary, NoiseSummary, ShadowReport, SliceReport
 from shadowd.compare.slices import SliceMatcher
@@ -37,7 +41,17 @@ from shadowd.compare.tally import FloorTally, LogHistogram, SliceTally
 from shadowd.config import ShadowdConfig
 from shadowd.errors import BadRequest, ShadowdError
 from shadowd.observe.metrics import ShadowdMetrics
-from shadowd.records import OVERALL, AnnotationItem, AnnotationReason, Label, LabelChannel, ModelOutput, Pair, Stratum
+from shadowd.records import (
+    OVERALL,
+    AnnotationItem,
+    AnnotationReason,
+    Label,
+    LabelChannel,
+    ModelOutput,
+    Pair,
+    PairBatch,
+    Stratum,
+)
 
 __all__ = [
     "STATE_SCHEMA_VERSION",
@@ -52,7 +66,6 @@ STATE_SCHEMA_VERSION = 2
 # Version 1 (before the reference model and the stratified label cells) reads with those empty.
 _READABLE_STATE_VERSIONS = (1, 2)
 _STATE_KIND = "shadowd.comparator.state"
-_SCORE_LIMIT = 1e150
 
 
 def state_path(data_dir: Path) -> Path:
@@ -86,6 +99,12 @@ class Comparator:
         # Only the loss-difference reservoir draws from it; seeded so runs repeat.
         self._rng = random.Random(seed)
         self.sampler = EvaluationSampler(config.annotations.evaluation)
+        self._batch = BatchCounter(config, self._matcher, self.sampler)
+        # A version per slice, new whenever its tally changes: the memo reuses a check's evidence
+        # on an unchanged slice from one report to the next.
+        self._memo = EvidenceMemo()
+        self._version_counter = itertools.count()
+        self._versions: dict[str, int] = {}
         # The labels journal's seq up to which labels are in these tallies (flywheel/journal.py): saved with
         # the state, so a restart replays exactly the labels the saved state lacks. A reset keeps it.
         self.labels_seq = 0
@@ -97,6 +116,17 @@ class Comparator:
         """Start a new test window (e.g. a new candidate): every tally back to zero."""
         self._window_started_ts = self._clock()
         self._tallies: dict[str, SliceTally] = {name: SliceTally() for name in [OVERALL, *self._matcher.names]}
+        self._changed_all()
+
+    def _changed(self, names: Iterable[str]) -> None:
+        """These slices' tallies changed (every method that changes a tally says so)."""
+        for name in names:
+            self._versions[name] = next(self._version_counter)
+
+    def _changed_all(self) -> None:
+        self._memo.clear()
+        self._versions = {}
+        self._changed(self._tallies)
 
     @property
     def window_started_ts(self) -> float:
@@ -119,7 +149,7 @@ class Comparator:
         except ValueError:
             finite = all(math.isfinite(v) for v in other.values)
             return ("bad_shape" if finite else "nan"), None
-        if not abs(div.score) < _SCORE_LIMIT:  # inf, or so large its square (in the variance) overflows
+        if not abs(div.score) < SCORE_LIMIT:  # inf, or so large its square (in the variance) overflows
             return "nan", None  # numerically broken output: counted, never allowed to poison the tallies
         return "ok", div
 
@@ -131,6 +161,7 @@ class Comparator:
         """
         names = [OVERALL, *self._matcher.match(pair.features)]
         tallies = [self._tallies.setdefault(n, SliceTally()) for n in names]
+        self._changed(names)
         prod = pair.production
         for t in tallies:
             t.pairs += 1
@@ -215,11 +246,28 @@ class Comparator:
                 floor.add(div.score, div.divergent, div.flip)
                 t.add_latency(second.role, second.latency_s)
 
-    def add_many(self, pairs: Iterable[Pair]) -> list[AnnotationItem]:
-        items: list[AnnotationItem] = []
-        for pair in pairs:
-            items.extend(self.add(pair))
-        return items
+    def add_batch(self, batch: PairBatch) -> BatchResult:
+        """Count a whole batch (numpy over its rows): exactly what ``add`` on each of its pairs counts.
+
+        The result holds each row's slices, selection and annotation items;
+        the caller stores each pair with its selection (``batch.pair(i, result.selection(i))``).
+        """
+        result = self._batch.count(batch, self._tallies, self._metrics, self._clock)
+        self._changed(result.touched())
+        return result
+
+    def add_many(self, pairs: Sequence[Pair]) -> list[AnnotationItem]:
+        """``add`` for each pair, counted as one batch; sets each compared pair's ``selection``."""
+        try:
+            batch = PairBatch.of(pairs)
+        except ValueError:  # an output under another role's name: the per-pair path takes it as it is
+            return [item for pair in pairs for item in self.add(pair)]
+        result = self.add_batch(batch)
+        for i, pair in enumerate(pairs):
+            selection = result.selection(i)
+            if selection is not None:
+                pair.selection = selection
+        return result.all_items()
 
     def add_labelled(self, pair: Pair, label: Label, channel: LabelChannel | None) -> dict[str, float]:
         """Count a label whose pair is known; return the loss per role.
@@ -263,7 +311,9 @@ class Comparator:
             accuracy_diff = float(correct[0]) - float(correct[1])
         loss_diff = losses["candidate"] - losses["production"]
         sel = pair.selection
-        for n in self._slices_of(pair):
+        names = self._slices_of(pair)
+        self._changed(names)
+        for n in names:
             t = self._tallies.setdefault(n, SliceTally())
             t.quality.add_label(sel.stratum, sel.evaluation_share, channel, accuracy_diff, loss_diff)
             if channel == "feedback":
@@ -272,7 +322,9 @@ class Comparator:
 
     def exclude_label(self, pair: Pair, reason: str) -> None:
         """Count a label left out of the quality estimates, with why, in every slice of its pair."""
-        for n in self._slices_of(pair):
+        names = self._slices_of(pair)
+        self._changed(names)
+        for n in names:
             self._tallies.setdefault(n, SliceTally()).quality.exclude(reason)
 
     def _slices_of(self, pair: Pair) -> list[str]:
@@ -337,7 +389,7 @@ class Comparator:
     def report(self) -> ShadowReport:
         """The whole window: counts per slice, checks, gate verdict."""
         elapsed_s = max(0.0, self._clock() - self._window_started_ts)
-        checks, gate = evaluate_gate(self._cfg, self._tallies, elapsed_s)
+        checks, gate = evaluate_gate(self._cfg, self._tallies, elapsed_s, self._memo, self._versions)
         return ShadowReport(
             generated_ts=self._clock(),
             window_started_ts=self._window_started_ts,
@@ -391,6 +443,7 @@ class Comparator:
         for name, d in state["slices"].items():
             self._tallies.setdefault(name, SliceTally()).merge(SliceTally.from_dict(d), self._rng)
         self._window_started_ts = min(self._window_started_ts, float(state["window_started_ts"]))
+        self._changed_all()
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Replace this comparator's window with a saved one."""
@@ -400,6 +453,7 @@ class Comparator:
         self._tallies = tallies
         self._window_started_ts = float(state["window_started_ts"])
         self.labels_seq = int(state.get("labels_seq", 0))
+        self._changed_all()
 
     def save(self, path: Path | None = None) -> Path:
         """Write the state atomically (temp file, fsync, rename): a crash leaves the old file or the new one."""

@@ -15,11 +15,15 @@ where the gate needs them. A pair in several slices takes the largest share.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from shadowd.config import EvaluationConfig
 from shadowd.records import OVERALL, Selection, Stratum
 from shadowd.sampling import hash_unit
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["EVALUATION_SALT", "EvaluationSampler", "possible_shares"]
 
@@ -44,6 +48,30 @@ class EvaluationSampler:
             if name in self.review_slices:
                 shares.append(self.cfg.review_share)
         return max(shares)
+
+    def shares(self, names: Sequence[str], member: np.ndarray) -> np.ndarray:
+        """``share`` for every row of a batch at once; ``member[j, i]``: row i is in slice ``names[j]``."""
+        import numpy as np
+
+        base = self.cfg.share
+        out = np.full(member.shape[1], base)
+        for j, name in enumerate(names):
+            s = self.cfg.slice_shares.get(name, base)
+            if name in self.review_slices:
+                s = max(s, self.cfg.review_share)
+            if s > base:
+                out[member[j]] = np.maximum(out[member[j]], s)
+        return out
+
+    def drawn(self, request_ids: Sequence[str], shares: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``select``'s draw on the given rows of a batch (bool array over all rows; False elsewhere)."""
+        import numpy as np
+
+        out = np.zeros(len(request_ids), dtype=bool)
+        for i in rows.tolist():
+            share = float(shares[i])
+            out[i] = share > 0 and hash_unit(request_ids[i], EVALUATION_SALT) < share
+        return out
 
     def possible_shares(self) -> frozenset[float]:
         return possible_shares(self.cfg)

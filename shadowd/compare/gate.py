@@ -19,13 +19,22 @@ its floor on a slice whose quality is not decided (labels there resolve it:
 different but not worse). INCONCLUSIVE while a required check is open. PASS
 otherwise. REVIEW and INCONCLUSIVE list what would decide and roughly when,
 at the window's traffic and label rates (``needs``).
+
+An ``EvidenceMemo`` (the comparator keeps one) carries each (check, slice)
+test's evidence and its costly numbers (anytime p-value, interval, pass at
+alpha, the scale that would decide) from one report to the next while that
+slice's tally is unchanged: the caller gives a version per slice that
+changes whenever the tally does. A reused test is exactly what computing it
+again would give (the same pure functions of the same counts), so the
+report stays always-valid; only the window's age ("when" in the needs) and
+the corrections across the family are recomputed on every read.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 
 from shadowd.compare import stats
 from shadowd.compare.checks import CheckConfig, CheckContext, Evidence, scale_needed
@@ -35,7 +44,7 @@ from shadowd.compare.tally import SliceTally
 from shadowd.config import ShadowdConfig
 from shadowd.records import OVERALL
 
-__all__ = ["check_context", "evaluate_checks", "evaluate_gate", "gate_summary"]
+__all__ = ["EvidenceMemo", "check_context", "evaluate_checks", "evaluate_gate", "gate_summary"]
 
 
 def _fmt(x: float | None) -> str:
@@ -71,13 +80,54 @@ def _rates(t: SliceTally, elapsed_h: float) -> dict[str, float]:
     return {"pairs": t.candidate.compared / h, "labels": t.quality.labels / h}
 
 
-def _open(ev: Evidence, alpha: float, elapsed_h: float, rate_per_h: float, min_samples: int) -> _Open:
+def _scale(ev: Evidence, alpha: float, min_samples: int) -> float | None:
+    """The multiple of the sample that would decide (None: none within reach)."""
     scale = scale_needed(ev, alpha) if ev.n else None
     if ev.ready is None and ev.n < min_samples:  # the minimum sample comes first
         scale = max(scale or 0.0, min_samples / ev.n) if ev.n else None
+    return scale
+
+
+def _open(ev: Evidence, scale: float | None, elapsed_h: float, rate_per_h: float) -> _Open:
     if scale is None:
         return _Open(None, None, rate_per_h)
     return _Open(max(1, math.ceil(ev.n * (scale - 1))), (scale - 1) * elapsed_h, rate_per_h)
+
+
+@dataclass
+class _Test:
+    """One (check, slice) test: its evidence and what has been computed from it so far."""
+
+    ev: Evidence
+    p: float
+    ready: bool
+    passes: bool | None = None
+    ci: tuple[float, float] | None = None
+    scale: float | None = None
+    scaled: bool = False  # scale computed
+
+
+@dataclass
+class EvidenceMemo:
+    """(check, slice) tests kept between reports while their slice's tally version is unchanged."""
+
+    tests: dict[tuple[int, str], tuple[Hashable, _Test]] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+
+    def get(self, key: tuple[int, str], version: Hashable) -> _Test | None:
+        kept = self.tests.get(key)
+        if kept is not None and kept[0] == version:
+            self.hits += 1
+            return kept[1]
+        self.misses += 1
+        return None
+
+    def put(self, key: tuple[int, str], version: Hashable, test: _Test) -> None:
+        self.tests[key] = (version, test)
+
+    def clear(self) -> None:
+        self.tests.clear()
 
 
 def _reason(
@@ -165,43 +215,62 @@ def _can_fail(check: CheckConfig) -> bool:
 
 
 def evaluate_checks(
-    config: ShadowdConfig, tallies: Mapping[str, SliceTally], explain: bool = True, elapsed_s: float = 0.0
+    config: ShadowdConfig,
+    tallies: Mapping[str, SliceTally],
+    explain: bool = True,
+    elapsed_s: float = 0.0,
+    memo: EvidenceMemo | None = None,
+    versions: Mapping[str, Hashable] | None = None,
 ) -> list[CheckResult]:
     """Every applicable check on overall and on each slice it runs on, with adjusted p-values and statuses.
 
     ``explain=False`` skips the "needs ~N more" search and the fixed-sample
     tests (statuses are the same): for simulations that only count verdicts.
-    ``elapsed_s`` is the window's age, for "when" in the needs.
+    ``elapsed_s`` is the window's age, for "when" in the needs. With ``memo``
+    and ``versions`` (one per slice, changing whenever its tally does), the
+    tests of unchanged slices are taken from the memo instead of recomputed.
     """
     gate = config.gate
     ctx = check_context(config, explain)
     elapsed_h = elapsed_s / 3600
-    entries: list[tuple[CheckConfig, str, Evidence, float]] = []
-    for check in config.checks:
+    entries: list[tuple[CheckConfig, str, _Test]] = []
+    for k, check in enumerate(config.checks):
         if not check.applies_to(config.task):
             continue
         for name in check.slices or _slice_order(config, tallies):
-            ev = check.evidence(tallies.get(name) or SliceTally(), ctx)
-            p = stats.anytime_p_value(_rejects_at(ev)) if _ready(ev, check.min_samples) else 1.0
-            entries.append((check, name, ev, p))
+            version = (explain, versions.get(name)) if memo is not None and versions is not None else None
+            test = memo.get((k, name), version) if version is not None and memo is not None else None
+            if test is None:
+                ev = check.evidence(tallies.get(name) or SliceTally(), ctx)
+                ready = _ready(ev, check.min_samples)
+                test = _Test(ev, stats.anytime_p_value(_rejects_at(ev)) if ready else 1.0, ready)
+                if version is not None and memo is not None:
+                    memo.put((k, name), version, test)
+            entries.append((check, name, test))
     adjusted = [1.0] * len(entries)
     for family in (True, False):  # the tests that can FAIL, then the review-only ones
         idx = [i for i, (check, *_rest) in enumerate(entries) if _can_fail(check) == family]
-        for i, p_adj in zip(idx, stats.adjust_p_values([entries[i][3] for i in idx], gate.correction), strict=True):
+        for i, p_adj in zip(idx, stats.adjust_p_values([entries[i][2].p for i in idx], gate.correction), strict=True):
             adjusted[i] = p_adj
     results = []
-    for (check, name, ev, p), p_adj in zip(entries, adjusted, strict=True):
-        ready = _ready(ev, check.min_samples)
+    for (check, name, test), p_adj in zip(entries, adjusted, strict=True):
+        ev, p, ready = test.ev, test.p, test.ready
         open_: _Open | None = None
         if ready and p_adj <= gate.alpha:
             status = CheckStatus.FAIL if _can_fail(check) else CheckStatus.REVIEW
-        elif ready and ev.passes(gate.alpha, 1.0):
-            status = CheckStatus.PASS
         else:
-            status = CheckStatus.INCONCLUSIVE
+            if ready and test.passes is None:
+                test.passes = ev.passes(gate.alpha, 1.0)
+            status = CheckStatus.PASS if ready and test.passes else CheckStatus.INCONCLUSIVE
+        if status is CheckStatus.INCONCLUSIVE:
             rate = _rates(tallies.get(name) or SliceTally(), elapsed_h)[ev.unit]
-            open_ = _open(ev, gate.alpha, elapsed_h, rate, check.min_samples) if explain else None
-        ci = ev.interval(gate.alpha) if ev.n or ev.ready else (math.nan, math.nan)
+            if explain:
+                if not test.scaled:
+                    test.scale, test.scaled = _scale(ev, gate.alpha, check.min_samples), True
+                open_ = _open(ev, test.scale, elapsed_h, rate)
+        if test.ci is None:
+            test.ci = ev.interval(gate.alpha) if ev.n or ev.ready else (math.nan, math.nan)
+        ci = test.ci
         results.append(
             CheckResult(
                 check=check.name,
@@ -316,8 +385,17 @@ def gate_summary(config: ShadowdConfig, results: list[CheckResult]) -> GateSumma
 
 
 def evaluate_gate(
-    config: ShadowdConfig, tallies: Mapping[str, SliceTally], elapsed_s: float = 0.0
+    config: ShadowdConfig,
+    tallies: Mapping[str, SliceTally],
+    elapsed_s: float = 0.0,
+    memo: EvidenceMemo | None = None,
+    versions: Mapping[str, Hashable] | None = None,
 ) -> tuple[list[CheckResult], GateSummary]:
-    """(check results, gate verdict) for the report; ``elapsed_s`` is the window's age."""
-    results = evaluate_checks(config, tallies, elapsed_s=elapsed_s) if config.models.candidate is not None else []
+    """(check results, gate verdict) for the report; ``elapsed_s`` is the window's age; ``memo`` and
+    ``versions`` as in ``evaluate_checks``."""
+    results = (
+        evaluate_checks(config, tallies, elapsed_s=elapsed_s, memo=memo, versions=versions)
+        if config.models.candidate is not None
+        else []
+    )
     return results, gate_summary(config, results)

@@ -22,10 +22,16 @@ sample). Labels chosen any other way are only counted as excluded.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from shadowd.records import OUTCOMES
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "OUTCOMES",
@@ -41,8 +47,6 @@ __all__ = [
     "SliceTally",
     "cell_key",
 ]
-
-OUTCOMES = ("ok", "error", "timeout", "nan", "bad_shape")
 
 
 @dataclass
@@ -89,32 +93,116 @@ class LogHistogram:
 
     Bucket ``i`` holds values in (gamma**(i-1), gamma**i]; the buckets are the
     same in every replica, so merging is adding counts and is exact. Values at
-    or below ``MIN_VALUE`` (zero latencies) share one bucket.
+    or below ``MIN_VALUE`` (zero latencies) share one bucket. The counts live in
+    one array from the lowest to the highest bucket seen, so a batch of values
+    (``add_dense``), a merge and the quantiles are array operations.
     """
 
     RELATIVE_ACCURACY: ClassVar[float] = 0.01
     GAMMA: ClassVar[float] = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
     MIN_VALUE: ClassVar[float] = 1e-9
-    _LOG_GAMMA: ClassVar[float] = math.log(GAMMA)
+    LOG_GAMMA: ClassVar[float] = math.log(GAMMA)
+    _SLACK: ClassVar[int] = 16  # buckets added on each side when the array grows
 
     def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
         self.zero = 0
         self.n = 0
+        self._low = 0  # the bucket index of _dense[0]
+        self._dense: np.ndarray | None = None  # int64 counts of buckets _low, _low + 1, ...
+
+    @property
+    def counts(self) -> dict[int, int]:
+        """Non-empty buckets and their counts, ascending (a copy)."""
+        if self._dense is None:
+            return {}
+        import numpy as np
+
+        idx = np.flatnonzero(self._dense)
+        return dict(zip((idx + self._low).tolist(), self._dense[idx].tolist(), strict=True))
+
+    @counts.setter
+    def counts(self, counts: dict[int, int]) -> None:
+        self._dense = None
+        if counts:
+            import numpy as np
+
+            keys = np.fromiter(counts.keys(), np.int64, len(counts))
+            values = np.fromiter(counts.values(), np.int64, len(counts))
+            self._cover(int(keys.min()), int(keys.max()))[keys - self._low] += values
+
+    def _cover(self, low: int, high: int) -> np.ndarray:
+        """The count array, grown (with some slack) to hold buckets ``low`` to ``high``."""
+        d = self._dense
+        if d is not None and low >= self._low and high < self._low + len(d):
+            return d
+        import numpy as np
+
+        if d is None:
+            lo, hi = low, high
+        else:
+            lo = min(low - self._SLACK, self._low) if low < self._low else self._low
+            top = self._low + len(d) - 1
+            hi = max(high + self._SLACK, top) if high > top else top
+        grown = np.zeros(hi - lo + 1, dtype=np.int64)
+        if d is not None:
+            grown[self._low - lo : self._low - lo + len(d)] = d
+        self._low, self._dense = lo, grown
+        return grown
 
     def add(self, x: float) -> None:
         self.n += 1
         if not x > self.MIN_VALUE:  # also catches NaN: counted, placed at zero
             self.zero += 1
             return
-        i = math.ceil(math.log(x) / self._LOG_GAMMA)
-        self.counts[i] = self.counts.get(i, 0) + 1
+        i = math.ceil(math.log(x) / self.LOG_GAMMA)
+        self._cover(i, i)[i - self._low] += 1
+
+    @classmethod
+    def bucket_indices(cls, x: np.ndarray) -> np.ndarray:
+        """The bucket ``add`` puts each value in, for values above ``MIN_VALUE`` (int64 array).
+
+        numpy's log may differ from ``math.log`` in the last bit; values that close to a bucket
+        edge are placed with ``math.log``, so every value lands exactly where ``add`` puts it.
+        """
+        import numpy as np
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = np.log(x) / cls.LOG_GAMMA
+            idx: np.ndarray = np.ceil(v).astype(np.int64)
+            near = ~(np.abs(v - np.rint(v)) >= 1e-6)
+        for i in np.flatnonzero(near).tolist():  # near an edge, or inf (which raises, as in ``add``)
+            idx[i] = math.ceil(math.log(float(x[i])) / cls.LOG_GAMMA)
+        return idx
+
+    def add_counts(self, zero: int, buckets: np.ndarray, counts: np.ndarray) -> None:
+        """Add values already placed: ``zero`` at or below MIN_VALUE, ``counts[k]`` in ``buckets[k]`` (distinct)."""
+        self.zero += zero
+        self.n += zero
+        if buckets.size:
+            d = self._cover(int(buckets.min()), int(buckets.max()))
+            d[buckets - self._low] += counts
+            self.n += int(counts.sum())
+
+    def add_dense(self, zero: int, low: int, counts: np.ndarray, total: int | None = None) -> None:
+        """Add values already placed: ``zero`` at or below MIN_VALUE, ``counts[k]`` in bucket ``low + k``
+        (``total``: their sum, when the caller knows it)."""
+        self.zero += zero
+        self.n += zero + self._add_array(low, counts, total)
+
+    def _add_array(self, low: int, counts: np.ndarray, total: int | None = None) -> int:
+        """Add ``counts[k]`` to bucket ``low + k``; returns how many values that is."""
+        if total is None:
+            total = int(counts.sum()) if len(counts) else 0
+        if total:
+            d = self._cover(low, low + len(counts) - 1)
+            d[low - self._low : low - self._low + len(counts)] += counts
+        return total
 
     def merge(self, other: LogHistogram) -> None:
         self.n += other.n
         self.zero += other.zero
-        for i, c in other.counts.items():
-            self.counts[i] = self.counts.get(i, 0) + c
+        if other._dense is not None:
+            self._add_array(other._low, other._dense)
 
     @classmethod
     def bucket_value(cls, i: int) -> float:
@@ -123,15 +211,17 @@ class LogHistogram:
 
     def cumulative(self) -> tuple[list[float], list[int]]:
         """(representative value, count of values <= its bucket's upper edge) per non-empty bucket, ascending."""
-        values, cum = [], []
-        running = self.zero
+        values: list[float] = []
+        cum: list[int] = []
         if self.zero:
             values.append(0.0)
-            cum.append(running)
-        for i in sorted(self.counts):
-            running += self.counts[i]
-            values.append(self.bucket_value(i))
-            cum.append(running)
+            cum.append(self.zero)
+        if self._dense is not None:
+            import numpy as np
+
+            idx = np.flatnonzero(self._dense)
+            values.extend(self.bucket_value(i) for i in (idx + self._low).tolist())
+            cum.extend((np.cumsum(self._dense[idx]) + self.zero).tolist())
         return values, cum
 
     def quantile(self, q: float) -> float | None:
@@ -139,10 +229,9 @@ class LogHistogram:
         if self.n == 0:
             return None
         rank = max(1, math.ceil(q * self.n))
-        for value, cum in zip(*self.cumulative(), strict=True):
-            if cum >= rank:
-                return value
-        return None  # unreachable: the last cumulative count is n
+        values, cum = self.cumulative()
+        k = bisect.bisect_left(cum, rank)
+        return values[k] if k < len(values) else None  # None unreachable: the last cumulative count is n
 
     def to_dict(self) -> dict[str, Any]:
         return {"zero": self.zero, "n": self.n, "counts": {str(i): c for i, c in sorted(self.counts.items())}}
@@ -151,7 +240,7 @@ class LogHistogram:
     def from_dict(cls, d: dict[str, Any]) -> LogHistogram:
         h = cls()
         h.zero, h.n = int(d["zero"]), int(d["n"])
-        h.counts = {int(i): int(c) for i, c in d["counts"].items()}
+        h.counts = {int(i): int(c) for i, c in d["counts"].items() if int(c)}
         return h
 
 

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -167,6 +167,15 @@ class Flywheel:
         self.pairs.put(self.policy.redactor.apply_pair(pair), tags=[it.reason for it in items])
         for item in items:
             self._submit(item)
+
+    def record_many(self, entries: Sequence[tuple[Pair, Sequence[AnnotationItem]]]) -> None:
+        """``record`` for several pairs: every pair redacted and stored in one pair-store transaction,
+        then the items, in order (a pair is in the store before any item of the batch is queued)."""
+        redact = self.policy.redactor.apply_pair
+        self.pairs.put_many([(redact(pair), [it.reason for it in items]) for pair, items in entries])
+        for _, items in entries:
+            for item in items:
+                self._submit(item)
 
     def submit(self, item: AnnotationItem) -> bool:
         """Queue an item that has no pair (e.g. an expectation violation) through the policy."""

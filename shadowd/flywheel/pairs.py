@@ -92,6 +92,34 @@ class PairStore:
         if due:
             self.prune()
 
+    def put_many(self, entries: Sequence[tuple[Pair, Sequence[str]]]) -> None:
+        """Store several (pair, tags) in one transaction: what ``put`` on each does, in order, with one
+        commit instead of one per pair. Pruning (every 500 puts, or over ``max_bytes``) runs after the
+        whole batch, so the byte cap is exceeded by at most one batch's pairs before it evicts."""
+        if not entries:
+            return
+        rows = []
+        for pair, tags in entries:
+            body = pair.model_dump_json()
+            rows.append((pair.request_id, pair.ts, body, ",".join(dict.fromkeys(tags)), len(body)))
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO pairs (request_id, ts, body, tags, size) VALUES (?, ?, ?, ?, ?)", rows
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            before = self._puts
+            self._puts += len(rows)
+            self._bytes += sum(r[4] for r in rows)  # an upper bound between prunes, as in put
+            over_bytes = self.max_bytes is not None and self._bytes > self.max_bytes
+            due = self._puts // _PRUNE_EVERY_PUTS > before // _PRUNE_EVERY_PUTS or over_bytes
+        if due:
+            self.prune()
+
     def get(self, request_id: str) -> Lookup:
         now = self._clock()
         with self._lock:

@@ -12,18 +12,30 @@ names. Never request ids or feature values.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
-__all__ = ["MULTIPROC_ENV", "ShadowdMetrics", "prepare_multiprocess_dir", "serve_metrics"]
+__all__ = [
+    "DIVERGENCE_BOUNDS",
+    "MULTIPROC_ENV",
+    "ShadowdMetrics",
+    "observe_counts",
+    "prepare_multiprocess_dir",
+    "serve_metrics",
+]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _DIVERGENCE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+# The divergence histogram's upper bounds as prometheus-client keeps them (+Inf last), for observe_counts.
+DIVERGENCE_BOUNDS = [*_DIVERGENCE_BUCKETS, math.inf]
 
 
 class ShadowdMetrics:
@@ -237,6 +249,27 @@ class ShadowdMetrics:
             registry=reg,
             multiprocess_mode="mostrecent",
         )
+
+
+def observe_counts(histogram: Any, counts: Sequence[int], total: float) -> bool:
+    """Add observations already counted by bucket to a labelled child of a ``Histogram``.
+
+    ``counts[i]`` values fell in bucket i (the first bound at or above the
+    value, ``DIVERGENCE_BOUNDS`` for ``divergence``); ``total`` is their sum.
+    The same as ``observe`` on each value, in one step per bucket.
+    prometheus-client has no bulk observe, so this adds to the child's bucket
+    and sum values as ``observe`` does; False (nothing added) when the client
+    does not have those parts: then observe the values one by one.
+    """
+    bounds, buckets, sum_value = (getattr(histogram, a, None) for a in ("_upper_bounds", "_buckets", "_sum"))
+    if bounds is None or buckets is None or sum_value is None or len(buckets) != len(counts):
+        return False
+    histogram._raise_if_not_observable()
+    sum_value.inc(total)
+    for bucket, c in zip(buckets, counts, strict=True):
+        if c:
+            bucket.inc(c)
+    return True
 
 
 def prepare_multiprocess_dir(data_dir: Path) -> Path:

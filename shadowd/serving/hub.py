@@ -4,9 +4,10 @@ It holds the comparator (statistics, gate), the flywheel (annotation sink,
 pair store, labels) and the drift monitor, all built by the app's wiring
 function (``shadowd.app.build_hub_parts``) and handed over as ``HubParts``;
 it persists the comparator state under ``data_dir`` so a restart keeps the
-evidence, and sets the gate gauges from each report. Pairs arrive in batches
-from shadow workers; labels from ``POST /feedback`` and, through the
-flywheel's labels thread, from the annotators.
+evidence, and sets the gate gauges from each report. Pairs arrive from shadow
+workers in columns (``PairBatch``), counted a batch at a time; labels from
+``POST /feedback`` and, through the flywheel's labels thread, from the
+annotators.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from shadowd.compare.comparator import Comparator, state_path
 from shadowd.compare.report import ShadowReport
-from shadowd.compare.slices import SliceMatcher
 from shadowd.config import ShadowdConfig
 from shadowd.expect import Violation, ViolationTally
 from shadowd.expect.drift import DriftMonitor
 from shadowd.flywheel.flywheel import Flywheel, JoinResult
 from shadowd.observe.metrics import ShadowdMetrics
-from shadowd.records import OVERALL, AnnotationItem, Label, Pair
+from shadowd.records import OVERALL, AnnotationItem, Label, Pair, PairBatch
 
 if TYPE_CHECKING:
     from shadowd.observe.grafana import VerdictAnnotator  # grafana-client loads only when configured
@@ -76,7 +76,6 @@ class ShadowHub:
         self._state_path = state_path(config.data_dir)
         resumed = self._state_path.exists() and self._comparator.load(self._state_path)
         self._dirty = False
-        self._slices = SliceMatcher(config.slices)
         self._violations = ViolationTally()
         self._persist_task: asyncio.Task[None] | None = None
         # Labels journalled after the saved state was written are replayed into it; a new window
@@ -126,20 +125,30 @@ class ShadowHub:
                 self._flywheel.journal.compact(self._comparator.labels_seq)
 
     async def add_pairs(self, pairs: list[Pair]) -> int:
+        """Finished pairs as objects (a caller without columns): counted as one batch."""
+        return await self.add_batch(PairBatch.of(pairs))
+
+    async def add_batch(self, batch: PairBatch) -> int:
+        """A shadow worker's finished pairs in columns: counted in one step, then each pair stored with its
+        selection (a Pair is built per row for the pair store, all stored in one transaction; items only
+        where the comparator made one)."""
         self._ensure_persisting()
-        for pair in pairs:
-            with self._lock:
-                items = self._comparator.add(pair)
-            slices = self._slices.match(pair.features)
+        with self._lock:
+            result = self._comparator.add_batch(batch)
+        entries: list[tuple[Pair, list[AnnotationItem]]] = []
+        for i in range(len(batch)):
+            pair = batch.pair(i, result.selection(i))
+            slices = result.slices(i)
             self._violations.add([Violation(**v) for v in pair.violations], slices)
             if self._drift is not None:
                 outputs: dict[str, Any] = {
                     o.role: o.values for o in (pair.production, pair.candidate) if o is not None and o.ok
                 }
                 self._drift.add(pair.features, outputs, slices, inputs=pair.inputs)
-            self._flywheel.record(pair, items)
+            entries.append((pair, result.items_of(i)))
+        self._flywheel.record_many(entries)
         self._dirty = True
-        return len(pairs)
+        return len(batch)
 
     async def add_items(self, items: list[AnnotationItem]) -> int:
         """Items found on the request path (expectation violations): through the policy to the queue."""

@@ -1,7 +1,7 @@
 """ShadowWorker: runs the candidate (and, on sampled shares, production again
 for the noise floor and the reference model for the churn floor) on mirrored
-requests in batches, isolated from production, and hands finished ``Pair``s
-to the hub.
+requests in batches, isolated from production, and hands the finished pairs
+to the hub in columns (``PairBatch``: one call per batch).
 
 Fault isolation: a local candidate runs in a small thread pool under a
 timeout; a remote one (``kind: http``) is awaited on this replica's loop
@@ -32,7 +32,7 @@ from shadowd.config import ShadowdConfig
 from shadowd.errors import RemoteModelError
 from shadowd.expect import ExpectationSet, Violation, record_violations
 from shadowd.models.runtime import LoadedModel, check_rows, load_model
-from shadowd.records import MirroredBatch, ModelOutput, Outcome, Pair, Role
+from shadowd.records import MirroredBatch, ModelOutput, Outcome, OutputColumns, PairBatch, Role
 from shadowd.sampling import is_sampled
 from shadowd.serving.runtime import process_metrics
 
@@ -162,7 +162,7 @@ class ShadowWorker:
         return [asdict(v) for v in violations]
 
     async def process(self, batch: MirroredBatch) -> int:
-        """Run the candidate (and noise) on a batch, send the pairs to the hub; returns pairs sent."""
+        """Run the candidate (and noise, reference) on a batch, send the pairs to the hub; returns pairs sent."""
         x = batch.x
         width = next((len(v) for v in batch.production_values if v), None)
         candidates, found = await run_role(self._candidate, "candidate", x, width, self._expect)
@@ -179,34 +179,30 @@ class ShadowWorker:
             seconds[role] = outputs
         none: list[ModelOutput | None] = [None] * len(x)
         noise, reference = seconds.get("noise", none), seconds.get("reference", none)
-        store_inputs = self._cfg.shadow.store_inputs
-        prod_name = self._cfg.models.production.name
-        pairs = []
-        for i, (cand, nz, ref) in enumerate(zip(candidates, noise, reference, strict=True)):
+        for cand, nz, ref in zip(candidates, noise, reference, strict=True):
             for result in (cand, nz, ref):
                 if result is not None:
                     self._metrics.requests.labels(result.role, result.outcome).inc()
                     if result.outcome in ("ok", "nan"):
                         self._metrics.latency.labels(result.role).observe(result.latency_s)
-            prod = ModelOutput(
-                role="production",
-                model=prod_name,
-                outcome=batch.production_outcomes[i],
-                values=batch.production_values[i],
-                latency_s=batch.production_latency_s[i],
-            )
-            pairs.append(
-                Pair(
-                    request_id=batch.request_ids[i],
-                    ts=batch.ts[i],
-                    features=batch.features[i],
-                    inputs=x[i].tolist() if store_inputs else None,
-                    production=prod,
-                    candidate=cand,
-                    noise=nz,
-                    reference=ref,
-                    violations=batch.violations[i] + violations[i],
-                )
-            )
-        await self._hub.add_pairs.remote(pairs)
+        # The hub gets the pairs in columns (one stacked array per role, not a Pair per row).
+        pairs = PairBatch(
+            request_ids=batch.request_ids,
+            ts=batch.ts,
+            features=batch.features,
+            inputs=x if self._cfg.shadow.store_inputs else None,
+            violations=[before + after for before, after in zip(batch.violations, violations, strict=True)],
+            production=OutputColumns.of_lists(
+                "production",
+                [self._cfg.models.production.name] * len(x),
+                batch.production_outcomes,
+                batch.production_values,
+                batch.production_latency_s,
+                [None] * len(x),
+            ),
+            candidate=OutputColumns.of("candidate", candidates),
+            noise=OutputColumns.of("noise", noise) if "noise" in seconds else None,
+            reference=OutputColumns.of("reference", reference) if "reference" in seconds else None,
+        )
+        await self._hub.add_batch.remote(pairs)
         return len(pairs)
