@@ -43,6 +43,7 @@ import os
 import queue
 import re
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -504,7 +505,7 @@ class Fault:
     hold_s: float = 10.0
 
 
-def run_battery(workdir: Path, rate: float, write: bool) -> str:
+def run_battery(workdir: Path, rate: float, only: list[str], keep: Path | None) -> str:
     broker = Broker(port=free_port())
     broker.start()
     data_dir = workdir / "data"
@@ -602,6 +603,8 @@ def run_battery(workdir: Path, rate: float, write: bool) -> str:
     time.sleep(15)  # warm-up, then a clean baseline
     load.phase = "baseline"
     time.sleep(15)
+    if only:  # a subset, e.g. to look into one fault
+        faults = [f for f in faults if any(o in f.name for o in only)]
     for f in faults:
         print(f"fault: {f.name} (so far {load.stats})", flush=True)
         load.phase = f.name
@@ -649,6 +652,8 @@ def run_battery(workdir: Path, rate: float, write: bool) -> str:
     )
     table += f"\nThread restarts since the daemon's restart: {restarts:.0f}."
     if mounted:
+        if keep is not None:
+            shutil.copytree(data_dir, keep / "data", dirs_exist_ok=True)
         subprocess.run(["umount", "-l", str(data_dir)], check=False)
     return table
 
@@ -854,6 +859,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=40.0, help="requests per second during the battery")
     ap.add_argument("--soak", type=float, default=0.0, help="seconds of soak instead of the battery")
     ap.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    ap.add_argument("--only", default="", help="comma-separated parts of fault names: run only those")
+    ap.add_argument("--keep", type=Path, help="copy the work dir (daemon log, data dir) here at the end")
     args = ap.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="shadowd-faults-") as tmp:
@@ -862,12 +869,14 @@ def main() -> None:
             text = soak(workdir, args.soak)
             marker, cmd = "soak", f".venv/bin/python bench/faults.py --soak {args.soak:.0f} --write"
         else:
-            text = run_battery(workdir, args.rate, args.write)
+            text = run_battery(workdir, args.rate, [o for o in args.only.split(",") if o], args.keep)
             marker, cmd = "faults", ".venv/bin/python bench/faults.py --write"
+        if args.keep is not None:
+            shutil.copytree(workdir, args.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("data"))
     took = time.time() - started
     print(text)
     print(f"({took:.0f} s)")
-    if args.write:
+    if args.write and not args.only:
         write_section(marker, text + f"\n\n({took:.0f} s on this machine, 2 cores.)", cmd)
         print(f"updated {RESULTS}")
 
