@@ -27,15 +27,17 @@ from tests.unit.test_serving_ingress import ADMIN_TOKEN, LABELS_TOKEN, Body, ing
 FLAGGER = {"name": "digits", "namespace": "ml", "phase": "Promoting", "checksum": "abc", "metadata": {}}
 
 
-def report_for(tmp_path, verdict: Verdict):
-    """A real report whose gate gives ``verdict`` (candidate 'cand', production 'prod')."""
+def report_for(tmp_path, verdict: Verdict, candidate: str = "cand"):
+    """A real report whose gate gives ``verdict`` (production 'prod', the candidate named ``candidate``)."""
     checks, tally = {
         Verdict.PASS: ([FLIP], flips_tally(2000, 10)),
         Verdict.REVIEW: ([FLIP], flips_tally(1000, 200)),
         Verdict.FAIL: ([GATING_FLIP], flips_tally(1000, 200)),
         Verdict.INCONCLUSIVE: ([GATING_FLIP], flips_tally(20, 0)),  # a required check short of its minimum
     }[verdict]
-    comp = Comparator(config(tmp_path / verdict.value, checks))
+    cfg = config(tmp_path / verdict.value, checks)
+    cand = cfg.models.candidate.model_copy(update={"name": candidate})
+    comp = Comparator(cfg.model_copy(update={"models": cfg.models.model_copy(update={"candidate": cand})}))
     comp.load_state({**comp.state_dict(), "slices": {"overall": tally.to_dict()}})
     report = comp.report()
     assert report.gate.verdict is verdict, report.gate.reasons
@@ -82,8 +84,8 @@ def call(app: ShadowIngress, method: str, path: str, body: Any = None, token: st
     return resp.status_code, json.loads(bytes(resp.body))
 
 
-def app_for(tmp_path, verdict: Verdict) -> tuple[ShadowIngress, VerdictHub]:
-    hub = VerdictHub(report_for(tmp_path, verdict))
+def app_for(tmp_path, verdict: Verdict, candidate: str = "cand") -> tuple[ShadowIngress, VerdictHub]:
+    hub = VerdictHub(report_for(tmp_path, verdict, candidate))
     return ingress(tmp_path, hub), hub  # type: ignore[arg-type]
 
 
