@@ -221,3 +221,43 @@ def test_the_empty_tally_is_inconclusive(tmp_path):
     comp = Comparator(config(tmp_path, [GATING_FLIP]))
     comp.load_state({**comp.state_dict(), "slices": {"overall": SliceTally().to_dict()}})
     assert verdict_document(comp.report())["verdict"] == "INCONCLUSIVE"
+
+
+def test_the_real_hub_answers_the_verdict_of_its_report_and_sets_the_gauge(tmp_path):
+    """ShadowHub.verdict (what the route calls): the document of the hub's own report, counts included, and
+    the shadowd_gate_verdict gauge a Prometheus analysis reads, set from the same report."""
+    from shadowd.compare.report import ShadowReport
+    from shadowd.records import PairBatch
+    from shadowd.serving.hub import ShadowHub
+    from tests.unit.test_compare_batch import Clock, random_pairs
+    from tests.unit.test_serving_hub_batch import _config, _json_safe, _parts
+
+    clock = Clock()
+    cfg = _config(tmp_path / "hub")
+    parts: list[Any] = []
+    hub = ShadowHub(cfg, lambda c: parts.append(_parts(c, clock)) or parts[0])
+    try:
+        pairs = _json_safe(random_pairs(5, 300))
+
+        async def feed_then_ask() -> dict[str, Any]:
+            assert await hub.add_batch(PairBatch.of(pairs)) == len(pairs)
+            return await hub.verdict()
+
+        document = asyncio.run(feed_then_ask())
+        report = ShadowReport.from_json(asyncio.run(hub.report()))
+        (name,) = document["candidates"]
+        entry = document["candidates"][name]
+        assert name == "cand" and document["verdict"] == entry["verdict"] == report.gate.verdict.value
+        assert entry["reasons"] == report.gate.reasons
+        assert entry["evidence"] == {
+            "pairs": report.overall.pairs,
+            "compared": report.overall.compared,
+            "labels": report.overall.labels.used,
+        }
+        assert entry["evidence"]["pairs"] == len(pairs)
+        assert entry["window_started_ts"] == report.window_started_ts
+        gauge = parts[0].metrics.registry.get_sample_value("shadowd_gate_verdict")
+        assert gauge == report.gate.verdict.gauge_value
+    finally:
+        hub.__del__()  # what Serve calls on shutdown: close the flywheel, save the state
+        del hub.__dict__["_flywheel"]
