@@ -11,6 +11,11 @@ know.
 ``Verdict`` and ``CheckStatus`` carry their numeric codes in one place: the
 value of the ``shadowd_gate_verdict`` / ``shadowd_check_status`` gauges and
 the exit code of ``shadowd report --gate``.
+
+``verdict_document`` is the report cut down to what a progressive-delivery
+controller needs (``GET /shadow/verdict``: Argo Rollouts' web metric,
+Flagger's confirm-promotion webhook): the verdict per candidate, its reasons
+and evidence counts, versioned by ``VERDICT_SCHEMA_VERSION`` on its own.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from shadowd.records import OVERALL
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
+    "VERDICT_SCHEMA_VERSION",
     "CheckResult",
     "CheckStatus",
     "GateSummary",
@@ -36,9 +42,14 @@ __all__ = [
     "ShadowReport",
     "SliceReport",
     "Verdict",
+    "combine_verdicts",
+    "select_candidate",
+    "verdict_document",
 ]
 
 REPORT_SCHEMA_VERSION = 2
+# GET /shadow/verdict: changes only when a field of that document changes meaning or goes away.
+VERDICT_SCHEMA_VERSION = 1
 
 
 class CheckStatus(StrEnum):
@@ -266,3 +277,60 @@ class ShadowReport(_Report):
             first = err.errors(include_url=False)[0]
             where = ".".join(str(x) for x in first["loc"])
             raise ShadowdError(f"not a shadowd report: {where}: {first['msg']}") from None
+
+
+# Several candidates, one answer: any FAIL fails, then any REVIEW, then anything open; PASS needs every one.
+_COMBINE_ORDER = (Verdict.FAIL, Verdict.REVIEW, Verdict.INCONCLUSIVE, Verdict.PASS)
+
+
+def combine_verdicts(verdicts: list[Verdict]) -> Verdict:
+    """One verdict for several candidates: the worst of them (FAIL, REVIEW, INCONCLUSIVE, PASS in that
+    order); INCONCLUSIVE for none."""
+    for v in _COMBINE_ORDER:
+        if v in verdicts:
+            return v
+    return Verdict.INCONCLUSIVE
+
+
+def verdict_document(report: ShadowReport) -> dict[str, Any]:
+    """``GET /shadow/verdict``: per candidate its verdict, reasons and evidence counts, and one combined verdict.
+
+    ``candidates`` maps each configured candidate's name to its entry (one today; the shape holds several).
+    With no candidate configured it is empty and the verdict INCONCLUSIVE, with the gate's reason. Counts are
+    the overall slice's: ``pairs`` mirrored, ``compared`` (both answered), ``labels`` used by the quality checks.
+    """
+    candidates: dict[str, dict[str, Any]] = {}
+    name = report.models.get("candidate")
+    if name is not None:
+        o = report.overall
+        candidates[name] = {
+            "verdict": report.gate.verdict.value,
+            "reasons": list(report.gate.reasons),
+            "review_slices": list(report.gate.review_slices),
+            "evidence": {"pairs": o.pairs, "compared": o.compared, "labels": o.labels.used},
+            "window_started_ts": report.window_started_ts,
+        }
+    return _verdict_document(candidates, list(report.gate.reasons), report.generated_ts)
+
+
+def select_candidate(document: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The verdict document narrowed to one candidate (its verdict on top); None when there is no such one."""
+    entry = document["candidates"].get(name)
+    if entry is None:
+        return None
+    return _verdict_document({name: entry}, document["reasons"], document["generated_ts"])
+
+
+def _verdict_document(
+    candidates: dict[str, dict[str, Any]], no_candidate_reasons: list[str], generated_ts: float
+) -> dict[str, Any]:
+    verdict = combine_verdicts([Verdict(c["verdict"]) for c in candidates.values()])
+    # The reasons of the candidates that decided the combined verdict, each naming its candidate.
+    reasons = [f"{n}: {r}" for n, c in candidates.items() if c["verdict"] == verdict for r in c["reasons"]]
+    return {
+        "version": VERDICT_SCHEMA_VERSION,
+        "verdict": verdict.value,
+        "reasons": reasons if candidates else no_candidate_reasons,
+        "candidates": candidates,
+        "generated_ts": generated_ts,
+    }

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shadowd.compare.comparator import Comparator, state_path
-from shadowd.compare.report import ShadowReport
+from shadowd.compare.report import ShadowReport, verdict_document
 from shadowd.config import ShadowdConfig
 from shadowd.expect import Violation, ViolationTally
 from shadowd.expect.drift import DriftMonitor
@@ -187,6 +187,11 @@ class ShadowHub:
             }
         )
         return report.to_json()
+
+    async def verdict(self) -> dict[str, Any]:
+        """GET /shadow/verdict: the report cut down to the verdict per candidate (no flywheel or drift sections)."""
+        self._ensure_persisting()
+        return verdict_document(self._comparator_report())
 
     async def reset(self) -> dict[str, Any]:
         with self._lock:

@@ -12,11 +12,14 @@ deployments.
 Routes and the token scope each needs (``shadowd.serving.auth``), checked
 before the body is read: POST /predict (open, or ``predict`` with
 ``auth.predict_requires_token``), POST /feedback (``labels``), GET
-/shadow/report (``read``), POST /shadow/reset (``admin``), GET /healthz
-(open). A failure of shadowd or of a local model answers 500 with the request
-id to find it in the log, never the exception text; a remote production model
-that is unreachable or answers badly answers 502, one that does not answer
-within its ``timeout_s`` 504, each with a one-line reason and the request id.
+/shadow/report (``read``), GET /shadow/verdict and POST
+/shadow/verdict/flagger (``read``: the verdict for Argo Rollouts' web metric
+and Flagger's confirm-promotion webhook; the latter answers 200 on PASS, 412
+otherwise), POST /shadow/reset (``admin``), GET /healthz (open). A failure
+of shadowd or of a local model answers 500 with the request id to find it
+in the log, never the exception text; a remote production model that is
+unreachable or answers badly answers 502, one that does not answer within
+its ``timeout_s`` 504, each with a one-line reason and the request id.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ray.exceptions import RayError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from shadowd.compare.report import Verdict, select_candidate
 from shadowd.config import ShadowdConfig
 from shadowd.errors import AuthError, BadRequest, RemoteModelError
 from shadowd.expect import ExpectationSet, Violation, record_violations, violation_item
@@ -42,7 +46,15 @@ from shadowd.models.runtime import check_rows, load_model
 from shadowd.records import Mirrored, MirroredBatch, ModelOutput, Outcome
 from shadowd.sampling import is_sampled
 from shadowd.serving.auth import Scope, load_tokens
-from shadowd.serving.protocol import PredictRequest, parse_feedback, parse_predict, read_json, request_id_from
+from shadowd.serving.protocol import (
+    PredictRequest,
+    parse_feedback,
+    parse_flagger,
+    parse_predict,
+    parse_verdict_query,
+    read_json,
+    request_id_from,
+)
 from shadowd.serving.runtime import process_metrics
 from shadowd.serving.shadow_buffer import ShadowBuffer
 
@@ -113,6 +125,8 @@ class ShadowIngress:
             ("POST", "/predict"): (self._predict, predict_scope),
             ("POST", "/feedback"): (self._feedback, "labels"),
             ("GET", "/shadow/report"): (self._report, "read"),
+            ("GET", "/shadow/verdict"): (self._verdict, "read"),
+            ("POST", "/shadow/verdict/flagger"): (self._flagger, "read"),
             ("POST", "/shadow/reset"): (self._reset, "admin"),
             ("GET", "/healthz"): (self._healthz, None),
         }
@@ -127,7 +141,9 @@ class ShadowIngress:
                 known = [p for (m, p) in self._routes if p == path]
                 if known:
                     raise BadRequest(f"{request.method} is not allowed on {path}", 405)
-                raise BadRequest(f"no route {path}; see /predict, /feedback, /shadow/report, /healthz", 404)
+                raise BadRequest(
+                    f"no route {path}; see /predict, /feedback, /shadow/report, /shadow/verdict, /healthz", 404
+                )
             handler, scope = route
             if scope is not None:  # before the body is read: a request without the token costs nothing more
                 self._tokens.check(request.headers.get("authorization"), scope, f"{request.method} {path}")
@@ -285,6 +301,43 @@ class ShadowIngress:
 
     async def _report(self, request: Request) -> Response:
         return JSONResponse(await self._hub_call("report"))
+
+    async def _candidate_verdict(self, candidate: str | None) -> dict[str, Any]:
+        """The hub's verdict document, narrowed to ``candidate`` when one is named (404 if it is not shadowed)."""
+        document: dict[str, Any] = await self._hub_call("verdict")
+        if candidate is None:
+            return document
+        narrowed = select_candidate(document, candidate)
+        if narrowed is None:
+            known = ", ".join(sorted(document["candidates"])) or "none (shadowing is off)"
+            raise BadRequest(f"no candidate {candidate!r}; this daemon shadows: {known}", 404)
+        return narrowed
+
+    async def _verdict(self, request: Request) -> Response:
+        """Always 200 with the verdict in the body: Argo Rollouts' web metric reads it with jsonPath (a non-2xx
+        answer would be a measurement error there, not a verdict)."""
+        params = request.query_params
+        candidate = parse_verdict_query(params, params.multi_items())
+        return JSONResponse(await self._candidate_verdict(candidate))
+
+    async def _flagger(self, request: Request) -> Response:
+        """Flagger's confirm-promotion webhook: 200 on PASS; 412 otherwise, the verdict and reasons in the body
+        (Flagger shows it as the reason the promotion waits, and asks again at the next interval)."""
+        payload = parse_flagger(await self._json(request))
+        document = await self._candidate_verdict(payload.candidate)
+        verdict = document["verdict"]
+        body: dict[str, Any] = {
+            "canary": f"{payload.namespace}/{payload.name}",
+            "phase": payload.phase,
+            "verdict": verdict,
+            "reasons": document["reasons"],
+            "candidates": {n: c["verdict"] for n, c in document["candidates"].items()},
+        }
+        if verdict == Verdict.PASS:
+            return JSONResponse(body)
+        first = document["reasons"][0] if document["reasons"] else "no reason given"
+        body["error"] = f"shadow verdict {verdict}, not PASS: {first}"
+        return JSONResponse(body, status_code=412)
 
     async def _reset(self, request: Request) -> Response:
         return JSONResponse(await self._hub_call("reset"))

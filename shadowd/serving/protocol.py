@@ -24,7 +24,17 @@ from shadowd.config import ServingConfig
 from shadowd.errors import BadRequest, PayloadTooLarge
 from shadowd.records import Label
 
-__all__ = ["PredictRequest", "check_features", "parse_feedback", "parse_predict", "read_json", "request_id_from"]
+__all__ = [
+    "FlaggerPayload",
+    "PredictRequest",
+    "check_features",
+    "parse_feedback",
+    "parse_flagger",
+    "parse_predict",
+    "parse_verdict_query",
+    "read_json",
+    "request_id_from",
+]
 
 # Matched whole (fullmatch): "$" would let a trailing newline through.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -43,6 +53,51 @@ class PredictRequest:
     def nbytes(self) -> int:
         """Roughly what this request holds in memory on the shadow path (inputs, features, bookkeeping)."""
         return int(self.inputs.nbytes) + self.feature_bytes + 512
+
+
+@dataclass(frozen=True)
+class FlaggerPayload:
+    """What Flagger POSTs to a webhook (its ``CanaryWebhookPayload``); ``candidate`` from ``metadata.candidate``."""
+
+    name: str
+    namespace: str
+    phase: str
+    candidate: str | None = None
+
+
+def parse_flagger(data: dict[str, Any]) -> FlaggerPayload:
+    """Flagger's webhook payload: ``name``, ``namespace``, ``phase`` strings and optional ``metadata`` of strings.
+
+    Fields Flagger may add later (``checksum`` came in a later release) are ignored, so an upgrade of Flagger
+    cannot stall every promotion on a 422; a field of the wrong type is refused (422 with the field's name).
+    """
+    for key in ("name", "namespace", "phase"):
+        if key not in data:
+            raise BadRequest(f"missing '{key}': not a Flagger webhook payload (name, namespace, phase, metadata)", 422)
+        if not isinstance(data[key], str) or not data[key]:
+            raise BadRequest(f"'{key}' must be a non-empty string, got {json.dumps(data[key])[:60]}", 422)
+    metadata = data.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise BadRequest("'metadata' must be an object of strings (the Canary webhook's metadata)", 422)
+    candidate = metadata.get("candidate")
+    if candidate == "":
+        raise BadRequest("'metadata.candidate' is empty: name a candidate or leave the key out", 422)
+    return FlaggerPayload(data["name"], data["namespace"], data["phase"], candidate)
+
+
+def parse_verdict_query(params: Mapping[str, str], multi: list[tuple[str, str]]) -> str | None:
+    """The ``candidate`` of ``GET /shadow/verdict?candidate=NAME`` (None: all); 400 for anything else."""
+    unknown = sorted({k for k, _ in multi} - {"candidate"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)}; /shadow/verdict takes only 'candidate'")
+    if sum(1 for k, _ in multi if k == "candidate") > 1:
+        raise BadRequest("'candidate' given more than once; ask for one candidate, or none for all")
+    candidate = params.get("candidate")
+    if candidate == "":
+        raise BadRequest("'candidate' is empty: name a candidate, or leave it out for all")
+    return candidate
 
 
 def request_id_from(headers: Mapping[str, str], proxy_id: str | None = None) -> str:
