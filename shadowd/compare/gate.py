@@ -378,6 +378,16 @@ def gate_summary(config: ShadowdConfig, results: list[CheckResult]) -> GateSumma
             [],
         )
     passed = [r for r in results if r.status is CheckStatus.PASS]
+    if not any(r.required for r in passed):
+        # Nothing the gate requires has passed (only optional checks, still open): PASS here would let a
+        # promotion through before a single check decided anything.
+        return summary(
+            Verdict.INCONCLUSIVE,
+            ["no required check has passed yet: every check is optional (required: false), so the gate cannot PASS"],
+            open_optional,
+            [],
+            [],
+        )
     slices = sorted({r.slice for r in passed})
     return summary(
         Verdict.PASS, [f"all {len(passed)} check results pass on {', '.join(slices)}"], open_optional, [], []

@@ -287,6 +287,16 @@ def test_gate_verdicts_and_reasons(tmp_path):
     assert gate.verdict == "INCONCLUSIVE" and "no candidate" in gate.reasons[0]
 
 
+def test_a_gate_with_no_required_check_never_passes(tmp_path):
+    """Only optional checks, all passing: nothing the gate requires decided, so no PASS (a promotion gate
+    reading it would let a candidate through before any check counted)."""
+    evidence = {"overall": flips_tally(2000, 10)}
+    _, gate = evaluate_gate(config(tmp_path, [FLIP]), evidence)
+    assert gate.verdict == "INCONCLUSIVE" and "no required check has passed" in gate.reasons[0]
+    _, gate = evaluate_gate(config(tmp_path, [GATING_FLIP]), evidence)  # the same evidence, the check required
+    assert gate.verdict == "PASS", gate.reasons
+
+
 def test_a_margin_no_amount_of_data_decides_in_time_says_so(tmp_path):
     cfg = config(tmp_path, [{"type": "paired_accuracy", "name": "acc", "max_drop": 0.01}])
     # a drop of exactly the margin (5 % flips, production right 20 points more often on them) after a week

@@ -30,7 +30,7 @@ FLAGGER = {"name": "digits", "namespace": "ml", "phase": "Promoting", "checksum"
 def report_for(tmp_path, verdict: Verdict, candidate: str = "cand"):
     """A real report whose gate gives ``verdict`` (production 'prod', the candidate named ``candidate``)."""
     checks, tally = {
-        Verdict.PASS: ([FLIP], flips_tally(2000, 10)),
+        Verdict.PASS: ([GATING_FLIP], flips_tally(2000, 10)),
         Verdict.REVIEW: ([FLIP], flips_tally(1000, 200)),
         Verdict.FAIL: ([GATING_FLIP], flips_tally(1000, 200)),
         Verdict.INCONCLUSIVE: ([GATING_FLIP], flips_tally(20, 0)),  # a required check short of its minimum
