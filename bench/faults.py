@@ -505,6 +505,18 @@ class Fault:
     hold_s: float = 10.0
 
 
+def wind_down(load: Load, daemon: Daemon, kafka: KafkaWatcher) -> tuple[dict[str, Any], float]:
+    """End the load, wait for the queue to drain, read the final report and thread restarts, stop the daemon."""
+    load.finish()
+    wait_until(lambda: delivered_all(daemon), timeout_s=120)
+    final = daemon.report() or {}
+    restarts = daemon.metric("shadowd_thread_restarts_total")
+    time.sleep(5)  # the watcher reads the last deliveries
+    daemon.stop()
+    kafka.stop.set()
+    return final, restarts
+
+
 def run_battery(workdir: Path, rate: float, only: list[str], keep: Path | None) -> str:
     broker = Broker(port=free_port())
     broker.start()
@@ -622,13 +634,7 @@ def run_battery(workdir: Path, rate: float, only: list[str], keep: Path | None) 
         dropped[f.name] = after if daemon.starts != starts else after - before
     load.phase = "after"
     time.sleep(10)
-    load.finish()
-    wait_until(lambda: delivered_all(daemon), timeout_s=120)
-    final = daemon.report() or {}
-    restarts = daemon.metric("shadowd_thread_restarts_total")
-    time.sleep(5)  # the watcher reads the last deliveries
-    daemon.stop()
-    kafka.stop.set()
+    final, restarts = wind_down(load, daemon, kafka)
     spool.stop.set()
     spool.scan()
     pending_ids = spool.pending_ids()
@@ -781,13 +787,7 @@ def soak(workdir: Path, seconds: float) -> str:
         time.sleep(10)
         rss, fds, procs = rss_and_fds(daemon.sid)
         samples.append((time.monotonic() - started, rss, fds, procs))
-    load.finish()
-    wait_until(lambda: delivered_all(daemon), timeout_s=120)
-    final = daemon.report() or {}
-    restarts = daemon.metric("shadowd_thread_restarts_total")
-    time.sleep(5)  # the watcher reads the last deliveries
-    daemon.stop()
-    kafka.stop.set()
+    final, restarts = wind_down(load, daemon, kafka)
     pending = {r.key for lane in LANES for r in read_spool(data_dir / lane, pending_only=True)}
     expected = expected_items(data_dir)
     broker.stop()

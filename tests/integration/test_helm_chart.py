@@ -28,13 +28,13 @@ import referencing
 import yaml
 
 from shadowd.config import parse_config
+from tests.fixtures.k8s import K8S_VERSION, k8s_definitions
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "shadowd"
 CRDS = ROOT / "tests" / "data" / "crds"
-K8S_VERSION = kubernetes_validate.latest_version()
 RELEASE = "shadow"
 NAMESPACE = "ml"
 
@@ -128,18 +128,9 @@ def rendered(request, chart) -> tuple[str, dict[str, Any], list[dict[str, Any]]]
 # --- schemas for custom resources ------------------------------------------
 
 
-def _k8s_definitions() -> referencing.Resource:
-    base = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
-    major_minor = ".".join(K8S_VERSION.split(".")[:2])
-    folder = next(
-        p for p in base.iterdir() if p.name.startswith(f"v{major_minor}") and p.name.endswith("-local-strict")
-    )
-    return referencing.Resource.from_contents(json.loads((folder / "_definitions.json").read_text()))
-
-
 @pytest.fixture(scope="module")
 def crd_validators() -> dict[tuple[str, str], jsonschema.Draft202012Validator]:
-    registry = _k8s_definitions() @ referencing.Registry()
+    registry = k8s_definitions() @ referencing.Registry()
     out = {}
     for path in CRDS.glob("*.json"):
         schema = json.loads(path.read_text())

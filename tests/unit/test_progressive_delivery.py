@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import jsonschema
-import kubernetes_validate
 import pytest
 import referencing
 import yaml
@@ -31,6 +30,7 @@ import yaml
 from shadowd.compare.report import Verdict
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.serving.hub import publish_gate
+from tests.fixtures.k8s import k8s_definitions
 from tests.unit.test_serving_ingress import ADMIN_TOKEN
 from tests.unit.test_serving_verdict import app_for, call, report_for
 
@@ -38,21 +38,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "tests" / "data" / "crds"
 ARGO = ROOT / "deploy" / "argo-rollouts"
 FLAGGER = ROOT / "deploy" / "flagger"
-K8S_VERSION = kubernetes_validate.latest_version()
-
-
-def _k8s_definitions() -> referencing.Resource:
-    base = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
-    major_minor = ".".join(K8S_VERSION.split(".")[:2])
-    folder = next(
-        p for p in base.iterdir() if p.name.startswith(f"v{major_minor}") and p.name.endswith("-local-strict")
-    )
-    return referencing.Resource.from_contents(json.loads((folder / "_definitions.json").read_text()))
 
 
 @pytest.fixture(scope="module")
 def validators() -> dict[tuple[str, str], jsonschema.Draft202012Validator]:
-    registry = _k8s_definitions() @ referencing.Registry()
+    registry = k8s_definitions() @ referencing.Registry()
     out = {}
     for path in [*CRDS.glob("*.argoproj.io_*.json"), *CRDS.glob("*.flagger.app_*.json")]:
         schema = json.loads(path.read_text())
