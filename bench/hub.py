@@ -57,6 +57,7 @@ from shadowd.expect import Violation, ViolationTally
 from shadowd.flywheel.pairs import PairStore
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import Label, LabelChannel, ModelOutput, OutputColumns, Pair, PairBatch
+from shadowd.sampling import Shard
 from shadowd.serving.hub import HubParts, ShadowHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +167,7 @@ def stream(n: int, batch: int, floors: bool, seed: int = 0) -> tuple[list[Pair],
 # --- the arms ---
 
 
-def _parts(cfg: ShadowdConfig) -> HubParts:
+def _parts(cfg: ShadowdConfig, shard: Shard | None = None) -> HubParts:
     metrics = ShadowdMetrics(CollectorRegistry())
     return HubParts(metrics=metrics, comparator=Comparator(cfg, metrics), flywheel=build_flywheel(cfg, metrics))
 

@@ -52,6 +52,7 @@ __all__ = [
     "is_loopback",
     "load_config",
     "parse_config",
+    "shard_config",
 ]
 
 
@@ -154,7 +155,41 @@ class ServingConfig(Strict):
         description="Custom Ray resources the hub needs, e.g. {shadowd_state: 0.01} to place it on the node "
         "that mounts the persistent data dir.",
     )
+    hub_shards: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Hub shards: each counts the pairs and joins the labels of its share of request ids (a hash), "
+        "the report merges them. More than 1 needs the kafka transport (annotations.sink); each shard keeps its "
+        "files under <data_dir>/shards/<i>.",
+    )
+    hub_shard_resources: list[dict[str, float]] | None = Field(
+        None,
+        description="Custom Ray resources per hub shard (one mapping per shard, in shard order), e.g. to place "
+        "each shard on its own node; instead of hub_resources.",
+    )
+    ingress_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each ingress replica needs (placement)."
+    )
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each shadow worker replica needs (placement)."
+    )
     torch_threads: int = Field(1, ge=1, description="torch threads per replica; keep 1 on small machines.")
+
+    @model_validator(mode="after")
+    def _shards_placed(self) -> ServingConfig:
+        res = self.hub_shard_resources
+        if res is not None and len(res) != self.hub_shards:
+            raise ValueError(
+                f"hub_shard_resources has {len(res)} entries for {self.hub_shards} hub_shards; give one per shard"
+            )
+        if res is not None and self.hub_resources:
+            raise ValueError("give hub_resources (every shard) or hub_shard_resources (one per shard), not both")
+        return self
+
+    def hub_resources_of(self, shard: int) -> dict[str, float]:
+        """The custom Ray resources hub shard ``shard`` needs."""
+        return self.hub_shard_resources[shard] if self.hub_shard_resources is not None else self.hub_resources
 
 
 class AuthConfig(Strict):
@@ -830,6 +865,11 @@ class ShadowdConfig(Strict):
                 "annotations.label_studio needs annotations.class_names for a classification task (Label Studio's "
                 "choices are fixed when the project is created)"
             )
+        if self.serving.hub_shards > 1 and ann.sink.type != "kafka":
+            raise ValueError(
+                f"serving.hub_shards is {self.serving.hub_shards}: a sharded hub needs annotations.sink type "
+                f"'kafka' (the {ann.sink.type!r} transport's queue is one process's files)"
+            )
         if not self.auth.configured and not is_loopback(self.serving.host):
             raise ValueError(
                 f"serving.host is {self.serving.host!r} but no API tokens are configured (auth.tokens_file or "
@@ -858,6 +898,20 @@ class ShadowdConfig(Strict):
             if unknown:
                 raise ValueError(f"check '{c.name}' names unknown slices {unknown}; known: {sorted(known)}")
         return self
+
+
+def shard_config(config: ShadowdConfig, shard: int) -> ShadowdConfig:
+    """The config hub shard ``shard`` runs with: with several shards, its files under ``<data_dir>/shards/<i>``
+    and its hard-example suites in ``<suites_dir>/shard-<i>`` (``shadowd replay`` reads them all)."""
+    if config.serving.hub_shards == 1:
+        return config
+    suites = config.labels.suites_dir or config.data_dir / "suites"
+    return config.model_copy(
+        update={
+            "data_dir": config.data_dir / "shards" / str(shard),
+            "labels": config.labels.model_copy(update={"suites_dir": suites / f"shard-{shard}"}),
+        }
+    )
 
 
 def _loc(loc: tuple[Any, ...], data: Any, missing: bool) -> str:

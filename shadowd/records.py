@@ -280,6 +280,19 @@ class OutputColumns:
     def __len__(self) -> int:
         return len(self.models)
 
+    def take(self, rows: np.ndarray) -> OutputColumns:
+        """These columns' ``rows`` (indices, in order)."""
+        idx = rows.tolist()
+        return OutputColumns(
+            self.role,
+            [self.models[i] for i in idx],
+            self.outcomes[rows],
+            self.values[rows],
+            self.widths[rows],
+            self.latency_s[rows],
+            [self.details[i] for i in idx],
+        )
+
     def output(self, i: int) -> ModelOutput | None:
         """Row i as a ModelOutput (None where the role did not run)."""
         code = int(self.outcomes[i])
@@ -331,6 +344,30 @@ class PairBatch:
             candidate=OutputColumns.of("candidate", [p.candidate for p in pairs]),
             noise=OutputColumns.of("noise", noise) if any(o is not None for o in noise) else None,
             reference=OutputColumns.of("reference", reference) if any(o is not None for o in reference) else None,
+        )
+
+    def take(self, rows: np.ndarray) -> PairBatch:
+        """The batch of ``rows`` (indices, in order): e.g. the rows one hub shard owns."""
+        idx = rows.tolist()
+
+        def pick(values: list[Any]) -> list[Any]:
+            return [values[i] for i in idx]
+
+        inputs: np.ndarray | list[Any] | None = None
+        if isinstance(self.inputs, list):
+            inputs = pick(self.inputs)
+        elif self.inputs is not None:
+            inputs = self.inputs[rows]
+        return PairBatch(
+            request_ids=pick(self.request_ids),
+            ts=pick(self.ts),
+            features=pick(self.features),
+            inputs=inputs,
+            violations=pick(self.violations),
+            production=self.production.take(rows),
+            candidate=self.candidate.take(rows),
+            noise=self.noise.take(rows) if self.noise is not None else None,
+            reference=self.reference.take(rows) if self.reference is not None else None,
         )
 
     def input(self, i: int) -> Any:

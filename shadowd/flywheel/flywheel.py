@@ -49,8 +49,9 @@ from shadowd.flywheel.transports.base import LabelSource, Transport
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.observe.supervise import supervised
 from shadowd.records import AnnotationItem, Label, LabelChannel, Lane, Pair
+from shadowd.sampling import Shard
 
-__all__ = ["Flywheel", "JoinResult", "OnJoined", "suites_dir"]
+__all__ = ["Flywheel", "JoinResult", "OnJoined", "merge_flywheel_stats", "suites_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,10 @@ class Flywheel:
         sinks: Mapping[Lane, AnnotationSink],
         metrics: ShadowdMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        shard: Shard = Shard(),
     ):
         self.config = config
+        self.shard = shard  # a sharded hub's shard takes only the labels of the request ids it owns
         self.transport = transport
         self.sinks = dict(sinks)
         self._metrics = metrics
@@ -413,8 +416,11 @@ class Flywheel:
         try:
             label = Label.model_validate_json(raw)
         except ValueError as err:
-            self._dead_letter(raw, f"not a Label: {str(err).splitlines()[0]}", "annotator")
+            if self.shard.lead:  # every shard reads the channel: one dead letter, by the lead
+                self._dead_letter(raw, f"not a Label: {str(err).splitlines()[0]}", "annotator")
             return
+        if not self.shard.owns(label.request_id):
+            return  # another shard holds its pair and joins it
         backoff_s = 0.1
         while True:
             try:
@@ -513,6 +519,28 @@ class Flywheel:
             "backlog": self.backlog,
             "suites": self.suites.counts(),
         }
+
+
+def _summed(a: Any, b: Any) -> Any:
+    """Two shards' statistics added up: numbers summed, mappings key by key, text joined, None the other."""
+    if a is None or b is None:
+        return b if a is None else a
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: _summed(a.get(k), b.get(k)) for k in {**a, **b}}
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a or b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a + b
+    return a if a == b else f"{a}; {b}"
+
+
+def merge_flywheel_stats(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``Flywheel.stats()`` of every hub shard as one (the first is the lead's): counts summed; the rotation
+    on call and the backlog, which every shard reads from the same transport, are the lead's."""
+    merged = stats[0]
+    for other in stats[1:]:
+        merged = {k: _summed(merged.get(k), other.get(k)) for k in merged}
+    return {**merged, "on_call": stats[0]["on_call"], "backlog": stats[0]["backlog"]}
 
 
 def _outcome_tags(task: str, pair: Pair, label: Label) -> list[str]:

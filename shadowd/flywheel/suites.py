@@ -268,18 +268,31 @@ def repair_suite(folder: Path, task: str, clock: Callable[[], float]) -> tuple[S
     return manifest, examples
 
 
-def resolve_suites(specs: Sequence[str], suites_dir: Path | None) -> list[Path]:
-    """Suite folders from names (looked up in ``suites_dir``) or paths; 'all-suites' means every one."""
-    out = []
+def _suite_folders(suites_dir: Path, name: str = "*") -> dict[str, list[Path]]:
+    """The folders of suite ``name`` (every suite: '*') in ``suites_dir``: its own, and one per shard of a
+    sharded hub (``<suites_dir>/shard-<i>/<name>``), by suite folder name."""
+    found: dict[str, list[Path]] = {}
+    for pattern in (f"{name}/manifest.json", f"shard-*/{name}/manifest.json"):
+        for manifest in sorted(Path(suites_dir).glob(pattern)):
+            if not manifest.parent.name.startswith("shard-"):
+                found.setdefault(manifest.parent.name, []).append(manifest.parent)
+    return found
+
+
+def resolve_suites(specs: Sequence[str], suites_dir: Path | None) -> list[list[Path]]:
+    """Suites from names (looked up in ``suites_dir``) or paths; 'all-suites' means every one. Each suite is
+    its folders: one, or one per hub shard that wrote it, replayed together as one suite."""
+    out: list[list[Path]] = []
     for spec in specs:
         if spec == "all-suites" and suites_dir is not None:
-            out += sorted(p.parent for p in Path(suites_dir).glob("*/manifest.json"))
+            out += [folders for _, folders in sorted(_suite_folders(suites_dir).items())]
             continue
         path = Path(spec)
+        folders = _suite_folders(suites_dir, spec).get(spec) if suites_dir is not None and "/" not in spec else None
         if (path / "manifest.json").exists():
-            out.append(path)
-        elif suites_dir is not None and (Path(suites_dir) / spec / "manifest.json").exists():
-            out.append(Path(suites_dir) / spec)
+            out.append([path])
+        elif folders:
+            out.append(folders)
         else:
             where = f" or in {suites_dir}" if suites_dir is not None else ""
             raise SuiteError(f"no suite {spec!r} (a folder with manifest.json) here{where}")
@@ -304,7 +317,7 @@ class SuiteResult(BaseModel):
 
 
 def replay_suite(
-    folder: str | Path,
+    folder: str | Path | Sequence[Path],
     predict: Callable[[np.ndarray], np.ndarray],
     input_shape: Sequence[int],
     thresholds: SuiteThresholds,
@@ -317,9 +330,14 @@ def replay_suite(
     are left out: a candidate judged on the inputs where it already differed
     from production fails by construction, which says nothing (suites gate the
     *next* candidate). Replay a baseline with the same exclusion, so both run
-    on the same examples.
+    on the same examples. Several folders (one suite written by several hub
+    shards) replay as one suite, its version the sum of theirs.
     """
-    manifest, examples = load_suite(folder)
+    folders = [Path(folder)] if isinstance(folder, str | Path) else list(folder)
+    parts = [load_suite(f) for f in folders]
+    manifest = parts[0][0].model_copy(update={"version": sum(m.version for m, _ in parts)})
+    examples = [e for _, part in parts for e in part]
+    folder = folders[0]
     if not examples:
         raise SuiteError(f"{folder}: suite {manifest.name} is empty")
     own = 0

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,12 @@ __all__ = [
     "DIVERGENCE_BOUNDS",
     "MULTIPROC_ENV",
     "ShadowdMetrics",
+    "node_metrics_dir",
     "observe_counts",
+    "own_metric_files",
     "prepare_multiprocess_dir",
     "serve_metrics",
+    "store_remote_files",
 ]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -286,6 +291,48 @@ def serve_metrics(port: int, host: str, multiproc_dir: Path) -> CollectorRegistr
     multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
     start_http_server(port, addr=host, registry=registry)
     return registry
+
+
+def node_metrics_dir(base: Path, node_id: str) -> Path:
+    """Where the processes of one Ray node write their multiprocess files (``<base>/node-<id>``)."""
+    return Path(base) / f"node-{node_id[:16]}"
+
+
+_OWN_FILE = re.compile(r"^([a-z]+(?:_[a-z]+)?)_(\d+)\.db$")  # counter_123.db, gauge_mostrecent_123.db
+_ORIGIN = re.compile(r"^[0-9a-f]{1,16}-\d{1,10}$")
+
+
+def own_metric_files(directory: Path, pid: int) -> dict[str, bytes]:
+    """This process's multiprocess files in ``directory``, each cut to the bytes in use (the files are
+    preallocated, mostly zeros): what a process on another node sends the lead hub."""
+    out: dict[str, bytes] = {}
+    for path in Path(directory).glob(f"*_{pid}.db"):
+        with open(path, "rb") as f:
+            data = f.read(4096)
+            used = struct.unpack_from("i", data, 0)[0] if len(data) >= 8 else 0
+            if used > len(data):
+                data += f.read(used - len(data))
+        if used >= 8:
+            out[path.name] = data[:used]
+    return out
+
+
+def store_remote_files(directory: Path, origin: str, files: dict[str, bytes]) -> int:
+    """Keep another node's process's files (``own_metric_files``) beside this node's, named by ``origin``
+    (``<node>-<pid>``), so the multiprocess collector aggregates them with the rest; returns files kept."""
+    if not _ORIGIN.match(origin):
+        raise ValueError(f"bad metrics origin {origin!r}")
+    kept = 0
+    for name, data in files.items():
+        match = _OWN_FILE.match(name)
+        if match is None or len(data) < 8:
+            continue
+        target = Path(directory) / f"{match.group(1)}_{origin}.db"
+        tmp = target.with_name(target.name + ".tmp")  # not *.db: the collector never reads half a file
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        kept += 1
+    return kept
 
 
 def in_multiprocess_mode() -> bool:

@@ -1,4 +1,4 @@
-"""ShadowHub: the single stateful deployment beside the request path.
+"""ShadowHub: the stateful deployment beside the request path, in one or more shards.
 
 It holds the comparator (statistics, gate), the flywheel (annotation sink,
 pair store, labels) and the drift monitor, all built by the app's wiring
@@ -8,12 +8,19 @@ evidence, and sets the gate gauges from each report. Pairs arrive from shadow
 workers in columns (``PairBatch``), counted a batch at a time; labels from
 ``POST /feedback`` and, through the flywheel's labels thread, from the
 annotators.
+
+Sharded (``serving.hub_shards`` > 1), each shard holds the pairs and labels of
+the request ids it owns (``sampling.Shard``); the lead (shard 0) is the one
+the ingress asks for reports: it merges every shard's comparator state
+(``Comparator.merge``) into the report, sets the gate gauges from it and
+hands the slices under review back to the shards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 from shadowd.compare.comparator import Comparator, state_path
 from shadowd.compare.report import ShadowReport, verdict_document
-from shadowd.config import ShadowdConfig
+from shadowd.config import ShadowdConfig, shard_config
 from shadowd.expect import Violation, ViolationTally
 from shadowd.expect.drift import DriftMonitor
-from shadowd.flywheel.flywheel import Flywheel, JoinResult
-from shadowd.observe.metrics import ShadowdMetrics
+from shadowd.flywheel.flywheel import Flywheel, JoinResult, merge_flywheel_stats
+from shadowd.observe.metrics import ShadowdMetrics, own_metric_files, store_remote_files
 from shadowd.records import OVERALL, AnnotationItem, Label, Pair, PairBatch
+from shadowd.sampling import Shard
+from shadowd.serving.runtime import node_id, process_metrics_dir
 
 if TYPE_CHECKING:
     from shadowd.observe.grafana import VerdictAnnotator  # grafana-client loads only when configured
@@ -62,10 +71,20 @@ def publish_gate(metrics: ShadowdMetrics, report: ShadowReport) -> None:
 
 
 class ShadowHub:
-    def __init__(self, config: ShadowdConfig, build_parts: Callable[[ShadowdConfig], HubParts]):
+    def __init__(
+        self,
+        config: ShadowdConfig,
+        build_parts: Callable[[ShadowdConfig, Shard], HubParts],
+        shard: Shard = Shard(),
+        peers: list[Any] | None = None,
+    ):
+        """``peers``: the lead's handles to shards 1 .. n-1 (none for a single hub or another shard)."""
         # The parts are built here, in the hub's own process, by the app's wiring function:
         # they hold threads, files and sockets that cannot travel from the driver.
-        parts = build_parts(config)
+        parts = build_parts(config, shard)
+        self._shard = shard
+        self._peers = list(peers or [])
+        config = shard_config(config, shard.index)
         self._cfg = config
         self._metrics = parts.metrics
         self._comparator = parts.comparator
@@ -109,7 +128,11 @@ class ShadowHub:
 
     async def _persist_tick(self) -> None:
         self._save()
-        gate = self._comparator_report().gate
+        if not self._shard.lead:
+            return  # the lead's tick reads this shard's state into the merged report
+        for node, pid, files in await asyncio.gather(*(peer.metric_files.remote() for peer in self._peers)):
+            await self.receive_metrics(node, pid, files)
+        gate = (await self._merged_report()).gate
         if self._annotator is not None:
             text = "; ".join(gate.reasons[:3])
             await asyncio.to_thread(self._annotator.observe, gate.verdict.value, text)
@@ -168,38 +191,87 @@ class ShadowHub:
             body["error"] = result.message  # the same key every 4xx of the API has
         return result.http_status, body
 
-    def _comparator_report(self) -> ShadowReport:
-        """The comparator's report; refreshes the gate gauges and the slices under review from it."""
-        with self._lock:
-            report = self._comparator.report()
-            self._comparator.set_review_slices(report.gate.review_slices)
+    async def _merged_report(self) -> ShadowReport:
+        """The lead's report over every shard (its own comparator's when not sharded); refreshes the gate
+        gauges and the slices under review (on every shard) from it."""
+        if not self._peers:
+            with self._lock:
+                report = self._comparator.report()
+                self._comparator.set_review_slices(report.gate.review_slices)
+        else:
+            with self._lock:
+                review = sorted(self._comparator.sampler.review_slices)
+            states = await asyncio.gather(*(peer.shard_state.remote(review) for peer in self._peers))
+            with self._lock:
+                merged = Comparator(self._cfg)
+                merged.load_state(self._comparator.state_dict())
+            for state in states:
+                merged.merge(state)
+            report = merged.report()
+            with self._lock:
+                self._comparator.set_review_slices(report.gate.review_slices)
         publish_gate(self._metrics, report)
         return report
 
-    async def report(self) -> dict[str, Any]:
-        """GET /shadow/report: the comparator's report with the flywheel, expectations and drift sections."""
+    async def shard_state(self, review_slices: list[str]) -> dict[str, Any]:
+        """A shard's comparator state for the lead's merged report; takes the slices under review from it."""
         self._ensure_persisting()
-        report = self._comparator_report().model_copy(
+        with self._lock:
+            self._comparator.set_review_slices(review_slices)
+            return self._comparator.state_dict()
+
+    async def shard_sections(self) -> tuple[dict[str, Any], ViolationTally]:
+        """A shard's flywheel statistics and expectation tallies, for the lead's merged report."""
+        return self._flywheel.stats(), self._violations
+
+    async def metric_files(self) -> tuple[str | None, int, dict[str, bytes]]:
+        """This shard's node, pid and metric files, for the lead's ``/metrics`` (it keeps those of other nodes)."""
+        folder = process_metrics_dir()
+        files = await asyncio.to_thread(own_metric_files, folder, os.getpid()) if folder is not None else {}
+        return node_id(), os.getpid(), files
+
+    async def receive_metrics(self, node: str | None, pid: int, files: dict[str, bytes]) -> bool:
+        """The lead keeps the metric files of a process on another node beside its own node's, where its
+        ``/metrics`` aggregates them; False (stop sending) for a process on its own node, or without one."""
+        folder = process_metrics_dir()
+        if not self._shard.lead or node is None or folder is None or node == node_id():
+            return False
+        await asyncio.to_thread(store_remote_files, folder, f"{node[:16]}-{pid}", files)
+        return True
+
+    async def report(self) -> dict[str, Any]:
+        """GET /shadow/report: the comparator's report with the flywheel, expectations and drift sections
+        (drift: the lead's shard, itself a hash-chosen share of the traffic)."""
+        self._ensure_persisting()
+        report = await self._merged_report()
+        stats = [self._flywheel.stats()]
+        violations = ViolationTally()
+        violations.merge(self._violations)
+        for peer_stats, peer_violations in await asyncio.gather(*(p.shard_sections.remote() for p in self._peers)):
+            stats.append(peer_stats)
+            violations.merge(peer_violations)
+        return report.model_copy(
             update={
-                "annotations": self._flywheel.stats(),
-                "expectations": self._violations.report(),
+                "annotations": merge_flywheel_stats(stats),
+                "expectations": violations.report(),
                 "drift": self._drift.report() if self._drift is not None else None,
             }
-        )
-        return report.to_json()
+        ).to_json()
 
     async def verdict(self) -> dict[str, Any]:
         """GET /shadow/verdict: the report cut down to the verdict per candidate (no flywheel or drift sections)."""
         self._ensure_persisting()
-        return verdict_document(self._comparator_report())
+        return verdict_document(await self._merged_report())
 
     async def reset(self) -> dict[str, Any]:
+        """A new window on this shard and (from the lead) on every other one."""
         with self._lock:
             self._comparator.reset()
             self._violations = ViolationTally()
             self._dirty = True
             started_ts = self._comparator.window_started_ts
         self._save()
+        await asyncio.gather(*(peer.reset.remote() for peer in self._peers))
         return {"status": "reset", "window_started_ts": started_ts}
 
     def __del__(self) -> None:

@@ -43,8 +43,8 @@ from shadowd.config import ShadowdConfig
 from shadowd.errors import AuthError, BadRequest, RemoteModelError
 from shadowd.expect import ExpectationSet, Violation, record_violations, violation_item
 from shadowd.models.runtime import check_rows, load_model
-from shadowd.records import Mirrored, MirroredBatch, ModelOutput, Outcome
-from shadowd.sampling import is_sampled
+from shadowd.records import AnnotationItem, Mirrored, MirroredBatch, ModelOutput, Outcome
+from shadowd.sampling import is_sampled, shard_of
 from shadowd.serving.auth import Scope, load_tokens
 from shadowd.serving.protocol import (
     PredictRequest,
@@ -55,7 +55,7 @@ from shadowd.serving.protocol import (
     read_json,
     request_id_from,
 )
-from shadowd.serving.runtime import process_metrics
+from shadowd.serving.runtime import MetricsPublisher, process_metrics
 from shadowd.serving.shadow_buffer import ShadowBuffer
 
 __all__ = ["ShadowIngress"]
@@ -85,10 +85,12 @@ def _internal_error(request_id: str, what: str) -> JSONResponse:
 
 
 class ShadowIngress:
-    def __init__(self, config: ShadowdConfig, worker: Any, hub: Any):
+    def __init__(self, config: ShadowdConfig, worker: Any, hubs: list[Any]):
+        """``hubs``: a handle per hub shard, in shard order (the first is the lead, which answers reports)."""
         self._cfg = config
-        self._hub = hub
+        self._hubs = hubs
         self._metrics = process_metrics()
+        self._publisher = MetricsPublisher(hubs[0])  # to the lead's /metrics, from another node
         prod = config.models.production
         self._model = load_model(prod, config.serving.torch_threads)
         self._input_shape = tuple(prod.input_shape)
@@ -102,7 +104,7 @@ class ShadowIngress:
         self._expect = ExpectationSet(config.expectations, redaction=config.annotations.redaction)
         # Violating requests worth a human look travel to the hub beside the shadow path, bounded the same way.
         self._violation_items = ShadowBuffer(
-            send=lambda items: hub.add_items.remote(items),
+            send=self._send_items,
             max_in_flight=config.shadow.max_in_flight,
             flush_interval_s=config.shadow.flush_interval_ms / 1000,
             max_flush_size=config.shadow.max_flush_size,
@@ -132,6 +134,7 @@ class ShadowIngress:
         }
 
     async def __call__(self, request: Request) -> Response:
+        self._publisher.ensure_started()
         path = request.url.path
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :] or "/"
@@ -175,13 +178,23 @@ class ShadowIngress:
                 raise BadRequest(f"request body is over the limit of {limit} bytes", 413)
         return read_json(bytes(body), limit)
 
-    async def _hub_call(self, method: str, *args: Any) -> Any:
-        """Call the hub, bounded: a slow or restarting hub gets a 503, never a hung ingress."""
+    async def _send_items(self, items: list[AnnotationItem]) -> None:
+        """Violation items to the hub shards owning their request ids (the shard's policy dedups them)."""
+        n = len(self._hubs)
+        by_shard: dict[int, list[AnnotationItem]] = {}
+        for item in items:
+            by_shard.setdefault(shard_of(item.request_id, n), []).append(item)
+        await asyncio.gather(*(self._hubs[s].add_items.remote(part) for s, part in by_shard.items()))
+
+    async def _hub_call(self, method: str, *args: Any, shard: int = 0) -> Any:
+        """Call a hub shard (the lead unless named), bounded: a slow or restarting hub gets a 503, never a
+        hung ingress."""
         if self._hub_calls.locked():
             raise BadRequest("too many report/feedback calls in flight; retry shortly", 503)
         async with self._hub_calls:
             try:
-                return await asyncio.wait_for(getattr(self._hub, method).remote(*args), self._cfg.serving.hub_timeout_s)
+                call = getattr(self._hubs[shard], method).remote(*args)
+                return await asyncio.wait_for(call, self._cfg.serving.hub_timeout_s)
             except TimeoutError:
                 raise BadRequest(
                     f"the hub did not answer within {self._cfg.serving.hub_timeout_s} s; retry", 503
@@ -296,7 +309,7 @@ class ShadowIngress:
 
     async def _feedback(self, request: Request) -> Response:
         label = parse_feedback(await self._json(request), time.time())
-        status, body = await self._hub_call("feedback", label)
+        status, body = await self._hub_call("feedback", label, shard=shard_of(label.request_id, len(self._hubs)))
         return JSONResponse(body, status_code=status)
 
     async def _report(self, request: Request) -> Response:

@@ -1,21 +1,84 @@
 """Per-process singletons of a Ray replica (one metrics object per process:
-prometheus-client's multiprocess files are keyed by process)."""
+prometheus-client's multiprocess files are keyed by process), and the path
+that brings the metrics of processes on other nodes to the lead hub's
+``/metrics``.
+
+Each process writes its multiprocess files in its node's folder
+(``<data_dir>/metrics/node-<id>``); the lead hub serves the aggregate of its
+own node's folder. A process on another node (a worker, an ingress, a hub
+shard) sends the lead its own files every few seconds (``MetricsPublisher``;
+the lead pulls its peer shards'), which the lead keeps in its folder under
+the sender's node and pid, so one scrape sees every node. Files from the
+lead's own node are refused and the publisher stops.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import os
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from shadowd.observe.metrics import MULTIPROC_ENV, ShadowdMetrics
+from shadowd.observe.metrics import MULTIPROC_ENV, ShadowdMetrics, node_metrics_dir, own_metric_files
 
-__all__ = ["process_metrics"]
+__all__ = ["PUBLISH_EVERY_S", "MetricsPublisher", "node_id", "process_metrics", "process_metrics_dir"]
+
+log = logging.getLogger(__name__)
+
+PUBLISH_EVERY_S = 5.0
+
+
+def node_id() -> str | None:
+    """This process's Ray node id (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 @functools.cache
 def process_metrics() -> ShadowdMetrics:
-    multiproc_dir = os.environ.get(MULTIPROC_ENV)
-    if multiproc_dir:  # a replica may start before anyone made the folder (serve deploy, KubeRay)
-        os.makedirs(multiproc_dir, exist_ok=True)
+    base = os.environ.get(MULTIPROC_ENV)
+    if base:
+        node = node_id()
+        if node is not None:  # read by prometheus-client when each value is created, i.e. after this
+            os.environ[MULTIPROC_ENV] = str(node_metrics_dir(Path(base), node))
+        # a replica may start before anyone made the folder (serve deploy, KubeRay)
+        os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
     return ShadowdMetrics(CollectorRegistry())
+
+
+def process_metrics_dir() -> Path | None:
+    """The folder this process's multiprocess files are in (None when not in multiprocess mode)."""
+    process_metrics()
+    folder = os.environ.get(MULTIPROC_ENV)
+    return Path(folder) if folder else None
+
+
+class MetricsPublisher:
+    """Sends this process's metric files to the lead hub (``lead.receive_metrics``) every
+    ``PUBLISH_EVERY_S`` while the lead runs on another node; started lazily on the replica's loop."""
+
+    def __init__(self, lead: Any, every_s: float = PUBLISH_EVERY_S):
+        self._lead = lead
+        self._every_s = every_s
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_started(self) -> None:
+        if self._task is None and process_metrics_dir() is not None and node_id() is not None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        folder, node, pid = process_metrics_dir(), node_id(), os.getpid()
+        assert folder is not None and node is not None
+        while True:
+            await asyncio.sleep(self._every_s)
+            try:
+                files = await asyncio.to_thread(own_metric_files, folder, pid)
+                if not await self._lead.receive_metrics.remote(node, pid, files):
+                    return  # the lead is on this node: it reads these files itself
+            except Exception as err:  # a restarting hub: the next round sends everything again
+                log.debug("metrics not published to the lead hub: %s: %s", type(err).__name__, err)

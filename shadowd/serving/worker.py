@@ -33,8 +33,8 @@ from shadowd.errors import RemoteModelError
 from shadowd.expect import ExpectationSet, Violation, record_violations
 from shadowd.models.runtime import LoadedModel, check_rows, load_model
 from shadowd.records import MirroredBatch, ModelOutput, Outcome, OutputColumns, PairBatch, Role
-from shadowd.sampling import is_sampled
-from shadowd.serving.runtime import process_metrics
+from shadowd.sampling import is_sampled, shard_of
+from shadowd.serving.runtime import MetricsPublisher, process_metrics
 
 __all__ = ["MODEL_THREADS", "ShadowWorker", "run_role"]
 
@@ -132,10 +132,12 @@ async def run_role(
 
 
 class ShadowWorker:
-    def __init__(self, config: ShadowdConfig, hub: Any):
+    def __init__(self, config: ShadowdConfig, hubs: list[Any]):
+        """``hubs``: a handle per hub shard, in shard order."""
         self._cfg = config
-        self._hub = hub
+        self._hubs = hubs
         self._metrics = process_metrics()
+        self._publisher = MetricsPublisher(hubs[0])  # to the lead's /metrics, from another node
         timeout_s = config.shadow.candidate_timeout_s
         assert config.models.candidate is not None, "the app builder adds a worker only with a candidate"
         self._candidate = _Runner(
@@ -163,6 +165,7 @@ class ShadowWorker:
 
     async def process(self, batch: MirroredBatch) -> int:
         """Run the candidate (and noise, reference) on a batch, send the pairs to the hub; returns pairs sent."""
+        self._publisher.ensure_started()
         x = batch.x
         width = next((len(v) for v in batch.production_values if v), None)
         candidates, found = await run_role(self._candidate, "candidate", x, width, self._expect)
@@ -204,5 +207,10 @@ class ShadowWorker:
             noise=OutputColumns.of("noise", noise) if "noise" in seconds else None,
             reference=OutputColumns.of("reference", reference) if "reference" in seconds else None,
         )
-        await self._hub.add_batch.remote(pairs)
+        if len(self._hubs) == 1:
+            await self._hubs[0].add_batch.remote(pairs)
+        else:  # each shard gets the rows of the request ids it owns, all at once
+            shards = np.fromiter((shard_of(r, len(self._hubs)) for r in pairs.request_ids), np.int64, len(pairs))
+            parts = [(s, np.flatnonzero(shards == s)) for s in range(len(self._hubs))]
+            await asyncio.gather(*(self._hubs[s].add_batch.remote(pairs.take(rows)) for s, rows in parts if rows.size))
         return len(pairs)

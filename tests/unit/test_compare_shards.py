@@ -1,4 +1,5 @@
-"""A sharded hub's report: shards' windows merged equal one comparator's window on the same stream.
+"""A sharded hub's parts: shards' windows merged equal one comparator's window on the same stream; a shard's
+rows, request ids, statistics and labels group.
 
 Issue 14, part B. Pairs are routed to a shard by a hash of the request id
 (``sampling.shard_of``), labels to the shard that holds their pair; the
@@ -16,8 +17,10 @@ import pytest
 
 from shadowd.compare.comparator import Comparator
 from shadowd.compare.tally import LabelTally
-from shadowd.records import Label
-from shadowd.sampling import shard_of
+from shadowd.flywheel.flywheel import merge_flywheel_stats
+from shadowd.flywheel.transports.kafka import LABELS_GROUP, KafkaTransportConfig
+from shadowd.records import Label, PairBatch
+from shadowd.sampling import Shard, shard_of
 from tests.unit.test_compare_batch import Clock, assert_same, make_config, random_pairs
 
 
@@ -89,3 +92,66 @@ def test_shards_merged_equal_one_comparator(tmp_path, n_shards):
             t["labels"]["diff_sample"].sort()
     assert_same(a, b)
     assert_same(_numbers_apart(one.report().to_json()), _numbers_apart(merged.report().to_json()))
+
+
+def test_a_shards_rows_of_a_batch_are_the_batch_of_its_pairs():
+    pairs = random_pairs(5, 300)
+    batch = PairBatch.of(pairs)
+    for s in range(3):
+        rows = np.flatnonzero([shard_of(p.request_id, 3) == s for p in pairs])
+        part, expected = batch.take(rows), PairBatch.of([pairs[i] for i in rows])
+        # as JSON: NaN outputs (the batch test's edge cases) are equal there
+        assert [part.pair(i).model_dump_json() for i in range(len(part))] == [
+            expected.pair(i).model_dump_json() for i in range(len(rows))
+        ]
+        assert part.request_ids == expected.request_ids
+
+
+def test_a_shard_owns_the_request_ids_hashed_to_it():
+    ids = [f"r{i}" for i in range(500)]
+    shards = [Shard(i, 3) for i in range(3)]
+    assert all(sum(s.owns(r) for s in shards) == 1 for r in ids)
+    assert [s.lead for s in shards] == [True, False, False]
+    assert all(Shard().owns(r) for r in ids[:20])
+    with pytest.raises(ValueError, match="shard 3 of 3"):
+        Shard(3, 3)
+
+
+def test_flywheel_statistics_of_shards_add_up():
+    def stats(queued, joined, suites, error, backlog):
+        return {
+            "sink": {
+                "queued": queued,
+                "dropped": {"rate": 1},
+                "paused": None,
+                "transport": "kafka",
+                "last_error": error,
+            },
+            "labels": {"joined": joined, "unknown": 0},
+            "pair_store": {"pairs": queued, "bytes": 10},
+            "suites": suites,
+            "on_call": "ann",
+            "backlog": backlog,
+        }
+
+    merged = merge_flywheel_stats(
+        [stats(3, 2, {"dark": 1}, None, {"items": 7}), stats(4, 5, {"dark": 2, "night": 1}, "x: down", {"items": 7})]
+    )
+    assert merged["sink"] == {
+        "queued": 7,
+        "dropped": {"rate": 2},
+        "paused": None,
+        "transport": "kafka",
+        "last_error": "x: down",
+    }
+    assert merged["labels"] == {"joined": 7, "unknown": 0} and merged["pair_store"] == {"pairs": 7, "bytes": 20}
+    assert merged["suites"] == {"dark": 3, "night": 1}
+    assert merged["backlog"] == {"items": 7}  # one topic, read by every shard: not added up
+
+
+def test_each_shard_reads_the_labels_topic_in_a_group_of_its_own(tmp_path):
+    kafka = KafkaTransportConfig(type="kafka", bootstrap_servers=["127.0.0.1:9"])
+    assert kafka.build(tmp_path).labels_group == LABELS_GROUP
+    assert kafka.build(tmp_path, Shard(0, 1)).labels_group == LABELS_GROUP
+    groups = {kafka.build(tmp_path, Shard(i, 3)).labels_group for i in range(3)}
+    assert len(groups) == 3 and LABELS_GROUP not in groups

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from shadowd.cli import app
-from shadowd.config import load_config, parse_config
+from shadowd.config import load_config, parse_config, shard_config
 from shadowd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +65,17 @@ def test_example_config_is_valid_and_resolves_paths():
         ),
         ({"slices": [{"name": "a", "where": {"all": [{"fild": "x"}]}}]}, "slices[0].where.all[0]", "a predicate is"),
         ({"slices": [{"name": "overall", "where": {"field": "x", "op": "exists"}}]}, "(top level)", "reserved"),
+        (
+            {"serving": {"hub_shards": 2}},
+            "(top level)",
+            "serving.hub_shards is 2: a sharded hub needs annotations.sink",
+        ),
+        ({"serving": {"hub_shards": 17}}, "serving.hub_shards", "less than or equal to 16"),
+        (
+            {"serving": {"hub_shards": 1, "hub_shard_resources": [{"a": 1}, {"b": 1}]}},
+            "serving",
+            "hub_shard_resources has 2 entries for 1 hub_shards",
+        ),
     ],
 )
 def test_errors_name_file_key_and_value(tmp_path, patch, key, words):
@@ -151,3 +162,15 @@ def test_every_config_field_is_described():
     walk(ShadowdConfig)
     assert len(seen) > 20  # the walk reached the nested sections
     assert not missing, missing
+
+
+def test_each_hub_shard_keeps_its_files_apart(tmp_path):
+    kafka = {"type": "kafka", "bootstrap_servers": ["127.0.0.1:9092"]}
+    data = {**BASE, "data_dir": str(tmp_path / "d"), "annotations": {"sink": kafka}, "serving": {"hub_shards": 3}}
+    cfg = load_config(_write(tmp_path, data))
+    one, two = shard_config(cfg, 1), shard_config(cfg, 2)
+    assert one.data_dir == tmp_path / "d" / "shards" / "1" and two.data_dir == tmp_path / "d" / "shards" / "2"
+    assert one.labels.suites_dir == tmp_path / "d" / "suites" / "shard-1"
+    assert cfg.data_dir == tmp_path / "d" and cfg.labels.suites_dir is None  # the config itself is unchanged
+    single = load_config(_write(tmp_path, {**data, "serving": {}}))
+    assert shard_config(single, 0) is single  # one hub: where it always kept them

@@ -17,7 +17,7 @@ from shadowd.cli import app
 from shadowd.compare.comparator import Comparator
 from shadowd.config import SuiteThresholds, parse_config
 from shadowd.errors import SuiteError
-from shadowd.flywheel.suites import SuiteExample, SuiteStore, load_suite, replay_suite
+from shadowd.flywheel.suites import SuiteExample, SuiteStore, load_suite, replay_suite, resolve_suites
 from shadowd.records import Label, ModelOutput, Pair
 
 
@@ -264,3 +264,28 @@ def test_unreadable_lines_and_a_lost_manifest_are_repaired_not_fatal(tmp_path):
     manifest, examples = load_suite(folder)  # ... the writer repairs it
     assert [e.request_id for e in examples] == ["a", "c", "z"] and manifest.count == 3
     assert (folder / "examples.dead-letter.jsonl").read_text() == "{not json\n"
+
+
+def test_a_suite_written_by_several_hub_shards_replays_as_one(tmp_path):
+    """A sharded hub writes each suite in <suites_dir>/shard-<i>/<name>: found by name, replayed together."""
+    for shard, xs in ((0, [0.1, 0.9]), (1, [0.2, 0.8, 0.7])):
+        store = SuiteStore(tmp_path / f"shard-{shard}", "classification", clock=lambda: 5.0)
+        for i, x0 in enumerate(xs):
+            label = int(x0 > 0.5)
+            store.add(SuiteExample(request_id=f"{shard}-{i}", inputs=[x0, 0.1], label=label, slices=["dark"], ts=5.0))
+    SuiteStore(tmp_path, "classification", clock=lambda: 5.0).add(
+        SuiteExample(request_id="own", inputs=[0.9, 0.9], label=1, ts=5.0)  # one not sharded: found beside them
+    )
+    suites = resolve_suites(["all-suites"], tmp_path)
+    assert [[p.relative_to(tmp_path).as_posix() for p in s] for s in suites] == [
+        ["all", "shard-0/all", "shard-1/all"],
+        ["shard-0/slice.dark", "shard-1/slice.dark"],
+    ]
+    assert resolve_suites(["slice.dark"], tmp_path) == [suites[1]]
+    thresholds = SuiteThresholds(min_accuracy=0.9)
+    good = replay_suite(suites[1], GoodModel().predict, [2], thresholds)
+    bad = replay_suite(suites[1], RegressedModel().predict, [2], thresholds)  # every example is dark
+    assert (good.suite, good.examples, good.version, good.accuracy, good.passed) == ("slice.dark", 5, 5, 1.0, True)
+    assert bad.accuracy == 0.0 and not bad.passed
+    with pytest.raises(SuiteError, match=r"no suite 'slice\.night'"):
+        resolve_suites(["slice.night"], tmp_path)

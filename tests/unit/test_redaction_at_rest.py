@@ -46,7 +46,7 @@ def cfg(tmp_path):
     )
 
 
-def parts(config):
+def parts(config, shard=None):
     metrics = ShadowdMetrics(CollectorRegistry())
     return HubParts(metrics=metrics, comparator=Comparator(config, metrics), flywheel=build_flywheel(config, metrics))
 

@@ -93,7 +93,7 @@ def test_hub_counts_a_batch_as_the_per_pair_path_did(tmp_path, monkeypatch, reda
     clock = Clock()
     pairs = _json_safe(random_pairs(21, 600))
     cfg = _config(tmp_path / "hub", redaction)
-    hub = ShadowHub(cfg, lambda c: _parts(c, clock))
+    hub = ShadowHub(cfg, lambda c, _shard: _parts(c, clock))
     ref_cfg = _config(tmp_path / "ref", redaction)
     ref = _parts(ref_cfg, clock)
     try:
@@ -172,7 +172,7 @@ class _FakeHub:
 def test_worker_sends_the_batch_in_columns(tmp_path, store_inputs):
     cfg = _config(tmp_path, noise_share=0.5, reference_share=0.5, store_inputs=store_inputs)
     hub = _FakeHub()
-    worker = ShadowWorker(cfg, hub)
+    worker = ShadowWorker(cfg, [hub])
     rng = np.random.default_rng(22)
     x = rng.normal(size=(40, 8)).astype(np.float32)
     from shadowd.testing import ToyClassifier

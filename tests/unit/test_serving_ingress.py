@@ -79,7 +79,7 @@ def ingress(tmp_path, hub: StandInHub, production: dict | None = None, **auth: A
             "auth": {"tokens_file": str(tmp_path / "tokens.yaml"), **auth},
         }
     )
-    return Ingress(cfg, None, hub)
+    return Ingress(cfg, None, [hub])
 
 
 class Body:

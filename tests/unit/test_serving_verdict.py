@@ -235,7 +235,7 @@ def test_the_real_hub_answers_the_verdict_of_its_report_and_sets_the_gauge(tmp_p
     clock = Clock()
     cfg = _config(tmp_path / "hub")
     parts: list[Any] = []
-    hub = ShadowHub(cfg, lambda c: parts.append(_parts(c, clock)) or parts[0])
+    hub = ShadowHub(cfg, lambda c, _shard: parts.append(_parts(c, clock)) or parts[0])
     try:
         pairs = _json_safe(random_pairs(5, 300))
 

@@ -17,6 +17,7 @@ from pydantic import Field
 from shadowd.flywheel.transports.base import Backlog, Transport, consumer_group
 from shadowd.flywheel.transports.kafka import KafkaTransportConfig
 from shadowd.flywheel.transports.spool import SpoolTransportConfig
+from shadowd.sampling import Shard
 
 __all__ = [
     "Backlog",
@@ -32,6 +33,8 @@ __all__ = [
 TransportConfig = Annotated[SpoolTransportConfig | KafkaTransportConfig, Field(discriminator="type")]
 
 
-def build_transport(cfg: SpoolTransportConfig | KafkaTransportConfig, data_dir: Path) -> Transport:
-    """The transport a config names (each config builds its own)."""
-    return cfg.build(data_dir)
+def build_transport(
+    cfg: SpoolTransportConfig | KafkaTransportConfig, data_dir: Path, shard: Shard | None = None
+) -> Transport:
+    """The transport a config names (each config builds its own); ``shard``: the hub shard it serves."""
+    return cfg.build(data_dir, shard)

@@ -28,6 +28,7 @@ from shadowd.errors import AnnotateError, ConfigError, DeliveryError
 from shadowd.flywheel.spool import SpoolRecord
 from shadowd.flywheel.transports.base import Backlog, Clock, LabelSource, QueueReader, SendResult, consumer_group
 from shadowd.records import AnnotationItem, Label, Lane
+from shadowd.sampling import Shard
 
 __all__ = ["LABELS_GROUP", "KafkaProducerSide", "KafkaTransport", "KafkaTransportConfig", "kafka_backlog"]
 
@@ -99,9 +100,11 @@ class KafkaTransportConfig(Strict):
             raise ValueError(f"{', '.join(ssl)} need security_protocol SSL or SASL_SSL, not {self.security_protocol}")
         return self
 
-    def build(self, data_dir: Path) -> KafkaTransport:
+    def build(self, data_dir: Path, shard: Shard | None = None) -> KafkaTransport:
         kafka_client_config(self)  # fail at start, naming the key, when a credential cannot be read
-        return KafkaTransport(self)
+        # Each hub shard reads every label in a group of its own and keeps those of the request ids it owns.
+        group = LABELS_GROUP if shard is None or shard.count == 1 else f"{LABELS_GROUP}.shard-{shard.index}"
+        return KafkaTransport(self, group)
 
 
 def _credential(kafka: KafkaTransportConfig, name: str) -> str | None:
@@ -348,15 +351,16 @@ class _KafkaLabelWriter:
 
 
 class _KafkaLabelSource:
-    """The daemon's side: the labels topic in group ``shadowd.labels-join``, committed after the joins."""
+    """The daemon's side: the labels topic in group ``shadowd.labels-join`` (``.shard-<i>`` for each shard of
+    a sharded hub), committed after the joins."""
 
-    def __init__(self, kafka: KafkaTransportConfig):
+    def __init__(self, kafka: KafkaTransportConfig, group: str = LABELS_GROUP):
         from kafka import KafkaConsumer
 
         self._consumer = KafkaConsumer(
             kafka.labels_topic,
             **kafka_client_config(kafka),
-            group_id=LABELS_GROUP,
+            group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=10_000,
@@ -440,8 +444,9 @@ class KafkaTransport:
     name = "kafka"
     backlog_every_s = 15.0  # a scan reads up to max_scan records: not every second
 
-    def __init__(self, cfg: KafkaTransportConfig):
+    def __init__(self, cfg: KafkaTransportConfig, labels_group: str = LABELS_GROUP):
         self.cfg = cfg
+        self.labels_group = labels_group
 
     def topic(self, lane: Lane) -> str:
         return self.cfg.evaluation_topic if lane == "evaluation" else self.cfg.annotations_topic
@@ -456,7 +461,7 @@ class KafkaTransport:
         return _KafkaLabelWriter(self.cfg)
 
     def label_source(self) -> LabelSource:
-        return _KafkaLabelSource(self.cfg)
+        return _KafkaLabelSource(self.cfg, self.labels_group)
 
     def backlog(self, rotation_name: str, lane: Lane, clock: Clock) -> Backlog:
         return kafka_backlog(self.cfg, rotation_name, clock, lane=lane)

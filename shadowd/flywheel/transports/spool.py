@@ -22,6 +22,7 @@ from shadowd.flywheel.labels import labels_path
 from shadowd.flywheel.spool import lane_spool_dir, read_offset, read_spool, spool_last_seq, write_atomic
 from shadowd.flywheel.transports.base import Backlog, Clock, LabelSource, LabelWriter, Producer, QueueReader
 from shadowd.records import AnnotationItem, Lane
+from shadowd.sampling import Shard
 
 __all__ = ["SpoolTransport", "SpoolTransportConfig", "spool_backlog"]
 
@@ -31,8 +32,8 @@ class SpoolTransportConfig(Strict):
 
     type: Literal["spool"] = Field("spool", description="spool: no broker; the local spool is the queue.")
 
-    def build(self, data_dir: Path) -> SpoolTransport:
-        return SpoolTransport(self, data_dir)
+    def build(self, data_dir: Path, shard: Shard | None = None) -> SpoolTransport:
+        return SpoolTransport(self, data_dir)  # one process's queue: the config allows no sharded hub on it
 
 
 def spool_backlog(spool_dir: Path, handled_seq: int, clock: Clock) -> Backlog:
