@@ -80,6 +80,7 @@ bench: setup
 	$(PY) bench/expectations_bench.py
 	$(PY) bench/faults.py
 	$(PY) bench/hub.py --rounds 5
+	$(PY) bench/shards.py --rounds 3
 
 # Ten minutes at 70 % of saturation, no faults: memory and open files stay flat, nothing lost.
 soak: setup
