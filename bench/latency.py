@@ -7,6 +7,9 @@ blocks with the arm order rotated every round):
   b  shadowd, shadowing off (no candidate)
   c  shadowd, 100 % shadowing, candidate of equal latency that does not compete for CPU (sleep)
   d  as c with a CPU-bound candidate (informational: on 2 cores it competes with production)
+  n  as c with the shadow worker and hub at production's CPU priority (serving.shadow_cpu normal; c runs
+     them at the default, low: nice 19): c/n is what the lower priority buys
+  i  as c with serving.shadow_cpu idle (SCHED_IDLE)
   e  as b with data expectations on (features and inputs checked on every request)
   r  the same model behind a small HTTP model server (OIP v2, its own process), called directly
   f  shadowd in front of that server: production kind http, shadowing off
@@ -14,8 +17,10 @@ blocks with the arm order rotated every round):
 
 Prints p50/p99 per arm and the ratios c/a and c/b (target c/a p99 <= 1.10)
 and e/b, the cost of expectations (target p99 <= 1.05); f/r and g/r, what
-shadowd adds in front of a remote production model.
-Usage: .venv/bin/python bench/latency.py [--rounds 8] [--block 100]
+shadowd adds in front of a remote production model. ``--runs N`` measures N
+times on the same deployments (each run its own rounds) and adds each
+ratio's median and spread over the runs.
+Usage: .venv/bin/python bench/latency.py [--rounds 8] [--block 100] [--runs 1]
 """
 
 from __future__ import annotations
@@ -114,13 +119,14 @@ def _shadowd(
     flush_ms: float,
     expectations: dict[str, Any] | None = None,
     production: dict[str, Any] | None = None,
+    cpu: str = "low",
 ) -> Application:
     raw = {
         "task": "classification",
         "data_dir": str(data_dir / prefix.strip("/")),
         "models": {"production": production or _model("prod", latency_ms=MODEL_MS), "candidate": candidate},
         "shadow": {"sample_share": 1.0, "flush_interval_ms": flush_ms},
-        "serving": {"port": port, "route_prefix": prefix},
+        "serving": {"port": port, "route_prefix": prefix, "shadow_cpu": cpu},
         "metrics": {"port": 0},
         "expectations": expectations or {},
     }
@@ -159,12 +165,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--flush-ms", type=float, default=100.0, help="shadow.flush_interval_ms for arms b-d, f, g")
     parser.add_argument("--remote-port", type=int, default=8124, help="arm r's model server")
+    parser.add_argument("--runs", type=int, default=1, help="measure this many times; ratios' median and spread")
+    parser.add_argument("--arms", default="abcdnierfg", help="the arms to measure, e.g. abcni (all are deployed)")
     args = parser.parse_args()
 
     # Before Ray starts, in a fresh interpreter: the remote model server shares nothing with shadowd.
     server = multiprocessing.get_context("spawn").Process(target=_serve_remote, args=(args.remote_port,), daemon=True)
     server.start()
-    ensure_ray(num_cpus=8)  # logical CPUs so all four arms fit; the machine has what it has
+    ensure_ray(num_cpus=10)  # logical CPUs so all four arms fit; the machine has what it has
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     base = f"http://127.0.0.1:{args.port}"
     tmp = Path(tempfile.mkdtemp(prefix="shadowd-bench-"))
@@ -184,6 +192,18 @@ def main() -> None:
         blocking=False,
     )
     serve.run(
+        _shadowd("/n", tmp, args.port, _model("cand", latency_ms=MODEL_MS), args.flush_ms, cpu="normal"),
+        name="n",
+        route_prefix="/n",
+        blocking=False,
+    )
+    serve.run(
+        _shadowd("/i", tmp, args.port, _model("cand", latency_ms=MODEL_MS), args.flush_ms, cpu="idle"),
+        name="i",
+        route_prefix="/i",
+        blocking=False,
+    )
+    serve.run(
         _shadowd("/e", tmp, args.port, None, args.flush_ms, EXPECTATIONS), name="e", route_prefix="/e", blocking=False
     )
     remote = _remote_model("prod", args.remote_port)
@@ -199,39 +219,89 @@ def main() -> None:
         route_prefix="/g",
         blocking=False,
     )
-    for prefix in ("/b", "/c", "/d", "/e", "/f", "/g"):
+    for prefix in ("/b", "/c", "/d", "/n", "/i", "/e", "/f", "/g"):
         wait_healthy(f"{base}{prefix}", 120)
     urls = {
         "a": f"{base}/a",
         "b": f"{base}/b/predict",
         "c": f"{base}/c/predict",
         "d": f"{base}/d/predict",
+        "n": f"{base}/n/predict",
+        "i": f"{base}/i/predict",
         "e": f"{base}/e/predict",
         "r": f"http://127.0.0.1:{args.remote_port}/v2/models/prod/infer",
         "f": f"{base}/f/predict",
         "g": f"{base}/g/predict",
     }
     bodies = {arm: _oip_body if arm == "r" else _predict_body for arm in urls}
-    arms = list(urls)
-    samples: dict[str, list[float]] = {a: [] for a in arms}
+    arms = [a for a in urls if a in args.arms]
+    runs: list[dict[str, list[float]]] = []
     rng = np.random.default_rng(0)
     with requests.Session() as session:
         for arm in arms:  # warm-up, discarded
             _block(session, urls[arm], 30, rng, bodies[arm])
-        for r in range(args.rounds):
-            order = arms[r % len(arms) :] + arms[: r % len(arms)]
-            for arm in order:
-                samples[arm] += _block(session, urls[arm], args.block, rng, bodies[arm])
-                time.sleep(0.2)  # let the arm's shadow path drain before the next arm
+        for _ in range(args.runs):
+            samples: dict[str, list[float]] = {a: [] for a in arms}
+            for r in range(args.rounds):
+                order = arms[r % len(arms) :] + arms[: r % len(arms)]
+                for arm in order:
+                    samples[arm] += _block(session, urls[arm], args.block, rng, bodies[arm])
+                    time.sleep(0.2)  # let the arm's shadow path drain before the next arm
+            runs.append(samples)
     serve.shutdown()
     server.terminate()
+    for i, samples in enumerate(runs):
+        if len(runs) > 1:
+            print(f"\nRun {i + 1} of {len(runs)}\n")
+        _print_run(arms, samples)
+    if len(runs) > 1:
+        _print_spread(runs)
 
-    q = {a: (np.percentile(s, 50) * 1e3, np.percentile(s, 99) * 1e3) for a, s in samples.items()}
+
+RATIOS = (
+    ("c", "a"),
+    ("c", "b"),
+    ("b", "a"),
+    ("d", "a"),
+    ("n", "a"),
+    ("c", "n"),
+    ("i", "a"),
+    ("i", "n"),
+    ("e", "b"),
+    ("f", "r"),
+    ("g", "r"),
+    ("g", "f"),
+)
+
+
+def _quantiles(samples: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    return {a: (np.percentile(s, 50) * 1e3, np.percentile(s, 99) * 1e3) for a, s in samples.items()}
+
+
+def _print_spread(runs: list[dict[str, list[float]]]) -> None:
+    """Each ratio's median and range over the runs (each run's ratio from its own percentiles)."""
+    qs = [_quantiles(s) for s in runs]
+    print(f"\nOver {len(runs)} runs: median (min-max) of each run's ratio\n")
+    print("| ratio | p50 | p99 |\n|---|---|---|")
+    for num, den in RATIOS:
+        if num not in qs[0] or den not in qs[0]:
+            continue
+        cells = []
+        for k in (0, 1):
+            r = [q[num][k] / q[den][k] for q in qs]
+            cells.append(f"{np.median(r):.3f} ({min(r):.3f}-{max(r):.3f})")
+        print(f"| {num}/{den} | {cells[0]} | {cells[1]} |")
+
+
+def _print_run(arms: list[str], samples: dict[str, list[float]]) -> None:
+    q = _quantiles(samples)
     names = {
         "a": "plain Ray Serve",
         "b": "shadowd, shadowing off",
         "c": "shadowd, 100% shadow, sleep candidate",
         "d": "shadowd, 100% shadow, CPU-bound candidate",
+        "n": "as c, shadow worker and hub at production's priority (shadow_cpu normal)",
+        "i": "as c, shadow worker and hub SCHED_IDLE (shadow_cpu idle)",
         "e": "shadowd, shadowing off, expectations on",
         "r": "remote model server (OIP v2), called directly",
         "f": "shadowd, remote production (kind http), shadowing off",
@@ -242,7 +312,9 @@ def main() -> None:
         print(f"| {a} | {names[a]} | {len(samples[a])} | {q[a][0]:.2f} | {q[a][1]:.2f} |")
     print()
     print("| ratio | p50 | p99 |\n|---|---|---|")
-    for num, den in (("c", "a"), ("c", "b"), ("b", "a"), ("d", "a"), ("e", "b"), ("f", "r"), ("g", "r"), ("g", "f")):
+    for num, den in RATIOS:
+        if num not in q or den not in q:
+            continue
         print(f"| {num}/{den} | {q[num][0] / q[den][0]:.3f} | {q[num][1] / q[den][1]:.3f} |")
 
 

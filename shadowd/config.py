@@ -175,6 +175,13 @@ class ServingConfig(Strict):
         default_factory=dict, description="Custom Ray resources each shadow worker replica needs (placement)."
     )
     torch_threads: int = Field(1, ge=1, description="torch threads per replica; keep 1 on small machines.")
+    shadow_cpu: Literal["low", "idle", "normal"] = Field(
+        "low",
+        description="CPU priority of the shadow worker and hub processes where they share cores with the ingress "
+        "and Ray Serve's proxy (Linux): low: the lowest nice (19; Ray starts workers at 15); idle: the SCHED_IDLE "
+        "policy (they get a core only when production leaves it; under full load the shadow path drops and "
+        "counts pairs); normal: as production.",
+    )
 
     @model_validator(mode="after")
     def _shards_placed(self) -> ServingConfig:

@@ -35,7 +35,7 @@ from shadowd.flywheel.flywheel import Flywheel, JoinResult, merge_flywheel_stats
 from shadowd.observe.metrics import ShadowdMetrics, own_metric_files, store_remote_files
 from shadowd.records import OVERALL, AnnotationItem, Label, Pair, PairBatch
 from shadowd.sampling import Shard
-from shadowd.serving.runtime import node_id, process_metrics_dir
+from shadowd.serving.runtime import behind_production, node_id, process_metrics_dir
 
 if TYPE_CHECKING:
     from shadowd.observe.grafana import VerdictAnnotator  # grafana-client loads only when configured
@@ -81,6 +81,7 @@ class ShadowHub:
         """``peers``: the lead's handles to shards 1 .. n-1 (none for a single hub or another shard)."""
         # The parts are built here, in the hub's own process, by the app's wiring function:
         # they hold threads, files and sockets that cannot travel from the driver.
+        behind_production(config.serving.shadow_cpu)
         parts = build_parts(config, shard)
         self._shard = shard
         self._peers = list(peers or [])

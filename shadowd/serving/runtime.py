@@ -25,7 +25,14 @@ from prometheus_client import CollectorRegistry
 
 from shadowd.observe.metrics import MULTIPROC_ENV, ShadowdMetrics, node_metrics_dir, own_metric_files
 
-__all__ = ["PUBLISH_EVERY_S", "MetricsPublisher", "node_id", "process_metrics", "process_metrics_dir"]
+__all__ = [
+    "PUBLISH_EVERY_S",
+    "MetricsPublisher",
+    "behind_production",
+    "node_id",
+    "process_metrics",
+    "process_metrics_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,37 @@ def process_metrics() -> ShadowdMetrics:
         # a replica may start before anyone made the folder (serve deploy, KubeRay)
         os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
     return ShadowdMetrics(CollectorRegistry())
+
+
+def _in_replica() -> bool:
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
+
+
+def behind_production(priority: str) -> int:
+    """Put this Serve replica's threads behind production on the CPU (``serving.shadow_cpu``: low, idle or
+    normal); outside a replica (e.g. a test constructing the class) nothing changes. Linux keeps nice and
+    the scheduling policy per thread, so every thread of the process is set; threads started later inherit
+    them. Returns how many threads were set."""
+    if priority == "normal" or not _in_replica() or not os.path.isdir("/proc/self/task"):
+        return 0
+    done = 0
+    for tid in map(int, os.listdir("/proc/self/task")):
+        try:
+            if priority == "idle":
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            else:
+                os.setpriority(os.PRIO_PROCESS, tid, 19)
+            done += 1
+        except OSError as err:  # a thread that ended meanwhile, or a platform that refuses
+            log.debug("thread %s keeps its CPU priority: %s", tid, err)
+    return done
 
 
 def process_metrics_dir() -> Path | None:

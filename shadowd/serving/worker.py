@@ -34,7 +34,7 @@ from shadowd.expect import ExpectationSet, Violation, record_violations
 from shadowd.models.runtime import LoadedModel, check_rows, load_model
 from shadowd.records import MirroredBatch, ModelOutput, Outcome, OutputColumns, PairBatch, Role
 from shadowd.sampling import is_sampled, shard_of
-from shadowd.serving.runtime import MetricsPublisher, process_metrics
+from shadowd.serving.runtime import MetricsPublisher, behind_production, process_metrics
 
 __all__ = ["MODEL_THREADS", "ShadowWorker", "run_role"]
 
@@ -136,6 +136,7 @@ class ShadowWorker:
         """``hubs``: a handle per hub shard, in shard order."""
         self._cfg = config
         self._hubs = hubs
+        behind_production(config.serving.shadow_cpu)
         self._metrics = process_metrics()
         self._publisher = MetricsPublisher(hubs[0])  # to the lead's /metrics, from another node
         timeout_s = config.shadow.candidate_timeout_s

@@ -108,6 +108,38 @@ def test_report_counts_flips_exactly(shadowd_app):
     )
 
 
+def _cpu_priority_by_deployment() -> dict[str, set[tuple[int, int]]]:
+    """(nice, scheduling policy) of every thread of each shadowd replica's process."""
+    import os
+
+    from ray._private import state
+
+    found = {}
+    for actor in state.actors().values():
+        name = actor.get("Name") or ""
+        if actor["State"] == "ALIVE" and "#Shadow" in name:
+            tids = map(int, os.listdir(f"/proc/{actor['Pid']}/task"))
+            priorities = {(os.getpriority(os.PRIO_PROCESS, t), os.sched_getscheduler(t)) for t in tids}
+            found[name.split("#")[1]] = priorities
+    return found
+
+
+@pytest.mark.parametrize("cpu, expected", [("low", (19, 0)), ("idle", None)])
+def test_shadow_work_runs_behind_production_on_the_cpu(shadowd_app, cpu, expected):
+    """Every thread of the worker and hub processes is niced to 19 (or SCHED_IDLE); the ingress (production)
+    keeps the priority Ray starts it with."""
+    import os
+
+    shadowd_app({**_config(toy_model("cand", seed=5)), "serving": {"shadow_cpu": cpu}})
+    found = _cpu_priority_by_deployment()
+    assert all(nice < 19 and policy == os.SCHED_OTHER for nice, policy in found["ShadowIngress"]), found
+    for name in ("ShadowWorker", "ShadowHub"):
+        if expected is None:
+            assert {policy for _, policy in found[name]} == {os.SCHED_IDLE}, found
+        else:
+            assert found[name] == {(19, os.SCHED_OTHER)}, found
+
+
 def test_sampling_is_by_request_id_hash(shadowd_app):
     reqs = _requests(80, seed=3)
     daemon = shadowd_app(_config(toy_model("cand", seed=1), sample_share=0.5))
