@@ -10,6 +10,7 @@ Errors name the file, the key path and what was expected, e.g.::
 from __future__ import annotations
 
 import ipaddress
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -908,15 +909,32 @@ class ShadowdConfig(Strict):
 
 
 def shard_config(config: ShadowdConfig, shard: int) -> ShadowdConfig:
-    """The config hub shard ``shard`` runs with: with several shards, its files under ``<data_dir>/shards/<i>``
-    and its hard-example suites in ``<suites_dir>/shard-<i>`` (``shadowd replay`` reads them all)."""
-    if config.serving.hub_shards == 1:
+    """The config hub shard ``shard`` runs with: with several shards, its files under ``<data_dir>/shards/<i>``,
+    its hard-example suites in ``<suites_dir>/shard-<i>`` (``shadowd replay`` reads them all), and its share of
+    the annotation rate and quotas (request ids reach the shards uniformly: together they admit what one hub
+    would)."""
+    n = config.serving.hub_shards
+    if n == 1:
         return config
     suites = config.labels.suites_dir or config.data_dir / "suites"
+    policy = config.annotations.policy
+
+    def share(quota: int) -> int:
+        return math.ceil(quota / n)
+
+    policy = policy.model_copy(
+        update={
+            "rate_per_s": policy.rate_per_s / n,
+            "burst_items": share(policy.burst_items),
+            "slice_quotas": {name: share(q) for name, q in policy.slice_quotas.items()},
+            "default_slice_quota": None if policy.default_slice_quota is None else share(policy.default_slice_quota),
+        }
+    )
     return config.model_copy(
         update={
             "data_dir": config.data_dir / "shards" / str(shard),
             "labels": config.labels.model_copy(update={"suites_dir": suites / f"shard-{shard}"}),
+            "annotations": config.annotations.model_copy(update={"policy": policy}),
         }
     )
 

@@ -166,11 +166,15 @@ def test_every_config_field_is_described():
 
 def test_each_hub_shard_keeps_its_files_apart(tmp_path):
     kafka = {"type": "kafka", "bootstrap_servers": ["127.0.0.1:9092"]}
-    data = {**BASE, "data_dir": str(tmp_path / "d"), "annotations": {"sink": kafka}, "serving": {"hub_shards": 3}}
+    policy = {"rate_per_s": 6.0, "burst_items": 10, "slice_quotas": {"dark": 5}, "default_slice_quota": 0}
+    annotations = {"sink": kafka, "policy": policy}
+    data = {**BASE, "data_dir": str(tmp_path / "d"), "annotations": annotations, "serving": {"hub_shards": 3}}
     cfg = load_config(_write(tmp_path, data))
     one, two = shard_config(cfg, 1), shard_config(cfg, 2)
     assert one.data_dir == tmp_path / "d" / "shards" / "1" and two.data_dir == tmp_path / "d" / "shards" / "2"
     assert one.labels.suites_dir == tmp_path / "d" / "suites" / "shard-1"
+    mine = one.annotations.policy  # a third of the rate and quotas each, rounded up: never none
+    assert (mine.rate_per_s, mine.burst_items, mine.slice_quotas, mine.default_slice_quota) == (2.0, 4, {"dark": 2}, 0)
     assert cfg.data_dir == tmp_path / "d" and cfg.labels.suites_dir is None  # the config itself is unchanged
     single = load_config(_write(tmp_path, {**data, "serving": {}}))
     assert shard_config(single, 0) is single  # one hub: where it always kept them
