@@ -340,6 +340,18 @@ def overview_dashboard() -> dict[str, Any]:
     )
     d.with_panel(
         _timeseries(
+            "Remote model failures",
+            "Failed calls per second to models served over HTTP (kind http), by role and reason: refused and "
+            "timeout mean the server is unreachable, status and bad_answer that it answers wrongly.",
+            (
+                f"sum by (role, reason) (rate(shadowd_remote_model_failures_total[{_RATE}])) or on() vector(0)",
+                "{{role}} {{reason}}",
+            ),
+            unit="reqps",
+        )
+    )
+    d.with_panel(
+        _timeseries(
             "Shadow path: sampled, compared, dropped",
             "Pairs per second sampled by the ingress, compared by the comparator, and dropped "
             "(the shadow path drops rather than slows production).",
