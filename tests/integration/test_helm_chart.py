@@ -478,6 +478,28 @@ def test_secrets_arrive_by_reference_under_the_names_the_config_uses(chart, mode
 
 
 @pytest.mark.parametrize("mode", ["rayservice", "deployment"])
+def test_remote_model_credentials_come_from_a_secret_through_extra_env(chart, mode):
+    """deploy/README.md's recipe: a remote model's header from an existing Secret, by reference, in every pod
+    that runs a replica; the config names the variable and holds no credential."""
+    # path: null drops the default torchscript candidate's file: Helm merges values over the defaults
+    remote = {"name": "digits", "kind": "http", "url": "http://digits.models.svc:8080", "path": None}
+    values = {
+        "mode": mode,
+        "config": {"models": {"candidate": {**remote, "headers_env": {"Authorization": "DIGITS_AUTH"}}}},
+        "extraEnv": [{"name": "DIGITS_AUTH", "valueFrom": {"secretKeyRef": {"name": "digits-auth", "key": "header"}}}],
+    }
+    docs = render(chart, values)
+    assert by_kind(docs, "Secret") == []
+    cfg = parse_config(yaml.safe_load(_config_text(docs)), "configmap")
+    assert cfg.models.candidate is not None and cfg.models.candidate.headers_env == {"Authorization": "DIGITS_AUTH"}
+    specs = pod_specs(docs)
+    assert len(specs) == (2 if mode == "rayservice" else 1)  # Ray head and workers, or the one pod
+    for where, _, spec in specs:
+        env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in spec["containers"][0]["env"]}
+        assert env["DIGITS_AUTH"] == {"name": "digits-auth", "key": "header"}, where
+
+
+@pytest.mark.parametrize("mode", ["rayservice", "deployment"])
 def test_api_tokens_come_from_the_auth_secret_which_is_required(chart, mode):
     with pytest.raises(helm.HelmRenderError, match=r"auth\.existingSecret is required"):
         chart.render({"mode": mode}, name=RELEASE, namespace=NAMESPACE, is_install=True)
