@@ -115,6 +115,11 @@ class ShadowHub:
                 self._comparator.labels_seq = max(self._comparator.labels_seq, result.seq)
             self._dirty = True
 
+    async def check_health(self) -> None:
+        """Ray Serve's periodic health check: also starts the persist loop (and with it the gate gauges)
+        on a hub that has had no traffic since it started."""
+        self._ensure_persisting()
+
     def _ensure_persisting(self) -> None:
         if self._persist_task is None or self._persist_task.done():
             self._persist_task = asyncio.get_running_loop().create_task(self._persist_loop())

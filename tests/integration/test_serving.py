@@ -5,6 +5,7 @@ bad requests get a 4xx while the daemon keeps serving."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -138,6 +139,21 @@ def test_shadow_work_runs_behind_production_on_the_cpu(shadowd_app, cpu, expecte
             assert {policy for _, policy in found[name]} == {os.SCHED_IDLE}, found
         else:
             assert found[name] == {(19, os.SCHED_OTHER)}, found
+
+
+def test_the_gate_gauge_has_a_value_without_any_traffic(shadowd_app):
+    """The hub's health check starts its loop: the verdict gauge (what Argo Rollouts' and Flagger's Prometheus
+    analyses query) exists within seconds of a start, before any request or report read."""
+    from tests.fixtures.services import free_port
+
+    port = free_port()
+    shadowd_app({**_config(toy_model("cand", seed=5)), "metrics": {"port": port, "host": "127.0.0.1"}})
+    deadline, samples = time.monotonic() + 45, []
+    while not samples and time.monotonic() < deadline:
+        time.sleep(0.5)
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        samples = re.findall(r"^shadowd_gate_verdict (\S+)$", text, re.M)
+    assert samples == ["2.0"]  # INCONCLUSIVE: no pairs yet
 
 
 def test_sampling_is_by_request_id_hash(shadowd_app):
