@@ -82,7 +82,10 @@ def build_hub_parts(config: ShadowdConfig, shard: Shard = Shard()) -> HubParts:
         metrics=metrics,
         comparator=Comparator(own, metrics),
         flywheel=build_flywheel(own, metrics, shard=shard),
-        drift=DriftMonitor(drift_cfg, load_profile(drift_cfg.profile), metrics=metrics) if drift_cfg else None,
+        # Drift on the lead's shard alone (a hash-chosen share of the traffic): one gauge writer per window.
+        drift=DriftMonitor(drift_cfg, load_profile(drift_cfg.profile), metrics=metrics)
+        if drift_cfg and shard.lead
+        else None,
     )
     if not shard.lead:
         return parts

@@ -911,8 +911,8 @@ class ShadowdConfig(Strict):
 def shard_config(config: ShadowdConfig, shard: int) -> ShadowdConfig:
     """The config hub shard ``shard`` runs with: with several shards, its files under ``<data_dir>/shards/<i>``,
     its hard-example suites in ``<suites_dir>/shard-<i>`` (``shadowd replay`` reads them all), and its share of
-    the annotation rate and quotas (request ids reach the shards uniformly: together they admit what one hub
-    would)."""
+    the annotation rate and quotas and of the spool's and pair store's caps (request ids reach the shards
+    uniformly: together they admit and keep what one hub would; quotas rounded up, so at most n - 1 more)."""
     n = config.serving.hub_shards
     if n == 1:
         return config
@@ -930,11 +930,20 @@ def shard_config(config: ShadowdConfig, shard: int) -> ShadowdConfig:
             "default_slice_quota": None if policy.default_slice_quota is None else share(policy.default_slice_quota),
         }
     )
+    ann, lab = config.annotations, config.labels
     return config.model_copy(
         update={
             "data_dir": config.data_dir / "shards" / str(shard),
-            "labels": config.labels.model_copy(update={"suites_dir": suites / f"shard-{shard}"}),
-            "annotations": config.annotations.model_copy(update={"policy": policy}),
+            "labels": lab.model_copy(
+                update={
+                    "suites_dir": suites / f"shard-{shard}",
+                    "max_pairs": share(lab.max_pairs),
+                    "max_pair_store_bytes": max(2**20, lab.max_pair_store_bytes // n),
+                }
+            ),
+            "annotations": ann.model_copy(
+                update={"policy": policy, "spool_max_bytes": max(1 << 20, ann.spool_max_bytes // n)}
+            ),
         }
     )
 

@@ -503,25 +503,33 @@ class Comparator:
 
 
 def report_from_data_dir(data_dir: Path, config: ShadowdConfig | None = None) -> ShadowReport:
-    """The report of the window persisted under ``data_dir``, without a running daemon.
+    """The report of the window persisted under ``data_dir``, without a running daemon: a sharded hub's
+    shards (``<data_dir>/shards/<i>``) merged, as the lead merges them, else the one hub's state.
 
     Checks run as configured in ``config``, or else as in the config saved with
     the state. Raises ShadowdError when there is no readable state.
     """
     from shadowd.config import parse_config
 
-    path = state_path(data_dir)
+    shards = [p for p in Path(data_dir).glob("shards/*/comparator/state.json") if p.parts[-3].isdigit()]
+    paths = sorted(shards, key=lambda p: int(p.parts[-3])) or [state_path(data_dir)]
+    states = [_read_state(p) for p in paths]
+    if config is None:
+        saved = states[0].get("config") if isinstance(states[0], dict) else None
+        if not isinstance(saved, dict):
+            raise ShadowdError(f"{paths[0]}: no config saved with the state; pass the daemon's config file")
+        config = parse_config(saved, f"{paths[0]} (saved config)")
+    comp = Comparator(config)
+    comp.load_state(states[0])
+    for state in states[1:]:
+        comp.merge(state)
+    return comp.report()
+
+
+def _read_state(path: Path) -> Any:
     try:
-        state = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except OSError as err:
         raise ShadowdError(f"{path}: no comparator state to report on ({err.strerror})") from None
     except ValueError as err:
         raise ShadowdError(f"{path}: comparator state is not valid JSON ({err})") from None
-    if config is None:
-        saved = state.get("config") if isinstance(state, dict) else None
-        if not isinstance(saved, dict):
-            raise ShadowdError(f"{path}: no config saved with the state; pass the daemon's config file")
-        config = parse_config(saved, f"{path} (saved config)")
-    comp = Comparator(config)
-    comp.load_state(state)
-    return comp.report()

@@ -12,6 +12,8 @@ names. Never request ids or feature values.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import re
@@ -23,8 +25,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DIVERGENCE_BOUNDS",
+    "MAX_REMOTE_ORIGINS",
     "MULTIPROC_ENV",
     "ShadowdMetrics",
     "node_metrics_dir",
@@ -298,8 +303,29 @@ def node_metrics_dir(base: Path, node_id: str) -> Path:
     return Path(base) / f"node-{node_id[:16]}"
 
 
-_OWN_FILE = re.compile(r"^([a-z]+(?:_[a-z]+)?)_(\d+)\.db$")  # counter_123.db, gauge_mostrecent_123.db
-_ORIGIN = re.compile(r"^[0-9a-f]{1,16}-\d{1,10}$")
+# counter_123.db, histogram_123.db, gauge_mostrecent_123.db: the files prometheus-client writes per process
+_GAUGE_MODES = "all|liveall|min|livemin|max|livemax|sum|livesum|mostrecent|livemostrecent"
+_OWN_FILE = re.compile(rf"(counter|histogram|gauge_(?:{_GAUGE_MODES}))_(\d+)\.db")
+_ORIGIN = re.compile(r"[0-9a-f]{1,16}-\d{1,10}")
+MAX_REMOTE_FILE_BYTES = 4 << 20
+MAX_REMOTE_ORIGINS = 1024  # processes on other nodes whose files the lead keeps
+
+
+def _readable(data: bytes) -> bool:
+    """Whether ``data`` is a whole multiprocess file the collector can read (a bad one would fail every
+    scrape): its header's size, every entry inside it, every key a JSON metric key."""
+    from prometheus_client.mmap_dict import _read_all_values
+
+    try:
+        if len(data) < 8 or struct.unpack_from("i", data, 0)[0] != len(data):
+            return False
+        for key, _value, _ts, _pos in _read_all_values(data, len(data)):  # type: ignore[no-untyped-call]
+            metric_name, name, labels, _help = json.loads(key)
+            if not (isinstance(metric_name, str) and isinstance(name, str) and isinstance(labels, dict)):
+                return False
+    except (RuntimeError, ValueError, TypeError, struct.error, UnicodeDecodeError):
+        return False
+    return True
 
 
 def own_metric_files(directory: Path, pid: int) -> dict[str, bytes]:
@@ -320,14 +346,19 @@ def own_metric_files(directory: Path, pid: int) -> dict[str, bytes]:
 def store_remote_files(directory: Path, origin: str, files: dict[str, bytes]) -> int:
     """Keep another node's process's files (``own_metric_files``) beside this node's, named by ``origin``
     (``<node>-<pid>``), so the multiprocess collector aggregates them with the rest; returns files kept."""
-    if not _ORIGIN.match(origin):
+    if not _ORIGIN.fullmatch(origin):
         raise ValueError(f"bad metrics origin {origin!r}")
+    directory = Path(directory)
+    known = {p.name.rsplit("_", 1)[1] for p in directory.glob("*_*-*.db")}
+    if origin + ".db" not in known and len(known) >= MAX_REMOTE_ORIGINS:
+        raise ValueError(f"already {len(known)} remote processes' metrics kept; {origin} refused")
     kept = 0
     for name, data in files.items():
-        match = _OWN_FILE.match(name)
-        if match is None or len(data) < 8:
+        match = _OWN_FILE.fullmatch(name)
+        if match is None or len(data) > MAX_REMOTE_FILE_BYTES or not _readable(data):
+            log.warning("metrics file %r from %s refused: not a whole prometheus-client file", name[:80], origin)
             continue
-        target = Path(directory) / f"{match.group(1)}_{origin}.db"
+        target = directory / f"{match.group(1)}_{origin}.db"
         tmp = target.with_name(target.name + ".tmp")  # not *.db: the collector never reads half a file
         tmp.write_bytes(data)
         os.replace(tmp, target)

@@ -19,6 +19,7 @@ hands the slices under review back to the shards.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import threading
@@ -27,8 +28,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shadowd.compare.comparator import Comparator, state_path
-from shadowd.compare.report import ShadowReport, verdict_document
+from shadowd.compare.report import ShadowReport, Verdict, verdict_document
 from shadowd.config import ShadowdConfig, shard_config
+from shadowd.errors import ShadowdError
 from shadowd.expect import Violation, ViolationTally
 from shadowd.expect.drift import DriftMonitor
 from shadowd.flywheel.flywheel import Flywheel, JoinResult, merge_flywheel_stats
@@ -40,11 +42,15 @@ from shadowd.serving.runtime import behind_production, node_id, process_metrics_
 if TYPE_CHECKING:
     from shadowd.observe.grafana import VerdictAnnotator  # grafana-client loads only when configured
 
-__all__ = ["HubParts", "ShadowHub", "publish_gate"]
+__all__ = ["HubParts", "ShadowHub", "ShardUnavailable", "publish_gate"]
 
 log = logging.getLogger(__name__)
 
 _PERSIST_EVERY_S = 5.0
+
+
+class ShardUnavailable(ShadowdError):
+    """A peer hub shard did not answer the lead in time (restarting, stuck, or gone)."""
 
 
 @dataclass
@@ -136,9 +142,15 @@ class ShadowHub:
         self._save()
         if not self._shard.lead:
             return  # the lead's tick reads this shard's state into the merged report
-        for node, pid, files in await asyncio.gather(*(peer.metric_files.remote() for peer in self._peers)):
-            await self.receive_metrics(node, pid, files)
-        gate = (await self._merged_report()).gate
+        for found in await self._from_peers("metric_files", return_exceptions=True):
+            if not isinstance(found, BaseException):
+                await self.receive_metrics(*found)
+        try:
+            gate = (await self._merged_report()).gate
+        except ShardUnavailable as err:  # no verdict from part of the evidence: never a stale PASS
+            log.error("gate verdict INCONCLUSIVE until every shard answers: %s", err)
+            self._metrics.gate_verdict.set(Verdict.INCONCLUSIVE.gauge_value)
+            return
         if self._annotator is not None:
             text = "; ".join(gate.reasons[:3])
             await asyncio.to_thread(self._annotator.observe, gate.verdict.value, text)
@@ -207,7 +219,7 @@ class ShadowHub:
         else:
             with self._lock:
                 review = sorted(self._comparator.sampler.review_slices)
-            states = await asyncio.gather(*(peer.shard_state.remote(review) for peer in self._peers))
+            states = await self._from_peers("shard_state", review)
             with self._lock:
                 merged = Comparator(self._cfg)
                 merged.load_state(self._comparator.state_dict())
@@ -219,6 +231,19 @@ class ShadowHub:
         publish_gate(self._metrics, report)
         return report
 
+    async def _from_peers(self, method: str, *args: Any, return_exceptions: bool = False) -> list[Any]:
+        """Call ``method`` on every peer shard, each within ``serving.hub_timeout_s``: a shard that is
+        restarting or stuck raises ``ShardUnavailable`` (or, with ``return_exceptions``, is its exception)."""
+
+        async def call(i: int, peer: Any) -> Any:
+            try:
+                return await asyncio.wait_for(getattr(peer, method).remote(*args), self._cfg.serving.hub_timeout_s)
+            except Exception as err:
+                raise ShardUnavailable(f"hub shard {i + 1}: {method}: {type(err).__name__}") from err
+
+        calls = (call(i, peer) for i, peer in enumerate(self._peers))
+        return list(await asyncio.gather(*calls, return_exceptions=return_exceptions))
+
     async def shard_state(self, review_slices: list[str]) -> dict[str, Any]:
         """A shard's comparator state for the lead's merged report; takes the slices under review from it."""
         self._ensure_persisting()
@@ -228,7 +253,9 @@ class ShadowHub:
 
     async def shard_sections(self) -> tuple[dict[str, Any], ViolationTally]:
         """A shard's flywheel statistics and expectation tallies, for the lead's merged report."""
-        return self._flywheel.stats(), self._violations
+        with self._lock:
+            violations = copy.deepcopy(self._violations)  # not the live tally: add_batch changes it meanwhile
+        return self._flywheel.stats(), violations
 
     async def metric_files(self) -> tuple[str | None, int, dict[str, bytes]]:
         """This shard's node, pid and metric files, for the lead's ``/metrics`` (it keeps those of other nodes)."""
@@ -253,7 +280,7 @@ class ShadowHub:
         stats = [self._flywheel.stats()]
         violations = ViolationTally()
         violations.merge(self._violations)
-        for peer_stats, peer_violations in await asyncio.gather(*(p.shard_sections.remote() for p in self._peers)):
+        for peer_stats, peer_violations in await self._from_peers("shard_sections"):
             stats.append(peer_stats)
             violations.merge(peer_violations)
         return report.model_copy(
@@ -277,7 +304,7 @@ class ShadowHub:
             self._dirty = True
             started_ts = self._comparator.window_started_ts
         self._save()
-        await asyncio.gather(*(peer.reset.remote() for peer in self._peers))
+        await self._from_peers("reset")
         return {"status": "reset", "window_started_ts": started_ts}
 
     def __del__(self) -> None:

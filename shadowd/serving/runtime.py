@@ -9,7 +9,7 @@ own node's folder. A process on another node (a worker, an ingress, a hub
 shard) sends the lead its own files every few seconds (``MetricsPublisher``;
 the lead pulls its peer shards'), which the lead keeps in its folder under
 the sender's node and pid, so one scrape sees every node. Files from the
-lead's own node are refused and the publisher stops.
+lead's own node are refused (the publisher asks again every minute, in case the lead moves).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PUBLISH_EVERY_S = 5.0
+_SAME_NODE_RECHECK_S = 60.0  # a restarted lead may come up on another node
 
 
 def node_id() -> str | None:
@@ -98,7 +99,8 @@ def process_metrics_dir() -> Path | None:
 
 class MetricsPublisher:
     """Sends this process's metric files to the lead hub (``lead.receive_metrics``) every
-    ``PUBLISH_EVERY_S`` while the lead runs on another node; started lazily on the replica's loop."""
+    ``PUBLISH_EVERY_S`` while the lead runs on another node (on the same node, asks again every minute: a
+    restarted lead may run elsewhere); started lazily on the replica's loop."""
 
     def __init__(self, lead: Any, every_s: float = PUBLISH_EVERY_S):
         self._lead = lead
@@ -112,11 +114,13 @@ class MetricsPublisher:
     async def _loop(self) -> None:
         folder, node, pid = process_metrics_dir(), node_id(), os.getpid()
         assert folder is not None and node is not None
+        pause_s = self._every_s
         while True:
-            await asyncio.sleep(self._every_s)
+            await asyncio.sleep(pause_s)
+            pause_s = self._every_s
             try:
                 files = await asyncio.to_thread(own_metric_files, folder, pid)
                 if not await self._lead.receive_metrics.remote(node, pid, files):
-                    return  # the lead is on this node: it reads these files itself
+                    pause_s = _SAME_NODE_RECHECK_S  # the lead reads these files itself, unless it moves
             except Exception as err:  # a restarting hub: the next round sends everything again
                 log.debug("metrics not published to the lead hub: %s: %s", type(err).__name__, err)

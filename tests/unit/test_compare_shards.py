@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shadowd.compare.comparator import Comparator
+from shadowd.compare.comparator import Comparator, report_from_data_dir, state_path
 from shadowd.compare.tally import LabelTally
 from shadowd.flywheel.flywheel import merge_flywheel_stats
 from shadowd.flywheel.transports.kafka import LABELS_GROUP, KafkaTransportConfig
@@ -92,6 +92,14 @@ def test_shards_merged_equal_one_comparator(tmp_path, n_shards):
             t["labels"]["diff_sample"].sort()
     assert_same(a, b)
     assert_same(_numbers_apart(one.report().to_json()), _numbers_apart(merged.report().to_json()))
+
+    # `shadowd report --data-dir` on a sharded hub's files: the shards merged, not the one hub's old state
+    one.save(state_path(tmp_path / "data"))  # a window from before the sharding, which must not count
+    for i, c in enumerate(shards):
+        c.save(state_path(tmp_path / "data" / "shards" / str(i)))
+    offline = report_from_data_dir(tmp_path / "data", cfg)
+    assert_same(_numbers_apart(offline.to_json())["slices"], _numbers_apart(merged.report().to_json())["slices"])
+    assert offline.overall.pairs == one.report().overall.pairs == 1500  # each pair once, the old window not added
 
 
 def test_a_shards_rows_of_a_batch_are_the_batch_of_its_pairs():

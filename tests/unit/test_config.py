@@ -175,6 +175,8 @@ def test_each_hub_shard_keeps_its_files_apart(tmp_path):
     assert one.labels.suites_dir == tmp_path / "d" / "suites" / "shard-1"
     mine = one.annotations.policy  # a third of the rate and quotas each, rounded up: never none
     assert (mine.rate_per_s, mine.burst_items, mine.slice_quotas, mine.default_slice_quota) == (2.0, 4, {"dark": 2}, 0)
+    caps = (one.annotations.spool_max_bytes, one.labels.max_pairs, one.labels.max_pair_store_bytes)
+    assert caps == ((1 << 30) // 3, 66_667, 2 * 2**30 // 3)  # the disk holds what one hub would keep
     assert cfg.data_dir == tmp_path / "d" and cfg.labels.suites_dir is None  # the config itself is unchanged
     single = load_config(_write(tmp_path, {**data, "serving": {}}))
     assert shard_config(single, 0) is single  # one hub: where it always kept them
