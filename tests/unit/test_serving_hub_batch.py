@@ -215,3 +215,34 @@ def test_worker_sends_the_batch_in_columns(tmp_path, store_inputs):
             else:
                 assert out is None
     assert batch.noise is not None and batch.reference is not None
+
+
+class _StuckPeer:
+    """A peer shard's handle whose every call never answers (a shard restarting or stuck)."""
+
+    def __getattr__(self, method):
+        class _Method:
+            def remote(self, *args):
+                return asyncio.sleep(3600)
+
+        return _Method()
+
+
+def test_a_stuck_shard_makes_the_report_fail_and_the_gate_inconclusive_never_stale(tmp_path):
+    from shadowd.serving.hub import ShardUnavailable
+
+    clock = Clock()
+    cfg = _config(tmp_path / "hub")
+    cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"hub_timeout_s": 0.2})})
+    parts: list[HubParts] = []
+    hub = ShadowHub(cfg, lambda c, _shard: parts.append(_parts(c, clock)) or parts[0], peers=[_StuckPeer()])
+    gauge = parts[0].metrics.gate_verdict
+    try:
+        gauge.set(0)  # a PASS from before the shard got stuck
+        with pytest.raises(ShardUnavailable, match="hub shard 1: shard_state"):
+            asyncio.run(hub.report())
+        asyncio.run(hub._persist_tick())  # the 5 s tick: no verdict from part of the evidence
+        assert parts[0].metrics.registry.get_sample_value("shadowd_gate_verdict") == 2  # INCONCLUSIVE
+    finally:
+        hub._flywheel.close(timeout_s=5)
+        del hub.__dict__["_flywheel"]
