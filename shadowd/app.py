@@ -59,7 +59,7 @@ def build_flywheel(
 
     transport = build_transport(config.annotations.sink, config.data_dir, shard)
     lanes: tuple[Lane, ...] = ("evaluation", "review")
-    sinks = {lane: build_sink(config, transport.producer(lane), metrics, lane) for lane in lanes}
+    sinks = {lane: build_sink(config, transport.producer(lane), metrics, lane, shard.index) for lane in lanes}
     return Flywheel(config, transport, sinks, metrics, clock, shard)
 
 

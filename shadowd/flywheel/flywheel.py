@@ -379,7 +379,7 @@ class Flywheel:
         written = self.suites.add(example)
         if self._metrics is not None:
             for name, count in self.suites.counts().items():
-                self._metrics.suite_examples.labels(suite=name).set(count)
+                self._metrics.suite_examples.labels(suite=name, shard=str(self.shard.index)).set(count)
         return written
 
     # --- background threads ---
@@ -465,7 +465,8 @@ class Flywheel:
                     if handled is not None and spool.delivered_seq < min(handled, spool.last_seq):
                         spool.commit(min(handled, spool.last_seq))
                         if self._metrics is not None:
-                            self._metrics.spool_items.labels(lane=lane).set(spool.pending_count)
+                            shard = str(self.shard.index)
+                            self._metrics.spool_items.labels(lane=lane, shard=shard).set(spool.pending_count)
                     backlog = self.transport.backlog(name, lane, self._clock)
                     lanes[lane] = {"items": backlog.items, "oldest_age_s": backlog.oldest_age_s}
             except Exception as err:  # a broker or disk hiccup: the next probe tries again

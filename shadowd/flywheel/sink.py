@@ -91,9 +91,11 @@ class AnnotationSink:
         retry_backoff_s: tuple[float, float] = (0.1, 5.0),
         sleep: Callable[[float], None] | None = None,
         lane: Lane = "review",
+        shard: int = 0,
     ):
         self.spool = spool
         self.lane = lane
+        self.shard = str(shard)  # the hub shard this sink serves: a label of its gauges
         self._producer = producer
         self._metrics = metrics
         self._buffer: queue.Queue[AnnotationItem] = queue.Queue(maxsize=max_buffered_items)
@@ -219,10 +221,10 @@ class AnnotationSink:
 
     def _set_gauge(self) -> None:
         if self._metrics is not None:
-            self._metrics.spool_items.labels(lane=self.lane).set(self.spool.pending_count)
-            self._metrics.spool_bytes.labels(lane=self.lane).set(self.spool.size_bytes)
+            self._metrics.spool_items.labels(lane=self.lane, shard=self.shard).set(self.spool.pending_count)
+            self._metrics.spool_bytes.labels(lane=self.lane, shard=self.shard).set(self.spool.size_bytes)
             if self.spool.max_bytes is not None:
-                self._metrics.spool_max_bytes.labels(lane=self.lane).set(self.spool.max_bytes)
+                self._metrics.spool_max_bytes.labels(lane=self.lane, shard=self.shard).set(self.spool.max_bytes)
 
     def _set_paused(self, reason: str | None, message: str | None = None) -> None:
         if reason == self._paused:
@@ -249,7 +251,8 @@ class AnnotationSink:
         self._paused = reason
         if self._metrics is not None:
             for r in PAUSE_REASONS:
-                self._metrics.spool_paused.labels(lane=self.lane, reason=r).set(1 if r == reason else 0)
+                gauge = self._metrics.spool_paused.labels(lane=self.lane, reason=r, shard=self.shard)
+                gauge.set(1 if r == reason else 0)
 
     def _drain(self, len_limit: int | None) -> list[AnnotationItem]:
         items: list[AnnotationItem] = []
@@ -407,13 +410,24 @@ class AnnotationSink:
 
 
 def build_sink(
-    config: ShadowdConfig, producer: Producer | None, metrics: ShadowdMetrics | None = None, lane: Lane = "review"
+    config: ShadowdConfig,
+    producer: Producer | None,
+    metrics: ShadowdMetrics | None = None,
+    lane: Lane = "review",
+    shard: int = 0,
 ) -> AnnotationSink:
-    """A lane's sink, started: its spool (``spool.lane_spool_dir``), delivering to ``producer``."""
+    """A lane's sink, started: its spool (``spool.lane_spool_dir``), delivering to ``producer``; ``shard``: the
+    hub shard it serves."""
     ann = config.annotations
     spool = Spool(
         lane_spool_dir(config.data_dir, lane), segment_items=ann.spool_segment_items, max_bytes=ann.spool_max_bytes
     )
     return AnnotationSink(
-        spool, producer, metrics, max_buffered_items=ann.max_buffered_items, batch_items=ann.batch_items, lane=lane
+        spool,
+        producer,
+        metrics,
+        max_buffered_items=ann.max_buffered_items,
+        batch_items=ann.batch_items,
+        lane=lane,
+        shard=shard,
     ).start()

@@ -164,8 +164,8 @@ class ShadowdMetrics:
         self.spool_items = Gauge(
             "shadowd_spool_items",
             "Annotation items in the local spool not yet delivered to Kafka (all of them without Kafka), by lane "
-            "(evaluation, review).",
-            ["lane"],
+            "(evaluation, review) and hub shard (0 for one hub).",
+            ["lane", "shard"],
             registry=reg,
             multiprocess_mode="mostrecent",  # one writer (the hub); a dead one's value must not linger
         )
@@ -180,14 +180,14 @@ class ShadowdMetrics:
         self.spool_bytes = Gauge(
             "shadowd_spool_bytes",
             "Bytes of the local annotation spool's segment files on disk, by lane (evaluation, review).",
-            ["lane"],
+            ["lane", "shard"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )
         self.spool_max_bytes = Gauge(
             "shadowd_spool_max_bytes",
             "Each lane's spool byte cap (annotations.spool_max_bytes); appends past it pause that lane's queuing.",
-            ["lane"],
+            ["lane", "shard"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )
@@ -195,7 +195,7 @@ class ShadowdMetrics:
             "shadowd_spool_paused",
             "1 while annotation queuing is paused because the spool refuses appends, by reason (disk_full, "
             "spool_full, write_error) and lane; it resumes by itself when an append succeeds.",
-            ["lane", "reason"],
+            ["lane", "reason", "shard"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )
@@ -254,8 +254,8 @@ class ShadowdMetrics:
         )
         self.suite_examples = Gauge(
             "shadowd_suite_examples",
-            "Labelled hard examples per suite (named by slice and failure tag).",
-            ["suite"],
+            "Labelled hard examples per suite (named by slice and failure tag) and hub shard (0 for one hub).",
+            ["suite", "shard"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )

@@ -138,7 +138,7 @@ def test_every_item_reaches_the_topic_keyed_by_request_id(kafka_broker, tmp_path
     assert (
         metrics.registry.get_sample_value("shadowd_annotation_items_total", {"outcome": "delivered"}) == stats.delivered
     )
-    assert metrics.registry.get_sample_value("shadowd_spool_items", {"lane": "review"}) == 0
+    assert metrics.registry.get_sample_value("shadowd_spool_items", {"lane": "review", "shard": "0"}) == 0
 
 
 def _stream(sink, start: int, n: int, every_s: float, worst: list[float]) -> None:

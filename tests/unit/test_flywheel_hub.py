@@ -166,7 +166,7 @@ def test_only_hard_examples_reach_suites_with_slice_and_failure_tags(fw, tmp_pat
     assert sorted(r_hard.suites) == ["all", "slice.dark", "tag.candidate_wrong", "tag.divergent"]
     assert r_easy.suites == []
     assert fw.stats()["suites"] == {"all": 1, "slice.dark": 1, "tag.divergent": 1, "tag.candidate_wrong": 1}
-    assert fw._metrics.registry.get_sample_value("shadowd_suite_examples", {"suite": "slice.dark"}) == 1
+    assert fw._metrics.registry.get_sample_value("shadowd_suite_examples", {"suite": "slice.dark", "shard": "0"}) == 1
 
 
 def test_embedded_annotator_labels_come_back_through_the_labels_file(tmp_path):

@@ -80,7 +80,7 @@ def test_embedded_sink_spools_every_item_in_order(tmp_path):
     assert [r.key for r in recs] == [f"req-{i}" for i in range(100)]
     assert AnnotationItem.model_validate(recs[42].value) == item(42)
     assert sample(metrics, "queued") == 100 and sample(metrics, "spooled") == 100
-    assert metrics.registry.get_sample_value("shadowd_spool_items", {"lane": "review"}) == 100
+    assert metrics.registry.get_sample_value("shadowd_spool_items", {"lane": "review", "shard": "0"}) == 100
 
 
 def test_delivers_in_order_and_commits_only_acked(tmp_path):
@@ -99,7 +99,7 @@ def test_delivers_in_order_and_commits_only_acked(tmp_path):
     assert tr.received == [f"req-{i}" for i in range(60)]
     assert stats.delivered == 60 and stats.pending == 0 and stats.failed == 0
     assert sample(metrics, "delivered") == 60
-    assert metrics.registry.get_sample_value("shadowd_spool_items", {"lane": "review"}) == 0
+    assert metrics.registry.get_sample_value("shadowd_spool_items", {"lane": "review", "shard": "0"}) == 0
 
 
 def test_poison_record_goes_to_dead_letter_and_the_rest_flows(tmp_path):
@@ -311,7 +311,8 @@ def test_a_full_disk_pauses_queuing_drops_by_reason_and_resumes_by_itself(tmp_pa
     assert sink.flush(timeout_s=30)
 
     def gauge(name, **labels):
-        return metrics.registry.get_sample_value(name, {"lane": "review", **labels})
+        shard = {"shard": "0"} if name.startswith("shadowd_spool") else {}  # the spool's gauges, per hub shard
+        return metrics.registry.get_sample_value(name, {"lane": "review", **shard, **labels})
 
     FullDisk.full.set()
     sink.submit(item(1))
@@ -348,7 +349,8 @@ def test_the_byte_cap_pauses_queuing_until_the_rotation_frees_space(tmp_path):
     assert sink.flush(timeout_s=30)
     sink.submit(item(4))
     _wait_for(lambda: sink.stats().paused == "spool_full")
-    assert metrics.registry.get_sample_value("shadowd_spool_max_bytes", {"lane": "review"}) == 4 * one + 50
+    cap = metrics.registry.get_sample_value("shadowd_spool_max_bytes", {"lane": "review", "shard": "0"})
+    assert cap == 4 * one + 50
     spool.commit(2)  # annotators handled two items: their segment is deleted
     assert sink.flush(timeout_s=30) and sink.stats().paused is None
     sink.close(timeout_s=5)
