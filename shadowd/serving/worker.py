@@ -212,6 +212,14 @@ class ShadowWorker:
             await self._hubs[0].add_batch.remote(pairs)
         else:  # each shard gets the rows of the request ids it owns, all at once
             shards = np.fromiter((shard_of(r, len(self._hubs)) for r in pairs.request_ids), np.int64, len(pairs))
-            parts = [(s, np.flatnonzero(shards == s)) for s in range(len(self._hubs))]
-            await asyncio.gather(*(self._hubs[s].add_batch.remote(pairs.take(rows)) for s, rows in parts if rows.size))
+            parts = [(s, rows) for s in range(len(self._hubs)) if (rows := np.flatnonzero(shards == s)).size]
+            sent = await asyncio.gather(
+                *(self._hubs[s].add_batch.remote(pairs.take(rows)) for s, rows in parts), return_exceptions=True
+            )
+            failed = [(s, r.size, err) for (s, r), err in zip(parts, sent, strict=True) if isinstance(err, Exception)]
+            if len(failed) == len(parts):
+                raise failed[0][2]  # none arrived: the ingress counts the batch (reason worker), as with one hub
+            for s, n, err in failed:  # the other shards have theirs: count only what this shard lost
+                log.warning("hub shard %d did not take %d pairs: %s", s, n, type(err).__name__)
+                self._metrics.pairs_dropped.labels("hub").inc(n)
         return len(pairs)

@@ -246,3 +246,43 @@ def test_a_stuck_shard_makes_the_report_fail_and_the_gate_inconclusive_never_sta
     finally:
         hub._flywheel.close(timeout_s=5)
         del hub.__dict__["_flywheel"]
+
+
+class _BrokenHub:
+    """A hub shard's handle whose add_batch fails (the replica died)."""
+
+    def __init__(self) -> None:
+        class _Remote:
+            async def remote(self, batch: PairBatch) -> int:
+                raise RuntimeError("ActorDiedError")
+
+        self.add_batch = _Remote()
+
+
+def _mirrored(n: int) -> MirroredBatch:
+    x = np.random.default_rng(3).normal(size=(n, 8)).astype(np.float32)
+    return MirroredBatch.of(
+        [
+            Mirrored(f"s{i}", float(i), {}, x[i], [0.25] * 4, "ok", 0.001, [])
+            for i in range(n)  # production's values as the ingress recorded them
+        ]
+    )
+
+
+def test_the_worker_sends_each_shard_its_rows_and_counts_only_a_failed_shards_part(tmp_path):
+    from shadowd.sampling import shard_of
+
+    cfg = _config(tmp_path)
+    hubs: list[Any] = [_FakeHub(), _BrokenHub(), _FakeHub()]
+    worker = ShadowWorker(cfg, hubs)
+    batch = _mirrored(90)
+    owner = [shard_of(r, 3) for r in batch.request_ids]
+    assert asyncio.run(worker.process(batch)) == 90
+    for s in (0, 2):
+        (got,) = hubs[s].batches
+        assert got.request_ids == [r for r, o in zip(batch.request_ids, owner, strict=True) if o == s]
+    lost = worker._metrics.registry.get_sample_value("shadowd_pairs_dropped_total", {"reason": "hub"})
+    assert lost == owner.count(1) > 0  # shard 1's rows only; the ingress counts nothing (no exception)
+
+    with pytest.raises(RuntimeError, match="ActorDiedError"):  # none arrived: as with one hub, the call fails
+        asyncio.run(ShadowWorker(cfg, [_BrokenHub(), _BrokenHub()]).process(_mirrored(20)))
