@@ -450,6 +450,12 @@ def report(
         "the daemon's config, to find its generated token when it has no configured tokens.",
     ),
     gate: bool = typer.Option(False, "--gate", help="Exit with the gate verdict: 0 PASS, 1 FAIL, 3 INCONCLUSIVE."),
+    candidate: str | None = typer.Option(
+        None,
+        "--candidate",
+        help="The candidate you mean to judge: exit 2, naming the one shadowed, when the report is about "
+        "another candidate or none (a pipeline never promotes on another model's verdict).",
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json or markdown."),
     reset: bool = typer.Option(False, "--reset", help="After printing, start a new test window (POST /shadow/reset)."),
     token: str | None = typer.Option(
@@ -498,6 +504,9 @@ def report(
             _fail(f"{base}/shadow/report: {err}")
         except ValueError:
             _fail(f"{base}/shadow/report did not answer JSON")
+    shadowed = rep.models.get("candidate")
+    if candidate is not None and shadowed != candidate:
+        _fail(f"the report is about candidate {shadowed or 'none (shadowing is off)'}, not {candidate!r}: no verdict")
     typer.echo(render_report(rep, fmt), nl=False)
     if reset:
         try:

@@ -105,6 +105,17 @@ def test_cli_gate_exit_code_from_data_dir(tmp_path, n, same_share, verdict, code
     assert json.loads(result.stdout)["gate"]["verdict"] == verdict
 
 
+def test_cli_gate_for_a_named_candidate_refuses_another_ones_verdict(tmp_path):
+    rep = window(tmp_path, 3000, 1.0)
+    assert rep.gate.verdict == "PASS"
+    mine = rep.models["candidate"]
+    args = ["report", "--data-dir", str(tmp_path), "--gate", "-f", "json"]
+    assert CliRunner().invoke(app, [*args, "--candidate", mine]).exit_code == 0
+    other = CliRunner().invoke(app, [*args, "--candidate", "digits-v3"])
+    assert other.exit_code == 2 and other.stdout == ""  # a PASS about another model is no verdict for this one
+    assert f"the report is about candidate {mine}, not 'digits-v3'" in other.stderr
+
+
 def test_cli_runs_another_configs_checks(tmp_path):
     window(tmp_path, 800, 0.3)
     cfg_path = tmp_path / "strict.yaml"
