@@ -433,12 +433,12 @@ def main() -> None:
     print(f"({elapsed:.0f} s)")
     if args.write:
         command = "`.venv/bin/python bench/hub.py " + " ".join(sys.argv[1:]) + "`"
-        _write(text, command, args.floors, elapsed)
+        write_section("hub_floors" if args.floors else "hub", text, command, elapsed)
 
 
-def _write(text: str, command: str, floors: bool, elapsed: float) -> None:
+def write_section(tag: str, text: str, command: str, elapsed: float) -> None:
+    """Replace the ``tag`` section of bench/RESULTS.md (or append it) with ``text`` and the command that made it."""
     path = ROOT / "bench" / "RESULTS.md"
-    tag = "hub_floors" if floors else "hub"
     begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
     body = f"{begin}\n{text}\n\nCommand: {command} ({elapsed:.0f} s on this machine).\n{end}"
     old = path.read_text()

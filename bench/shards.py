@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.hub import _parts, bench_config, stream  # noqa: E402
+from bench.hub import _parts, bench_config, stream, write_section  # noqa: E402
 from shadowd.records import PairBatch  # noqa: E402
 from shadowd.sampling import shard_of  # noqa: E402
 from shadowd.serving.hub import ShadowHub  # noqa: E402
@@ -143,20 +143,7 @@ def main() -> None:
     print(text)
     if args.write:
         command = "`.venv/bin/python bench/shards.py " + " ".join(sys.argv[1:]) + "`"
-        write_section(text, command, elapsed)
-
-
-def write_section(text: str, command: str, elapsed: float) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    begin, end = "<!-- shards:begin -->", "<!-- shards:end -->"
-    body = f"{begin}\n{text}\n\nCommand: {command} ({elapsed:.0f} s on this machine).\n{end}"
-    old = path.read_text()
-    if begin in old:
-        head, rest = old.split(begin, 1)
-        new = head + body + rest.split(end, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + body + "\n"
-    path.write_text(new)
+        write_section("shards", text, command, elapsed)
 
 
 if __name__ == "__main__":

@@ -220,8 +220,8 @@ class ShadowHub:
             with self._lock:
                 review = sorted(self._comparator.sampler.review_slices)
             states = await self._from_peers("shard_state", review)
+            merged = Comparator(self._cfg)
             with self._lock:
-                merged = Comparator(self._cfg)
                 merged.load_state(self._comparator.state_dict())
             for state in states:
                 merged.merge(state)

@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import requests
 
+from tests.fixtures.kafka import kafka_sink
+
 N = 200
 
 
 def config(workdir: Path, bootstrap: str, serve_port: int, metrics_port: int) -> dict[str, Any]:
     model = {"kind": "python", "target": "shadowd.testing:ToyClassifier", "input_shape": [8]}
-    topic = f"multinode-{int(time.time() * 1000)}"
     return {
         "task": "classification",
         "data_dir": str(workdir / "data"),
@@ -36,15 +37,7 @@ def config(workdir: Path, bootstrap: str, serve_port: int, metrics_port: int) ->
             "candidate": {**model, "name": "cand", "kwargs": {"seed": 5}},
         },
         "shadow": {"sample_share": 1.0, "candidate_timeout_s": 10.0},
-        "annotations": {
-            "sink": {
-                "type": "kafka",
-                "bootstrap_servers": [bootstrap],
-                "annotations_topic": topic,
-                "evaluation_topic": f"{topic}.evaluation",
-                "labels_topic": f"{topic}.labels",
-            }
-        },
+        "annotations": {"sink": kafka_sink(bootstrap, "multinode")},
         "serving": {
             "host": "127.0.0.1",
             "port": serve_port,

@@ -19,7 +19,7 @@ from kafka import KafkaProducer
 
 from shadowd.launcher import APP_NAME, wait_for_pairs
 from shadowd.sampling import shard_of
-from tests.fixtures.kafka import unique_topic
+from tests.fixtures.kafka import kafka_sink
 from tests.fixtures.ray_serve import toy_model
 
 pytestmark = pytest.mark.integration
@@ -29,20 +29,13 @@ SHARDS = 2
 
 
 def _config(bootstrap: str, shards: int) -> dict[str, Any]:
-    topic = unique_topic("shards")
     return {
         "task": "classification",
         "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=5)},
         "shadow": {"sample_share": 1.0, "noise_share": 0.5, "candidate_timeout_s": 5.0},
         "slices": [{"name": "night", "where": {"field": "hour", "op": "in", "value": [0, 1, 2, 3, 4, 5, 22, 23]}}],
         "annotations": {
-            "sink": {
-                "type": "kafka",
-                "bootstrap_servers": [bootstrap],
-                "annotations_topic": topic,
-                "evaluation_topic": f"{topic}.evaluation",
-                "labels_topic": f"{topic}.labels",
-            },
+            "sink": kafka_sink(bootstrap, "shards"),
             "policy": {"dedup_window_items": 0, "rate_per_s": 10_000, "burst_items": 10_000},
             # The evaluation draw must not depend on when a report put a slice under review: same share.
             "evaluation": {"share": 0.3, "review_share": 0.3},
