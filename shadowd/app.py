@@ -124,8 +124,8 @@ def build_app(config: ShadowdConfig) -> Application:
 
     others = [hub_shard(i, []) for i in range(1, n)]
     hubs = [hub_shard(0, others), *others]  # in shard order: hubs[shard_of(request_id, n)] holds its pair
-    worker = None
-    if config.models.candidate is not None and config.shadow.sample_share > 0:
+    worker = None  # deployed whenever shadowing is on, so a candidate can be added at runtime
+    if config.shadow.sample_share > 0:
         worker = serve.deployment(
             num_replicas=serving.worker_replicas,
             max_ongoing_requests=MODEL_THREADS,

@@ -520,6 +520,156 @@ def report(
         raise typer.Exit(rep.gate.verdict.exit_code)
 
 
+candidates_app = typer.Typer(
+    no_args_is_help=True,
+    help="The model lineup of a running shadowd: add, replace or remove the candidate, promote it, roll back. "
+    "Production keeps answering throughout; every change is audited (who, when, the verdict then).",
+)
+app.add_typer(candidates_app, name="candidates")
+
+_URL = typer.Option("http://127.0.0.1:8000", "--url", help="Base URL of a running shadowd (route prefix included).")
+_CONFIG = typer.Option(
+    None, "-c", "--config", help="The daemon's config, to find its generated token when it has no configured tokens."
+)
+_TOKEN = typer.Option(
+    None, "--token", envvar="SHADOWD_TOKEN", show_default=False, help="API token (scope admin; read for list)."
+)
+_TOKEN_FILE = typer.Option(None, "--token-file", envvar="SHADOWD_TOKEN_FILE", help="File holding the API token.")
+
+
+def _lineup_call(
+    url: str, body: dict[str, object] | None, token: str | None, token_file: Path | None, config: Path | None
+) -> dict[str, object]:
+    """GET (``body`` None) or POST /shadow/candidates; exits 2 with the daemon's reason on a 4xx or 5xx."""
+    import requests
+
+    cfg = _load(config) if config is not None else None
+    target = f"{url.rstrip('/')}/shadow/candidates"
+    headers = _bearer(_api_token(token, token_file, cfg))
+    try:
+        if body is None:
+            resp = requests.get(target, headers=headers, timeout=30)
+        else:  # a new candidate is loaded once by the daemon before it answers
+            resp = requests.post(target, json=body, headers=headers, timeout=180)
+        _refused(resp, target)
+        answer: dict[str, object] = resp.json()
+    except requests.RequestException as err:
+        _fail(f"cannot reach {target}: {err}")
+    except ValueError:
+        _fail(f"{target} did not answer JSON (HTTP {resp.status_code})")
+    if resp.status_code >= 400:
+        _fail(f"{target}: HTTP {resp.status_code}: {answer.get('error', resp.reason)}")
+    return answer
+
+
+def _print_lineup(lineup: object) -> None:
+    assert isinstance(lineup, dict)
+    cand = lineup.get("candidate")
+    typer.echo(f"lineup version {lineup['version']}: {lineup['served']} answers clients")
+    if cand is not None and lineup["live"] == "candidate":
+        typer.echo(
+            f"  promoted: candidate {cand['name']}; production {lineup['shadowed']} runs in the shadow as the baseline"
+        )
+    elif cand is not None:
+        typer.echo(f"  shadowing candidate {cand['name']} ({cand['kind']})")
+    else:
+        typer.echo("  no candidate: shadowing is off")
+
+
+@candidates_app.command("list")
+def candidates_list(
+    url: str = _URL,
+    config: Path | None = _CONFIG,
+    token: str | None = _TOKEN,
+    token_file: Path | None = _TOKEN_FILE,
+    fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
+) -> None:
+    """The lineup, its recent changes (from the audit log) and the reports kept from closed windows."""
+    import json
+
+    answer = _lineup_call(url, None, token, token_file, config)
+    if fmt == "json":
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    _print_lineup(answer["lineup"])
+    changes = answer.get("changes") or []
+    assert isinstance(changes, list)
+    if changes:
+        typer.echo("recent changes:")
+    for c in changes:
+        evidence = c.get("evidence") or {}
+        after = c["after"]
+        typer.echo(
+            f"  {c['time']}  {c['action']:<8} by {c['who']}: now serving {after['served']}, shadowing "
+            f"{after['shadowed'] or 'nothing'}; verdict then {evidence.get('verdict', '-')} "
+            f"on {evidence.get('pairs', 0)} pairs"
+        )
+
+
+def _change(body: dict[str, object], url: str, config: Path | None, token: str | None, token_file: Path | None) -> None:
+    answer = _lineup_call(url, body, token, token_file, config)
+    _print_lineup(answer["lineup"])
+    typer.echo(f"  closed window's report kept as {answer['kept_report']}")
+
+
+@candidates_app.command("set")
+def candidates_set(
+    model_file: Path = typer.Argument(
+        ..., help="YAML file with the candidate's model config (keys of models.candidate)."
+    ),
+    url: str = _URL,
+    config: Path | None = _CONFIG,
+    token: str | None = _TOKEN,
+    token_file: Path | None = _TOKEN_FILE,
+) -> None:
+    """Add or replace the candidate: a new test window for it (the old window's report is kept). Relative paths
+    in the file are resolved against its folder; they must exist where the daemon runs."""
+    from shadowd.flywheel.replay import load_model_file
+
+    try:
+        model = load_model_file(model_file)
+    except ConfigError as err:
+        _fail(str(err))
+    _change({"action": "set", "candidate": model.model_dump(mode="json")}, url, config, token, token_file)
+
+
+@candidates_app.command("remove")
+def candidates_remove(
+    url: str = _URL, config: Path | None = _CONFIG, token: str | None = _TOKEN, token_file: Path | None = _TOKEN_FILE
+) -> None:
+    """Stop shadowing the candidate (its window's report is kept)."""
+    _change({"action": "remove"}, url, config, token, token_file)
+
+
+@candidates_app.command("promote")
+def candidates_promote(
+    name: str = typer.Argument(..., help="The candidate's name: a check that it is the one you mean."),
+    url: str = _URL,
+    config: Path | None = _CONFIG,
+    token: str | None = _TOKEN,
+    token_file: Path | None = _TOKEN_FILE,
+) -> None:
+    """The candidate answers clients; production stays in the shadow as the baseline, so a promoted model that
+    degrades against its predecessor FAILs the gate (then: shadowd candidates rollback)."""
+    _change({"action": "promote", "candidate": name}, url, config, token, token_file)
+
+
+@candidates_app.command("rollback")
+def candidates_rollback(
+    url: str = _URL, config: Path | None = _CONFIG, token: str | None = _TOKEN, token_file: Path | None = _TOKEN_FILE
+) -> None:
+    """Undo a promotion: production answers again, the candidate goes back to the shadow."""
+    _change({"action": "rollback"}, url, config, token, token_file)
+
+
+@candidates_app.command("finish")
+def candidates_finish(
+    url: str = _URL, config: Path | None = _CONFIG, token: str | None = _TOKEN, token_file: Path | None = _TOKEN_FILE
+) -> None:
+    """Keep the promoted model as production and stop shadowing its predecessor."""
+    _change({"action": "finish"}, url, config, token, token_file)
+
+
 def _api_token(token: str | None, token_file: Path | None, cfg: ShadowdConfig | None) -> str | None:
     """--token / SHADOWD_TOKEN, else --token-file / SHADOWD_TOKEN_FILE, else the generated token of a
     daemon without configured tokens (from -c CONFIG's data dir), else None."""

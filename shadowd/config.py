@@ -66,6 +66,32 @@ class ModelsConfig(Strict):
         "production version. It runs on shadow.reference_share of mirrored requests; how much it disagrees with "
         "production per slice is the churn floor that divergence checks are judged against.",
     )
+    live: Literal["production", "candidate"] = Field(
+        "production",
+        description="Which model answers clients. 'candidate' is a promotion that keeps the previous production "
+        "in the shadow as the baseline: the candidate answers every request, production runs on the sampled share, "
+        "and the checks go on asking whether the candidate is worse (a promoted model that degrades against its "
+        "predecessor FAILs the gate). Back to 'production' is a rollback. At runtime: shadowd candidates promote / "
+        "rollback.",
+    )
+
+    @model_validator(mode="after")
+    def _live_exists(self) -> ModelsConfig:
+        if self.live == "candidate" and self.candidate is None:
+            raise ValueError("live is 'candidate' but no models.candidate is configured")
+        return self
+
+    @property
+    def served(self) -> ModelConfig:
+        """The model that answers clients."""
+        return self.candidate if self.live == "candidate" and self.candidate is not None else self.production
+
+    @property
+    def shadowed(self) -> ModelConfig | None:
+        """The model run on the mirrored share (none: shadowing off)."""
+        if self.candidate is None:
+            return None
+        return self.production if self.live == "candidate" else self.candidate
 
 
 class ShadowConfig(Strict):
@@ -839,6 +865,11 @@ class ShadowdConfig(Strict):
         if OVERALL in names:
             raise ValueError("'overall' is reserved for the whole traffic; pick another slice name")
         cand = self.models.candidate
+        named = [m.name for m in (self.models.production, cand, self.models.reference) if m is not None]
+        if len(set(named)) < len(named):
+            raise ValueError(
+                f"models need distinct names (reports, metrics and the lineup tell them apart by name); got {named}"
+            )
         if cand is not None and cand.input_shape != self.models.production.input_shape:
             raise ValueError(
                 f"models.candidate.input_shape {cand.input_shape} differs from "

@@ -183,6 +183,7 @@ class Mirrored:
     production_outcome: Outcome
     production_latency_s: float
     violations: list[dict[str, Any]]
+    served_model: str = ""  # the model that answered (production, or a promoted candidate)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ class MirroredBatch:
     production_outcomes: list[Outcome]
     production_latency_s: list[float]
     violations: list[list[dict[str, Any]]]
+    served_models: list[str]
 
     @classmethod
     def of(cls, items: list[Mirrored]) -> MirroredBatch:
@@ -211,6 +213,21 @@ class MirroredBatch:
             [m.production_outcome for m in items],
             [m.production_latency_s for m in items],
             [m.violations for m in items],
+            [m.served_model for m in items],
+        )
+
+    def rows(self, idx: list[int]) -> MirroredBatch:
+        """These rows (indices, in order)."""
+        return MirroredBatch(
+            [self.request_ids[i] for i in idx],
+            [self.ts[i] for i in idx],
+            [self.features[i] for i in idx],
+            self.x[idx],
+            [self.production_values[i] for i in idx],
+            [self.production_outcomes[i] for i in idx],
+            [self.production_latency_s[i] for i in idx],
+            [self.violations[i] for i in idx],
+            [self.served_models[i] for i in idx],
         )
 
 

@@ -17,8 +17,14 @@ __all__ = ["ControlledFaultyModel", "FaultyModel", "SleepyModel", "ToyClassifier
 class ToyClassifier:
     """softmax(x @ W) with W fixed by ``seed``: deterministic, cheap, real probabilities."""
 
-    def __init__(self, n_features: int = 8, n_classes: int = 4, seed: int = 0, temperature: float = 1.0):
+    def __init__(
+        self, n_features: int = 8, n_classes: int = 4, seed: int = 0, temperature: float = 1.0, retrain: int = 0
+    ):
+        """``retrain`` > 0: the same model retrained (its weights moved by a little noise of that seed), which
+        disagrees with it on a minority of inputs."""
         self.w = np.random.default_rng(seed).normal(size=(n_features, n_classes)) / temperature
+        if retrain:
+            self.w += 0.3 * np.random.default_rng(1000 + retrain).normal(size=self.w.shape) / temperature
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         z = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1) @ self.w

@@ -397,6 +397,7 @@ class Comparator:
             models={
                 "production": self._cfg.models.production.name,
                 "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
+                "live": self._cfg.models.served.name,
             },
             overall=self._slice_report(self._tallies[OVERALL], elapsed_s / 3600),
             slices={n: self._slice_report(t, elapsed_s / 3600) for n, t in self._tallies.items() if n != OVERALL},
@@ -415,6 +416,7 @@ class Comparator:
             "models": {
                 "production": self._cfg.models.production.name,
                 "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
+                "live": self._cfg.models.served.name,
             },
             "window_started_ts": self._window_started_ts,
             "labels_seq": self.labels_seq,

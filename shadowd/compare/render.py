@@ -97,6 +97,9 @@ def _headline(report: ShadowReport) -> list[str]:
         f"({report.task}), window since {_ts(report.window_started_ts)}",
         f"gate: {gate.verdict.value}",
     ]
+    if models.get("candidate") and models.get("live") == models.get("candidate"):
+        promoted = models["candidate"]
+        lines.insert(1, f"promoted: {promoted} answers clients; production runs in the shadow as the baseline")
     lines += [f"  - {r}" for r in gate.reasons]
     if gate.notes:
         lines.append(f"  optional checks still open: {len(gate.notes)}")

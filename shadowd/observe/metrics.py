@@ -102,7 +102,8 @@ class ShadowdMetrics:
             "shadowd_pairs_dropped_total",
             "Pairs dropped before comparison, by reason "
             "(budget: in-flight pair budget full; bytes: in-flight byte budget full; worker: shadow worker call "
-            "failed; hub: one hub shard of several failed to take its part of a batch; violation_*: the same for "
+            "failed; hub: one hub shard of several failed to take its part of a batch; lineup: in flight across a "
+            "change of the model lineup; violation_*: the same for "
             "expectation-violation items).",
             ["reason"],
             registry=reg,

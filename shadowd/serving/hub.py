@@ -23,20 +23,27 @@ import copy
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from shadowd.compare.comparator import Comparator, state_path
 from shadowd.compare.report import ShadowReport, Verdict, verdict_document
 from shadowd.config import ShadowdConfig, shard_config
-from shadowd.errors import ShadowdError
+from shadowd.errors import BadRequest, ShadowdError
 from shadowd.expect import Violation, ViolationTally
 from shadowd.expect.drift import DriftMonitor
 from shadowd.flywheel.flywheel import Flywheel, JoinResult, merge_flywheel_stats
+from shadowd.models import ModelConfig
+from shadowd.models.runtime import load_model
 from shadowd.observe.metrics import ShadowdMetrics, own_metric_files, store_remote_files
 from shadowd.records import OVERALL, AnnotationItem, Label, Pair, PairBatch
 from shadowd.sampling import Shard
+from shadowd.serving.lineup import Lineup, LineupStore, SetCandidate, apply_change, lineup_config, parse_change
 from shadowd.serving.runtime import behind_production, node_id, process_metrics_dir
 
 if TYPE_CHECKING:
@@ -47,6 +54,7 @@ __all__ = ["HubParts", "ShadowHub", "ShardUnavailable", "publish_gate"]
 log = logging.getLogger(__name__)
 
 _PERSIST_EVERY_S = 5.0
+_LOAD_CHECK_S = 120.0  # longest a new candidate may take to load once in the lead before a change is refused
 
 
 class ShardUnavailable(ShadowdError):
@@ -92,6 +100,19 @@ class ShadowHub:
         self._shard = shard
         self._peers = list(peers or [])
         config = shard_config(config, shard.index)
+        # The lineup (which model answers, which is shadowed) as last changed at runtime, unless the config's
+        # models section changed since: then the config's (``shadowd.serving.lineup``).
+        self._base_models = config.models
+        self._store = LineupStore(config.data_dir)
+        self._lineup, dropped = self._store.load(config.models)
+        if dropped:
+            self._store.save(self._lineup, self._base_models)
+            if shard.lead:
+                self._store.audit(_audit_entry("config", "the config file", None, self._lineup, None, None))
+        if self._lineup.models != config.models:
+            config = lineup_config(config, self._lineup.models)
+            parts.comparator = Comparator(config, parts.metrics)
+        self._lineup_lock = asyncio.Lock()  # one change at a time
         self._cfg = config
         self._metrics = parts.metrics
         self._comparator = parts.comparator
@@ -109,14 +130,17 @@ class ShadowHub:
         self._flywheel.start(on_joined=self._on_joined, replay_after=self._comparator.labels_seq if resumed else None)
 
     def _on_joined(self, result: JoinResult, label: Label) -> None:
-        """A label found its pair: into the quality cells if its selection is known, else counted as excluded."""
-        if result.pair is None:
+        """A label found its pair: into the quality cells if its selection is known, else counted as excluded.
+        A pair of an earlier lineup (another candidate, before a promotion) belongs to a closed window."""
+        pair = result.pair
+        if pair is None:
             return
+        current = self._of_lineup(pair.ts, pair.production.model, pair.candidate.model if pair.candidate else None)
         with self._lock:
-            if result.channel is not None:
-                self._comparator.add_labelled(result.pair, label, result.channel)
-            elif result.excluded is not None:
-                self._comparator.exclude_label(result.pair, result.excluded)
+            if current and result.channel is not None:
+                self._comparator.add_labelled(pair, label, result.channel)
+            elif current and result.excluded is not None:
+                self._comparator.exclude_label(pair, result.excluded)
             if result.seq is not None:
                 self._comparator.labels_seq = max(self._comparator.labels_seq, result.seq)
             self._dirty = True
@@ -142,6 +166,8 @@ class ShadowHub:
         self._save()
         if not self._shard.lead:
             return  # the lead's tick reads this shard's state into the merged report
+        if self._peers:  # a shard that restarted or missed a change takes the lineup again
+            await self._from_peers("adopt_lineup", self._lineup.to_json(), return_exceptions=True)
         for found in await self._from_peers("metric_files", return_exceptions=True):
             if not isinstance(found, BaseException):
                 await self.receive_metrics(*found)
@@ -174,6 +200,9 @@ class ShadowHub:
         selection (a Pair is built per row for the pair store, all stored in one transaction; items only
         where the comparator made one)."""
         self._ensure_persisting()
+        batch = self._current_rows(batch)
+        if not len(batch):
+            return 0
         with self._lock:
             result = self._comparator.add_batch(batch)
         entries: list[tuple[Pair, list[AnnotationItem]]] = []
@@ -190,6 +219,36 @@ class ShadowHub:
         self._flywheel.record_many(entries)
         self._dirty = True
         return len(batch)
+
+    def _current_rows(self, batch: PairBatch) -> PairBatch:
+        """The rows of ``batch`` of the current lineup; the rest (in flight across a change of lineup) are
+        dropped and counted (``shadowd_pairs_dropped_total{reason="lineup"}``)."""
+        keep = np.fromiter(
+            (
+                self._of_lineup(ts, p, c)
+                for ts, p, c in zip(batch.ts, batch.production.models, batch.candidate.models, strict=True)
+            ),
+            bool,
+            len(batch),
+        )
+        if keep.all():
+            return batch
+        self._metrics.pairs_dropped.labels("lineup").inc(int((~keep).sum()))
+        return batch.take(np.flatnonzero(keep))
+
+    def _of_lineup(self, ts: float, production: str, candidate: str | None) -> bool:
+        """Is a pair (its request's time, its two models) part of the current lineup's window? Requests from
+        before a change belong to a closed window; after one, the models must be the lineup's (a replica
+        follows within ``POLL_S``). The config's lineup (version 0) takes every pair."""
+        lineup = self._lineup
+        if lineup.version == 0:
+            return True
+        cand = lineup.models.candidate
+        return (
+            ts >= lineup.since
+            and production == lineup.models.production.name
+            and (not candidate or (cand is not None and candidate == cand.name))
+        )
 
     async def add_items(self, items: list[AnnotationItem]) -> int:
         """Items found on the request path (expectation violations): through the policy to the queue."""
@@ -307,6 +366,71 @@ class ShadowHub:
         await self._from_peers("reset")
         return {"status": "reset", "window_started_ts": started_ts}
 
+    # --- the lineup (shadowd.serving.lineup) ---
+
+    async def lineup(self) -> dict[str, Any]:
+        """The lineup every ingress and worker replica follows (asked every ``POLL_S``)."""
+        return self._lineup.to_json()
+
+    async def candidates(self) -> dict[str, Any]:
+        """GET /shadow/candidates: the lineup, recent changes, and the reports kept from closed windows."""
+        return {
+            "lineup": self._lineup.summary(),
+            "changes": self._store.history(),
+            "kept_reports": self._store.kept_reports(),
+        }
+
+    async def change_lineup(self, body: Any, who: str) -> tuple[int, dict[str, Any]]:
+        """POST /shadow/candidates (the lead): (HTTP status, body). Validated, a new model loaded once, the
+        closing window's report kept, the lineup saved, the change audited, then every shard told."""
+        self._ensure_persisting()
+        try:
+            change = parse_change(body)
+            async with self._lineup_lock:
+                before = self._lineup
+                models = apply_change(before.models, change)
+                lineup_config(self._cfg, models)  # fits the config, or 422
+                if isinstance(change, SetCandidate):
+                    await _loads(change.candidate, self._cfg.serving.torch_threads)
+                try:
+                    report = await self.report()
+                except ShardUnavailable as err:
+                    raise BadRequest(f"the lineup cannot change while a hub shard is unreachable: {err}", 503) from None
+                after = Lineup(before.version + 1, models, since=time.time())
+                try:
+                    kept = self._store.keep_report(before, report)
+                    entry = _audit_entry(change.action, who, before, after, report, kept)
+                    self._store.audit(entry)  # the change is on record before it takes effect
+                    self._adopt(after)
+                except OSError as err:
+                    raise BadRequest(
+                        f"the lineup cannot be saved right now ({err.strerror}); retry later", 503
+                    ) from None
+        except BadRequest as err:
+            return err.http_status, {"error": err.reason}
+        await self._from_peers("adopt_lineup", after.to_json(), return_exceptions=True)  # the rest: next tick
+        log.info("lineup changed by %s: %s (version %d)", who, change.action, after.version)
+        return 200, {"status": "changed", "lineup": after.summary(), "kept_report": kept, "change": entry}
+
+    async def adopt_lineup(self, data: dict[str, Any]) -> bool:
+        """Another shard takes the lead's lineup; a new one starts a new window here too."""
+        lineup = Lineup.from_json(data)
+        if lineup == self._lineup:
+            return False
+        self._adopt(lineup)
+        return True
+
+    def _adopt(self, lineup: Lineup) -> None:
+        cfg = self._cfg.model_copy(update={"models": lineup.models})
+        self._store.save(lineup, self._base_models)
+        with self._lock:
+            comparator = Comparator(cfg, self._metrics)
+            comparator.labels_seq = self._comparator.labels_seq  # labels already counted stay out of the new window
+            self._lineup, self._cfg, self._comparator = lineup, cfg, comparator
+            self._violations = ViolationTally()
+            self._dirty = True
+        self._save()
+
     def __del__(self) -> None:
         # Ray Serve calls this on graceful shutdown: keep the evidence, flush the queue.
         if not hasattr(self, "_flywheel"):
@@ -316,3 +440,51 @@ class ShadowHub:
         finally:
             self._dirty = True
             self._save()
+
+
+async def _loads(model: ModelConfig, torch_threads: int) -> None:
+    """Load ``model`` once (and let it go) so a change naming a model that cannot load is refused (422), not
+    taken by every replica."""
+
+    def load() -> None:
+        loaded = load_model(model, torch_threads)
+        if loaded.remote:
+            asyncio.run(loaded.aclose())
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(load), _LOAD_CHECK_S)
+    except TimeoutError:
+        raise BadRequest(f"model {model.name!r} did not load within {_LOAD_CHECK_S:.0f} s", 422) from None
+    except Exception as err:  # whatever loading it raised is the reason
+        raise BadRequest(f"model {model.name!r} does not load: {err}"[:500], 422) from None
+
+
+def _audit_entry(
+    action: str,
+    who: str,
+    before: Lineup | None,
+    after: Lineup,
+    report: dict[str, Any] | None,
+    kept: str | None,
+) -> dict[str, Any]:
+    """One audit line: who changed the lineup when, from what to what, and the verdict and evidence then."""
+    evidence = None
+    if report is not None:
+        overall = report["overall"]
+        evidence = {
+            "verdict": report["gate"]["verdict"],
+            "reasons": report["gate"]["reasons"][:5],
+            "pairs": overall["pairs"],
+            "labels": overall.get("labels"),
+            "window_started_ts": report["window_started_ts"],
+            "report": kept,
+        }
+    return {
+        "ts": time.time(),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "who": who,
+        "action": action,
+        "before": before.summary() if before is not None else None,
+        "after": after.summary(),
+        "evidence": evidence,
+    }

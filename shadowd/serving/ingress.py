@@ -42,10 +42,12 @@ from shadowd.compare.report import Verdict, select_candidate
 from shadowd.config import ShadowdConfig
 from shadowd.errors import AuthError, BadRequest, RemoteModelError
 from shadowd.expect import ExpectationSet, Violation, record_violations, violation_item
-from shadowd.models.runtime import check_rows, load_model
-from shadowd.records import AnnotationItem, Mirrored, MirroredBatch, ModelOutput, Outcome
+from shadowd.models import ModelConfig
+from shadowd.models.runtime import LoadedModel, check_rows, load_model
+from shadowd.records import AnnotationItem, Mirrored, MirroredBatch, ModelOutput, Outcome, Role
 from shadowd.sampling import is_sampled, shard_of
 from shadowd.serving.auth import Scope, load_tokens
+from shadowd.serving.lineup import Lineup, LineupFollower
 from shadowd.serving.protocol import (
     PredictRequest,
     parse_feedback,
@@ -62,6 +64,7 @@ __all__ = ["ShadowIngress"]
 
 log = logging.getLogger(__name__)
 
+_RETIRE_AFTER_S = 60.0  # a model swapped out is closed this long after: requests still on it finish first
 _HUB_CALLS = 16  # report/feedback/reset calls one ingress replica lets wait on the hub at once
 _BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="shadowd"'}
 
@@ -91,15 +94,15 @@ class ShadowIngress:
         self._hubs = hubs
         self._metrics = process_metrics()
         self._publisher = MetricsPublisher(hubs[0])  # to the lead's /metrics, from another node
-        prod = config.models.production
-        self._model = load_model(prod, config.serving.torch_threads)
-        self._input_shape = tuple(prod.input_shape)
+        self._models = config.models  # the lineup this replica follows (shadowd.serving.lineup)
+        served = self._models.served
+        self._model = load_model(served, config.serving.torch_threads)
+        self._input_shape = tuple(served.input_shape)
         self._classification = config.task == "classification"
         self._prefix = config.serving.route_prefix.rstrip("/")
-        if prod.max_batch_size > 1:  # serve.batch adds these setters; its stubs do not say so
-            self._predict_batch.set_max_batch_size(prod.max_batch_size)  # type: ignore[attr-defined]
-            self._predict_batch.set_batch_wait_timeout_s(prod.batch_wait_timeout_s)  # type: ignore[attr-defined]
-        self._batching = prod.max_batch_size > 1
+        self._batching = False
+        self._set_batching(served)
+        self._lineup = LineupFollower(hubs[0], self._follow, config.serving.hub_timeout_s)
         self._hub_calls = asyncio.Semaphore(_HUB_CALLS)
         self._expect = ExpectationSet(config.expectations, redaction=config.annotations.redaction)
         # Violating requests worth a human look travel to the hub beside the shadow path, bounded the same way.
@@ -130,11 +133,32 @@ class ShadowIngress:
             ("GET", "/shadow/verdict"): (self._verdict, "read"),
             ("POST", "/shadow/verdict/flagger"): (self._flagger, "read"),
             ("POST", "/shadow/reset"): (self._reset, "admin"),
+            ("GET", "/shadow/candidates"): (self._candidates, "read"),
+            ("POST", "/shadow/candidates"): (self._change_candidates, "admin"),
             ("GET", "/healthz"): (self._healthz, None),
         }
 
+    def _set_batching(self, served: ModelConfig) -> None:
+        if served.max_batch_size > 1 or self._batching:  # serve.batch adds these setters; its stubs do not say so
+            self._predict_batch.set_max_batch_size(served.max_batch_size)  # type: ignore[attr-defined]
+            self._predict_batch.set_batch_wait_timeout_s(served.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._batching = served.max_batch_size > 1
+
+    async def _follow(self, lineup: Lineup) -> None:
+        """A new lineup: a newly served model is loaded in a thread while the old one answers, then swapped in
+        (requests already running finish on the old one, which is closed once they are done)."""
+        served = lineup.models.served
+        if served != self._models.served:
+            model = await asyncio.to_thread(load_model, served, self._cfg.serving.torch_threads)
+            old, self._model = self._model, model
+            self._set_batching(served)
+            log.info("now serving %r (was %r), lineup version %d", model.name, old.name, lineup.version)
+            asyncio.get_running_loop().call_later(_RETIRE_AFTER_S, lambda: asyncio.ensure_future(old.aclose()))
+        self._models = lineup.models
+
     async def __call__(self, request: Request) -> Response:
         self._publisher.ensure_started()
+        await self._lineup.ready()
         path = request.url.path
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :] or "/"
@@ -149,7 +173,8 @@ class ShadowIngress:
                 )
             handler, scope = route
             if scope is not None:  # before the body is read: a request without the token costs nothing more
-                self._tokens.check(request.headers.get("authorization"), scope, f"{request.method} {path}")
+                token = self._tokens.check(request.headers.get("authorization"), scope, f"{request.method} {path}")
+                request.state.token_name = token
             return await handler(request)
         except AuthError as err:
             self._metrics.auth_failures.labels(scope=err.scope, status=str(err.http_status)).inc()
@@ -204,29 +229,38 @@ class ShadowIngress:
                 raise BadRequest("the hub is restarting; retry shortly", 503) from None
 
     @serve.batch(max_batch_size=1)
-    async def _predict_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        return list(await self._model.apredict(np.stack(xs)))
+    async def _predict_batch(self, xs: list[np.ndarray]) -> list[tuple[np.ndarray, LoadedModel]]:
+        model = self._model
+        return [(row, model) for row in await model.apredict(np.stack(xs))]
 
-    async def _run_production(self, x: np.ndarray) -> np.ndarray:
+    async def _run_production(self, x: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
+        """The served model's answer to one example, and which model gave it (the lineup may change meanwhile)."""
         if self._batching:
             return await self._predict_batch(x)
-        row: np.ndarray = (await self._model.apredict(x[None]))[0]
-        return row
+        model = self._model
+        row: np.ndarray = (await model.apredict(x[None]))[0]
+        return row, model
 
-    def _remote_failure(self, err: RemoteModelError, request_id: str) -> JSONResponse:
+    def _role_of(self, model: LoadedModel) -> Role:
+        """The metrics role of the model that answered: production, or the candidate once promoted."""
+        cand = self._models.candidate
+        return "candidate" if cand is not None and model.name == cand.name else "production"
+
+    def _remote_failure(self, err: RemoteModelError, request_id: str, model: LoadedModel) -> JSONResponse:
         """A remote production model failed: 502 (refused, error status, bad answer) or 504 (timeout), with the
         reason; counted. The log gets an excerpt of the answer, the client never does."""
-        self._metrics.requests.labels("production", "timeout" if err.http_status == 504 else "error").inc()
-        self._metrics.remote_failures.labels("production", err.reason).inc()
+        role = self._role_of(model)
+        self._metrics.requests.labels(role, "timeout" if err.http_status == 504 else "error").inc()
+        self._metrics.remote_failures.labels(role, err.reason).inc()
         log.warning(
             "production model %r failed on request %s: %s%s",
-            self._model.name,
+            model.name,
             request_id,
             err,
             f" (answer: {err.detail})" if err.detail else "",
         )
         return JSONResponse(
-            {"error": f"production model {self._model.name!r}: {err}", "request_id": request_id},
+            {"error": f"production model {model.name!r}: {err}", "request_id": request_id},
             status_code=err.http_status,
         )
 
@@ -240,27 +274,31 @@ class ShadowIngress:
             self._expect.raise_if_rejected(violations)  # 422 when the config says reject
         ts = time.time()
         t0 = time.perf_counter()
+        model = self._model
         try:
-            out = await self._run_production(req.inputs)
+            out, model = await self._run_production(req.inputs)
         except RemoteModelError as err:
-            return self._remote_failure(err, request_id)
+            return self._remote_failure(err, request_id, model)
         except Exception:
-            self._metrics.requests.labels("production", "error").inc()
+            self._metrics.requests.labels(self._role_of(model), "error").inc()
             log.exception("production model failed on request %s", request_id)
             return _internal_error(request_id, "the production model failed")
         latency_s = time.perf_counter() - t0
         values = np.asarray(out, dtype=np.float64).reshape(-1)
         outcome = check_rows(values[None], 1, None)[0][0]
-        self._metrics.requests.labels("production", outcome).inc()
-        self._metrics.latency.labels("production").observe(latency_s)
+        role = self._role_of(model)
+        self._metrics.requests.labels(role, outcome).inc()
+        self._metrics.latency.labels(role).observe(latency_s)
         output_violations = self._expect.check_output("production", values)
         if output_violations:
             record_violations(self._metrics, output_violations)
             violations = violations + output_violations
         # JSON has no NaN: a non-finite production output goes out as null.
         listed: list[float | None] = [v if math.isfinite(v) else None for v in values.tolist()]
-        self._hand_off(req, ts, values.tolist() if outcome == "ok" else None, outcome, latency_s, violations)
-        body: dict[str, Any] = {"request_id": request_id, "model": self._model.name, "outputs": listed}
+        self._hand_off(
+            req, ts, values.tolist() if outcome == "ok" else None, outcome, latency_s, violations, model.name
+        )
+        body: dict[str, Any] = {"request_id": request_id, "model": model.name, "outputs": listed}
         if outcome == "ok":
             body["prediction"] = (
                 int(values.argmax()) if self._classification else (listed[0] if len(listed) == 1 else listed)
@@ -276,9 +314,12 @@ class ShadowIngress:
         outcome: Outcome,
         latency_s: float,
         violations: list[Violation],
+        served: str,
     ) -> None:
         """O(1) appends to bounded buffers, nothing awaited: the shadow pair, and a violation item."""
-        if self._buffer is not None and is_sampled(req.request_id, self._cfg.shadow.sample_share):
+        shadowing = self._buffer is not None and self._models.shadowed is not None
+        if shadowing and is_sampled(req.request_id, self._cfg.shadow.sample_share):
+            assert self._buffer is not None
             self._metrics.pairs_sampled.inc()
             self._buffer.offer(
                 Mirrored(
@@ -290,12 +331,13 @@ class ShadowIngress:
                     production_outcome=outcome,
                     production_latency_s=latency_s,
                     violations=[asdict(v) for v in violations],
+                    served_model=served,
                 ),
                 req.nbytes,
             )
         if violations and self._expect.should_annotate(req.request_id, violations):
             production = ModelOutput(
-                role="production", model=self._model.name, outcome=outcome, values=values, latency_s=latency_s
+                role="production", model=served, outcome=outcome, values=values, latency_s=latency_s
             )
             item = violation_item(
                 req.request_id,
@@ -355,6 +397,18 @@ class ShadowIngress:
     async def _reset(self, request: Request) -> Response:
         return JSONResponse(await self._hub_call("reset"))
 
+    async def _candidates(self, request: Request) -> Response:
+        return JSONResponse(await self._hub_call("candidates"))
+
+    async def _change_candidates(self, request: Request) -> Response:
+        """Change the lineup (set, remove, promote, rollback, finish): the lead validates, audits and commits
+        it; every replica follows within ``POLL_S`` (this one at once)."""
+        body = await self._json(request)
+        status, answer = await self._hub_call("change_lineup", body, request.state.token_name)
+        if status == 200:
+            await self._lineup.sync()
+        return JSONResponse(answer, status_code=status)
+
     async def __del__(self) -> None:
         # Graceful shutdown: what is buffered still reaches the worker and the hub's durable spool.
         for buffer in (self._buffer, self._violation_items):
@@ -367,7 +421,8 @@ class ShadowIngress:
             {
                 "status": "ok",
                 "production": self._model.name,
-                "candidate": self._cfg.models.candidate.name if self._cfg.models.candidate else None,
+                "candidate": self._models.candidate.name if self._models.candidate else None,
+                "live": self._models.live,
                 "shadow_outstanding": self._buffer.outstanding if self._buffer else 0,
             }
         )

@@ -23,20 +23,24 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from shadowd.config import ShadowdConfig
+from shadowd.config import ModelsConfig, ShadowdConfig
 from shadowd.errors import RemoteModelError
 from shadowd.expect import ExpectationSet, Violation, record_violations
+from shadowd.models import ModelConfig
 from shadowd.models.runtime import LoadedModel, check_rows, load_model
 from shadowd.records import MirroredBatch, ModelOutput, Outcome, OutputColumns, PairBatch, Role
 from shadowd.sampling import is_sampled, shard_of
+from shadowd.serving.lineup import Lineup, LineupFollower
 from shadowd.serving.runtime import MetricsPublisher, behind_production, process_metrics
 
 __all__ = ["MODEL_THREADS", "ShadowWorker", "run_role"]
+
+_SECOND_OF: dict[str, str] = {"noise": "production", "reference": "reference"}  # the models a second opinion runs
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,18 @@ async def run_role(
     ], violations
 
 
+@dataclass(frozen=True)
+class _Runners:
+    """What the worker runs for one lineup: swapped whole when the lineup changes."""
+
+    models: ModelsConfig
+    shadow: _Runner | None
+    shadow_role: Role
+    seconds: list[tuple[Role, float, _Runner]]
+    # After a promotion: the served model again, timed here, so both sides' latency is measured alike.
+    timing: _Runner | None = None
+
+
 class ShadowWorker:
     def __init__(self, config: ShadowdConfig, hubs: list[Any]):
         """``hubs``: a handle per hub shard, in shard order."""
@@ -139,21 +155,48 @@ class ShadowWorker:
         behind_production(config.serving.shadow_cpu)
         self._metrics = process_metrics()
         self._publisher = MetricsPublisher(hubs[0])  # to the lead's /metrics, from another node
-        timeout_s = config.shadow.candidate_timeout_s
-        assert config.models.candidate is not None, "the app builder adds a worker only with a candidate"
-        self._candidate = _Runner(
-            load_model(config.models.candidate, config.serving.torch_threads), timeout_s, self._failures("candidate")
-        )
         self._expect = ExpectationSet(config.expectations, redaction=config.annotations.redaction)
-        threads = config.serving.torch_threads
-        # Second opinions on a sampled share: production again (noise floor), the reference (churn floor).
-        self._seconds: list[tuple[Role, float, _Runner]] = []
-        if config.shadow.noise_share > 0:
-            runner = _Runner(load_model(config.models.production, threads), timeout_s, self._failures("noise"))
-            self._seconds.append(("noise", config.shadow.noise_share, runner))
-        if config.models.reference is not None and config.shadow.reference_share > 0:
-            runner = _Runner(load_model(config.models.reference, threads), timeout_s, self._failures("reference"))
-            self._seconds.append(("reference", config.shadow.reference_share, runner))
+        self._runners = self._load(config.models, None)
+        self._lineup = LineupFollower(hubs[0], self._follow, config.serving.hub_timeout_s)
+
+    def _runner(self, model: ModelConfig, role: Role) -> _Runner:
+        timeout_s = self._cfg.shadow.candidate_timeout_s
+        return _Runner(load_model(model, self._cfg.serving.torch_threads), timeout_s, self._failures(role))
+
+    def _load(self, models: ModelsConfig, now: _Runners | None) -> _Runners:
+        """The runners for ``models``, reusing those of ``now`` whose model did not change. The shadowed model
+        runs as the candidate, or (a promotion) as production; the noise floor is production again (the
+        model of the pair's production side either way); the reference gives the churn floor."""
+        shadow_role: Role = "candidate" if models.live == "production" else "production"
+        shadowed = models.shadowed
+        shadow = None
+        if shadowed is not None:
+            same = now is not None and now.shadow is not None and now.models.shadowed == shadowed
+            shadow = now.shadow if same and now is not None else self._runner(shadowed, shadow_role)
+        seconds: list[tuple[Role, float, _Runner]] = []
+        shares: list[tuple[Role, float, ModelConfig | None]] = [
+            ("noise", self._cfg.shadow.noise_share, models.production),
+            ("reference", self._cfg.shadow.reference_share, models.reference),
+        ]
+        before = {role: (share, runner) for role, share, runner in now.seconds} if now is not None else {}
+        for role, share, model in shares:
+            if model is None or share <= 0:
+                continue
+            kept = before.get(role)
+            same = now is not None and kept is not None and getattr(now.models, _SECOND_OF[role]) == model
+            seconds.append((role, share, kept[1] if same and kept is not None else self._runner(model, role)))
+        timing = None
+        if shadow_role == "production":
+            same = now is not None and now.timing is not None and now.models.served == models.served
+            timing = now.timing if same and now is not None else self._runner(models.served, "candidate")
+        return _Runners(models, shadow, shadow_role, seconds, timing)
+
+    async def _follow(self, lineup: Lineup) -> None:
+        """A new lineup: new models load in a thread while the old ones keep working, then swap in."""
+        if lineup.models == self._runners.models:
+            return
+        self._runners = await asyncio.to_thread(self._load, lineup.models, self._runners)
+        log.info("shadow worker follows lineup version %d", lineup.version)
 
     def _failures(self, role: Role) -> Callable[[str], None]:
         """Counts a remote model's failures for ``role`` by reason."""
@@ -164,15 +207,36 @@ class ShadowWorker:
         record_violations(self._metrics, violations)
         return [asdict(v) for v in violations]
 
+    @staticmethod
+    async def _latency_of_served(runners: _Runners, x: np.ndarray, at_ingress: list[float]) -> list[float]:
+        """The served model's latency per row as the pair records it: the ingress's timing, or, after a promotion
+        (the other side timed here, per example of a batch), this worker's timing of the served model too: a
+        latency check compares like with like (the values stay what clients got)."""
+        if runners.timing is None:
+            return at_ingress
+        timed, _ = await run_role(runners.timing, "candidate", x, None)
+        return [t.latency_s if t.outcome in ("ok", "nan") else a for t, a in zip(timed, at_ingress, strict=True)]
+
     async def process(self, batch: MirroredBatch) -> int:
-        """Run the candidate (and noise, reference) on a batch, send the pairs to the hub; returns pairs sent."""
+        """Run the shadowed model (and noise, reference) on a batch, send the pairs to the hub; returns pairs
+        sent. Rows answered by a model the current lineup does not serve (in flight across a change) are
+        dropped and counted."""
         self._publisher.ensure_started()
+        await self._lineup.ready()
+        runners = self._runners
+        served = runners.models.served.name
+        keep = [i for i, name in enumerate(batch.served_models) if name == served]
+        if runners.shadow is None or len(keep) < len(batch.request_ids):
+            self._metrics.pairs_dropped.labels("lineup").inc(len(batch.request_ids) - len(keep))
+            if runners.shadow is None or not keep:
+                return 0
+            batch = batch.rows(keep)
         x = batch.x
         width = next((len(v) for v in batch.production_values if v), None)
-        candidates, found = await run_role(self._candidate, "candidate", x, width, self._expect)
+        shadowed, found = await run_role(runners.shadow, runners.shadow_role, x, width, self._expect)
         violations = [self._record(row) for row in found]
         seconds: dict[Role, list[ModelOutput | None]] = {}
-        for role, share, runner in self._seconds:
+        for role, share, runner in runners.seconds:
             outputs: list[ModelOutput | None] = [None] * len(x)
             idx = [i for i, rid in enumerate(batch.request_ids) if is_sampled(rid, share, role)]
             if idx:
@@ -183,28 +247,34 @@ class ShadowWorker:
             seconds[role] = outputs
         none: list[ModelOutput | None] = [None] * len(x)
         noise, reference = seconds.get("noise", none), seconds.get("reference", none)
-        for cand, nz, ref in zip(candidates, noise, reference, strict=True):
+        for cand, nz, ref in zip(shadowed, noise, reference, strict=True):
             for result in (cand, nz, ref):
                 if result is not None:
                     self._metrics.requests.labels(result.role, result.outcome).inc()
                     if result.outcome in ("ok", "nan"):
                         self._metrics.latency.labels(result.role).observe(result.latency_s)
-        # The hub gets the pairs in columns (one stacked array per role, not a Pair per row).
+        # The hub gets the pairs in columns (one stacked array per role, not a Pair per row). After a promotion
+        # the served model is the pair's candidate side and the shadowed production its production side.
+        answered = OutputColumns.of_lists(
+            "production" if runners.shadow_role == "candidate" else "candidate",
+            [served] * len(x),
+            batch.production_outcomes,
+            batch.production_values,
+            await self._latency_of_served(runners, x, batch.production_latency_s),
+            [None] * len(x),
+        )
+        shadow_side = OutputColumns.of(runners.shadow_role, shadowed)
+        production, candidate = (
+            (answered, shadow_side) if runners.shadow_role == "candidate" else (shadow_side, answered)
+        )
         pairs = PairBatch(
             request_ids=batch.request_ids,
             ts=batch.ts,
             features=batch.features,
             inputs=x if self._cfg.shadow.store_inputs else None,
             violations=[before + after for before, after in zip(batch.violations, violations, strict=True)],
-            production=OutputColumns.of_lists(
-                "production",
-                [self._cfg.models.production.name] * len(x),
-                batch.production_outcomes,
-                batch.production_values,
-                batch.production_latency_s,
-                [None] * len(x),
-            ),
-            candidate=OutputColumns.of("candidate", candidates),
+            production=production,
+            candidate=candidate,
             noise=OutputColumns.of("noise", noise) if "noise" in seconds else None,
             reference=OutputColumns.of("reference", reference) if "reference" in seconds else None,
         )

@@ -190,6 +190,7 @@ def test_worker_sends_the_batch_in_columns(tmp_path, store_inputs):
             production_outcome="ok" if i != 3 else "error",
             production_latency_s=0.002 * (i + 1),
             violations=[{"expectation": "x.range", "count": 1}] if i == 5 else [],
+            served_model="prod",
         )
         for i in range(40)
     ]
@@ -263,7 +264,7 @@ def _mirrored(n: int) -> MirroredBatch:
     x = np.random.default_rng(3).normal(size=(n, 8)).astype(np.float32)
     return MirroredBatch.of(
         [
-            Mirrored(f"s{i}", float(i), {}, x[i], [0.25] * 4, "ok", 0.001, [])
+            Mirrored(f"s{i}", float(i), {}, x[i], [0.25] * 4, "ok", 0.001, [], "prod")
             for i in range(n)  # production's values as the ingress recorded them
         ]
     )

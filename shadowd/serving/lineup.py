@@ -1,0 +1,292 @@
+"""The model lineup: which model answers clients and which runs in the shadow, changed at runtime.
+
+A lineup is a versioned ``ModelsConfig``. The config file gives the first
+one; ``shadowd candidates`` (``POST /shadow/candidates``, scope admin) moves
+it on without restarting anything:
+
+    set NAME      add or replace the candidate (a new test window for it)
+    remove        stop shadowing
+    promote NAME  the candidate answers clients; production stays in the shadow as the baseline
+                  (``models.live: candidate``): the checks go on asking "is the candidate worse?"
+    rollback      production answers again; the candidate goes back to the shadow
+    finish        keep the promoted model as production and stop shadowing its predecessor
+
+The lead hub shard holds the lineup: it validates a change, loads a new
+model once to prove it loads, keeps the closing window's report, commits the
+new version (``lineup.json``, written atomically) and appends the change to
+``audit.jsonl`` (who, when, the verdict and evidence at that moment) before
+answering. Every ingress and worker replica asks the lead for the version
+each ``POLL_S`` and swaps its models in place when it changed (the old ones
+answer until the new ones are loaded); every hub shard takes it from the
+lead. A lineup is saved with a fingerprint of the config's ``models``
+section: when a deploy changes that section (a GitOps values change), the
+config wins and the runtime changes are dropped, audited as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from shadowd.config import ModelsConfig, ShadowdConfig
+from shadowd.configbase import Strict
+from shadowd.errors import BadRequest
+from shadowd.models import ModelConfig
+
+__all__ = [
+    "POLL_S",
+    "Lineup",
+    "LineupChange",
+    "LineupFollower",
+    "LineupStore",
+    "apply_change",
+    "fingerprint",
+    "lineup_config",
+    "parse_change",
+]
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0  # how often a replica asks the lead for the lineup's version
+
+
+class SetCandidate(Strict):
+    action: Literal["set"]
+    candidate: ModelConfig = Field(description="The new candidate's model config (the keys of models.candidate).")
+
+
+class RemoveCandidate(Strict):
+    action: Literal["remove"]
+
+
+class Promote(Strict):
+    action: Literal["promote"]
+    candidate: str = Field(min_length=1, description="The candidate's name, as a check that it is the one meant.")
+
+
+class Rollback(Strict):
+    action: Literal["rollback"]
+
+
+class Finish(Strict):
+    action: Literal["finish"]
+
+
+LineupChange = Annotated[SetCandidate | RemoveCandidate | Promote | Rollback | Finish, Field(discriminator="action")]
+_CHANGE: TypeAdapter[LineupChange] = TypeAdapter(LineupChange)
+
+
+def parse_change(body: Any) -> LineupChange:
+    """A change from a request body; ``BadRequest`` (422) names the key and what was expected."""
+    try:
+        return _CHANGE.validate_python(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(f"{where}: {first['msg']} (actions: set, remove, promote, rollback, finish)", 422) from None
+
+
+def fingerprint(models: ModelsConfig) -> str:
+    """A short hash of a models section: tells whether the config changed since a lineup was saved."""
+    text = json.dumps(models.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Lineup:
+    version: int
+    models: ModelsConfig
+    since: float = 0.0  # when it took effect: pairs of earlier requests belong to the window it closed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "models": self.models.model_dump(mode="json"), "since": self.since}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Lineup:
+        return cls(int(data["version"]), ModelsConfig.model_validate(data["models"]), float(data.get("since", 0.0)))
+
+    def summary(self) -> dict[str, Any]:
+        """Names and kinds only (no URLs, headers or paths): for the audit log and GET /shadow/candidates."""
+        m = self.models
+
+        def one(model: ModelConfig | None) -> dict[str, str] | None:
+            return None if model is None else {"name": model.name, "kind": model.kind}
+
+        return {
+            "version": self.version,
+            "live": m.live,
+            "served": m.served.name,
+            "production": one(m.production),
+            "candidate": one(m.candidate),
+            "shadowed": m.shadowed.name if m.shadowed is not None else None,
+        }
+
+
+def apply_change(models: ModelsConfig, change: LineupChange) -> ModelsConfig:
+    """The models after ``change``; ``BadRequest`` 409 when the lineup does not allow it (with what does)."""
+    promoted = models.live == "candidate"
+    cand = models.candidate
+    if isinstance(change, SetCandidate):
+        if promoted:
+            raise BadRequest(
+                f"candidate {models.served.name!r} is promoted and answers clients: rollback or finish first", 409
+            )
+        if change.candidate.name in (models.production.name, models.reference.name if models.reference else None):
+            raise BadRequest(f"candidate name {change.candidate.name!r} is taken by another model of the lineup", 409)
+        return models.model_copy(update={"candidate": change.candidate})
+    if cand is None:
+        raise BadRequest(f"no candidate is shadowed: there is nothing to {change.action}", 409)
+    if isinstance(change, RemoveCandidate):
+        if promoted:
+            raise BadRequest(f"candidate {cand.name!r} is promoted and answers clients: rollback or finish first", 409)
+        return models.model_copy(update={"candidate": None})
+    if isinstance(change, Promote):
+        if change.candidate != cand.name:
+            raise BadRequest(f"the candidate is {cand.name!r}, not {change.candidate!r}", 409)
+        if promoted:
+            raise BadRequest(f"candidate {cand.name!r} is already promoted", 409)
+        return models.model_copy(update={"live": "candidate"})
+    if not promoted:
+        raise BadRequest(f"nothing is promoted: production {models.production.name!r} answers clients", 409)
+    if isinstance(change, Rollback):
+        return models.model_copy(update={"live": "production"})
+    return models.model_copy(update={"production": cand, "candidate": None, "live": "production"})
+
+
+def lineup_config(config: ShadowdConfig, models: ModelsConfig) -> ShadowdConfig:
+    """``config`` with ``models``; ``BadRequest`` 422 when the models do not fit it (input shapes, output kind)."""
+    prod = models.production
+    for role, model in (("candidate", models.candidate), ("reference", models.reference)):
+        if model is not None and model.input_shape != prod.input_shape:
+            raise BadRequest(
+                f"{role}.input_shape {model.input_shape} differs from production's {prod.input_shape}", 422
+            )
+        if model is not None and (model.output == "values") != (prod.output == "values"):
+            raise BadRequest(f"{role}.output {model.output!r} does not fit production's {prod.output!r}", 422)
+    return config.model_copy(update={"models": models})
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class LineupStore:
+    """A shard's lineup under ``<data_dir>/lineup/``; the lead also keeps the audit log and closed windows'
+    reports there."""
+
+    def __init__(self, data_dir: Path):
+        self.folder = data_dir / "lineup"
+        self.path = self.folder / "lineup.json"
+        self.audit_path = self.folder / "audit.jsonl"
+        self.reports = self.folder / "reports"
+
+    def load(self, base: ModelsConfig) -> tuple[Lineup, bool]:
+        """(the lineup, whether a saved one was dropped because the config's models changed since). No saved
+        lineup, or one for another config: the config's, version 0."""
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return Lineup(0, base), False
+        if saved.get("base") != fingerprint(base):
+            return Lineup(int(saved.get("version", 0)) + 1, base, since=time.time()), True
+        return Lineup.from_json(saved), False
+
+    def save(self, lineup: Lineup, base: ModelsConfig) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.path, json.dumps({**lineup.to_json(), "base": fingerprint(base)}))
+
+    def audit(self, entry: dict[str, Any]) -> None:
+        """One JSON line, synced before the change is answered."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.audit_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def history(self, last: int = 20) -> list[dict[str, Any]]:
+        try:
+            lines = self.audit_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines[-last:] if line.strip()]
+
+    def keep_report(self, lineup: Lineup, report: dict[str, Any]) -> str:
+        """Keep the report of the window a change closes; returns its file name (under ``reports/``)."""
+        self.reports.mkdir(parents=True, exist_ok=True)
+        cand = lineup.models.candidate
+        judged = re.sub(r"[^A-Za-z0-9_.-]", "_", cand.name)[:60] if cand is not None else "none"
+        name = f"{lineup.version:06d}-{judged}-{int(time.time())}.json"
+        _write_atomic(self.reports / name, json.dumps(report))
+        return name
+
+    def kept_reports(self) -> list[str]:
+        return sorted(p.name for p in self.reports.glob("*.json")) if self.reports.is_dir() else []
+
+
+class LineupFollower:
+    """A replica's side of the lineup: asks the lead hub shard for it every ``POLL_S`` and awaits
+    ``on_change`` with each new version (which loads the new models in a thread and swaps them in)."""
+
+    def __init__(self, lead: Any, on_change: Callable[[Lineup], Awaitable[None]], timeout_s: float):
+        self._lead = lead
+        self._on_change = on_change
+        self._timeout_s = timeout_s
+        self.version: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._first: asyncio.Task[None] | None = None
+        self._syncing = asyncio.Lock()
+
+    async def sync(self) -> None:
+        """One round: ask, and follow a new version (one round at a time)."""
+        async with self._syncing:
+            data = await asyncio.wait_for(self._lead.lineup.remote(), self._timeout_s)
+            lineup = Lineup.from_json(data)
+            if lineup.version != self.version:
+                await self._on_change(lineup)
+                self.version = lineup.version
+
+    async def ready(self) -> None:
+        """Before this replica's first shadow or production call: the lineup synced once (a replica that
+        starts after a runtime change never answers with the config's models), or tried and logged."""
+        self.ensure_started()
+        if self._first is not None and not self._first.done():
+            await asyncio.shield(self._first)
+
+    def ensure_started(self) -> None:
+        if self._first is None:
+            self._first = asyncio.get_running_loop().create_task(self._once())
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _once(self) -> None:
+        try:
+            await self.sync()
+        except Exception as err:  # the hub restarting: the config's lineup until it answers
+            log.warning("lineup not synced with the lead hub yet (%s); following the config's", type(err).__name__)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                await self.sync()
+            except Exception as err:
+                log.warning("lineup poll failed: %s", type(err).__name__)
