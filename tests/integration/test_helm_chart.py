@@ -28,6 +28,7 @@ import referencing
 import yaml
 
 from shadowd.config import parse_config
+from shadowd.errors import ConfigError
 from tests.fixtures.k8s import K8S_VERSION, k8s_definitions
 
 pytestmark = pytest.mark.integration
@@ -497,6 +498,32 @@ def test_remote_model_credentials_come_from_a_secret_through_extra_env(chart, mo
     for where, _, spec in specs:
         env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in spec["containers"][0]["env"]}
         assert env["DIGITS_AUTH"] == {"name": "digits-auth", "key": "header"}, where
+
+
+def test_promotion_rollback_and_finish_are_values_changes(chart):
+    """deploy/README.md's GitOps table: each operation is a change of config.models that renders to the
+    lineup the runtime command would make."""
+    from shadowd.serving.lineup import apply_change, parse_change
+
+    base = parse_config(yaml.safe_load(_config_text(render(chart, {}))), "configmap").models
+    assert base.candidate is not None
+    steps = {
+        "promote": ({"live": "candidate"}, {"action": "promote", "candidate": base.candidate.name}),
+        "rollback": ({"live": "production"}, {"action": "rollback"}),
+        "finish": (
+            {"live": "production", "production": base.candidate.model_dump(mode="json"), "candidate": None},
+            {"action": "finish"},
+        ),
+    }
+    promoted = apply_change(base, parse_change(steps["promote"][1]))
+    for name, (models, change) in steps.items():
+        docs = render(chart, {"config": {"models": models}})
+        cfg = parse_config(yaml.safe_load(_config_text(docs)), f"configmap after {name}")
+        before = base if name == "promote" else promoted
+        assert cfg.models == apply_change(before, parse_change(change)), name
+    docs = render(chart, {"config": {"models": {"candidate": None, "live": "candidate"}}})
+    with pytest.raises(ConfigError, match="live is 'candidate' but no models"):
+        parse_config(yaml.safe_load(_config_text(docs)), "configmap")
 
 
 @pytest.mark.parametrize("mode", ["rayservice", "deployment"])

@@ -130,3 +130,34 @@ def test_shards_count_each_pair_once_join_labels_anywhere_and_report_like_one_hu
     assert _counts(sharded) == _counts(single)
     decided = [c for c in sharded["checks"] if c["status"] != "inconclusive" and c["type"] != "latency_ratio"]
     assert decided, "the same verdicts only mean something when some check decided"
+
+
+def test_a_lineup_change_reaches_every_shard(shadowd_app, kafka_broker):
+    """A new candidate starts a new window on the lead and on the other shard, and the pairs after the change
+    are the new candidate's, on the shard that owns each."""
+    from ray import serve
+
+    daemon = shadowd_app(_config(kafka_broker.bootstrap, SHARDS))
+    stream = _stream()
+
+    def send(part: list[tuple[str, dict[str, Any], int]], tag: str) -> None:
+        with requests.Session() as s:
+            for rid, body, _ in part:
+                headers = {"X-Request-ID": f"{tag}-{rid}"}
+                assert s.post(f"{daemon.url}/predict", json=body, headers=headers, timeout=30).ok
+
+    send(stream[:60], "before")
+    assert wait_for_pairs(daemon.url, 60, 90, daemon.token)["overall"]["pairs"] == 60
+    change = {"action": "set", "candidate": toy_model("cand2", seed=0, retrain=3)}
+    resp = requests.post(f"{daemon.url}/shadow/candidates", json=change, headers=daemon.headers, timeout=120)
+    assert resp.status_code == 200, resp.text
+    lead, other = (serve.get_deployment_handle(n, APP_NAME) for n in ("ShadowHub", "ShadowHub-1"))
+    for hub in (lead, other):  # the lead told its peer before it answered
+        state = hub.shard_state.remote([]).result()
+        assert state["models"]["candidate"] == "cand2" and state["slices"]["overall"]["pairs"] == 0
+    time.sleep(1.5)  # every replica follows within a second
+    send(stream[60:180], "after")
+    report = wait_for_pairs(daemon.url, 120, 90, daemon.token)
+    assert report["overall"]["pairs"] == 120 and report["models"]["candidate"] == "cand2"
+    owners = [shard_of(f"after-{rid}", SHARDS) for rid, _, _ in stream[60:180]]
+    assert _pairs_per_shard(SHARDS) == [owners.count(s) for s in range(SHARDS)]
