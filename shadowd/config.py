@@ -39,6 +39,7 @@ __all__ = [
     "InputsExpectation",
     "LabelStudioConfig",
     "LabelsConfig",
+    "LineupConfig",
     "MetricsConfig",
     "OutputsExpectation",
     "RedactionConfig",
@@ -92,6 +93,33 @@ class ModelsConfig(Strict):
         if self.candidate is None:
             return None
         return self.production if self.live == "candidate" else self.candidate
+
+
+class LineupConfig(Strict):
+    """What a runtime change of the candidate (``shadowd candidates set``, scope admin) may load. By default only
+    what the config's own models already use: a token of scope admin never widens what the daemon trusts (code it
+    imports, files it reads, servers it sends production's inputs to, credentials it sends them)."""
+
+    python_targets: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]] = Field(
+        default_factory=list,
+        description="Import paths 'module:attr' a runtime candidate of kind python may use, besides the "
+        "config's models' targets.",
+    )
+    model_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders a runtime candidate of kind torchscript may be loaded from, besides the folders of "
+        "the config's TorchScript models; relative to the config file.",
+    )
+    http_urls: list[str] = Field(
+        default_factory=list,
+        description="URLs a runtime candidate of kind http may call: the same scheme and host, and a path "
+        "starting with this one's; besides the scheme and host of the config's http models.",
+    )
+    credentials: list[str] = Field(
+        default_factory=list,
+        description="Environment variables (headers_env) and files (headers_file) a runtime http candidate may "
+        "send as headers, besides those the config's models use.",
+    )
 
 
 class ShadowConfig(Strict):
@@ -839,6 +867,11 @@ class ShadowdConfig(Strict):
     labels: LabelsConfig = Field(
         default_factory=LabelsConfig, description="Label joins, high-loss queueing and hard-example suites."
     )
+    lineup: LineupConfig = Field(
+        default_factory=LineupConfig,
+        description="What a runtime change of the candidate (shadowd candidates set) may load besides what the "
+        "config's models use.",
+    )
     auth: AuthConfig = Field(
         default_factory=AuthConfig,
         description="API tokens: who may send labels, read the report and reset the test. None configured: "
@@ -1029,6 +1062,12 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
         exp = exp.model_copy(update={"drift": exp.drift.model_copy(update={"profile": fix(exp.drift.profile)})})
     labels = cfg.labels.model_copy(update={"suites_dir": fix(cfg.labels.suites_dir)})
     auth = cfg.auth.model_copy(update={"tokens_file": fix(cfg.auth.tokens_file)})
+    lineup = cfg.lineup.model_copy(
+        update={
+            "model_dirs": [fix(d) for d in cfg.lineup.model_dirs],
+            "credentials": [str(fix(Path(c))) if "/" in c else c for c in cfg.lineup.credentials],
+        }
+    )
     annotations = cfg.annotations
     if annotations.label_studio is not None:
         ls = annotations.label_studio.model_copy(update={"token_file": fix(annotations.label_studio.token_file)})
@@ -1040,6 +1079,7 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
             "expectations": exp,
             "labels": labels,
             "auth": auth,
+            "lineup": lineup,
             "annotations": annotations,
         }
     )

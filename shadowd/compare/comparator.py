@@ -476,9 +476,10 @@ class Comparator:
     def load(self, path: Path | None = None) -> bool:
         """Resume a saved window; False (and a fresh window) when there is none to resume.
 
-        A state for another candidate model is not resumed: its evidence is
-        about a different model. An unreadable state is moved aside (kept for
-        a human, never deleted) and a fresh window starts.
+        A state for other models (another candidate or production, or from before
+        a promotion) is not resumed: its evidence is about different models. An
+        unreadable state is moved aside (kept for a human, never deleted) and a
+        fresh window starts.
         """
         path = Path(path) if path is not None else state_path(self._cfg.data_dir)
         if not path.exists():
@@ -491,14 +492,18 @@ class Comparator:
             os.replace(path, aside)
             log.warning("comparator state %s unreadable (%s); moved to %s, starting a new window", path, err, aside)
             return False
-        candidate = self._cfg.models.candidate.name if self._cfg.models.candidate else None
-        if state.get("models", {}).get("candidate") != candidate:
-            log.info(
-                "comparator state %s is for candidate %r, now %r: starting a new window",
-                path,
-                state.get("models", {}).get("candidate"),
-                candidate,
-            )
+        models = self._cfg.models
+        now = {
+            "production": models.production.name,
+            "candidate": models.candidate.name if models.candidate else None,
+            "live": models.served.name,
+        }
+        saved = state.get("models", {})
+        changed = {k: (saved[k], v) for k, v in now.items() if k in saved and saved[k] != v}
+        if "candidate" not in saved and now["candidate"] is not None:
+            changed["candidate"] = (None, now["candidate"])
+        if changed:
+            log.info("comparator state %s is for other models %s: starting a new window", path, changed)
             return False
         self.load_state(state)
         return True

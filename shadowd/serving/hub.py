@@ -43,7 +43,15 @@ from shadowd.models.runtime import load_model
 from shadowd.observe.metrics import ShadowdMetrics, own_metric_files, store_remote_files
 from shadowd.records import OVERALL, AnnotationItem, Label, Pair, PairBatch
 from shadowd.sampling import Shard
-from shadowd.serving.lineup import Lineup, LineupStore, SetCandidate, apply_change, lineup_config, parse_change
+from shadowd.serving.lineup import (
+    Lineup,
+    LineupStore,
+    SetCandidate,
+    apply_change,
+    check_allowed,
+    lineup_config,
+    parse_change,
+)
 from shadowd.serving.runtime import behind_production, node_id, process_metrics_dir
 
 if TYPE_CHECKING:
@@ -106,6 +114,10 @@ class ShadowHub:
         self._store = LineupStore(config.data_dir)
         self._lineup, dropped = self._store.load(config.models)
         if dropped:
+            log.warning(
+                "the config's models section differs from the one the runtime lineup was changed from (or the "
+                "lineup file was unreadable): following the config; runtime changes since are dropped"
+            )
             self._store.save(self._lineup, self._base_models)
             if shard.lead:
                 self._store.audit(_audit_entry("config", "the config file", None, self._lineup, None, None))
@@ -381,8 +393,9 @@ class ShadowHub:
         }
 
     async def change_lineup(self, body: Any, who: str) -> tuple[int, dict[str, Any]]:
-        """POST /shadow/candidates (the lead): (HTTP status, body). Validated, a new model loaded once, the
-        closing window's report kept, the lineup saved, the change audited, then every shard told."""
+        """POST /shadow/candidates (the lead): (HTTP status, body). Validated (a new model: only what the config
+        trusts, and loaded once), the closing window's report kept, the lineup saved, the change audited, then
+        taken here and by every shard. A refused new model is audited too."""
         self._ensure_persisting()
         try:
             change = parse_change(body)
@@ -391,26 +404,54 @@ class ShadowHub:
                 models = apply_change(before.models, change)
                 lineup_config(self._cfg, models)  # fits the config, or 422
                 if isinstance(change, SetCandidate):
-                    await _loads(change.candidate, self._cfg.serving.torch_threads)
+                    try:
+                        check_allowed(self._cfg, self._base_models, change.candidate)
+                        await _loads(change.candidate, self._cfg.serving.torch_threads)
+                    except BadRequest as err:
+                        self._audit_refusal(change.action, who, change.candidate.name, err.reason)
+                        raise
                 try:
                     report = await self.report()
                 except ShardUnavailable as err:
                     raise BadRequest(f"the lineup cannot change while a hub shard is unreachable: {err}", 503) from None
                 after = Lineup(before.version + 1, models, since=time.time())
-                try:
-                    kept = self._store.keep_report(before, report)
-                    entry = _audit_entry(change.action, who, before, after, report, kept)
-                    self._store.audit(entry)  # the change is on record before it takes effect
-                    self._adopt(after)
-                except OSError as err:
-                    raise BadRequest(
-                        f"the lineup cannot be saved right now ({err.strerror}); retry later", 503
-                    ) from None
+                entry = self._commit(change.action, who, before, after, report)
         except BadRequest as err:
             return err.http_status, {"error": err.reason}
         await self._from_peers("adopt_lineup", after.to_json(), return_exceptions=True)  # the rest: next tick
         log.info("lineup changed by %s: %s (version %d)", who, change.action, after.version)
-        return 200, {"status": "changed", "lineup": after.summary(), "kept_report": kept, "change": entry}
+        return 200, {"status": "changed", "lineup": after.summary(), "kept_report": entry["evidence"]["report"]}
+
+    def _commit(self, action: str, who: str, before: Lineup, after: Lineup, report: dict[str, Any]) -> dict[str, Any]:
+        """Keep the closing window's report, save the new lineup, audit it, then take it. Nothing changes unless
+        all three are written (a failed audit puts the old lineup back): 503."""
+        try:
+            kept = self._store.keep_report(before, report)
+            entry = _audit_entry(action, who, before, after, report, kept)
+            self._store.save(after, self._base_models)
+            try:
+                self._store.audit(entry)
+            except OSError:
+                self._store.save(before, self._base_models)
+                raise
+        except OSError as err:
+            raise BadRequest(f"the lineup cannot be saved right now ({err.strerror}); retry later", 503) from None
+        self._adopt(after, saved=True)
+        return entry
+
+    def _audit_refusal(self, action: str, who: str, name: str, reason: str) -> None:
+        entry = {
+            "ts": time.time(),
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "who": who,
+            "action": action,
+            "refused": f"{name}: {reason}"[:500],
+            "before": self._lineup.summary(),
+        }
+        try:
+            self._store.audit(entry)
+        except OSError as err:
+            log.error("refused lineup change by %s not audited: %s", who, err)
 
     async def adopt_lineup(self, data: dict[str, Any]) -> bool:
         """Another shard takes the lead's lineup; a new one starts a new window here too."""
@@ -420,16 +461,21 @@ class ShadowHub:
         self._adopt(lineup)
         return True
 
-    def _adopt(self, lineup: Lineup) -> None:
+    def _adopt(self, lineup: Lineup, saved: bool = False) -> None:
+        """Take ``lineup``: a new window for its models (the comparator's state written now or by the next tick)."""
+        if not saved:
+            self._store.save(lineup, self._base_models)
         cfg = self._cfg.model_copy(update={"models": lineup.models})
-        self._store.save(lineup, self._base_models)
         with self._lock:
             comparator = Comparator(cfg, self._metrics)
             comparator.labels_seq = self._comparator.labels_seq  # labels already counted stay out of the new window
             self._lineup, self._cfg, self._comparator = lineup, cfg, comparator
             self._violations = ViolationTally()
             self._dirty = True
-        self._save()
+        try:
+            self._save()
+        except OSError as err:  # the persist loop tries again
+            log.error("comparator state not saved after the lineup change: %s", err)
 
     def __del__(self) -> None:
         # Ray Serve calls this on graceful shutdown: keep the evidence, flush the queue.

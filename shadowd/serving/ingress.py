@@ -47,7 +47,7 @@ from shadowd.models.runtime import LoadedModel, check_rows, load_model
 from shadowd.records import AnnotationItem, Mirrored, MirroredBatch, ModelOutput, Outcome, Role
 from shadowd.sampling import is_sampled, shard_of
 from shadowd.serving.auth import Scope, load_tokens
-from shadowd.serving.lineup import Lineup, LineupFollower
+from shadowd.serving.lineup import Lineup, LineupFollower, close_later
 from shadowd.serving.protocol import (
     PredictRequest,
     parse_feedback,
@@ -64,7 +64,8 @@ __all__ = ["ShadowIngress"]
 
 log = logging.getLogger(__name__)
 
-_RETIRE_AFTER_S = 60.0  # a model swapped out is closed this long after: requests still on it finish first
+# A change may load a new model in the lead before it answers (``shadowd.serving.hub._LOAD_CHECK_S``).
+_CHANGE_TIMEOUT_S = 180.0
 _HUB_CALLS = 16  # report/feedback/reset calls one ingress replica lets wait on the hub at once
 _BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="shadowd"'}
 
@@ -153,12 +154,12 @@ class ShadowIngress:
             old, self._model = self._model, model
             self._set_batching(served)
             log.info("now serving %r (was %r), lineup version %d", model.name, old.name, lineup.version)
-            asyncio.get_running_loop().call_later(_RETIRE_AFTER_S, lambda: asyncio.ensure_future(old.aclose()))
+            close_later(old.cfg, old.aclose)  # once every request that started on it is answered
         self._models = lineup.models
 
     async def __call__(self, request: Request) -> Response:
         self._publisher.ensure_started()
-        await self._lineup.ready()
+        self._lineup.ensure_started()
         path = request.url.path
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :] or "/"
@@ -211,19 +212,18 @@ class ShadowIngress:
             by_shard.setdefault(shard_of(item.request_id, n), []).append(item)
         await asyncio.gather(*(self._hubs[s].add_items.remote(part) for s, part in by_shard.items()))
 
-    async def _hub_call(self, method: str, *args: Any, shard: int = 0) -> Any:
+    async def _hub_call(self, method: str, *args: Any, shard: int = 0, timeout_s: float | None = None) -> Any:
         """Call a hub shard (the lead unless named), bounded: a slow or restarting hub gets a 503, never a
         hung ingress."""
         if self._hub_calls.locked():
             raise BadRequest("too many report/feedback calls in flight; retry shortly", 503)
+        timeout_s = timeout_s or self._cfg.serving.hub_timeout_s
         async with self._hub_calls:
             try:
                 call = getattr(self._hubs[shard], method).remote(*args)
-                return await asyncio.wait_for(call, self._cfg.serving.hub_timeout_s)
+                return await asyncio.wait_for(call, timeout_s)
             except TimeoutError:
-                raise BadRequest(
-                    f"the hub did not answer within {self._cfg.serving.hub_timeout_s} s; retry", 503
-                ) from None
+                raise BadRequest(f"the hub did not answer within {timeout_s} s; retry", 503) from None
             except RayError as err:  # the hub replica died; Serve starts another, which resumes its state
                 log.warning("hub call %s failed: %s", method, type(err).__name__)
                 raise BadRequest("the hub is restarting; retry shortly", 503) from None
@@ -266,6 +266,7 @@ class ShadowIngress:
 
     async def _predict(self, request: Request) -> Response:
         t_start = time.perf_counter()
+        await self._lineup.ready()  # a replica that (re)started answers with the current lineup's model
         request_id = request_id_from(request.headers, _serve_request_id())
         req = parse_predict(await self._json(request), request_id, self._input_shape, self._cfg.serving)
         violations = self._expect.check_request(req.features, req.inputs)
@@ -404,9 +405,17 @@ class ShadowIngress:
         """Change the lineup (set, remove, promote, rollback, finish): the lead validates, audits and commits
         it; every replica follows within ``POLL_S`` (this one at once)."""
         body = await self._json(request)
-        status, answer = await self._hub_call("change_lineup", body, request.state.token_name)
+        try:
+            status, answer = await self._hub_call(
+                "change_lineup", body, request.state.token_name, timeout_s=_CHANGE_TIMEOUT_S
+            )
+        except BadRequest as err:  # the lead may still commit it: say how to find out before a retry
+            raise BadRequest(f"{err.reason}; GET /shadow/candidates says whether the change was made", 503) from None
         if status == 200:
-            await self._lineup.sync()
+            try:
+                await self._lineup.sync()
+            except Exception as err:  # committed: this replica follows at its next poll like every other
+                log.warning("lineup changed; this replica follows at its next poll (%s)", type(err).__name__)
         return JSONResponse(answer, status_code=status)
 
     async def __del__(self) -> None:

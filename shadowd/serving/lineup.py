@@ -32,17 +32,18 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
+from urllib.parse import urlsplit
 
 from pydantic import Field, TypeAdapter, ValidationError
 
 from shadowd.config import ModelsConfig, ShadowdConfig
 from shadowd.configbase import Strict
 from shadowd.errors import BadRequest
-from shadowd.models import ModelConfig
+from shadowd.models import HttpModel, ModelBase, ModelConfig, PythonModel, TorchScriptModel
 
 __all__ = [
     "POLL_S",
@@ -51,9 +52,12 @@ __all__ = [
     "LineupFollower",
     "LineupStore",
     "apply_change",
+    "check_allowed",
+    "close_later",
     "fingerprint",
     "lineup_config",
     "parse_change",
+    "retire_after",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,8 +102,9 @@ def parse_change(body: Any) -> LineupChange:
 
 
 def fingerprint(models: ModelsConfig) -> str:
-    """A short hash of a models section: tells whether the config changed since a lineup was saved."""
-    text = json.dumps(models.model_dump(mode="json"), sort_keys=True)
+    """A short hash of a models section as written (defaults left out, so an upgrade that adds a field does not
+    change it): tells whether the config changed since a lineup was saved."""
+    text = json.dumps(models.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -144,6 +149,12 @@ def apply_change(models: ModelsConfig, change: LineupChange) -> ModelsConfig:
             )
         if change.candidate.name in (models.production.name, models.reference.name if models.reference else None):
             raise BadRequest(f"candidate name {change.candidate.name!r} is taken by another model of the lineup", 409)
+        if cand is not None and change.candidate.name == cand.name:
+            raise BadRequest(
+                f"candidate {cand.name!r} is already shadowed: give the new model a new name (a version), so "
+                "its evidence never mixes with the old one's",
+                409,
+            )
         return models.model_copy(update={"candidate": change.candidate})
     if cand is None:
         raise BadRequest(f"no candidate is shadowed: there is nothing to {change.action}", 409)
@@ -162,6 +173,66 @@ def apply_change(models: ModelsConfig, change: LineupChange) -> ModelsConfig:
     if isinstance(change, Rollback):
         return models.model_copy(update={"live": "production"})
     return models.model_copy(update={"production": cand, "candidate": None, "live": "production"})
+
+
+def retire_after(model: ModelBase) -> float:
+    """Seconds after a swap before a replaced model is closed: longer than any call that started on it."""
+    if isinstance(model, HttpModel):
+        return max(60.0, model.timeout_s * (model.retries + 1) + 10.0)
+    return 60.0
+
+
+_CLOSING: set[asyncio.Future[None]] = set()  # closes under way (a task nobody holds may be collected)
+
+
+def close_later(model: ModelBase, close: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Close a replaced model (or its runner) ``retire_after(model)`` seconds from now, on this loop."""
+
+    def start() -> None:
+        task = asyncio.ensure_future(close())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+
+    asyncio.get_running_loop().call_later(retire_after(model), start)
+
+
+def check_allowed(config: ShadowdConfig, base: ModelsConfig, model: ModelConfig) -> None:
+    """``BadRequest`` 403 unless a runtime candidate uses only what the config trusts (``lineup``, and what
+    the config's own models in ``base`` use): the code it imports, the files it reads, the servers it sends
+    production's inputs to, the credentials it sends them."""
+    allowed = config.lineup
+    own = [m for m in (base.production, base.candidate, base.reference) if m is not None]
+
+    def refuse(what: str, key: str) -> NoReturn:
+        raise BadRequest(f"{what} is not allowed at runtime: the config's models do not use it (add it to {key})", 403)
+
+    if isinstance(model, PythonModel):
+        targets = {m.target for m in own if isinstance(m, PythonModel)} | set(allowed.python_targets)
+        if model.target not in targets:
+            refuse(f"python target {model.target!r}", "lineup.python_targets")
+    elif isinstance(model, TorchScriptModel):
+        path = Path(model.path)
+        if not path.is_absolute():
+            raise BadRequest(f"path {model.path!r}: give an absolute path (as the daemon's nodes see it)", 422)
+        dirs = [Path(m.path).resolve().parent for m in own if isinstance(m, TorchScriptModel)]
+        dirs += [Path(d).resolve() for d in allowed.model_dirs]
+        if not any(path.resolve().is_relative_to(d) for d in dirs):
+            refuse(f"model file {model.path!r}", "lineup.model_dirs")
+    elif isinstance(model, HttpModel):
+        url = urlsplit(model.url)
+        hosts = {(u.scheme, u.netloc) for u in (urlsplit(m.url) for m in own if isinstance(m, HttpModel))}
+        prefixes = [urlsplit(u) for u in allowed.http_urls]
+        if (url.scheme, url.netloc) not in hosts and not any(
+            (url.scheme, url.netloc) == (p.scheme, p.netloc) and url.path.startswith(p.path) for p in prefixes
+        ):
+            refuse(f"URL {url.scheme}://{url.netloc}{url.path}", "lineup.http_urls")
+        sources = set(allowed.credentials)
+        for m in own:
+            if isinstance(m, HttpModel):
+                sources |= set(m.headers_env.values()) | {str(f) for f in m.headers_file.values()}
+        for source in [*model.headers_env.values(), *(str(f) for f in model.headers_file.values())]:
+            if source not in sources:
+                refuse(f"credential source {source!r}", "lineup.credentials")
 
 
 def lineup_config(config: ShadowdConfig, models: ModelsConfig) -> ShadowdConfig:
@@ -204,11 +275,24 @@ class LineupStore:
         lineup, or one for another config: the config's, version 0."""
         try:
             saved = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
         except FileNotFoundError:
             return Lineup(0, base), False
+        except (OSError, ValueError) as err:  # unreadable: kept aside for a person, the config's lineup
+            return self._unreadable(base, err), True
         if saved.get("base") != fingerprint(base):
             return Lineup(int(saved.get("version", 0)) + 1, base, since=time.time()), True
-        return Lineup.from_json(saved), False
+        try:
+            return Lineup.from_json(saved), False
+        except (KeyError, TypeError, ValueError) as err:
+            return self._unreadable(base, err), True
+
+    def _unreadable(self, base: ModelsConfig, err: Exception) -> Lineup:
+        aside = self.path.with_name(f"lineup.json.unreadable-{int(time.time())}")
+        os.replace(self.path, aside)
+        log.error("lineup %s unreadable (%s); moved to %s, following the config's models", self.path, err, aside)
+        return Lineup(1, base, since=time.time())
 
     def save(self, lineup: Lineup, base: ModelsConfig) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -217,8 +301,10 @@ class LineupStore:
     def audit(self, entry: dict[str, Any]) -> None:
         """One JSON line, synced before the change is answered."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.audit_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
+        with open(self.audit_path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1)) != b"\n"
+            f.write((b"\n" if torn else b"") + json.dumps(entry, sort_keys=True).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -227,7 +313,13 @@ class LineupStore:
             lines = self.audit_path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines[-last:] if line.strip()]
+        entries = []
+        for line in lines[-last:]:
+            try:
+                entries.append(json.loads(line))
+            except ValueError:  # a line torn by a crash mid-write
+                continue
+        return entries
 
     def keep_report(self, lineup: Lineup, report: dict[str, Any]) -> str:
         """Keep the report of the window a change closes; returns its file name (under ``reports/``)."""
@@ -254,15 +346,28 @@ class LineupFollower:
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Task[None] | None = None
         self._syncing = asyncio.Lock()
+        self._failed: int | None = None  # a version this replica could not follow, tried again after a backoff
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
 
     async def sync(self) -> None:
-        """One round: ask, and follow a new version (one round at a time)."""
+        """One round: ask, and follow a new version (one round at a time). A version whose models do not load
+        here is tried again after 2, 4, ... 60 s, not every round."""
         async with self._syncing:
             data = await asyncio.wait_for(self._lead.lineup.remote(), self._timeout_s)
             lineup = Lineup.from_json(data)
-            if lineup.version != self.version:
+            if lineup.version == self.version:
+                return
+            if lineup.version == self._failed and time.monotonic() < self._retry_at:
+                return
+            try:
                 await self._on_change(lineup)
-                self.version = lineup.version
+            except Exception as err:
+                self._backoff_s = min(60.0, 2 * self._backoff_s) if self._failed == lineup.version else 2.0
+                self._failed, self._retry_at = lineup.version, time.monotonic() + self._backoff_s
+                log.error("cannot follow lineup version %d (again in %.0f s): %s", lineup.version, self._backoff_s, err)
+                raise
+            self.version, self._failed = lineup.version, None
 
     async def ready(self) -> None:
         """Before this replica's first shadow or production call: the lineup synced once (a replica that

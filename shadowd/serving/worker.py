@@ -31,11 +31,11 @@ import numpy as np
 from shadowd.config import ModelsConfig, ShadowdConfig
 from shadowd.errors import RemoteModelError
 from shadowd.expect import ExpectationSet, Violation, record_violations
-from shadowd.models import ModelConfig
+from shadowd.models import HttpModel, ModelConfig
 from shadowd.models.runtime import LoadedModel, check_rows, load_model
 from shadowd.records import MirroredBatch, ModelOutput, Outcome, OutputColumns, PairBatch, Role
 from shadowd.sampling import is_sampled, shard_of
-from shadowd.serving.lineup import Lineup, LineupFollower
+from shadowd.serving.lineup import Lineup, LineupFollower, close_later
 from shadowd.serving.runtime import MetricsPublisher, behind_production, process_metrics
 
 __all__ = ["MODEL_THREADS", "ShadowWorker", "run_role"]
@@ -68,6 +68,11 @@ class _Runner:
         )
         # Free slots; released by the thread itself (a hung local call keeps its slot) or when a remote call ends.
         self._slots = threading.Semaphore(MODEL_THREADS)
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.model.aclose()
 
     def _call(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
@@ -146,6 +151,9 @@ class _Runners:
     # After a promotion: the served model again, timed here, so both sides' latency is measured alike.
     timing: _Runner | None = None
 
+    def all(self) -> list[_Runner]:
+        return [r for r in (self.shadow, *(r for _, _, r in self.seconds), self.timing) if r is not None]
+
 
 class ShadowWorker:
     def __init__(self, config: ShadowdConfig, hubs: list[Any]):
@@ -186,17 +194,22 @@ class ShadowWorker:
             same = now is not None and kept is not None and getattr(now.models, _SECOND_OF[role]) == model
             seconds.append((role, share, kept[1] if same and kept is not None else self._runner(model, role)))
         timing = None
-        if shadow_role == "production":
+        if shadow_role == "production" and not isinstance(models.served, HttpModel):  # not twice the remote load
             same = now is not None and now.timing is not None and now.models.served == models.served
             timing = now.timing if same and now is not None else self._runner(models.served, "candidate")
         return _Runners(models, shadow, shadow_role, seconds, timing)
 
     async def _follow(self, lineup: Lineup) -> None:
         """A new lineup: new models load in a thread while the old ones keep working, then swap in."""
-        if lineup.models == self._runners.models:
+        old = self._runners
+        if lineup.models == old.models:
             return
-        self._runners = await asyncio.to_thread(self._load, lineup.models, self._runners)
+        self._runners = await asyncio.to_thread(self._load, lineup.models, old)
         log.info("shadow worker follows lineup version %d", lineup.version)
+        kept = {id(r) for r in self._runners.all()}
+        for runner in old.all():  # closed once every call that started on it is over
+            if id(runner) not in kept:
+                close_later(runner.model.cfg, runner.aclose)
 
     def _failures(self, role: Role) -> Callable[[str], None]:
         """Counts a remote model's failures for ``role`` by reason."""

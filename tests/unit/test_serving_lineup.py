@@ -5,6 +5,7 @@ through a stand-in for its handle (the integration test runs them on real Ray Se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -12,11 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import TypeAdapter
 
 from shadowd.app import build_flywheel
 from shadowd.compare.comparator import Comparator
 from shadowd.config import parse_config
 from shadowd.errors import BadRequest
+from shadowd.models import ModelConfig
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import Label, Mirrored, MirroredBatch, ModelOutput, Pair, PairBatch
 from shadowd.serving.hub import HubParts, ShadowHub
@@ -31,11 +34,12 @@ def _model(name: str, seed: int, retrain: int = 0, **extra: Any) -> dict[str, An
     return {"name": name, "kind": "python", "target": target, "kwargs": kwargs, "input_shape": [8], **extra}
 
 
-def _config(data_dir, candidate: dict[str, Any] | None = None, **models: Any):
+def _config(data_dir, candidate: dict[str, Any] | None = None, lineup: dict[str, Any] | None = None, **models: Any):
     return parse_config(
         {
             "task": "classification",
             "data_dir": str(data_dir),
+            "lineup": lineup or {},
             "models": {"production": _model("prod", 0), "candidate": candidate or _model("cand", 1), **models},
             "shadow": {"sample_share": 1.0, "noise_share": 0.0},
             "annotations": {"policy": {"rate_per_s": 100000, "burst_items": 100000, "dedup_window_items": 0}},
@@ -84,6 +88,7 @@ def test_each_change_moves_the_lineup_as_documented_and_refuses_what_does_not_fi
         (models, {"action": "finish"}, "nothing is promoted"),
         (finished, {"action": "remove"}, "nothing to remove"),
         (models, {"action": "set", "candidate": _model("prod", 2)}, "'prod' is taken"),
+        (models, {"action": "set", "candidate": _model("cand", 2)}, "give the new model a new name"),
     ]
     for before, body, reason in refused:
         with pytest.raises(BadRequest, match=reason) as err:
@@ -157,17 +162,21 @@ def _batch(served: str, shadowed: str, n: int, ts: float, seed: int = 0) -> Pair
 
 
 def test_a_new_candidate_starts_a_new_window_audited_with_the_evidence_of_the_closed_one(tmp_path):
-    cfg = _config(tmp_path)
+    cfg = _config(tmp_path, lineup={"python_targets": ["shadowd.testing:FaultyModel"]})
     hub = ShadowHub(cfg, _parts)
     try:
         assert asyncio.run(hub.add_batch(_batch("prod", "cand", 50, time.time()))) == 50
 
-        status, body = _change(hub, action="set", candidate=_model("nope", 3, target="shadowd.testing:Nope"))
-        assert status == 422 and "does not load" in body["error"]
+        broken = _model("nope", 3, target="shadowd.testing:FaultyModel")
+        broken["kwargs"] = {"mode": "bogus"}
+        status, body = _change(hub, action="set", candidate=broken)
+        assert status == 422 and "does not load" in body["error"] and "unknown FaultyModel mode" in body["error"]
         status, body = _change(hub, action="rollback")
         assert status == 409
-        assert not LineupStore(cfg.data_dir).audit_path.exists()  # refused changes change nothing
-        assert hub._comparator.report().overall.pairs == 50
+        # Refused changes change nothing; a refused model is on record (who tried what).
+        [refused] = LineupStore(cfg.data_dir).history()
+        assert refused["who"] == "release-ci" and "does not load" in refused["refused"] and "after" not in refused
+        assert hub._lineup.version == 0 and hub._comparator.report().overall.pairs == 50
 
         status, body = _change(hub, action="set", candidate=_model("cand2", 2))
         assert status == 200, body
@@ -176,7 +185,7 @@ def test_a_new_candidate_starts_a_new_window_audited_with_the_evidence_of_the_cl
         store = LineupStore(cfg.data_dir)
         kept = json.loads((store.reports / body["kept_report"]).read_text())
         assert kept["models"]["candidate"] == "cand" and kept["overall"]["pairs"] == 50
-        [entry] = store.history()
+        entry = store.history()[-1]
         assert entry["who"] == "release-ci" and entry["action"] == "set"
         assert entry["before"]["candidate"]["name"] == "cand" and entry["after"]["candidate"]["name"] == "cand2"
         assert entry["evidence"]["pairs"] == 50 and entry["evidence"]["verdict"] == kept["gate"]["verdict"]
@@ -214,6 +223,86 @@ def test_a_new_candidate_starts_a_new_window_audited_with_the_evidence_of_the_cl
         assert LineupStore(cfg.data_dir).history()[-1]["action"] == "config"
     finally:
         _close(hub)
+
+
+def _candidate(model: dict[str, Any]) -> ModelConfig:
+    return TypeAdapter(ModelConfig).validate_python(model)
+
+
+def test_a_runtime_candidate_uses_only_what_the_config_trusts(tmp_path):
+    """An admin token never widens what the daemon trusts: the code it imports, the files it reads, the servers
+    it sends production's inputs to and the credentials it sends them; the config's lineup section widens it."""
+    from shadowd.serving.lineup import check_allowed
+
+    remote = {"name": "r", "kind": "http", "url": "http://models.svc:8080", "input_shape": [8]}
+    base = _config(tmp_path, reference={**remote, "headers_env": {"Authorization": "MODEL_AUTH"}}).models
+    script = {"name": "s", "kind": "torchscript", "input_shape": [8]}
+    cases = [
+        (_model("c", 2, target="subprocess:run"), 403, "lineup.python_targets"),
+        ({**script, "path": "/etc/shadow"}, 403, "lineup.model_dirs"),
+        ({**script, "path": "model.pt"}, 422, "absolute path"),
+        ({**remote, "url": "http://attacker.example:8080"}, 403, "lineup.http_urls"),
+        ({**remote, "url": "https://models.svc:8080"}, 403, "lineup.http_urls"),
+        ({**remote, "headers_file": {"Authorization": "/var/run/secrets/token"}}, 403, "lineup.credentials"),
+        ({**remote, "headers_env": {"Authorization": "AWS_SECRET_ACCESS_KEY"}}, 403, "lineup.credentials"),
+    ]
+    cfg = _config(tmp_path)
+    for model, status, reason in cases:
+        with pytest.raises(BadRequest, match=reason) as err:
+            check_allowed(cfg, base, _candidate(model))
+        assert err.value.http_status == status
+    allowed = [
+        _model("c", 2),  # the config's own target
+        {**remote, "url": "http://models.svc:8080/v3", "headers_env": {"Authorization": "MODEL_AUTH"}},
+    ]
+    for model in allowed:
+        check_allowed(cfg, base, _candidate(model))
+    widened = _config(
+        tmp_path,
+        lineup={
+            "python_targets": ["shadowd.testing:SleepyModel"],
+            "model_dirs": [str(tmp_path / "models")],
+            "http_urls": ["https://canary.svc/models/"],
+            "credentials": ["CANARY_AUTH"],
+        },
+    )
+    for model in [
+        _model("c", 2, target="shadowd.testing:SleepyModel"),
+        {**script, "path": str(tmp_path / "models" / "v3" / "model.pt")},
+        {**remote, "url": "https://canary.svc/models/v3", "headers_env": {"Authorization": "CANARY_AUTH"}},
+    ]:
+        check_allowed(widened, base, _candidate(model))
+    with pytest.raises(BadRequest, match=r"lineup\.http_urls"):  # a prefix of the path, on the same host only
+        check_allowed(
+            widened,
+            base,
+            _candidate({**remote, "url": "https://canary.svc/other"}),
+        )
+
+
+def test_an_unreadable_lineup_or_a_torn_audit_line_never_stops_the_daemon(tmp_path):
+    cfg = _config(tmp_path)
+    store = LineupStore(tmp_path)
+    store.folder.mkdir(parents=True)
+    store.path.write_text('{"version": 3, "models": {"production": ')
+    lineup, dropped = store.load(cfg.models)
+    assert dropped and lineup.models == cfg.models and not store.path.exists()
+    assert [p.name.startswith("lineup.json.unreadable-") for p in store.folder.iterdir()] == [True]
+
+    store.audit({"action": "set", "n": 1})
+    with open(store.audit_path, "a") as f:
+        f.write('{"action": "prom')  # a crash mid-write
+    store.audit({"action": "rollback", "n": 2})
+    assert [e["n"] for e in store.history()] == [1, 2]
+
+
+def test_a_window_from_before_a_promotion_is_not_resumed_after_it(tmp_path):
+    cfg = _config(tmp_path)
+    before = Comparator(cfg)
+    path = before.save(tmp_path / "state.json")
+    promoted = cfg.model_copy(update={"models": cfg.models.model_copy(update={"live": "candidate"})})
+    assert Comparator(cfg).load(path)
+    assert not Comparator(promoted).load(path)
 
 
 # --- the worker follows the lead; a promotion reverses the sides ---
@@ -279,3 +368,37 @@ def test_after_a_promotion_the_promoted_model_is_judged_against_its_predecessor(
         assert report["gate"]["verdict"] == verdict, report["gate"]["reasons"]
     finally:
         _close(hub)
+
+
+def test_a_replica_that_cannot_follow_a_version_backs_off_instead_of_reloading_every_second(tmp_path, monkeypatch):
+    from shadowd.serving import lineup as lineup_module
+    from shadowd.serving.lineup import Lineup, LineupFollower
+
+    cfg = _config(tmp_path)
+    current = Lineup(4, cfg.models)
+    calls: list[int] = []
+
+    class Lead:
+        class lineup:
+            @staticmethod
+            async def remote() -> dict[str, Any]:
+                return current.to_json()
+
+    async def on_change(lineup: Lineup) -> None:
+        calls.append(lineup.version)
+        if len(calls) < 3:
+            raise RuntimeError("model file missing on this node")
+
+    clock = [100.0]
+    monkeypatch.setattr(lineup_module, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
+    follower = LineupFollower(Lead(), on_change, timeout_s=5)
+
+    async def rounds() -> None:
+        for step in (0.0, 1.0, 1.5, 3.0, 4.0, 7.0):  # seconds since the first try
+            clock[0] = 100.0 + step
+            with contextlib.suppress(RuntimeError):
+                await follower.sync()
+
+    asyncio.run(rounds())
+    # Tried at 0, again 2 s later (at 3.0), then 4 s later (at 7.0) where it loads; not at every round.
+    assert calls == [4, 4, 4] and follower.version == 4
