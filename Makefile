@@ -81,6 +81,7 @@ bench: setup
 	$(PY) bench/faults.py
 	$(PY) bench/hub.py --rounds 5
 	$(PY) bench/shards.py --rounds 3
+	$(PY) bench/lineup.py
 
 # Ten minutes at 70 % of saturation, no faults: memory and open files stay flat, nothing lost.
 soak: setup
