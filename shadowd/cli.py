@@ -572,6 +572,11 @@ def _print_lineup(lineup: object) -> None:
         )
     elif cand is not None:
         typer.echo(f"  shadowing candidate {cand['name']} ({cand['kind']})")
+        schedule = lineup.get("schedule") or {}
+        if schedule.get("max_duration_s") or schedule.get("stop_when_decided"):
+            stops = [f"after {schedule['max_duration_s']:g} s"] if schedule.get("max_duration_s") else []
+            stops += ["once decided"] if schedule.get("stop_when_decided") else []
+            typer.echo(f"  the test stops by itself {' or '.join(stops)}")
     else:
         typer.echo("  no candidate: shadowing is off")
 
@@ -617,20 +622,40 @@ def candidates_set(
     model_file: Path = typer.Argument(
         ..., help="YAML file with the candidate's model config (keys of models.candidate)."
     ),
+    max_duration: str | None = typer.Option(
+        None, "--max-duration", help="Stop the test by itself after this long: seconds, or with a unit (90m, 6h, 2d)."
+    ),
+    stop_when_decided: bool = typer.Option(
+        False, "--stop-when-decided", help="Stop the test by itself once the gate says PASS or FAIL."
+    ),
     url: str = _URL,
     config: Path | None = _CONFIG,
     token: str | None = _TOKEN,
     token_file: Path | None = _TOKEN_FILE,
 ) -> None:
     """Add or replace the candidate: a new test window for it (the old window's report is kept). Relative paths
-    in the file are resolved against its folder; they must exist where the daemon runs."""
+    in the file are resolved against its folder; they must exist where the daemon runs. A test stopped by its
+    schedule keeps its verdict readable: GET /shadow/verdict?candidate=NAME."""
     from shadowd.flywheel.replay import load_model_file
 
     try:
         model = load_model_file(model_file)
     except ConfigError as err:
         _fail(str(err))
-    _change({"action": "set", "candidate": model.model_dump(mode="json")}, url, config, token, token_file)
+    body: dict[str, object] = {"action": "set", "candidate": model.model_dump(mode="json")}
+    if max_duration is not None or stop_when_decided:
+        seconds = _duration_s(max_duration) if max_duration is not None else None
+        body["schedule"] = {"max_duration_s": seconds, "stop_when_decided": stop_when_decided}
+    _change(body, url, config, token, token_file)
+
+
+def _duration_s(text: str) -> float:
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if found is None or float(found[1]) <= 0:
+        _fail(f"--max-duration {text!r}: give a positive number of seconds, or one with a unit: 90m, 6h, 2d")
+    return float(found[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[found[2]]
 
 
 @candidates_app.command("remove")

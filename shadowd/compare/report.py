@@ -309,6 +309,7 @@ def verdict_document(report: ShadowReport) -> dict[str, Any]:
             "review_slices": list(report.gate.review_slices),
             "evidence": {"pairs": o.pairs, "compared": o.compared, "labels": o.labels.used},
             "window_started_ts": report.window_started_ts,
+            "window": "open",
         }
     return _verdict_document(candidates, list(report.gate.reasons), report.generated_ts)
 

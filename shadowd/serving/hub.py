@@ -46,6 +46,7 @@ from shadowd.sampling import Shard
 from shadowd.serving.lineup import (
     Lineup,
     LineupStore,
+    RemoveCandidate,
     SetCandidate,
     apply_change,
     check_allowed,
@@ -189,6 +190,9 @@ class ShadowHub:
             log.error("gate verdict INCONCLUSIVE until every shard answers: %s", err)
             self._metrics.gate_verdict.set(Verdict.INCONCLUSIVE.gauge_value)
             return
+        reason = self._lineup.due(gate.verdict.value, time.time())
+        if reason is not None:
+            await self._stop_by_schedule(reason)
         if self._annotator is not None:
             text = "; ".join(gate.reasons[:3])
             await asyncio.to_thread(self._annotator.observe, gate.verdict.value, text)
@@ -362,10 +366,18 @@ class ShadowHub:
             }
         ).to_json()
 
-    async def verdict(self) -> dict[str, Any]:
-        """GET /shadow/verdict: the report cut down to the verdict per candidate (no flywheel or drift sections)."""
+    async def verdict(self, candidate: str | None = None) -> dict[str, Any]:
+        """GET /shadow/verdict: the report cut down to the verdict per candidate (no flywheel or drift sections).
+        A ``candidate`` no longer shadowed (its test stopped, or it was replaced) gets the verdict of its last
+        window, from the report kept when it closed, marked ``"window": "closed"``."""
         self._ensure_persisting()
-        return verdict_document(await self._merged_report())
+        document = verdict_document(await self._merged_report())
+        if candidate is not None and candidate not in document["candidates"]:
+            kept = await asyncio.to_thread(self._store.last_report_of, candidate)
+            if kept is not None:
+                entry = verdict_document(ShadowReport.from_json(kept))["candidates"][candidate]
+                document["candidates"][candidate] = {**entry, "window": "closed", "closed_ts": kept["generated_ts"]}
+        return document
 
     async def reset(self) -> dict[str, Any]:
         """A new window on this shard and (from the lead) on every other one."""
@@ -414,7 +426,8 @@ class ShadowHub:
                     report = await self.report()
                 except ShardUnavailable as err:
                     raise BadRequest(f"the lineup cannot change while a hub shard is unreachable: {err}", 503) from None
-                after = Lineup(before.version + 1, models, since=time.time())
+                schedule = change.schedule if isinstance(change, SetCandidate) else None
+                after = Lineup(before.version + 1, models, since=time.time(), schedule=schedule)
                 entry = self._commit(change.action, who, before, after, report)
         except BadRequest as err:
             return err.http_status, {"error": err.reason}
@@ -438,6 +451,24 @@ class ShadowHub:
             raise BadRequest(f"the lineup cannot be saved right now ({err.strerror}); retry later", 503) from None
         self._adopt(after, saved=True)
         return entry
+
+    async def _stop_by_schedule(self, reason: str) -> None:
+        """The shadowed candidate's schedule says its test is over: shadowing stops as ``remove`` would."""
+        async with self._lineup_lock:
+            before = self._lineup
+            if before.due((await self._merged_report()).gate.verdict.value, time.time()) is None:
+                return  # changed meanwhile
+            report = await self.report()
+            after = Lineup(
+                before.version + 1, apply_change(before.models, RemoveCandidate(action="remove")), time.time()
+            )
+            try:
+                self._commit("stop", f"schedule: {reason}", before, after, report)
+            except BadRequest as err:
+                log.error("the schedule's stop is not saved (tried again in %s s): %s", _PERSIST_EVERY_S, err.reason)
+                return
+        await self._from_peers("adopt_lineup", after.to_json(), return_exceptions=True)
+        log.info("candidate %s: test stopped by its schedule: %s", before.models.candidate, reason)
 
     def _audit_refusal(self, action: str, who: str, name: str, reason: str) -> None:
         entry = {

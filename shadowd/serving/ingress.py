@@ -360,7 +360,7 @@ class ShadowIngress:
 
     async def _candidate_verdict(self, candidate: str | None) -> dict[str, Any]:
         """The hub's verdict document, narrowed to ``candidate`` when one is named (404 if it is not shadowed)."""
-        document: dict[str, Any] = await self._hub_call("verdict")
+        document: dict[str, Any] = await self._hub_call("verdict", candidate)
         if candidate is None:
             return document
         narrowed = select_candidate(document, candidate)

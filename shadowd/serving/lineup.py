@@ -51,6 +51,7 @@ __all__ = [
     "LineupChange",
     "LineupFollower",
     "LineupStore",
+    "Schedule",
     "apply_change",
     "check_allowed",
     "close_later",
@@ -65,9 +66,18 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0  # how often a replica asks the lead for the lineup's version
 
 
+class Schedule(Strict):
+    """When a candidate's test stops by itself: shadowing ends (as ``remove`` would, audited, the window's report
+    kept) and its verdict stays readable (``GET /shadow/verdict?candidate=NAME``)."""
+
+    max_duration_s: float | None = Field(None, gt=0, description="Stop this long after the candidate was set.")
+    stop_when_decided: bool = Field(False, description="Stop once the gate says PASS or FAIL.")
+
+
 class SetCandidate(Strict):
     action: Literal["set"]
     candidate: ModelConfig = Field(description="The new candidate's model config (the keys of models.candidate).")
+    schedule: Schedule | None = Field(None, description="Stop the test by itself; none: it runs until changed.")
 
 
 class RemoveCandidate(Strict):
@@ -113,13 +123,29 @@ class Lineup:
     version: int
     models: ModelsConfig
     since: float = 0.0  # when it took effect: pairs of earlier requests belong to the window it closed
+    schedule: Schedule | None = None  # the shadowed candidate's, from its ``set``
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "models": self.models.model_dump(mode="json"), "since": self.since}
+        schedule = self.schedule.model_dump(mode="json") if self.schedule is not None else None
+        models = self.models.model_dump(mode="json")
+        return {"version": self.version, "models": models, "since": self.since, "schedule": schedule}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Lineup:
-        return cls(int(data["version"]), ModelsConfig.model_validate(data["models"]), float(data.get("since", 0.0)))
+        schedule = Schedule.model_validate(data["schedule"]) if data.get("schedule") else None
+        models = ModelsConfig.model_validate(data["models"])
+        return cls(int(data["version"]), models, float(data.get("since", 0.0)), schedule)
+
+    def due(self, verdict: str, now: float) -> str | None:
+        """Why the shadowed candidate's test stops now by its schedule, or None."""
+        s, m = self.schedule, self.models
+        if s is None or m.candidate is None or m.live != "production":
+            return None
+        if s.max_duration_s is not None and now - self.since >= s.max_duration_s:
+            return f"its maximum duration of {s.max_duration_s:g} s is reached"
+        if s.stop_when_decided and verdict in ("PASS", "FAIL"):
+            return f"the gate decided {verdict}"
+        return None
 
     def summary(self) -> dict[str, Any]:
         """Names and kinds only (no URLs, headers or paths): for the audit log and GET /shadow/candidates."""
@@ -135,6 +161,7 @@ class Lineup:
             "production": one(m.production),
             "candidate": one(m.candidate),
             "shadowed": m.shadowed.name if m.shadowed is not None else None,
+            "schedule": self.schedule.model_dump(mode="json") if self.schedule is not None else None,
         }
 
 
@@ -332,6 +359,17 @@ class LineupStore:
 
     def kept_reports(self) -> list[str]:
         return sorted(p.name for p in self.reports.glob("*.json")) if self.reports.is_dir() else []
+
+    def last_report_of(self, name: str) -> dict[str, Any] | None:
+        """The newest kept report of a window that judged candidate ``name``; None when there is none."""
+        for file in sorted(self.reports.glob("*.json"), reverse=True) if self.reports.is_dir() else []:
+            try:
+                report: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if report.get("models", {}).get("candidate") == name and report.get("models", {}).get("live") != name:
+                return report
+        return None
 
 
 class LineupFollower:

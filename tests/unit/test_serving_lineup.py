@@ -402,3 +402,90 @@ def test_a_replica_that_cannot_follow_a_version_backs_off_instead_of_reloading_e
     asyncio.run(rounds())
     # Tried at 0, again 2 s later (at 3.0), then 4 s later (at 7.0) where it loads; not at every round.
     assert calls == [4, 4, 4] and follower.version == 4
+
+
+def _failing_batch(served: str, shadowed: str, n: int, ts: float) -> PairBatch:
+    pairs = [
+        Pair(
+            request_id=f"e{i}",
+            ts=ts,
+            features={},
+            production=ModelOutput(role="production", model=served, values=[0.7, 0.1, 0.1, 0.1], latency_s=0.001),
+            candidate=ModelOutput(role="candidate", model=shadowed, outcome="error", latency_s=0.001, detail="boom"),
+        )
+        for i in range(n)
+    ]
+    return PairBatch.of(pairs)
+
+
+@pytest.mark.parametrize("schedule", [{"max_duration_s": 0.2}, {"stop_when_decided": True}])
+def test_a_scheduled_test_stops_by_itself_and_its_verdict_stays_readable(tmp_path, schedule):
+    cfg = _config(tmp_path)
+    hub = ShadowHub(cfg, _parts)
+    try:
+        status, body = _change(hub, action="set", candidate=_model("cand2", 2), schedule=schedule)
+        assert status == 200 and body["lineup"]["schedule"]["stop_when_decided"] == bool(
+            schedule.get("stop_when_decided")
+        )
+        asyncio.run(hub._persist_tick())
+        assert hub._lineup.models.candidate.name == "cand2"  # not due yet: no time passed, nothing decided
+        if "max_duration_s" in schedule:
+            time.sleep(0.3)
+            verdict, reason = "INCONCLUSIVE", "its maximum duration of 0.2 s is reached"
+        else:
+            assert asyncio.run(hub.add_batch(_failing_batch("prod", "cand2", 400, time.time()))) == 400
+            verdict, reason = "FAIL", "the gate decided FAIL"
+        asyncio.run(hub._persist_tick())
+        assert hub._lineup.models.candidate is None  # shadowing stopped, as remove would
+        last = LineupStore(cfg.data_dir).history()[-1]
+        assert last["action"] == "stop" and last["who"] == f"schedule: {reason}"
+        assert last["evidence"]["verdict"] == verdict
+        document = asyncio.run(hub.verdict("cand2"))
+        entry = document["candidates"]["cand2"]
+        assert entry["window"] == "closed" and entry["verdict"] == verdict
+        assert asyncio.run(hub.verdict())["candidates"] == {}  # the combined verdict is about what runs now
+        replaced = asyncio.run(hub.verdict("cand"))["candidates"]["cand"]  # the one the first set replaced
+        assert replaced["window"] == "closed" and replaced["evidence"]["pairs"] == 0
+        assert "nobody" not in asyncio.run(hub.verdict("nobody"))["candidates"]
+    finally:
+        _close(hub)
+
+
+def test_candidates_set_sends_the_model_and_its_schedule(tmp_path, monkeypatch):
+    import requests
+    import yaml
+    from typer.testing import CliRunner
+
+    from shadowd.cli import app
+
+    sent: list[dict[str, Any]] = []
+
+    class Answer:
+        status_code = 200
+
+        @staticmethod
+        def json() -> dict[str, Any]:
+            lineup = {"version": 1, "live": "production", "served": "prod", "shadowed": "cand2"}
+            candidate = {"name": "cand2", "kind": "python"}
+            schedule = {"max_duration_s": 5400.0, "stop_when_decided": True}
+            return {"lineup": {**lineup, "candidate": candidate, "schedule": schedule}, "kept_report": "x.json"}
+
+    def post(url: str, json: dict[str, Any], headers: dict[str, str], timeout: float) -> Answer:
+        sent.append({"url": url, "body": json, "headers": headers})
+        return Answer()
+
+    monkeypatch.setattr(requests, "post", post)
+    model_file = tmp_path / "m" / "cand2.yaml"
+    model_file.parent.mkdir()
+    model_file.write_text(yaml.safe_dump(_model("cand2", 2)))
+    args = ["candidates", "set", str(model_file), "--url", "http://d:8000/", "--token", "t0k"]
+    result = CliRunner().invoke(app, [*args, "--max-duration", "90m", "--stop-when-decided"])
+    assert result.exit_code == 0, result.output
+    assert "stops by itself after 5400 s or once decided" in result.output
+    [call] = sent
+    assert call["url"] == "http://d:8000/shadow/candidates" and call["headers"] == {"Authorization": "Bearer t0k"}
+    assert call["body"]["schedule"] == {"max_duration_s": 5400.0, "stop_when_decided": True}
+    assert parse_change(call["body"]).candidate.name == "cand2"  # what the daemon will parse
+
+    bad = CliRunner().invoke(app, [*args, "--max-duration", "soon"])
+    assert bad.exit_code == 2 and "--max-duration 'soon'" in bad.output and len(sent) == 1

@@ -48,7 +48,7 @@ class _Verdict:
     def __init__(self, hub: VerdictHub):
         self._hub = hub
 
-    def remote(self) -> Any:
+    def remote(self, candidate: str | None = None) -> Any:
         async def call() -> Any:
             self._hub.calls += 1
             return verdict_document(self._hub.report)
