@@ -104,6 +104,7 @@ class ShadowIngress:
         self._batching = False
         self._set_batching(served)
         self._lineup = LineupFollower(hubs[0], self._follow, config.serving.hub_timeout_s)
+        self._standby: LoadedModel | None = None  # the previous production while a candidate is promoted
         self._hub_calls = asyncio.Semaphore(_HUB_CALLS)
         self._expect = ExpectationSet(config.expectations, redaction=config.annotations.redaction)
         # Violating requests worth a human look travel to the hub beside the shadow path, bounded the same way.
@@ -147,15 +148,28 @@ class ShadowIngress:
 
     async def _follow(self, lineup: Lineup) -> None:
         """A new lineup: a newly served model is loaded in a thread while the old one answers, then swapped in
-        (requests already running finish on the old one, which is closed once they are done)."""
-        served = lineup.models.served
-        if served != self._models.served:
-            model = await asyncio.to_thread(load_model, served, self._cfg.serving.torch_threads)
+        (requests already running finish on the old one, which is closed once they are done). While a candidate
+        is promoted, the previous production stays loaded here: a rollback swaps it back at once."""
+        models = lineup.models
+        served = models.served
+        if served != self._model.cfg:
+            standby = self._standby
+            if standby is not None and standby.cfg == served:
+                model, self._standby = standby, None
+            else:
+                model = await asyncio.to_thread(load_model, served, self._cfg.serving.torch_threads)
             old, self._model = self._model, model
             self._set_batching(served)
             log.info("now serving %r (was %r), lineup version %d", model.name, old.name, lineup.version)
-            close_later(old.cfg, old.aclose)  # once every request that started on it is answered
-        self._models = lineup.models
+            if models.live == "candidate" and old.cfg == models.production and self._standby is None:
+                self._standby = old
+            else:
+                close_later(old.cfg, old.aclose)  # once every request that started on it is answered
+        standby = self._standby
+        if standby is not None and not (models.live == "candidate" and standby.cfg == models.production):
+            self._standby = None
+            close_later(standby.cfg, standby.aclose)
+        self._models = models
 
     async def __call__(self, request: Request) -> Response:
         self._publisher.ensure_started()

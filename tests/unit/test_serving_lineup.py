@@ -489,3 +489,37 @@ def test_candidates_set_sends_the_model_and_its_schedule(tmp_path, monkeypatch):
 
     bad = CliRunner().invoke(app, [*args, "--max-duration", "soon"])
     assert bad.exit_code == 2 and "--max-duration 'soon'" in bad.output and len(sent) == 1
+
+
+def test_while_promoted_the_ingress_keeps_production_loaded_so_a_rollback_swaps_at_once(tmp_path):
+    from shadowd.serving.ingress import ShadowIngress
+    from shadowd.serving.lineup import Lineup
+
+    class Ingress(ShadowIngress):
+        def __del__(self) -> None:  # type: ignore[override]  # the drain Serve awaits at shutdown
+            pass
+
+    cfg = _config(tmp_path)
+    ingress = Ingress(cfg, None, [object()])
+    production = ingress._model
+    promoted = apply_change(cfg.models, parse_change({"action": "promote", "candidate": "cand"}))
+    rolled_back = apply_change(promoted, parse_change({"action": "rollback"}))
+    finished = apply_change(promoted, parse_change({"action": "finish"}))
+
+    def served() -> Any:  # read afresh each time (the swap happens inside _follow)
+        return ingress._model
+
+    def standby() -> Any:
+        return ingress._standby
+
+    async def walk() -> None:
+        await ingress._follow(Lineup(1, promoted))
+        assert served().name == "cand" and standby() is production
+        await ingress._follow(Lineup(2, rolled_back))
+        assert served() is production and standby() is None  # no reload: the same object
+        await ingress._follow(Lineup(3, promoted))
+        candidate = served()
+        await ingress._follow(Lineup(4, finished))
+        assert served() is candidate and standby() is None  # the predecessor let go
+
+    asyncio.run(walk())
