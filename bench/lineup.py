@@ -108,6 +108,7 @@ def run(cycles: int, clients_n: int, dwell_s: float, workdir: Path) -> str:
         "data_dir": str(workdir / "data"),
         "models": {"production": toy("v0", 0), "candidate": toy("v1", 1)},
         "shadow": {"sample_share": 1.0, "noise_share": 0.0},
+        "lineup": {"python_targets": ["shadowd.testing:ToyClassifier"]},
         "serving": {"host": "127.0.0.1", "port": free_port()},
         "metrics": {"port": metrics_port, "host": "127.0.0.1"},
     }

@@ -102,8 +102,9 @@ class LineupConfig(Strict):
 
     python_targets: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]] = Field(
         default_factory=list,
-        description="Import paths 'module:attr' a runtime candidate of kind python may use, besides the "
-        "config's models' targets.",
+        description="Import paths 'module:attr' a runtime candidate of kind python may use, trusted with any "
+        "kwargs (a factory whose kwargs name weights loads whatever they name); without this, only a target and "
+        "kwargs exactly as one of the config's models has them.",
     )
     model_dirs: list[Path] = Field(
         default_factory=list,
@@ -112,13 +113,15 @@ class LineupConfig(Strict):
     )
     http_urls: list[str] = Field(
         default_factory=list,
-        description="URLs a runtime candidate of kind http may call: the same scheme and host, and a path "
-        "starting with this one's; besides the scheme and host of the config's http models.",
+        description="URLs a runtime candidate of kind http may call: the same scheme, host and port, and a path "
+        "at or below this one's (whole segments; dot segments are refused); besides the servers (scheme, host, "
+        "port) of the config's http models.",
     )
     credentials: list[str] = Field(
         default_factory=list,
-        description="Environment variables (headers_env) and files (headers_file) a runtime http candidate may "
-        "send as headers, besides those the config's models use.",
+        description="Environment variables (headers_env) and files (headers_file, ca_file) a runtime http "
+        "candidate may use with any allowed server; without this, only with the server the config's models use "
+        "them with.",
     )
 
 

@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,14 +115,23 @@ class ShadowHub:
         self._base_models = config.models
         self._store = LineupStore(config.data_dir)
         self._lineup, dropped = self._store.load(config.models)
-        if dropped:
-            log.warning(
-                "the config's models section differs from the one the runtime lineup was changed from (or the "
-                "lineup file was unreadable): following the config; runtime changes since are dropped"
+        refused = self._untrusted(config, self._lineup) if shard.lead and not dropped else None
+        if refused is not None:  # the config no longer trusts a model changed in at runtime
+            self._lineup = Lineup(
+                self._lineup.version + 1, config.models, since=time.time(), epoch=uuid.uuid4().hex[:12]
             )
-            self._store.save(self._lineup, self._base_models)
+        if dropped or refused is not None:
+            log.warning(
+                "following the config's models: %s; runtime changes since are dropped",
+                refused
+                or "its models section differs from the one the runtime lineup was changed from (or the lineup "
+                "file was unreadable)",
+            )
             if shard.lead:
-                self._store.audit(_audit_entry("config", "the config file", None, self._lineup, None, None))
+                entry = _audit_entry("config", "the config file", None, self._lineup, None, None)
+                self._store.audit({**entry, **({"refused": refused} if refused else {})})
+        if dropped or refused is not None or not self._store.path.exists():
+            self._store.save(self._lineup, self._base_models)  # a first lineup too: its epoch lasts
         if self._lineup.models != config.models:
             config = lineup_config(config, self._lineup.models)
             parts.comparator = Comparator(config, parts.metrics)
@@ -190,9 +200,8 @@ class ShadowHub:
             log.error("gate verdict INCONCLUSIVE until every shard answers: %s", err)
             self._metrics.gate_verdict.set(Verdict.INCONCLUSIVE.gauge_value)
             return
-        reason = self._lineup.due(gate.verdict.value, time.time())
-        if reason is not None:
-            await self._stop_by_schedule(reason)
+        if self._lineup.due(gate.verdict.value, time.time()) is not None:
+            await self._stop_by_schedule()
         if self._annotator is not None:
             text = "; ".join(gate.reasons[:3])
             await asyncio.to_thread(self._annotator.observe, gate.verdict.value, text)
@@ -374,8 +383,12 @@ class ShadowHub:
         document = verdict_document(await self._merged_report())
         if candidate is not None and candidate not in document["candidates"]:
             kept = await asyncio.to_thread(self._store.last_report_of, candidate)
-            if kept is not None:
-                entry = verdict_document(ShadowReport.from_json(kept))["candidates"][candidate]
+            try:
+                entry = verdict_document(ShadowReport.from_json(kept))["candidates"][candidate] if kept else None
+            except (ValueError, KeyError, TypeError) as err:  # a kept report of an older shape: no verdict from it
+                log.warning("kept report for %r unreadable: %s", candidate, err)
+                entry = None
+            if entry is not None and kept is not None:
                 document["candidates"][candidate] = {**entry, "window": "closed", "closed_ts": kept["generated_ts"]}
         return document
 
@@ -426,8 +439,15 @@ class ShadowHub:
                     report = await self.report()
                 except ShardUnavailable as err:
                     raise BadRequest(f"the lineup cannot change while a hub shard is unreachable: {err}", 503) from None
-                schedule = change.schedule if isinstance(change, SetCandidate) else None
-                after = Lineup(before.version + 1, models, since=time.time(), schedule=schedule)
+                now = time.time()
+                schedule, set_at = before.schedule, before.set_at  # promote and rollback keep the candidate's
+                if isinstance(change, SetCandidate):
+                    schedule, set_at = change.schedule, now
+                elif models.candidate is None:
+                    schedule, set_at = None, 0.0  # remove, finish
+                after = Lineup(
+                    before.version + 1, models, since=now, schedule=schedule, set_at=set_at, epoch=before.epoch
+                )
                 entry = self._commit(change.action, who, before, after, report)
         except BadRequest as err:
             return err.http_status, {"error": err.reason}
@@ -452,15 +472,34 @@ class ShadowHub:
         self._adopt(after, saved=True)
         return entry
 
-    async def _stop_by_schedule(self, reason: str) -> None:
-        """The shadowed candidate's schedule says its test is over: shadowing stops as ``remove`` would."""
+    def _untrusted(self, config: ShadowdConfig, lineup: Lineup) -> str | None:
+        """Why a saved lineup's runtime models are no longer allowed by this config (``lineup.*``), or None."""
+        base = config.models
+        for model in (lineup.models.production, lineup.models.candidate):
+            if model is not None and model not in (base.production, base.candidate, base.reference):
+                try:
+                    check_allowed(config, base, model)
+                except BadRequest as err:
+                    return f"{model.name}: {err.reason}"
+        return None
+
+    async def _stop_by_schedule(self) -> None:
+        """The shadowed candidate's schedule says its test is over: shadowing stops as ``remove`` would. Skipped
+        while a change holds the lineup (the next tick looks again); the reason and the evidence come from one
+        report."""
+        if self._lineup_lock.locked():
+            return
         async with self._lineup_lock:
             before = self._lineup
-            if before.due((await self._merged_report()).gate.verdict.value, time.time()) is None:
-                return  # changed meanwhile
             report = await self.report()
+            reason = before.due(report["gate"]["verdict"], time.time())
+            if reason is None:
+                return
             after = Lineup(
-                before.version + 1, apply_change(before.models, RemoveCandidate(action="remove")), time.time()
+                before.version + 1,
+                apply_change(before.models, RemoveCandidate(action="remove")),
+                since=time.time(),
+                epoch=before.epoch,
             )
             try:
                 self._commit("stop", f"schedule: {reason}", before, after, report)
@@ -468,7 +507,8 @@ class ShadowHub:
                 log.error("the schedule's stop is not saved (tried again in %s s): %s", _PERSIST_EVERY_S, err.reason)
                 return
         await self._from_peers("adopt_lineup", after.to_json(), return_exceptions=True)
-        log.info("candidate %s: test stopped by its schedule: %s", before.models.candidate, reason)
+        cand = before.models.candidate
+        log.info("candidate %s: test stopped by its schedule: %s", cand.name if cand else None, reason)
 
     def _audit_refusal(self, action: str, who: str, name: str, reason: str) -> None:
         entry = {
@@ -487,8 +527,8 @@ class ShadowHub:
     async def adopt_lineup(self, data: dict[str, Any]) -> bool:
         """Another shard takes the lead's lineup; a new one starts a new window here too."""
         lineup = Lineup.from_json(data)
-        if lineup == self._lineup:
-            return False
+        if lineup == self._lineup or not lineup.supersedes(self._lineup):
+            return False  # the same, or a late message from before a change this shard already took
         self._adopt(lineup)
         return True
 
@@ -496,6 +536,9 @@ class ShadowHub:
         """Take ``lineup``: a new window for its models (the comparator's state written now or by the next tick)."""
         if not saved:
             self._store.save(lineup, self._base_models)
+        if (lineup.models, lineup.since) == (self._lineup.models, self._lineup.since):
+            self._lineup = lineup  # the same models in effect since the same time (a new epoch): the same window
+            return
         cfg = self._cfg.model_copy(update={"models": lineup.models})
         with self._lock:
             comparator = Comparator(cfg, self._metrics)

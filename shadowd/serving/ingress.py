@@ -152,23 +152,23 @@ class ShadowIngress:
         is promoted, the previous production stays loaded here: a rollback swaps it back at once."""
         models = lineup.models
         served = models.served
+        loaded = [m for m in (self._model, self._standby) if m is not None]
         if served != self._model.cfg:
-            standby = self._standby
-            if standby is not None and standby.cfg == served:
-                model, self._standby = standby, None
-            else:
+            model = next((m for m in loaded if m.cfg == served), None)
+            if model is None:
                 model = await asyncio.to_thread(load_model, served, self._cfg.serving.torch_threads)
             old, self._model = self._model, model
             self._set_batching(served)
             log.info("now serving %r (was %r), lineup version %d", model.name, old.name, lineup.version)
-            if models.live == "candidate" and old.cfg == models.production and self._standby is None:
-                self._standby = old
-            else:
-                close_later(old.cfg, old.aclose)  # once every request that started on it is answered
-        standby = self._standby
-        if standby is not None and not (models.live == "candidate" and standby.cfg == models.production):
-            self._standby = None
-            close_later(standby.cfg, standby.aclose)
+        # Kept: the served model, and while promoted the production it replaced; the rest closed once every
+        # request that started on it is answered.
+        promoted = models.live == "candidate"
+        self._standby = next(
+            (m for m in loaded if promoted and m is not self._model and m.cfg == models.production), None
+        )
+        for m in loaded:
+            if m is not self._model and m is not self._standby:
+                close_later(m.cfg, m.aclose)
         self._models = models
 
     async def __call__(self, request: Request) -> Response:
@@ -438,6 +438,8 @@ class ShadowIngress:
             if buffer is not None:
                 await buffer.drain(timeout_s=5.0)
         await self._model.aclose()
+        if self._standby is not None:
+            await self._standby.aclose()
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse(

@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,25 +124,41 @@ class Lineup:
     version: int
     models: ModelsConfig
     since: float = 0.0  # when it took effect: pairs of earlier requests belong to the window it closed
-    schedule: Schedule | None = None  # the shadowed candidate's, from its ``set``
+    schedule: Schedule | None = None  # the candidate's, from its ``set``; kept across promote and rollback
+    set_at: float = 0.0  # when the candidate was set (its schedule's clock)
+    epoch: str = ""  # which history of changes: a new one whenever the lineup starts afresh from the config
 
     def to_json(self) -> dict[str, Any]:
         schedule = self.schedule.model_dump(mode="json") if self.schedule is not None else None
         models = self.models.model_dump(mode="json")
-        return {"version": self.version, "models": models, "since": self.since, "schedule": schedule}
+        return {
+            "version": self.version,
+            "models": models,
+            "since": self.since,
+            "schedule": schedule,
+            "set_at": self.set_at,
+            "epoch": self.epoch,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Lineup:
         schedule = Schedule.model_validate(data["schedule"]) if data.get("schedule") else None
         models = ModelsConfig.model_validate(data["models"])
-        return cls(int(data["version"]), models, float(data.get("since", 0.0)), schedule)
+        since, set_at = float(data.get("since", 0.0)), float(data.get("set_at", 0.0))
+        return cls(int(data["version"]), models, since, schedule, set_at, str(data.get("epoch", "")))
+
+    def supersedes(self, other: Lineup) -> bool:
+        """Should a shard holding ``other`` take this one from the lead? Within one history (epoch) only a
+        later version (a late message must not undo a change); from another history (the lead started one
+        afresh from the config) always."""
+        return self.epoch != other.epoch or self.version > other.version
 
     def due(self, verdict: str, now: float) -> str | None:
         """Why the shadowed candidate's test stops now by its schedule, or None."""
         s, m = self.schedule, self.models
         if s is None or m.candidate is None or m.live != "production":
             return None
-        if s.max_duration_s is not None and now - self.since >= s.max_duration_s:
+        if s.max_duration_s is not None and now - self.set_at >= s.max_duration_s:
             return f"its maximum duration of {s.max_duration_s:g} s is reached"
         if s.stop_when_decided and verdict in ("PASS", "FAIL"):
             return f"the gate decided {verdict}"
@@ -163,6 +180,10 @@ class Lineup:
             "shadowed": m.shadowed.name if m.shadowed is not None else None,
             "schedule": self.schedule.model_dump(mode="json") if self.schedule is not None else None,
         }
+
+
+def _epoch() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 def apply_change(models: ModelsConfig, change: LineupChange) -> ModelsConfig:
@@ -223,10 +244,22 @@ def close_later(model: ModelBase, close: Callable[[], Coroutine[Any, Any, None]]
     asyncio.get_running_loop().call_later(retire_after(model), start)
 
 
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    """(scheme, host, port) of a URL, the port made explicit: what a credential and a server are tied to."""
+    u = urlsplit(url)
+    return u.scheme.lower(), u.hostname, u.port or {"http": 80, "https": 443}.get(u.scheme.lower())
+
+
+def _path_under(path: str, prefix: str) -> bool:
+    """Is ``path`` (no dot segments: refused before) ``prefix`` or below it, by whole segments?"""
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def check_allowed(config: ShadowdConfig, base: ModelsConfig, model: ModelConfig) -> None:
     """``BadRequest`` 403 unless a runtime candidate uses only what the config trusts (``lineup``, and what
-    the config's own models in ``base`` use): the code it imports, the files it reads, the servers it sends
-    production's inputs to, the credentials it sends them."""
+    the config's own models in ``base`` use): the code it imports and its arguments, the files it reads, the
+    servers it sends production's inputs to, and which credentials go to which server."""
     allowed = config.lineup
     own = [m for m in (base.production, base.candidate, base.reference) if m is not None]
 
@@ -234,32 +267,39 @@ def check_allowed(config: ShadowdConfig, base: ModelsConfig, model: ModelConfig)
         raise BadRequest(f"{what} is not allowed at runtime: the config's models do not use it (add it to {key})", 403)
 
     if isinstance(model, PythonModel):
-        targets = {m.target for m in own if isinstance(m, PythonModel)} | set(allowed.python_targets)
-        if model.target not in targets:
-            refuse(f"python target {model.target!r}", "lineup.python_targets")
+        same = any(isinstance(m, PythonModel) and (m.target, m.kwargs) == (model.target, model.kwargs) for m in own)
+        if not same and model.target not in allowed.python_targets:
+            refuse(f"python target {model.target!r} with these kwargs", "lineup.python_targets")
     elif isinstance(model, TorchScriptModel):
         path = Path(model.path)
         if not path.is_absolute():
             raise BadRequest(f"path {model.path!r}: give an absolute path (as the daemon's nodes see it)", 422)
         dirs = [Path(m.path).resolve().parent for m in own if isinstance(m, TorchScriptModel)]
         dirs += [Path(d).resolve() for d in allowed.model_dirs]
-        if not any(path.resolve().is_relative_to(d) for d in dirs):
+        if not any(path.resolve().is_relative_to(d) for d in dirs):  # symlinks followed first
             refuse(f"model file {model.path!r}", "lineup.model_dirs")
     elif isinstance(model, HttpModel):
-        url = urlsplit(model.url)
-        hosts = {(u.scheme, u.netloc) for u in (urlsplit(m.url) for m in own if isinstance(m, HttpModel))}
-        prefixes = [urlsplit(u) for u in allowed.http_urls]
-        if (url.scheme, url.netloc) not in hosts and not any(
-            (url.scheme, url.netloc) == (p.scheme, p.netloc) and url.path.startswith(p.path) for p in prefixes
-        ):
-            refuse(f"URL {url.scheme}://{url.netloc}{url.path}", "lineup.http_urls")
-        sources = set(allowed.credentials)
+        endpoint = urlsplit(model.endpoint())
+        segments = endpoint.path.split("/")
+        if any(seg in (".", "..") or "%2e" in seg.lower() for seg in segments):
+            raise BadRequest(f"url {model.url!r}: dot segments ('.', '..', '%2e') are not allowed", 422)
+        origin = _origin(model.url)
+        servers = {_origin(m.url) for m in own if isinstance(m, HttpModel)}
+        listed = [(_origin(u), urlsplit(u).path) for u in allowed.http_urls]
+        if origin not in servers and not any(o == origin and _path_under(endpoint.path, p) for o, p in listed):
+            refuse(f"URL {origin[0]}://{origin[1]}:{origin[2]}{endpoint.path}", "lineup.http_urls")
+        # A credential goes only to the server the config sends it to, unless lineup.credentials lists it.
+        tied: dict[str, set[tuple[str, str | None, int | None]]] = {}
         for m in own:
             if isinstance(m, HttpModel):
-                sources |= set(m.headers_env.values()) | {str(f) for f in m.headers_file.values()}
-        for source in [*model.headers_env.values(), *(str(f) for f in model.headers_file.values())]:
-            if source not in sources:
-                refuse(f"credential source {source!r}", "lineup.credentials")
+                for source in [*m.headers_env.values(), *(str(f) for f in m.headers_file.values())]:
+                    tied.setdefault(source, set()).add(_origin(m.url))
+                if m.ca_file is not None:
+                    tied.setdefault(str(m.ca_file), set()).add(_origin(m.url))
+        files = [*(str(f) for f in model.headers_file.values()), *([str(model.ca_file)] if model.ca_file else [])]
+        for source in [*model.headers_env.values(), *files]:
+            if source not in allowed.credentials and origin not in tied.get(source, set()):
+                refuse(f"credential or CA file {source!r} for this server", "lineup.credentials")
 
 
 def lineup_config(config: ShadowdConfig, models: ModelsConfig) -> ShadowdConfig:
@@ -305,11 +345,11 @@ class LineupStore:
             if not isinstance(saved, dict):
                 raise ValueError("not a JSON object")
         except FileNotFoundError:
-            return Lineup(0, base), False
+            return Lineup(0, base, epoch=_epoch()), False
         except (OSError, ValueError) as err:  # unreadable: kept aside for a person, the config's lineup
             return self._unreadable(base, err), True
         if saved.get("base") != fingerprint(base):
-            return Lineup(int(saved.get("version", 0)) + 1, base, since=time.time()), True
+            return Lineup(int(saved.get("version", 0)) + 1, base, since=time.time(), epoch=_epoch()), True
         try:
             return Lineup.from_json(saved), False
         except (KeyError, TypeError, ValueError) as err:
@@ -319,7 +359,7 @@ class LineupStore:
         aside = self.path.with_name(f"lineup.json.unreadable-{int(time.time())}")
         os.replace(self.path, aside)
         log.error("lineup %s unreadable (%s); moved to %s, following the config's models", self.path, err, aside)
-        return Lineup(1, base, since=time.time())
+        return Lineup(1, base, since=time.time(), epoch=_epoch())
 
     def save(self, lineup: Lineup, base: ModelsConfig) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -360,15 +400,20 @@ class LineupStore:
     def kept_reports(self) -> list[str]:
         return sorted(p.name for p in self.reports.glob("*.json")) if self.reports.is_dir() else []
 
-    def last_report_of(self, name: str) -> dict[str, Any] | None:
-        """The newest kept report of a window that judged candidate ``name``; None when there is none."""
-        for file in sorted(self.reports.glob("*.json"), reverse=True) if self.reports.is_dir() else []:
+    def last_report_of(self, name: str, scan: int = 200) -> dict[str, Any] | None:
+        """The report of the newest window (of the ``scan`` newest kept) that judged candidate ``name``, in the
+        shadow or promoted; None when there is none. Newest by the time each was kept, not by file name (a
+        lineup version can start again from 1)."""
+        if not self.reports.is_dir():
+            return None
+        files = sorted(self.reports.glob("*.json"), key=lambda f: f.stat().st_mtime_ns, reverse=True)
+        for file in files[:scan]:
             try:
                 report: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                if report["models"]["candidate"] == name:
+                    return report
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if report.get("models", {}).get("candidate") == name and report.get("models", {}).get("live") != name:
-                return report
         return None
 
 

@@ -167,11 +167,14 @@ class ShadowWorker:
         self._runners = self._load(config.models, None)
         self._lineup = LineupFollower(hubs[0], self._follow, config.serving.hub_timeout_s)
 
-    def _runner(self, model: ModelConfig, role: Role) -> _Runner:
+    def _runner(self, model: ModelConfig, role: Role, created: list[_Runner] | None = None) -> _Runner:
         timeout_s = self._cfg.shadow.candidate_timeout_s
-        return _Runner(load_model(model, self._cfg.serving.torch_threads), timeout_s, self._failures(role))
+        runner = _Runner(load_model(model, self._cfg.serving.torch_threads), timeout_s, self._failures(role))
+        if created is not None:
+            created.append(runner)
+        return runner
 
-    def _load(self, models: ModelsConfig, now: _Runners | None) -> _Runners:
+    def _load(self, models: ModelsConfig, now: _Runners | None, created: list[_Runner] | None = None) -> _Runners:
         """The runners for ``models``, reusing those of ``now`` whose model did not change. The shadowed model
         runs as the candidate, or (a promotion) as production; the noise floor is production again (the
         model of the pair's production side either way); the reference gives the churn floor."""
@@ -180,7 +183,7 @@ class ShadowWorker:
         shadow = None
         if shadowed is not None:
             same = now is not None and now.shadow is not None and now.models.shadowed == shadowed
-            shadow = now.shadow if same and now is not None else self._runner(shadowed, shadow_role)
+            shadow = now.shadow if same and now is not None else self._runner(shadowed, shadow_role, created)
         seconds: list[tuple[Role, float, _Runner]] = []
         shares: list[tuple[Role, float, ModelConfig | None]] = [
             ("noise", self._cfg.shadow.noise_share, models.production),
@@ -192,11 +195,11 @@ class ShadowWorker:
                 continue
             kept = before.get(role)
             same = now is not None and kept is not None and getattr(now.models, _SECOND_OF[role]) == model
-            seconds.append((role, share, kept[1] if same and kept is not None else self._runner(model, role)))
+            seconds.append((role, share, kept[1] if same and kept is not None else self._runner(model, role, created)))
         timing = None
         if shadow_role == "production" and not isinstance(models.served, HttpModel):  # not twice the remote load
             same = now is not None and now.timing is not None and now.models.served == models.served
-            timing = now.timing if same and now is not None else self._runner(models.served, "candidate")
+            timing = now.timing if same and now is not None else self._runner(models.served, "candidate", created)
         return _Runners(models, shadow, shadow_role, seconds, timing)
 
     async def _follow(self, lineup: Lineup) -> None:
@@ -204,7 +207,13 @@ class ShadowWorker:
         old = self._runners
         if lineup.models == old.models:
             return
-        self._runners = await asyncio.to_thread(self._load, lineup.models, old)
+        created: list[_Runner] = []
+        try:
+            self._runners = await asyncio.to_thread(self._load, lineup.models, old, created)
+        except Exception:
+            for runner in created:  # loaded before another model failed: let them go
+                await runner.aclose()
+            raise
         log.info("shadow worker follows lineup version %d", lineup.version)
         kept = {id(r) for r in self._runners.all()}
         for runner in old.all():  # closed once every call that started on it is over

@@ -75,6 +75,7 @@ def test_swap_promote_and_rollback_under_load_never_fail_a_request(shadowd_app, 
             "task": "classification",
             "models": {"production": toy_model("prod", seed=0), "candidate": toy_model("cand", seed=0, retrain=1)},
             "shadow": {"sample_share": 1.0, "noise_share": 0.0, "candidate_timeout_s": 2.0},
+            "lineup": {"python_targets": ["shadowd.testing:ToyClassifier"]},  # trusted with other kwargs
         }
     )
     url, headers = daemon.url, daemon.headers

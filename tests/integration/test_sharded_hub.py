@@ -137,7 +137,8 @@ def test_a_lineup_change_reaches_every_shard(shadowd_app, kafka_broker):
     are the new candidate's, on the shard that owns each."""
     from ray import serve
 
-    daemon = shadowd_app(_config(kafka_broker.bootstrap, SHARDS))
+    lineup = {"python_targets": ["shadowd.testing:ToyClassifier"]}  # a runtime toy model with other kwargs
+    daemon = shadowd_app({**_config(kafka_broker.bootstrap, SHARDS), "lineup": lineup})
     stream = _stream()
 
     def send(part: list[tuple[str, dict[str, Any], int]], tag: str) -> None:

@@ -39,7 +39,8 @@ def _config(data_dir, candidate: dict[str, Any] | None = None, lineup: dict[str,
         {
             "task": "classification",
             "data_dir": str(data_dir),
-            "lineup": lineup or {},
+            # Runtime candidates here are toy models with other kwargs: a trusted factory (see check_allowed).
+            "lineup": {"python_targets": ["shadowd.testing:ToyClassifier"]} if lineup is None else lineup,
             "models": {"production": _model("prod", 0), "candidate": candidate or _model("cand", 1), **models},
             "shadow": {"sample_share": 1.0, "noise_share": 0.0},
             "annotations": {"policy": {"rate_per_s": 100000, "burst_items": 100000, "dedup_window_items": 0}},
@@ -162,7 +163,7 @@ def _batch(served: str, shadowed: str, n: int, ts: float, seed: int = 0) -> Pair
 
 
 def test_a_new_candidate_starts_a_new_window_audited_with_the_evidence_of_the_closed_one(tmp_path):
-    cfg = _config(tmp_path, lineup={"python_targets": ["shadowd.testing:FaultyModel"]})
+    cfg = _config(tmp_path, lineup={"python_targets": ["shadowd.testing:FaultyModel", "shadowd.testing:ToyClassifier"]})
     hub = ShadowHub(cfg, _parts)
     try:
         assert asyncio.run(hub.add_batch(_batch("prod", "cand", 50, time.time()))) == 50
@@ -230,33 +231,15 @@ def _candidate(model: dict[str, Any]) -> ModelConfig:
 
 
 def test_a_runtime_candidate_uses_only_what_the_config_trusts(tmp_path):
-    """An admin token never widens what the daemon trusts: the code it imports, the files it reads, the servers
-    it sends production's inputs to and the credentials it sends them; the config's lineup section widens it."""
+    """An admin token never widens what the daemon trusts: the code it imports and its arguments, the files it
+    reads, the servers it sends production's inputs to, and which credentials go to which server; the config's
+    lineup section widens it."""
     from shadowd.serving.lineup import check_allowed
 
     remote = {"name": "r", "kind": "http", "url": "http://models.svc:8080", "input_shape": [8]}
     base = _config(tmp_path, reference={**remote, "headers_env": {"Authorization": "MODEL_AUTH"}}).models
     script = {"name": "s", "kind": "torchscript", "input_shape": [8]}
-    cases = [
-        (_model("c", 2, target="subprocess:run"), 403, "lineup.python_targets"),
-        ({**script, "path": "/etc/shadow"}, 403, "lineup.model_dirs"),
-        ({**script, "path": "model.pt"}, 422, "absolute path"),
-        ({**remote, "url": "http://attacker.example:8080"}, 403, "lineup.http_urls"),
-        ({**remote, "url": "https://models.svc:8080"}, 403, "lineup.http_urls"),
-        ({**remote, "headers_file": {"Authorization": "/var/run/secrets/token"}}, 403, "lineup.credentials"),
-        ({**remote, "headers_env": {"Authorization": "AWS_SECRET_ACCESS_KEY"}}, 403, "lineup.credentials"),
-    ]
-    cfg = _config(tmp_path)
-    for model, status, reason in cases:
-        with pytest.raises(BadRequest, match=reason) as err:
-            check_allowed(cfg, base, _candidate(model))
-        assert err.value.http_status == status
-    allowed = [
-        _model("c", 2),  # the config's own target
-        {**remote, "url": "http://models.svc:8080/v3", "headers_env": {"Authorization": "MODEL_AUTH"}},
-    ]
-    for model in allowed:
-        check_allowed(cfg, base, _candidate(model))
+    strict = _config(tmp_path, lineup={})
     widened = _config(
         tmp_path,
         lineup={
@@ -266,18 +249,44 @@ def test_a_runtime_candidate_uses_only_what_the_config_trusts(tmp_path):
             "credentials": ["CANARY_AUTH"],
         },
     )
-    for model in [
-        _model("c", 2, target="shadowd.testing:SleepyModel"),
-        {**script, "path": str(tmp_path / "models" / "v3" / "model.pt")},
-        {**remote, "url": "https://canary.svc/models/v3", "headers_env": {"Authorization": "CANARY_AUTH"}},
+    canary = {
+        **remote,
+        "url": "https://canary.svc/models/v3",
+        "payload": {"protocol": "json", "body": {"instances": "$inputs"}, "output_path": "$.predictions"},
+    }
+    refused = [
+        (_model("c", 2, target="subprocess:run"), 403, "lineup.python_targets"),
+        (_model("c", 2), 403, "lineup.python_targets"),  # the config's target, other kwargs (weights named there)
+        ({**script, "path": "/etc/shadow"}, 403, "lineup.model_dirs"),
+        ({**script, "path": str(tmp_path / "models" / ".." / "elsewhere.pt")}, 403, "lineup.model_dirs"),
+        ({**script, "path": "model.pt"}, 422, "absolute path"),
+        ({**remote, "url": "http://attacker.example:8080"}, 403, "lineup.http_urls"),
+        ({**remote, "url": "https://models.svc:8080"}, 403, "lineup.http_urls"),
+        ({**remote, "url": "http://models.svc:8081"}, 403, "lineup.http_urls"),
+        ({**canary, "url": "https://canary.svc/models/../admin"}, 422, "dot segments"),
+        ({**canary, "url": "https://canary.svc/models/%2E%2E/admin"}, 422, "dot segments"),
+        ({**canary, "url": "https://canary.svc/models-admin/x"}, 403, "lineup.http_urls"),
+        ({**canary, "url": "https://canary.svc:444/models/v3"}, 403, "lineup.http_urls"),
+        ({**remote, "headers_file": {"Authorization": "/var/run/secrets/token"}}, 403, "lineup.credentials"),
+        ({**remote, "headers_env": {"Authorization": "AWS_SECRET_ACCESS_KEY"}}, 403, "lineup.credentials"),
+        ({**remote, "ca_file": "/etc/shadow"}, 403, "lineup.credentials"),
+        # production's credential to another (allowed) server: refused, it belongs to models.svc
+        ({**canary, "headers_env": {"Authorization": "MODEL_AUTH"}}, 403, "lineup.credentials"),
+    ]
+    for model, status, reason in refused:
+        with pytest.raises(BadRequest, match=reason) as err:
+            check_allowed(widened, base, _candidate(model))
+        assert err.value.http_status == status, model
+    for cfg, model in [
+        (strict, _model("c", 0)),  # exactly a config model's target and kwargs
+        (strict, {**remote, "url": "http://models.svc:8080/v3", "headers_env": {"Authorization": "MODEL_AUTH"}}),
+        (strict, {**remote, "url": "HTTP://Models.svc:8080/", "headers_env": {"Authorization": "MODEL_AUTH"}}),
+        (widened, _model("c", 2, target="shadowd.testing:SleepyModel")),
+        (widened, {**script, "path": str(tmp_path / "models" / "v3" / "model.pt")}),
+        (widened, {**canary, "headers_env": {"Authorization": "CANARY_AUTH"}}),
+        (widened, {**canary, "url": "https://canary.svc/models"}),
     ]:
-        check_allowed(widened, base, _candidate(model))
-    with pytest.raises(BadRequest, match=r"lineup\.http_urls"):  # a prefix of the path, on the same host only
-        check_allowed(
-            widened,
-            base,
-            _candidate({**remote, "url": "https://canary.svc/other"}),
-        )
+        check_allowed(cfg, base, _candidate(model))
 
 
 def test_an_unreadable_lineup_or_a_torn_audit_line_never_stops_the_daemon(tmp_path):
@@ -523,3 +532,100 @@ def test_while_promoted_the_ingress_keeps_production_loaded_so_a_rollback_swaps_
         assert served() is candidate and standby() is None  # the predecessor let go
 
     asyncio.run(walk())
+
+
+def test_a_shard_never_goes_back_to_an_older_lineup_and_a_new_history_keeps_an_unchanged_window(tmp_path):
+    from shadowd.serving.lineup import Lineup
+
+    cfg = _config(tmp_path)
+    hub = ShadowHub(cfg, _parts)
+    try:
+        first = hub._lineup
+        assert asyncio.run(hub.add_batch(_batch("prod", "cand", 30, time.time()))) == 30
+        # The lead restarted afresh (a new epoch), same models since the same time: the window stays.
+        assert asyncio.run(hub.adopt_lineup(Lineup(0, cfg.models, epoch="other").to_json()))
+        assert hub._lineup.epoch == "other"
+        assert hub._comparator.report().overall.pairs == 30
+        promoted = apply_change(cfg.models, parse_change({"action": "promote", "candidate": "cand"}))
+        newer = Lineup(first.version + 2, promoted, since=time.time(), epoch="e1")
+        assert asyncio.run(hub.adopt_lineup(newer.to_json()))
+        late = Lineup(first.version + 1, cfg.models, since=time.time() - 1, epoch="e1")
+        assert not asyncio.run(hub.adopt_lineup(late.to_json()))  # a late message from before the change
+        assert hub._lineup.models.live == "candidate"
+    finally:
+        _close(hub)
+
+
+def test_the_schedule_survives_promote_and_rollback(tmp_path):
+    hub = ShadowHub(_config(tmp_path), _parts)
+    try:
+        assert _change(hub, action="set", candidate=_model("cand2", 2), schedule={"max_duration_s": 3600})[0] == 200
+        set_at = hub._lineup.set_at
+        assert _change(hub, action="promote", candidate="cand2")[0] == 200
+        assert _change(hub, action="rollback")[0] == 200
+        assert hub._lineup.schedule is not None and hub._lineup.set_at == set_at  # its clock runs from the set
+        assert hub._lineup.due("INCONCLUSIVE", set_at + 3601) is not None
+        assert _change(hub, action="remove")[0] == 200 and hub._lineup.schedule is None
+    finally:
+        _close(hub)
+
+
+def test_the_verdict_of_a_closed_window_is_its_newest_including_a_promoted_one(tmp_path):
+    store = LineupStore(tmp_path)
+    cfg = _config(tmp_path)
+    from shadowd.serving.lineup import Lineup
+
+    def keep(version: int, verdict: str, live: str) -> None:
+        report = {"models": {"production": "prod", "candidate": "c2", "live": live}, "gate": {"verdict": verdict}}
+        store.keep_report(Lineup(version, cfg.models), report)
+        time.sleep(0.01)
+
+    keep(3, "PASS", "prod")  # the shadow window before the promotion
+    keep(1, "FAIL", "c2")  # kept later (the version count started again), promoted: the newest window
+    kept = store.last_report_of("c2")
+    assert kept is not None and kept["gate"]["verdict"] == "FAIL"
+    (store.reports / "000009-c2-1.json").write_text("{not json")  # a torn one is passed over
+    kept = store.last_report_of("c2")
+    assert kept is not None and kept["gate"]["verdict"] == "FAIL" and store.last_report_of("c3") is None
+
+
+def test_a_runtime_model_the_config_no_longer_trusts_is_dropped_at_start(tmp_path):
+    cfg = _config(tmp_path)
+    hub = ShadowHub(cfg, _parts)
+    try:
+        assert _change(hub, action="set", candidate=_model("cand2", 2))[0] == 200
+    finally:
+        _close(hub)
+    strict = _config(tmp_path, lineup={})  # the same models section; the toy factory no longer listed
+    hub = ShadowHub(strict, _parts)
+    try:
+        assert hub._lineup.models == strict.models
+        last = LineupStore(strict.data_dir).history()[-1]
+        assert last["action"] == "config" and "lineup.python_targets" in last["refused"]
+    finally:
+        _close(hub)
+
+
+def test_the_ingress_keeps_the_previous_production_across_skipped_versions(tmp_path):
+    from shadowd.serving.ingress import ShadowIngress
+    from shadowd.serving.lineup import Lineup
+
+    class Ingress(ShadowIngress):
+        def __del__(self) -> None:  # type: ignore[override]
+            pass
+
+    cfg = _config(tmp_path)
+    ingress = Ingress(cfg, None, [object()])
+    promoted = apply_change(cfg.models, parse_change({"action": "promote", "candidate": "cand"}))
+    finished = apply_change(promoted, parse_change({"action": "finish"}))
+    with_d = apply_change(finished, parse_change({"action": "set", "candidate": _model("d", 4)}))
+    promoted_d = apply_change(with_d, parse_change({"action": "promote", "candidate": "d"}))
+
+    async def walk() -> tuple[Any, Any, Any]:
+        await ingress._follow(Lineup(1, promoted))
+        cand = ingress._model
+        await ingress._follow(Lineup(4, promoted_d))  # missed finish and set: cand is production now
+        return cand, ingress._model, ingress._standby
+
+    cand, served, standby = asyncio.run(walk())
+    assert served.name == "d" and standby is cand  # kept for a rollback, not closed
