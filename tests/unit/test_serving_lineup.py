@@ -332,7 +332,8 @@ class _Handle:
 def _served(served: str, x: np.ndarray, ts: float, first: int = 0, retrain: int = 0) -> MirroredBatch:
     out = ToyClassifier(n_features=8, n_classes=4, seed=0, retrain=retrain).predict(x)
     return MirroredBatch.of(
-        [Mirrored(f"m{first + i}", ts, {}, x[i], out[i].tolist(), "ok", 0.001, [], served) for i in range(len(x))]
+        # The ingress's timing of the served model: 5 s, so a pair that kept it would show.
+        [Mirrored(f"m{first + i}", ts, {}, x[i], out[i].tolist(), "ok", 5.0, [], served) for i in range(len(x))]
     )
 
 
@@ -341,6 +342,9 @@ def test_after_a_promotion_the_promoted_model_is_judged_against_its_predecessor(
     """The promoted candidate answers; production runs in the shadow and stays the pair's production side. Labels
     that agree with the predecessor FAIL the promoted model; labels that agree with it do not."""
     cfg = _config(tmp_path, candidate=_model("cand", 0, retrain=1))  # a retrain: disagrees on about 22%
+    # The verdict here is the labels'. The latency check would compare microsecond toy models' timings, which
+    # scheduling noise on a busy machine decides; that both sides are timed alike is asserted below instead.
+    cfg = cfg.model_copy(update={"checks": [c for c in cfg.checks if c.type != "latency_ratio"]})
     hub = ShadowHub(cfg, _parts)
     try:
         status, body = _change(hub, action="promote", candidate="cand")
@@ -366,6 +370,8 @@ def test_after_a_promotion_the_promoted_model_is_judged_against_its_predecessor(
         cand = ToyClassifier(n_features=8, n_classes=4, seed=0, retrain=1).predict(x[5:6])[0]
         assert stored.production.model == "prod" and np.allclose(stored.production.values or [], prod)
         assert stored.candidate.model == "cand" and np.allclose(stored.candidate.values or [], cand)
+        # Both sides timed in the worker, per example of a batch: not the ingress's 5 s.
+        assert stored.candidate.latency_s < 1.0 and stored.production.latency_s < 1.0
 
         labeller = ToyClassifier(n_features=8, n_classes=4, seed=0, retrain=0 if truth == "prod" else 1)
         labels = labeller.predict(x).argmax(axis=1)
