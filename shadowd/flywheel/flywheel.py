@@ -2,15 +2,16 @@
 
 Data flow::
 
-    Comparator.add(pair) -> items --> Flywheel.record(pair, items)
+    Comparator.add(pair) -> items --> Flywheel.record(pair, items)      (one pair per candidate model)
         -> PairStore.put(pair, tags=reasons)          (label joins, bounded, persistent)
         -> ItemPolicy.admit (dedup, quotas, rate, on-call assignee, redaction)
         -> AnnotationSink.submit                      (spool [-> the transport's producer, e.g. Kafka])
     POST /feedback ------------> Flywheel.feedback(label) -> JoinResult
     transport's label source --> labels thread -----^     (annotators' labels; same join; on_joined callback)
-        join: pair + label -> per-role loss (example_loss)
-           -> provenance: random feedback / the evaluation sample (used by the quality
-              checks), or excluded with why (targeted feedback, the priority queue, a skip)
+        join: every candidate's pair of the request + label -> per-role loss (example_loss)
+           -> provenance, per pair: random feedback / that candidate's own evaluation sample
+              (used by its quality checks), or excluded with why (targeted feedback, the
+              priority queue, a skip)
            -> on_joined(result, label)                 (the comparator's label-based checks)
            -> high loss? queue the input (reason high_loss) even if the models agree
            -> hard example? append to suites (slice.<s>, tag.<t>, all)
@@ -39,8 +40,8 @@ import numpy as np
 from shadowd.compare.loss import example_loss
 from shadowd.compare.slices import SliceMatcher
 from shadowd.config import ShadowdConfig
-from shadowd.flywheel.journal import LabelJournal, journal_path
-from shadowd.flywheel.pairs import PairStore
+from shadowd.flywheel.journal import Decision, JournalEntry, LabelJournal, journal_path
+from shadowd.flywheel.pairs import PairStore, candidate_of
 from shadowd.flywheel.policy import ItemPolicy
 from shadowd.flywheel.rotation import Rotation
 from shadowd.flywheel.sink import AnnotationSink
@@ -51,7 +52,7 @@ from shadowd.observe.supervise import supervised
 from shadowd.records import AnnotationItem, Label, LabelChannel, Lane, Pair
 from shadowd.sampling import Shard
 
-__all__ = ["Flywheel", "JoinResult", "OnJoined", "merge_flywheel_stats", "suites_dir"]
+__all__ = ["Flywheel", "JoinResult", "JoinedPair", "OnJoined", "merge_flywheel_stats", "suites_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,25 @@ _RETRY_S = 1.0
 OnJoined = Callable[["JoinResult", Label], None]
 JoinStatus = Literal["joined", "skipped", "duplicate", "unknown", "expired", "rejected"]
 _HTTP = {"joined": 200, "skipped": 200, "duplicate": 200, "unknown": 404, "expired": 410, "rejected": 422}
+_NOT_STORED = "not stored when the label arrived"
+
+
+@dataclass(frozen=True)
+class JoinedPair:
+    """One candidate's pair of a labelled request, and whether that candidate's quality checks may use the label."""
+
+    pair: Pair
+    channel: LabelChannel | None = None  # how the label was chosen, when they may
+    excluded: str | None = None  # else why they may not
 
 
 @dataclass(frozen=True)
 class JoinResult:
-    """What became of one label; ``http_status`` is what ``POST /feedback`` answers."""
+    """What became of one label; ``http_status`` is what ``POST /feedback`` answers.
+
+    A label reaches every candidate's pair of its request: ``joined`` holds one decision per pair
+    (ordered by candidate name); ``pair``, ``channel`` and ``excluded`` are its first one's.
+    """
 
     status: JoinStatus
     request_id: str
@@ -75,6 +90,7 @@ class JoinResult:
     channel: LabelChannel | None = None  # how the label was chosen, when the quality checks may use it
     excluded: str | None = None  # else why they may not
     seq: int | None = None  # its entry in the labels journal (joined and skipped labels)
+    joined: tuple[JoinedPair, ...] = ()  # every pair of the request (joined and skipped labels)
 
     @property
     def http_status(self) -> int:
@@ -88,7 +104,7 @@ class JoinResult:
             "message": self.message,
             "losses": self.losses,
             "suites": self.suites,
-            "used_for_quality": self.channel is not None,
+            "used_for_quality": self.channel is not None or any(j.channel is not None for j in self.joined),
             "excluded": self.excluded,
         }
 
@@ -164,7 +180,8 @@ class Flywheel:
     # --- pairs in ---
 
     def record(self, pair: Pair, items: list[AnnotationItem]) -> None:
-        """Keep the pair for label joins; send the items the policy admits to the annotation queue."""
+        """Keep the pair for label joins (one per request and candidate: another candidate's pair of the
+        request is kept beside it); send the items the policy admits to the annotation queue."""
         # At rest the pair is redacted like the items (its label still lands in its slices: the
         # comparator recorded them on pair.selection before this point).
         self.pairs.put(self.policy.redactor.apply_pair(pair), tags=[it.reason for it in items])
@@ -218,39 +235,45 @@ class Flywheel:
         for entry in self.journal.entries(after):
             rid = entry.label.request_id
             look = self.pairs.get(rid)
-            if look.pair is None:
+            if not look.pairs:
                 log.warning(
-                    "labels journal: the pair of %r is gone (%s); its label cannot be replayed", rid, look.status
+                    "labels journal: the pairs of %r are gone (%s); its label cannot be replayed", rid, look.status
                 )
                 continue
             self.pairs.mark_labelled(rid, entry.label.source)
-            if entry.channel is not None:
+            if entry.channel is not None or any(channel is not None for channel, _ in entry.others.values()):
                 self.pairs.mark_labelled(rid, "quality")
+            joined = _replayed(entry, look.pairs)
+            first = joined[0]
             if entry.status == "joined" and look.tags:
                 self._add_to_suites(
-                    look.pair, entry.label, list(look.tags) + _outcome_tags(self.config.task, look.pair, entry.label)
+                    first.pair, entry.label, list(look.tags) + _outcome_tags(self.config.task, first.pair, entry.label)
                 )
             result = JoinResult(
                 entry.status,  # type: ignore[arg-type]
                 rid,
                 "replayed from the labels journal",
-                look.pair,
-                channel=entry.channel,
-                excluded=entry.excluded,
+                first.pair,
+                channel=first.channel,
+                excluded=first.excluded,
                 seq=entry.seq,
+                joined=joined,
             )
             if self._on_joined is not None:
                 self._on_joined(result, entry.label)
             done += 1
         return done
 
-    def _provenance(self, pair: Pair, label: Label) -> tuple[LabelChannel | None, str | None]:
-        """How the label was chosen: a channel the quality checks may use, or why they may not.
+    def _provenance(self, pair: Pair, label: Label, counted: bool) -> Decision:
+        """How the label was chosen, for one candidate's pair: a channel its quality checks may use, or why not.
 
         Random feedback and annotators' labels of evaluation-sample items are
         uniform within their pair's cell; feedback declared targeted and the
-        priority-ordered review lane are not. A pair counts once: a second
-        usable label of the same pair is left out.
+        priority-ordered review lane are not. Each candidate's evaluation sample
+        is its own design: a label drawn by one candidate's sample counts for
+        another only if that one's sample drew the request too. A request counts
+        once (``counted``: an earlier label of it was used): a second usable
+        label of it is left out for every pair.
         """
         if label.verdict != "label":
             return None, "skipped by the annotator" if label.verdict == "skip" else "marked bad data"
@@ -263,7 +286,7 @@ class Flywheel:
             channel = "evaluation"
         else:
             return None, "priority queue (not a random sample)"
-        if self.pairs.is_labelled(pair.request_id, "quality"):
+        if counted:
             return None, "a second label of a pair already counted"
         return channel, None
 
@@ -288,41 +311,55 @@ class Flywheel:
                 f"the pair for request id {rid!r} expired: labels are joined for "
                 f"{self.config.labels.pair_retention_s:g} s (labels.pair_retention_s)",
             )
-        pair = look.pair
-        assert pair is not None
+        pairs = look.pairs
+        pair = pairs[0]  # what suites store (its inputs and features are every pair's)
         if self.pairs.is_labelled(rid, label.source):
             return JoinResult("duplicate", rid, f"{label.source} label for {rid!r} was already joined", pair)
+        counted = self.pairs.is_labelled(rid, "quality")
         if label.verdict != "label" or label.label is None:
-            _, why = self._provenance(pair, label)
-            seq = self.journal.append("skipped", None, why, label)
+            joined = tuple(JoinedPair(p, None, self._provenance(p, label, counted)[1]) for p in pairs)
+            seq = self._journal("skipped", joined, label)
             self.pairs.mark_labelled(rid, label.source)
             message = f"{label.verdict} recorded for {rid!r}; no loss computed"
-            return JoinResult("skipped", rid, message, pair, excluded=why, seq=seq)
+            return JoinResult("skipped", rid, message, pair, excluded=joined[0].excluded, seq=seq, joined=joined)
+        outputs = [("production", pair.production), ("candidate", pair.candidate)]
+        outputs += [(f"candidate:{p.candidate.model}", p.candidate) for p in pairs[1:] if p.candidate is not None]
         try:
             losses = {
                 role: example_loss(self.config.task, out.values, label.label)
-                for role, out in (("production", pair.production), ("candidate", pair.candidate))
+                for role, out in outputs
                 if out is not None and out.ok and out.values
             }
         except (ValueError, TypeError) as err:
             return JoinResult("rejected", rid, f"label for {rid!r} does not fit the {self.config.task} task: {err}")
-        channel, excluded = self._provenance(pair, label)
-        seq = self.journal.append("joined", channel, excluded, label)
+        joined = tuple(JoinedPair(p, *self._provenance(p, label, counted)) for p in pairs)
+        seq = self._journal("joined", joined, label)
         self.pairs.mark_labelled(rid, label.source)
-        if channel is not None:
+        if any(j.channel is not None for j in joined):
             self.pairs.mark_labelled(rid, "quality")
-        high = self._high_loss(pair, label, losses)
+        high = self._high_loss(pairs, label, losses)
         tags = list(look.tags) + (["high_loss"] if high else []) + _outcome_tags(self.config.task, pair, label)
         suites = []
         if look.tags or high:
             suites = self._add_to_suites(pair, label, tags)
         message = f"joined {label.source} label for {rid!r}"
-        return JoinResult("joined", rid, message, pair, losses, suites, channel, excluded, seq)
+        first = joined[0]
+        return JoinResult("joined", rid, message, pair, losses, suites, first.channel, first.excluded, seq, joined)
 
-    def _high_loss(self, pair: Pair, label: Label, losses: dict[str, float]) -> bool:
+    def _journal(self, status: str, joined: Sequence[JoinedPair], label: Label) -> int:
+        """Journal the decision of every pair: the first's in the entry itself, the others' by candidate."""
+        first, rest = joined[0], joined[1:]
+        others = {candidate_of(j.pair): (j.channel, j.excluded) for j in rest}
+        return self.journal.append(status, first.channel, first.excluded, label, others, candidate_of(first.pair))
+
+    def _high_loss(self, pairs: Sequence[Pair], label: Label, losses: dict[str, float]) -> bool:
+        """The worst loss over production and every candidate, against a threshold and the recent quantile;
+        a high one queues the input, with the candidate whose loss was worst (the first for production's)."""
         if not losses:
             return False
-        worst = max(losses.values())
+        worst_role = max(losses, key=losses.__getitem__)
+        worst = losses[worst_role]
+        pair = next((p for p in pairs[1:] if f"candidate:{candidate_of(p)}" == worst_role), pairs[0])
         cfg = self.config.labels
         with self._lock:
             window = np.asarray(self._recent_losses) if len(self._recent_losses) >= cfg.high_loss_min_labels else None
@@ -542,6 +579,17 @@ def merge_flywheel_stats(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for other in stats[1:]:
         merged = {k: _summed(merged.get(k), other.get(k)) for k in merged}
     return {**merged, "on_call": stats[0]["on_call"], "backlog": stats[0]["backlog"]}
+
+
+def _replayed(entry: JournalEntry, pairs: Sequence[Pair]) -> tuple[JoinedPair, ...]:
+    """The live join's decisions, from its journal entry, for the pairs stored now: the entry's first pair
+    first, as the live join had it, the others by candidate name; a pair the entry does not name was not
+    stored when the label arrived. (An entry from before entries named their pair is the first pair's.)"""
+    first = entry.candidate if entry.candidate is not None else candidate_of(pairs[0])
+    decisions: dict[str, Decision] = {**entry.others, first: (entry.channel, entry.excluded)}
+    joined = [JoinedPair(p, *decisions.get(candidate_of(p), (None, _NOT_STORED))) for p in pairs]
+    joined.sort(key=lambda j: candidate_of(j.pair) != first)  # stable: the rest keep their order
+    return tuple(joined)
 
 
 def _outcome_tags(task: str, pair: Pair, label: Label) -> list[str]:

@@ -14,7 +14,12 @@ the entries past the saved seq are applied again at start. ``compact(seq)``
 empties the file once the saved state holds every entry (it never grows
 without bound); sequence numbers continue from the state's seq after that.
 
-One JSON object per line: ``{"seq", "status", "channel", "excluded", "label"}``.
+One JSON object per line: ``{"seq", "status", "channel", "excluded", "label"}``,
+the decision for the request's first pair (by candidate name). With several
+candidates shadowed, a label reaches every candidate's pair and each gets its
+own decision: ``"candidate"`` names the first pair's candidate and
+``"others": {candidate: [channel, excluded]}`` holds the rest; both are written
+only when there is something to say, and entries without them still read.
 A torn last line (a crash mid-append) is cut off at open.
 """
 
@@ -24,17 +29,20 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shadowd.flywheel.spool import write_atomic
 from shadowd.records import Label, LabelChannel
 
-__all__ = ["JournalEntry", "LabelJournal", "journal_path"]
+__all__ = ["Decision", "JournalEntry", "LabelJournal", "journal_path"]
 
 log = logging.getLogger(__name__)
+
+# What the join decided for one pair: the channel the quality checks may use it by, else why not.
+Decision = tuple[LabelChannel | None, str | None]
 
 
 def journal_path(data_dir: Path) -> Path:
@@ -48,15 +56,41 @@ class JournalEntry:
     channel: LabelChannel | None
     excluded: str | None
     label: Label
+    others: Mapping[str, Decision] = field(default_factory=dict)  # the request's further pairs, by candidate
+    candidate: str | None = None  # the first pair's candidate (None: an entry from before several candidates)
 
     def to_json(self) -> str:
-        head = {"seq": self.seq, "status": self.status, "channel": self.channel, "excluded": self.excluded}
+        head: dict[str, Any] = {
+            "seq": self.seq,
+            "status": self.status,
+            "channel": self.channel,
+            "excluded": self.excluded,
+        }
+        if self.candidate is not None:
+            head["candidate"] = self.candidate
+        if self.others:
+            head["others"] = {name: list(decision) for name, decision in self.others.items()}
         return json.dumps(head)[:-1] + f', "label": {self.label.model_dump_json()}}}'
 
     @classmethod
     def from_json(cls, line: str) -> JournalEntry:
         d: dict[str, Any] = json.loads(line)
-        return cls(d["seq"], d["status"], d["channel"], d["excluded"], Label.model_validate(d["label"]))
+        raw_others = d.get("others", {})
+        if not isinstance(raw_others, dict):
+            raise TypeError(f"others must be an object of candidate -> [channel, excluded]; got {raw_others!r}")
+        others: dict[str, Decision] = {}
+        for name, (channel, excluded) in raw_others.items():
+            others[name] = (channel, excluded)
+        candidate = d.get("candidate")
+        return cls(
+            d["seq"],
+            d["status"],
+            d["channel"],
+            d["excluded"],
+            Label.model_validate(d["label"]),
+            others,
+            None if candidate is None else str(candidate),
+        )
 
 
 class LabelJournal:
@@ -114,10 +148,19 @@ class LabelJournal:
         with self._lock:
             self._last_seq = max(self._last_seq, seq)
 
-    def append(self, status: str, channel: LabelChannel | None, excluded: str | None, label: Label) -> int:
-        """Write one entry and fsync it; returns its seq. On any error nothing of it stays behind."""
+    def append(
+        self,
+        status: str,
+        channel: LabelChannel | None,
+        excluded: str | None,
+        label: Label,
+        others: Mapping[str, Decision] | None = None,
+        candidate: str | None = None,
+    ) -> int:
+        """Write one entry and fsync it; returns its seq. On any error nothing of it stays behind.
+        ``channel``/``excluded`` decide the first pair (of candidate ``candidate``), ``others`` the rest."""
         with self._lock:
-            entry = JournalEntry(self._last_seq + 1, status, channel, excluded, label)
+            entry = JournalEntry(self._last_seq + 1, status, channel, excluded, label, dict(others or {}), candidate)
             data = (entry.to_json() + "\n").encode("utf-8")
             with open(self.path, "ab") as f:
                 start = f.tell()
