@@ -169,17 +169,18 @@ def stream(n: int, batch: int, floors: bool, seed: int = 0) -> tuple[list[Pair],
 
 def _parts(cfg: ShadowdConfig, shard: Shard | None = None) -> HubParts:
     metrics = ShadowdMetrics(CollectorRegistry())
-    return HubParts(metrics=metrics, comparator=Comparator(cfg, metrics), flywheel=build_flywheel(cfg, metrics))
+    return HubParts(metrics=metrics, flywheel=build_flywheel(cfg, metrics))
 
 
 def hub_per_pair(cfg: ShadowdConfig, pairs: list[Pair]) -> float:
     """The hub's add path before issue 14, verbatim but for the event loop: seconds for the stream."""
     parts = _parts(cfg)
+    comparator = Comparator(cfg, parts.metrics)
     slices, violations = SliceMatcher(cfg.slices), ViolationTally()
     try:
         t0 = time.perf_counter()
         for pair in pairs:
-            items = parts.comparator.add(pair)
+            items = comparator.add(pair)
             names = slices.match(pair.features)
             violations.add([Violation(**v) for v in pair.violations], names)
             parts.flywheel.record(pair, items)

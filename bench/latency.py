@@ -14,6 +14,7 @@ blocks with the arm order rotated every round):
   r  the same model behind a small HTTP model server (OIP v2, its own process), called directly
   f  shadowd in front of that server: production kind http, shadowing off
   g  as f with 100 % shadowing and the sleep candidate of c
+  m  as c with three sleep candidates shadowed at once (models.candidates): m/c is what two more cost production
 
 Prints p50/p99 per arm and the ratios c/a and c/b (target c/a p99 <= 1.10)
 and e/b, the cost of expectations (target p99 <= 1.05); f/r and g/r, what
@@ -115,7 +116,7 @@ def _shadowd(
     prefix: str,
     data_dir: Path,
     port: int,
-    candidate: dict[str, Any] | None,
+    candidate: dict[str, Any] | list[dict[str, Any]] | None,
     flush_ms: float,
     expectations: dict[str, Any] | None = None,
     production: dict[str, Any] | None = None,
@@ -124,7 +125,10 @@ def _shadowd(
     raw = {
         "task": "classification",
         "data_dir": str(data_dir / prefix.strip("/")),
-        "models": {"production": production or _model("prod", latency_ms=MODEL_MS), "candidate": candidate},
+        "models": {
+            "production": production or _model("prod", latency_ms=MODEL_MS),
+            **({"candidates": candidate} if isinstance(candidate, list) else {"candidate": candidate}),
+        },
         "shadow": {"sample_share": 1.0, "flush_interval_ms": flush_ms},
         "serving": {"port": port, "route_prefix": prefix, "shadow_cpu": cpu},
         "metrics": {"port": 0},
@@ -166,7 +170,7 @@ def main() -> None:
     parser.add_argument("--flush-ms", type=float, default=100.0, help="shadow.flush_interval_ms for arms b-d, f, g")
     parser.add_argument("--remote-port", type=int, default=8124, help="arm r's model server")
     parser.add_argument("--runs", type=int, default=1, help="measure this many times; ratios' median and spread")
-    parser.add_argument("--arms", default="abcdnierfg", help="the arms to measure, e.g. abcni (all are deployed)")
+    parser.add_argument("--arms", default="abcdnierfgm", help="the arms to measure, e.g. abcni (all are deployed)")
     args = parser.parse_args()
 
     # Before Ray starts, in a fresh interpreter: the remote model server shares nothing with shadowd.
@@ -219,7 +223,9 @@ def main() -> None:
         route_prefix="/g",
         blocking=False,
     )
-    for prefix in ("/b", "/c", "/d", "/n", "/i", "/e", "/f", "/g"):
+    three = [_model(f"cand{k}", latency_ms=MODEL_MS) for k in range(3)]
+    serve.run(_shadowd("/m", tmp, args.port, three, args.flush_ms), name="m", route_prefix="/m", blocking=False)
+    for prefix in ("/b", "/c", "/d", "/n", "/i", "/e", "/f", "/g", "/m"):
         wait_healthy(f"{base}{prefix}", 120)
     urls = {
         "a": f"{base}/a",
@@ -232,6 +238,7 @@ def main() -> None:
         "r": f"http://127.0.0.1:{args.remote_port}/v2/models/prod/infer",
         "f": f"{base}/f/predict",
         "g": f"{base}/g/predict",
+        "m": f"{base}/m/predict",
     }
     bodies = {arm: _oip_body if arm == "r" else _predict_body for arm in urls}
     arms = [a for a in urls if a in args.arms]
@@ -271,6 +278,7 @@ RATIOS = (
     ("f", "r"),
     ("g", "r"),
     ("g", "f"),
+    ("m", "c"),
 )
 
 
@@ -306,6 +314,7 @@ def _print_run(arms: list[str], samples: dict[str, list[float]]) -> None:
         "r": "remote model server (OIP v2), called directly",
         "f": "shadowd, remote production (kind http), shadowing off",
         "g": "shadowd, remote production, 100% shadow, sleep candidate",
+        "m": "as c, three sleep candidates at once",
     }
     print("| arm | what | n | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for a in arms:

@@ -67,7 +67,6 @@ def build_hub_parts(config: ShadowdConfig, shard: Shard = Shard()) -> HubParts:
     """Everything hub shard ``shard`` holds; runs in its process (see the module docstring). Its files live
     under ``shard_config(config, shard.index)``'s data dir; the lead alone annotates Grafana and serves
     /metrics (the node's aggregate)."""
-    from shadowd.compare.comparator import Comparator
     from shadowd.errors import GrafanaError
     from shadowd.expect.drift import DriftMonitor
     from shadowd.expect.profile import load_profile
@@ -80,7 +79,6 @@ def build_hub_parts(config: ShadowdConfig, shard: Shard = Shard()) -> HubParts:
     drift_cfg = config.expectations.drift
     parts = HubParts(
         metrics=metrics,
-        comparator=Comparator(own, metrics),
         flywheel=build_flywheel(own, metrics, shard=shard),
         # Drift on the lead's shard alone (a hash-chosen share of the traffic): one gauge writer per window.
         drift=DriftMonitor(drift_cfg, load_profile(drift_cfg.profile), metrics=metrics)
@@ -125,7 +123,7 @@ def build_app(config: ShadowdConfig) -> Application:
     others = [hub_shard(i, []) for i in range(1, n)]
     hubs = [hub_shard(0, others), *others]  # in shard order: hubs[shard_of(request_id, n)] holds its pair
     worker = None  # deployed whenever shadowing is on, so a candidate can be added at runtime
-    if config.shadow.sample_share > 0:
+    if config.shadow.enabled(config.models):
         worker = serve.deployment(
             num_replicas=serving.worker_replicas,
             max_ongoing_requests=MODEL_THREADS,

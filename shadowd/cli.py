@@ -48,10 +48,11 @@ def _load(path: Path) -> ShadowdConfig:
 def validate_config(config: Path = typer.Argument(..., help="YAML config file.")) -> None:
     """Check a config file; exit 2 naming the file and key if it is wrong."""
     cfg = _load(config)
-    cand = cfg.models.candidate.name if cfg.models.candidate else "none (shadowing off)"
+    names = [c.name for c in cfg.models.candidates]
+    cand = f"candidate {names[0]}" if len(names) == 1 else f"candidates {', '.join(names)}" if names else ""
     typer.echo(
-        f"{config}: ok ({cfg.task}; production {cfg.models.production.name}, candidate {cand}; "
-        f"{len(cfg.slices)} slices)"
+        f"{config}: ok ({cfg.task}; production {cfg.models.production.name}, "
+        f"{cand or 'candidate none (shadowing off)'}; {len(cfg.slices)} slices)"
     )
 
 
@@ -453,8 +454,9 @@ def report(
     candidate: str | None = typer.Option(
         None,
         "--candidate",
-        help="The candidate you mean to judge: exit 2, naming the one shadowed, when the report is about "
-        "another candidate or none (a pipeline never promotes on another model's verdict).",
+        help="The candidate to report on and judge (several may be shadowed): exit 2, naming those shadowed, "
+        "when there is no such one (a pipeline never promotes on another model's verdict). A candidate no longer "
+        "shadowed gets the report kept when its window closed.",
     ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json or markdown."),
     reset: bool = typer.Option(False, "--reset", help="After printing, start a new test window (POST /shadow/reset)."),
@@ -485,7 +487,7 @@ def report(
 
         cfg = _load(config) if config is not None else None
         try:
-            rep = report_from_data_dir(data_dir, cfg)
+            rep = report_from_data_dir(data_dir, cfg, candidate)
         except ShadowdError as err:
             _fail(str(err))
     else:
@@ -493,9 +495,12 @@ def report(
 
         cfg = _load(config) if config is not None else None
         headers = _bearer(_api_token(token, token_file, cfg))
+        params = {"candidate": candidate} if candidate is not None else {}
         try:
-            resp = requests.get(f"{base}/shadow/report", headers=headers, timeout=30)
+            resp = requests.get(f"{base}/shadow/report", params=params, headers=headers, timeout=30)
             _refused(resp, f"{base}/shadow/report")
+            if resp.status_code == 404 and candidate is not None:
+                _fail(f"{base}/shadow/report: {resp.json().get('error', 'no such candidate')}")
             resp.raise_for_status()
             rep = ShadowReport.from_json(resp.json())
         except requests.RequestException as err:
@@ -507,7 +512,17 @@ def report(
     shadowed = rep.models.get("candidate")
     if candidate is not None and shadowed != candidate:
         _fail(f"the report is about candidate {shadowed or 'none (shadowing is off)'}, not {candidate!r}: no verdict")
+    others = rep.candidates or {}
+    if gate and candidate is None and len(others) > 1:
+        _fail(f"{len(others)} candidates are shadowed ({', '.join(others)}): name the one to judge with --candidate")
     typer.echo(render_report(rep, fmt), nl=False)
+    if rep.window == "closed":
+        typer.echo(
+            f"candidate {shadowed}: no longer shadowed; this is the report kept when its window closed", err=True
+        )
+    if len(others) > 1 and fmt == "table":
+        verdicts = ", ".join(f"{n} {v}" for n, v in others.items())
+        typer.echo(f"candidates shadowed now: {verdicts} (shadowd report --candidate NAME for each)")
     if reset:
         try:
             resp = requests.post(f"{base}/shadow/reset", headers=headers, timeout=30)
@@ -522,7 +537,7 @@ def report(
 
 candidates_app = typer.Typer(
     no_args_is_help=True,
-    help="The model lineup of a running shadowd: add, replace or remove the candidate, promote it, roll back. "
+    help="The model lineup of a running shadowd: add, replace or remove candidates, promote one, roll back. "
     "Production keeps answering throughout; every change is audited (who, when, the verdict then).",
 )
 app.add_typer(candidates_app, name="candidates")
@@ -564,20 +579,21 @@ def _lineup_call(
 
 def _print_lineup(lineup: object) -> None:
     assert isinstance(lineup, dict)
-    cand = lineup.get("candidate")
+    cands = lineup.get("candidates") or []
     typer.echo(f"lineup version {lineup['version']}: {lineup['served']} answers clients")
-    if cand is not None and lineup["live"] == "candidate":
+    if cands and lineup["live"] == "candidate":
+        shadowed = ", ".join(lineup["shadowed"])
         typer.echo(
-            f"  promoted: candidate {cand['name']}; production {lineup['shadowed']} runs in the shadow as the baseline"
+            f"  promoted: candidate {cands[0]['name']}; production {shadowed} runs in the shadow as the baseline"
         )
-    elif cand is not None:
+    for cand in cands if lineup["live"] == "production" else []:
         typer.echo(f"  shadowing candidate {cand['name']} ({cand['kind']})")
-        schedule = lineup.get("schedule") or {}
+        schedule = cand.get("schedule") or {}
         if schedule.get("max_duration_s") or schedule.get("stop_when_decided"):
             stops = [f"after {schedule['max_duration_s']:g} s"] if schedule.get("max_duration_s") else []
             stops += ["once decided"] if schedule.get("stop_when_decided") else []
-            typer.echo(f"  the test stops by itself {' or '.join(stops)}")
-    else:
+            typer.echo(f"    its test stops by itself {' or '.join(stops)}")
+    if not cands:
         typer.echo("  no candidate: shadowing is off")
 
 
@@ -602,19 +618,28 @@ def candidates_list(
     if changes:
         typer.echo("recent changes:")
     for c in changes:
+        after = c.get("after") or {}
+        shadowed_now = after.get("shadowed") or []
+        shadowed = shadowed_now if isinstance(shadowed_now, str) else ", ".join(shadowed_now) or "nothing"
         evidence = c.get("evidence") or {}
-        after = c["after"]
+        if "verdict" in evidence:  # a line written before several candidates: one window's evidence
+            evidence = {((c.get("before") or {}).get("candidate") or {}).get("name", "-"): evidence}
+        closed = "; ".join(
+            f"{name} {e.get('verdict', '-')} on {e.get('pairs', 0)} pairs" for name, e in evidence.items()
+        )
         typer.echo(
-            f"  {c['time']}  {c['action']:<8} by {c['who']}: now serving {after['served']}, shadowing "
-            f"{after['shadowed'] or 'nothing'}; verdict then {evidence.get('verdict', '-')} "
-            f"on {evidence.get('pairs', 0)} pairs"
+            f"  {c['time']}  {c['action']:<8} by {c['who']}: now serving {after.get('served', '-')}, shadowing "
+            f"{shadowed}" + (f"; closed: {closed}" if closed else "")
         )
 
 
 def _change(body: dict[str, object], url: str, config: Path | None, token: str | None, token_file: Path | None) -> None:
     answer = _lineup_call(url, body, token, token_file, config)
     _print_lineup(answer["lineup"])
-    typer.echo(f"  closed window's report kept as {answer['kept_report']}")
+    kept = answer.get("kept_reports") or {}
+    assert isinstance(kept, dict)
+    for name, file in kept.items():
+        typer.echo(f"  {name}: closed window's report kept as {file}")
 
 
 @candidates_app.command("set")
@@ -628,12 +653,16 @@ def candidates_set(
     stop_when_decided: bool = typer.Option(
         False, "--stop-when-decided", help="Stop the test by itself once the gate says PASS or FAIL."
     ),
+    replace: str | None = typer.Option(
+        None, "--replace", help="The shadowed candidate this one replaces (its window closes); else it is added."
+    ),
     url: str = _URL,
     config: Path | None = _CONFIG,
     token: str | None = _TOKEN,
     token_file: Path | None = _TOKEN_FILE,
 ) -> None:
-    """Add or replace the candidate: a new test window for it (the old window's report is kept). Relative paths
+    """Add a candidate (up to shadow.max_candidates), or with --replace take another's place: a new test window
+    for it alone (a replaced one's report is kept; the other candidates' tests go on). Relative paths
     in the file are resolved against its folder; they must exist where the daemon runs. A test stopped by its
     schedule keeps its verdict readable: GET /shadow/verdict?candidate=NAME."""
     from shadowd.flywheel.replay import load_model_file
@@ -643,6 +672,8 @@ def candidates_set(
     except ConfigError as err:
         _fail(str(err))
     body: dict[str, object] = {"action": "set", "candidate": model.model_dump(mode="json")}
+    if replace is not None:
+        body["replace"] = replace
     if max_duration is not None or stop_when_decided:
         seconds = _duration_s(max_duration) if max_duration is not None else None
         body["schedule"] = {"max_duration_s": seconds, "stop_when_decided": stop_when_decided}
@@ -660,10 +691,17 @@ def _duration_s(text: str) -> float:
 
 @candidates_app.command("remove")
 def candidates_remove(
-    url: str = _URL, config: Path | None = _CONFIG, token: str | None = _TOKEN, token_file: Path | None = _TOKEN_FILE
+    name: str | None = typer.Argument(None, help="Which candidate; may be left out when only one is shadowed."),
+    url: str = _URL,
+    config: Path | None = _CONFIG,
+    token: str | None = _TOKEN,
+    token_file: Path | None = _TOKEN_FILE,
 ) -> None:
-    """Stop shadowing the candidate (its window's report is kept)."""
-    _change({"action": "remove"}, url, config, token, token_file)
+    """Stop shadowing a candidate (its window's report is kept; the others' tests go on)."""
+    body: dict[str, object] = {"action": "remove"}
+    if name is not None:
+        body["candidate"] = name
+    _change(body, url, config, token, token_file)
 
 
 @candidates_app.command("promote")
@@ -674,8 +712,8 @@ def candidates_promote(
     token: str | None = _TOKEN,
     token_file: Path | None = _TOKEN_FILE,
 ) -> None:
-    """The candidate answers clients; production stays in the shadow as the baseline, so a promoted model that
-    degrades against its predecessor FAILs the gate (then: shadowd candidates rollback)."""
+    """The candidate (the only one shadowed) answers clients; production stays in the shadow as the baseline, so
+    a promoted model that degrades against its predecessor FAILs the gate (then: shadowd candidates rollback)."""
     _change({"action": "promote", "candidate": name}, url, config, token, token_file)
 
 

@@ -60,7 +60,20 @@ __all__ = [
 
 class ModelsConfig(Strict):
     production: ModelConfig = Field(description="The model whose answers clients get.")
-    candidate: ModelConfig | None = Field(None, description="The model under test; none means shadowing off.")
+    candidates: list[ModelConfig] = Field(
+        default_factory=list,
+        max_length=16,
+        description="The models under test, shadowed at once (up to shadow.max_candidates): each on its own "
+        "sample share (its sample_share, else shadow.sample_share) and timeout (its candidate_timeout_s, else "
+        "shadow.candidate_timeout_s), with its own test window, checks, verdict and report; production runs once "
+        "per request. Empty: shadowing off. At runtime: shadowd candidates set / remove.",
+    )
+    one_candidate: ModelConfig | None = Field(
+        None,
+        alias="candidate",
+        exclude=True,
+        description="One model under test: the same as candidates: [it].",
+    )
     reference: ModelConfig | None = Field(
         None,
         description="Optional reference model: production's recipe retrained with another seed, or the previous "
@@ -69,30 +82,54 @@ class ModelsConfig(Strict):
     )
     live: Literal["production", "candidate"] = Field(
         "production",
-        description="Which model answers clients. 'candidate' is a promotion that keeps the previous production "
-        "in the shadow as the baseline: the candidate answers every request, production runs on the sampled share, "
-        "and the checks go on asking whether the candidate is worse (a promoted model that degrades against its "
-        "predecessor FAILs the gate). Back to 'production' is a rollback. At runtime: shadowd candidates promote / "
-        "rollback.",
+        description="Which model answers clients. 'candidate' is a promotion of the one candidate that keeps the "
+        "previous production in the shadow as the baseline: the candidate answers every request, production runs "
+        "on the sampled share, and the checks go on asking whether the candidate is worse (a promoted model that "
+        "degrades against its predecessor FAILs the gate). Back to 'production' is a rollback. At runtime: "
+        "shadowd candidates promote / rollback.",
     )
 
     @model_validator(mode="after")
-    def _live_exists(self) -> ModelsConfig:
-        if self.live == "candidate" and self.candidate is None:
-            raise ValueError("live is 'candidate' but no models.candidate is configured")
+    def _lineup_holds(self) -> ModelsConfig:
+        if self.one_candidate is not None:  # `candidate: {...}`: a list of one (the frozen model is still being built)
+            if self.candidates:
+                raise ValueError("give models.candidate (one) or models.candidates (several), not both")
+            object.__setattr__(self, "candidates", [self.one_candidate])
+            object.__setattr__(self, "one_candidate", None)
+        if self.live == "candidate" and len(self.candidates) != 1:
+            raise ValueError(
+                "live is 'candidate' (a promotion) but "
+                + ("no candidate is configured" if not self.candidates else "more than one candidate is configured")
+            )
         return self
+
+    @property
+    def candidate(self) -> ModelConfig | None:
+        """The first candidate (the only one for a config of one, and always while one is promoted)."""
+        return self.candidates[0] if self.candidates else None
+
+    def candidate_named(self, name: str) -> ModelConfig | None:
+        return next((c for c in self.candidates if c.name == name), None)
 
     @property
     def served(self) -> ModelConfig:
         """The model that answers clients."""
-        return self.candidate if self.live == "candidate" and self.candidate is not None else self.production
+        return self.candidates[0] if self.live == "candidate" and self.candidates else self.production
 
     @property
-    def shadowed(self) -> ModelConfig | None:
-        """The model run on the mirrored share (none: shadowing off)."""
-        if self.candidate is None:
-            return None
-        return self.production if self.live == "candidate" else self.candidate
+    def shadowed(self) -> list[ModelConfig]:
+        """The models run on the mirrored shares (none: shadowing off): every candidate, or after a promotion
+        the previous production."""
+        if self.live == "candidate":
+            return [self.production]
+        return list(self.candidates)
+
+    def only(self, name: str) -> ModelsConfig:
+        """This lineup narrowed to the candidate ``name``: what that candidate's comparator is built from."""
+        return self.model_copy(update={"candidates": [c for c in self.candidates if c.name == name]})
+
+    def with_candidates(self, candidates: list[ModelConfig]) -> ModelsConfig:
+        return self.model_copy(update={"candidates": list(candidates)})
 
 
 class LineupConfig(Strict):
@@ -129,7 +166,11 @@ class ShadowConfig(Strict):
     """The shadow path beside production: sampling, timeouts, bounds."""
 
     sample_share: float = Field(
-        1.0, ge=0, le=1, description="Share of requests mirrored to the candidate, decided by a hash of the request id."
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of requests mirrored to each candidate (a candidate's own sample_share overrides it), "
+        "decided by a hash of the request id.",
     )
     reference_share: float = Field(
         0.25,
@@ -143,7 +184,19 @@ class ShadowConfig(Strict):
         le=1,
         description="Share of mirrored requests on which production is run a second time to measure its own noise.",
     )
-    candidate_timeout_s: float = Field(1.0, gt=0, le=600, description="Longest wait for one candidate batch.")
+    candidate_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="Longest wait for one candidate batch (a candidate's own candidate_timeout_s overrides it).",
+    )
+    max_candidates: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Most candidates shadowed at once (models.candidates, shadowd candidates set): each costs its "
+        "model's CPU on its share of the traffic, its own pairs in the hub, and its own annotation items.",
+    )
     max_in_flight: int = Field(
         2000,
         ge=1,
@@ -166,6 +219,27 @@ class ShadowConfig(Strict):
     store_inputs: bool = Field(
         True, description="Keep request inputs on pairs (needed for annotation items and replay)."
     )
+
+    def share_of(self, model: ModelConfig) -> float:
+        """The share of requests mirrored to ``model`` as a candidate."""
+        return model.sample_share if model.sample_share is not None else self.sample_share
+
+    def timeout_of(self, model: ModelConfig) -> float:
+        """The longest wait for one batch of ``model`` in the shadow."""
+        return model.candidate_timeout_s if model.candidate_timeout_s is not None else self.candidate_timeout_s
+
+    def shares(self, models: ModelsConfig) -> dict[str, float]:
+        """Each test's share of requests, by the candidate's name (after a promotion: the promoted one's test,
+        with its share, runs the previous production in the shadow)."""
+        return {c.name: self.share_of(c) for c in models.candidates}
+
+    def enabled(self, models: ModelsConfig) -> bool:
+        """Is the shadow path deployed: a share of requests may be mirrored (now, or by a runtime candidate)."""
+        return self.sample_share > 0 or self.mirror_share(models) > 0
+
+    def mirror_share(self, models: ModelsConfig) -> float:
+        """The share the ingress mirrors: the largest test's (the hash makes each smaller share a subset)."""
+        return max(self.shares(models).values(), default=0.0)
 
 
 class ServingConfig(Strict):
@@ -900,17 +974,24 @@ class ShadowdConfig(Strict):
             raise ValueError(f"slice names must be unique; repeated: {', '.join(dupes)}")
         if OVERALL in names:
             raise ValueError("'overall' is reserved for the whole traffic; pick another slice name")
-        cand = self.models.candidate
-        named = [m.name for m in (self.models.production, cand, self.models.reference) if m is not None]
+        m = self.models
+        named = [x.name for x in (m.production, *m.candidates, m.reference) if x is not None]
         if len(set(named)) < len(named):
             raise ValueError(
                 f"models need distinct names (reports, metrics and the lineup tell them apart by name); got {named}"
             )
-        if cand is not None and cand.input_shape != self.models.production.input_shape:
+        if len(m.candidates) > self.shadow.max_candidates:
             raise ValueError(
-                f"models.candidate.input_shape {cand.input_shape} differs from "
-                f"models.production.input_shape {self.models.production.input_shape}"
+                f"models.candidates holds {len(m.candidates)} models; shadow.max_candidates allows "
+                f"{self.shadow.max_candidates}"
             )
+        for i, cand in enumerate(m.candidates):
+            if cand.input_shape != m.production.input_shape:
+                where = "models.candidate" if len(m.candidates) == 1 else f"models.candidates.{i}"
+                raise ValueError(
+                    f"{where}.input_shape {cand.input_shape} differs from "
+                    f"models.production.input_shape {m.production.input_shape}"
+                )
         ref = self.models.reference
         if ref is not None and ref.input_shape != self.models.production.input_shape:
             raise ValueError(
@@ -1056,8 +1137,8 @@ def _resolve_paths(cfg: ShadowdConfig, base: Path) -> ShadowdConfig:
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p).resolve()
 
-    models = {}
-    for role in ("production", "candidate", "reference"):
+    models: dict[str, Any] = {"candidates": [c.with_base_dir(base) for c in cfg.models.candidates]}
+    for role in ("production", "reference"):
         m = getattr(cfg.models, role)
         models[role] = None if m is None else m.with_base_dir(base)
     exp = cfg.expectations

@@ -221,8 +221,9 @@ class _Compared:
 class BatchCounter:
     """Counts batches into a comparator's tallies; see the module docstring."""
 
-    def __init__(self, config: ShadowdConfig, matcher: SliceMatcher, sampler: EvaluationSampler):
+    def __init__(self, config: ShadowdConfig, matcher: SliceMatcher, sampler: EvaluationSampler, candidate: str = ""):
         self._cfg = config
+        self._candidate = candidate  # the candidate label of the metrics (the comparator's candidate_name)
         self._task = config.task
         self._matcher = matcher
         self._sampler = sampler
@@ -346,16 +347,17 @@ class BatchCounter:
     # --- pieces ---
 
     def _children(self, metrics: ShadowdMetrics, name: str) -> tuple[Any, Any, Any, Any]:
-        """A slice's compared, divergent and flip counters and divergence histogram (looked up once)."""
+        """A slice's compared, divergent and flip counters and divergence histogram, of this candidate (looked up
+        once)."""
         if metrics is not self._metrics_of:
             self._metrics_of, self._metric_children = metrics, {}
         children = self._metric_children.get(name)
         if children is None:
             children = self._metric_children[name] = (
-                metrics.pairs_compared.labels(slice=name),
-                metrics.pairs_divergent.labels(slice=name),
-                metrics.label_flips.labels(slice=name),
-                metrics.divergence.labels(slice=name),
+                metrics.pairs_compared.labels(candidate=self._candidate, slice=name),
+                metrics.pairs_divergent.labels(candidate=self._candidate, slice=name),
+                metrics.label_flips.labels(candidate=self._candidate, slice=name),
+                metrics.divergence.labels(candidate=self._candidate, slice=name),
             )
         return children
 

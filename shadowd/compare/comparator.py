@@ -18,12 +18,14 @@ changed since the last report is taken from the last one (an
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import math
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -68,9 +70,14 @@ _READABLE_STATE_VERSIONS = (1, 2)
 _STATE_KIND = "shadowd.comparator.state"
 
 
-def state_path(data_dir: Path) -> Path:
-    """Where the comparator persists its window under the data dir."""
-    return Path(data_dir) / "comparator" / "state.json"
+def state_path(data_dir: Path, candidate: str | None = None) -> Path:
+    """Where a comparator persists its window under the data dir: candidate ``candidate``'s test's, or (none)
+    the one window of a hub before several candidates, or with shadowing off."""
+    folder = Path(data_dir) / "comparator"
+    if candidate is None:
+        return folder / "state.json"
+    tag = hashlib.sha256(candidate.encode()).hexdigest()[:8]  # names that read alike stay apart
+    return folder / "candidates" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', candidate)[:80]}-{tag}.json"
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -95,11 +102,13 @@ class Comparator:
         self._task = config.task
         self._matcher = SliceMatcher(config.slices)
         self._metrics = metrics
+        # The candidate label of this comparator's metrics ("" without a candidate).
+        self.candidate_name = config.models.candidate.name if config.models.candidate is not None else ""
         self._clock = clock
         # Only the loss-difference reservoir draws from it; seeded so runs repeat.
         self._rng = random.Random(seed)
         self.sampler = EvaluationSampler(config.annotations.evaluation)
-        self._batch = BatchCounter(config, self._matcher, self.sampler)
+        self._batch = BatchCounter(config, self._matcher, self.sampler, candidate=self.candidate_name)
         # A version per slice, new whenever its tally changes: the memo reuses a check's evidence
         # on an unchanged slice from one report to the next.
         self._memo = EvidenceMemo()
@@ -127,6 +136,10 @@ class Comparator:
         self._memo.clear()
         self._versions = {}
         self._changed(self._tallies)
+
+    @property
+    def config(self) -> ShadowdConfig:
+        return self._cfg
 
     @property
     def window_started_ts(self) -> float:
@@ -198,13 +211,14 @@ class Comparator:
                 t.candidate.add_classes(*classes)
             t.quality.add_pair(stratum, pair.selection.evaluation_share)
         if self._metrics is not None:
+            cand_name = self.candidate_name
             for n in names:
-                self._metrics.pairs_compared.labels(slice=n).inc()
-                self._metrics.divergence.labels(slice=n).observe(div.score)
+                self._metrics.pairs_compared.labels(candidate=cand_name, slice=n).inc()
+                self._metrics.divergence.labels(candidate=cand_name, slice=n).observe(div.score)
                 if div.divergent:
-                    self._metrics.pairs_divergent.labels(slice=n).inc()
+                    self._metrics.pairs_divergent.labels(candidate=cand_name, slice=n).inc()
                 if div.flip:
-                    self._metrics.label_flips.labels(slice=n).inc()
+                    self._metrics.label_flips.labels(candidate=cand_name, slice=n).inc()
         if stratum == "agree":
             return []
         if div.flip and classes is not None:
@@ -509,23 +523,58 @@ class Comparator:
         return True
 
 
-def report_from_data_dir(data_dir: Path, config: ShadowdConfig | None = None) -> ShadowReport:
-    """The report of the window persisted under ``data_dir``, without a running daemon: a sharded hub's
-    shards (``<data_dir>/shards/<i>``) merged, as the lead merges them, else the one hub's state.
+def report_from_data_dir(
+    data_dir: Path, config: ShadowdConfig | None = None, candidate: str | None = None
+) -> ShadowReport:
+    """The report of a test's window persisted under ``data_dir``, without a running daemon: candidate
+    ``candidate``'s (may be left out when one test is there), a sharded hub's shards (``<data_dir>/shards/<i>``)
+    merged, as the lead merges them.
 
     Checks run as configured in ``config``, or else as in the config saved with
     the state. Raises ShadowdError when there is no readable state.
     """
     from shadowd.config import parse_config
 
-    shards = [p for p in Path(data_dir).glob("shards/*/comparator/state.json") if p.parts[-3].isdigit()]
-    paths = sorted(shards, key=lambda p: int(p.parts[-3])) or [state_path(data_dir)]
-    states = [_read_state(p) for p in paths]
+    data_dir = Path(data_dir)
+    shards = sorted((p for p in data_dir.glob("shards/*") if p.name.isdigit()), key=lambda p: int(p.name))
+    by_test: dict[str | None, list[Any]] = {}
+    paths: dict[str | None, Path] = {}
+    for folder in shards or [data_dir]:
+        found: set[str | None] = set()
+        # A test's own file first; the one-window file (shadowing off, or saved before several candidates)
+        # only for a test that has none.
+        for path in [*sorted((folder / "comparator" / "candidates").glob("*.json")), state_path(folder)]:
+            if not path.exists():
+                continue
+            state = _read_state(path)
+            name = state.get("models", {}).get("candidate") if isinstance(state, dict) else None
+            if name in found:
+                continue
+            found.add(name)
+            by_test.setdefault(name, []).append(state)
+            paths.setdefault(name, path)
+    if not by_test:
+        raise ShadowdError(f"{state_path(data_dir)}: no comparator state to report on")
+    tests: list[str | None] = [n for n in by_test if n is not None] or [None]
+    if candidate is None and len(tests) > 1:
+        raise ShadowdError(f"{data_dir} holds the tests of {', '.join(map(str, tests))}: name one (--candidate)")
+    name = candidate if candidate is not None else tests[0]
+    if name not in by_test:
+        raise ShadowdError(f"{data_dir} holds no test of candidate {name!r}; it holds {', '.join(map(str, tests))}")
+    states = by_test[name]
     if config is None:
         saved = states[0].get("config") if isinstance(states[0], dict) else None
         if not isinstance(saved, dict):
-            raise ShadowdError(f"{paths[0]}: no config saved with the state; pass the daemon's config file")
-        config = parse_config(saved, f"{paths[0]} (saved config)")
+            raise ShadowdError(f"{paths[name]}: no config saved with the state; pass the daemon's config file")
+        config = parse_config(saved, f"{paths[name]} (saved config)")
+    elif name is not None:  # this config's checks on that candidate's models (from the state if set at runtime)
+        models = config.models
+        if models.candidate_named(name) is None:
+            saved = states[0].get("config") if isinstance(states[0], dict) else None
+            if not isinstance(saved, dict):
+                raise ShadowdError(f"{paths[name]}: candidate {name!r} is not in the config and no config was saved")
+            models = parse_config(saved, f"{paths[name]} (saved config)").models
+        config = config.model_copy(update={"models": models.only(name)})
     comp = Comparator(config)
     comp.load_state(states[0])
     for state in states[1:]:

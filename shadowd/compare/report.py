@@ -227,7 +227,7 @@ class SliceReport(_Report):
 
 
 # Sections the hub adds beside the comparator's; absent from the JSON when there is nothing to say.
-_OPTIONAL_SECTIONS = ("annotations", "expectations", "drift")
+_OPTIONAL_SECTIONS = ("window", "candidates", "annotations", "expectations", "drift")
 
 
 class ShadowReport(_Report):
@@ -242,6 +242,14 @@ class ShadowReport(_Report):
     slices: dict[str, SliceReport]
     checks: list[CheckResult]
     gate: GateSummary
+    window: Literal["closed"] | None = Field(
+        None, description="'closed': the report kept when this candidate's window closed (it is no longer shadowed)."
+    )
+    candidates: dict[str, str] | None = Field(
+        None,
+        description="Every candidate shadowed now and its verdict, when there are several (this report is about "
+        "models.candidate; GET /shadow/report?candidate=NAME gives another's).",
+    )
     annotations: dict[str, Any] | None = Field(None, description="Annotation queue, labels and suites (the hub's).")
     expectations: dict[str, Any] | None = Field(None, description="Data expectation violations per slice.")
     drift: dict[str, Any] | None = Field(None, description="Drift windows against the training profile.")
@@ -292,16 +300,19 @@ def combine_verdicts(verdicts: list[Verdict]) -> Verdict:
     return Verdict.INCONCLUSIVE
 
 
-def verdict_document(report: ShadowReport) -> dict[str, Any]:
+def verdict_document(*reports: ShadowReport) -> dict[str, Any]:
     """``GET /shadow/verdict``: per candidate its verdict, reasons and evidence counts, and one combined verdict.
 
-    ``candidates`` maps each configured candidate's name to its entry (one today; the shape holds several).
-    With no candidate configured it is empty and the verdict INCONCLUSIVE, with the gate's reason. Counts are
-    the overall slice's: ``pairs`` mirrored, ``compared`` (both answered), ``labels`` used by the quality checks.
+    ``candidates`` maps each shadowed candidate's name to its entry, one per report (each candidate's own test
+    window). With no candidate configured it is empty and the verdict INCONCLUSIVE, with the gate's reason.
+    Counts are the overall slice's: ``pairs`` mirrored, ``compared`` (both answered), ``labels`` used by the
+    quality checks.
     """
     candidates: dict[str, dict[str, Any]] = {}
-    name = report.models.get("candidate")
-    if name is not None:
+    for report in reports:
+        name = report.models.get("candidate")
+        if name is None:
+            continue
         o = report.overall
         candidates[name] = {
             "verdict": report.gate.verdict.value,
@@ -311,7 +322,9 @@ def verdict_document(report: ShadowReport) -> dict[str, Any]:
             "window_started_ts": report.window_started_ts,
             "window": "open",
         }
-    return _verdict_document(candidates, list(report.gate.reasons), report.generated_ts)
+    generated_ts = max((r.generated_ts for r in reports), default=0.0)
+    no_candidate = list(reports[0].gate.reasons) if reports else ["no candidate is configured"]
+    return _verdict_document(candidates, no_candidate, generated_ts)
 
 
 def select_candidate(document: dict[str, Any], name: str) -> dict[str, Any] | None:

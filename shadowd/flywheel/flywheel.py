@@ -217,15 +217,18 @@ class Flywheel:
     # --- labels in ---
 
     def feedback(self, label: Label) -> JoinResult:
-        """Join one label (POST /feedback or the labels channel) to its pair; tell ``on_joined``."""
-        result = self._join(label)
+        """Join one label (POST /feedback or the labels channel) to its pair; tell ``on_joined``. Joins and their
+        ``on_joined`` calls happen one at a time, in journal order, so the comparators' ``labels_seq`` never
+        passes a label they have not taken yet (a state saved then, with the journal compacted, would lose it)."""
+        with self._join_lock:
+            result = self._join_locked(label)
+            if result.status in ("joined", "skipped") and self._on_joined is not None:
+                self._on_joined(result, label)
         with self._lock:
             self._counts[result.status] += 1
         if self._metrics is not None:
             outcome = "joined" if result.status in ("joined", "skipped", "duplicate") else result.status
             self._metrics.labels.labels(source=label.source, outcome=outcome).inc()
-        if result.status in ("joined", "skipped") and self._on_joined is not None:
-            self._on_joined(result, label)
         return result
 
     def replay(self, after: int) -> int:
@@ -289,10 +292,6 @@ class Flywheel:
         if counted:
             return None, "a second label of a pair already counted"
         return channel, None
-
-    def _join(self, label: Label) -> JoinResult:
-        with self._join_lock:
-            return self._join_locked(label)
 
     def _join_locked(self, label: Label) -> JoinResult:
         """Decide, journal (fsync), then mark: a label counts once it is in the journal, never before."""

@@ -48,6 +48,17 @@ class ModelBase(Strict):
     batch_wait_timeout_s: float = Field(
         0.002, ge=0, le=1, description="Ray Serve batching: longest wait to fill a batch."
     )
+    sample_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="As a candidate: the share of requests mirrored to it, decided by the same hash of the request "
+        "id for every candidate (a smaller share's requests are a subset of a larger one's, so candidates are "
+        "compared on common requests); none: shadow.sample_share.",
+    )
+    candidate_timeout_s: float | None = Field(
+        None, gt=0, le=600, description="As a candidate: longest wait for one batch; none: shadow.candidate_timeout_s."
+    )
 
     def load(self, torch_threads: int) -> Predict:
         """The model's batch function; raises ModelError naming the model and the cause."""

@@ -13,10 +13,13 @@ JSON needs it; the committed files, the Helm chart and ``push --from-dir`` do
 not). Where the SDK's defaults differ from Grafana's, this module says so:
 legends are shown explicitly (the SDK's ``showLegend`` defaults to false),
 tooltips are unsorted as in Grafana (the SDK sorts ascending), panel ids are
-numbered here (the SDK leaves them unset), and the query variable's
+numbered here (the SDK leaves them unset), and the query variables'
 ``definition``, which the SDK's model lacks, is added to the JSON. Every panel
 query uses the ``${datasource}`` variable, so the same file works in any
-Grafana with a Prometheus data source.
+Grafana with a Prometheus data source. Several candidates may be shadowed at
+once: the ``candidate`` variable selects them, every panel on a per-candidate
+family filters on it and names the candidate in its legend, and the candidate
+role's request and latency series are selected by their ``model`` label.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ _GRAFANA_DS = dm.DataSourceRef(type_val="grafana", uid="-- Grafana --")
 _RATE = "$__rate_interval"
 _SLICE = 'slice=~"$slice"'
 _SLICE_QUERY = "label_values(shadowd_pairs_compared_total, slice)"
+_CAND = 'candidate=~"$candidate"'
+_CAND_QUERY = "label_values(shadowd_gate_verdict, candidate)"
+# The candidate role's model calls, by the candidate's name (the model label).
+_CAND_MODEL = 'role="candidate",model=~"$candidate"'
+_VARIABLE_QUERIES = {"candidate": _CAND_QUERY, "slice": _SLICE_QUERY}
 
 
 # What a panel's mappings() takes (the list is invariant in its element type).
@@ -189,6 +197,22 @@ def _state_timeline(
     )
 
 
+def _query_variable(name: str, label: str) -> db.QueryVariable:
+    """A multi-select variable listing a label's values, with All."""
+    return (
+        db.QueryVariable(name)
+        .label(label)
+        .datasource(_DS)
+        .query({"query": _VARIABLE_QUERIES[name], "refId": name})
+        .multi(True)
+        .include_all(True)
+        # A regex, so "All" also matches values that appear after the page loaded.
+        .all_value(".*")
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+    )
+
+
 def _dashboard(uid: str, title: str, description: str) -> db.Dashboard:
     gate_annotations = db.AnnotationTarget().type("tags").tags(list(GATE_ANNOTATION_TAGS)).match_any(False).limit(100)
     return (
@@ -203,18 +227,8 @@ def _dashboard(uid: str, title: str, description: str) -> db.Dashboard:
         .refresh("30s")
         .time("now-6h", "now")
         .with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
-        .with_variable(
-            db.QueryVariable("slice")
-            .label("Slice")
-            .datasource(_DS)
-            .query({"query": _SLICE_QUERY, "refId": "slice"})
-            .multi(True)
-            .include_all(True)
-            # A regex, so "All" also matches slices that appear after the page loaded.
-            .all_value(".*")
-            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(dm.VariableSort.ALPHABETICAL_ASC)
-        )
+        .with_variable(_query_variable("candidate", "Candidate"))
+        .with_variable(_query_variable("slice", "Slice"))
         .annotation(
             db.AnnotationQuery()
             .name("Annotations & Alerts")
@@ -253,8 +267,8 @@ def _to_json(dashboard: db.Dashboard) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(JSONEncoder().encode(model))
     # The SDK's variable model has no `definition` (the text Grafana lists the variable by).
     for variable in out["templating"]["list"]:
-        if variable["name"] == "slice":
-            variable["definition"] = _SLICE_QUERY
+        if variable["name"] in _VARIABLE_QUERIES:
+            variable["definition"] = _VARIABLE_QUERIES[variable["name"]]
     return out
 
 
@@ -269,8 +283,8 @@ def overview_dashboard() -> dict[str, Any]:
     d.with_panel(
         _stat(
             "Gate verdict",
-            "Overall gate verdict of the candidate (shadowd_gate_verdict).",
-            ("max(shadowd_gate_verdict)", "verdict"),
+            "Overall gate verdict of each selected candidate (shadowd_gate_verdict).",
+            (f"max by (candidate) (shadowd_gate_verdict{{{_CAND}}})", "{{candidate}}"),
             mappings=_STATUS_MAPPINGS,
             thresholds=((None, "green"), (1, "red"), (2, "yellow")),
         )
@@ -299,15 +313,22 @@ def overview_dashboard() -> dict[str, Any]:
     d.with_panel(
         _stat(
             "Pairs compared",
-            "Pairs compared over the dashboard's time range (all slices).",
-            ('sum(increase(shadowd_pairs_compared_total{slice="overall"}[$__range]))', "pairs"),
+            "Pairs compared over the dashboard's time range (all slices), per selected candidate.",
+            (
+                f'sum by (candidate) (increase(shadowd_pairs_compared_total{{{_CAND},slice="overall"}}[$__range]))',
+                "{{candidate}}",
+            ),
         )
     )
     d.with_panel(
         _state_timeline(
             "Check status per slice",
-            "Each statistical check of the gate, per slice: PASS, FAIL or INCONCLUSIVE (shadowd_check_status).",
-            (f"max by (check, slice) (shadowd_check_status{{{_SLICE}}})", "{{check}} / {{slice}}"),
+            "Each statistical check of the gate, per candidate and slice: PASS, FAIL, INCONCLUSIVE or REVIEW "
+            "(shadowd_check_status).",
+            (
+                f"max by (candidate, check, slice) (shadowd_check_status{{{_CAND},{_SLICE}}})",
+                "{{candidate}}: {{check}} / {{slice}}",
+            ),
         )
     )
 
@@ -315,25 +336,28 @@ def overview_dashboard() -> dict[str, Any]:
     d.with_panel(
         _timeseries(
             "Requests by role and outcome",
-            "Model calls per second by role (production, candidate, noise) and outcome.",
-            (f"sum by (role, outcome) (rate(shadowd_requests_total[{_RATE}]))", "{{role}} {{outcome}}"),
+            "Model calls per second by role (production, candidate, noise), model and outcome; of the candidates, "
+            "the selected ones.",
+            (
+                f'sum by (role, model, outcome) (rate(shadowd_requests_total{{role!="candidate"}}[{_RATE}]))'
+                f" or sum by (role, model, outcome) (rate(shadowd_requests_total{{{_CAND_MODEL}}}[{_RATE}]))",
+                "{{role}} {{model}} {{outcome}}",
+            ),
             unit="reqps",
         )
     )
-    cand = 'role="candidate"'
+    calls = f"shadowd_requests_total{{{_CAND_MODEL}}}"
     d.with_panel(
         _timeseries(
             "Candidate errors and timeouts",
-            "Share of candidate calls that raised or timed out. Production answers are unaffected.",
+            "Share of each selected candidate's calls that raised or timed out. Production answers are unaffected.",
             (
-                f'(sum(rate(shadowd_requests_total{{{cand},outcome="error"}}[{_RATE}])) or on() vector(0))'
-                f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))",
-                "error",
+                _ratio_or_zero(f'shadowd_requests_total{{{_CAND_MODEL},outcome="error"}}', calls, "model"),
+                "error {{model}}",
             ),
             (
-                f'(sum(rate(shadowd_requests_total{{{cand},outcome="timeout"}}[{_RATE}])) or on() vector(0))'
-                f" / sum(rate(shadowd_requests_total{{{cand}}}[{_RATE}]))",
-                "timeout",
+                _ratio_or_zero(f'shadowd_requests_total{{{_CAND_MODEL},outcome="timeout"}}', calls, "model"),
+                "timeout {{model}}",
             ),
             unit="percentunit",
         )
@@ -353,10 +377,13 @@ def overview_dashboard() -> dict[str, Any]:
     d.with_panel(
         _timeseries(
             "Shadow path: sampled, compared, dropped",
-            "Pairs per second sampled by the ingress, compared by the comparator, and dropped "
+            "Pairs per second sampled by the ingress, compared by each selected candidate's comparator, and dropped "
             "(the shadow path drops rather than slows production).",
             (f"sum(rate(shadowd_pairs_sampled_total[{_RATE}]))", "sampled"),
-            (f'sum(rate(shadowd_pairs_compared_total{{slice="overall"}}[{_RATE}]))', "compared"),
+            (
+                f'sum by (candidate) (rate(shadowd_pairs_compared_total{{{_CAND},slice="overall"}}[{_RATE}]))',
+                "compared {{candidate}}",
+            ),
             (f"sum(rate(shadowd_pairs_dropped_total[{_RATE}])) or on() vector(0)", "dropped"),
             unit="reqps",
         )
@@ -371,18 +398,16 @@ def overview_dashboard() -> dict[str, Any]:
     )
 
     d.with_row(db.Row("Latency"))
+    latency = (
+        f'sum by (le, role, model) (rate(shadowd_model_latency_seconds_bucket{{role!="candidate"}}[{_RATE}])'
+        f" or rate(shadowd_model_latency_seconds_bucket{{{_CAND_MODEL}}}[{_RATE}]))"
+    )
     d.with_panel(
         _timeseries(
             "Model latency by role (p50, p99)",
-            "Per-example model latency, production vs candidate (and noise).",
-            (
-                f"histogram_quantile(0.5, sum by (le, role) (rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
-                "p50 {{role}}",
-            ),
-            (
-                f"histogram_quantile(0.99, sum by (le, role) (rate(shadowd_model_latency_seconds_bucket[{_RATE}])))",
-                "p99 {{role}}",
-            ),
+            "Per-example model latency, production vs the selected candidates (and noise), by model.",
+            (f"histogram_quantile(0.5, {latency})", "p50 {{role}} {{model}}"),
+            (f"histogram_quantile(0.99, {latency})", "p99 {{role}} {{model}}"),
             unit="s",
         )
     )
@@ -397,39 +422,49 @@ def overview_dashboard() -> dict[str, Any]:
     )
 
     d.with_row(db.Row("Divergence per slice"))
-    compared = f"shadowd_pairs_compared_total{{{_SLICE}}}"
-    divergence = f"shadowd_pair_divergence_bucket{{{_SLICE}}}"
+    selected = f"{_CAND},{_SLICE}"
+    compared = f"shadowd_pairs_compared_total{{{selected}}}"
+    divergence = f"shadowd_pair_divergence_bucket{{{selected}}}"
+    by = "candidate, slice"
     d.with_panel(
         _timeseries(
             "Divergent share per slice",
-            "Share of compared pairs whose divergence is over the threshold.",
-            (_ratio_or_zero(f"shadowd_pairs_divergent_total{{{_SLICE}}}", compared, "slice"), "{{slice}}"),
+            "Share of compared pairs whose divergence is over the threshold, per candidate and slice.",
+            (_ratio_or_zero(f"shadowd_pairs_divergent_total{{{selected}}}", compared, by), "{{candidate}} {{slice}}"),
             unit="percentunit",
         )
     )
     d.with_panel(
         _timeseries(
             "Label flip share per slice",
-            "Classification: share of compared pairs whose top label differs.",
-            (_ratio_or_zero(f"shadowd_label_flips_total{{{_SLICE}}}", compared, "slice"), "{{slice}}"),
+            "Classification: share of compared pairs whose top label differs, per candidate and slice.",
+            (_ratio_or_zero(f"shadowd_label_flips_total{{{selected}}}", compared, by), "{{candidate}} {{slice}}"),
             unit="percentunit",
         )
     )
     d.with_panel(
         _timeseries(
             "Divergence per pair (p50, p90) per slice",
-            "Distribution of per-pair divergence (total variation distance or relative difference).",
-            (f"histogram_quantile(0.5, sum by (le, slice) (rate({divergence}[{_RATE}])))", "p50 {{slice}}"),
-            (f"histogram_quantile(0.9, sum by (le, slice) (rate({divergence}[{_RATE}])))", "p90 {{slice}}"),
+            "Distribution of per-pair divergence (total variation distance or relative difference), per candidate "
+            "and slice.",
+            (
+                f"histogram_quantile(0.5, sum by (le, {by}) (rate({divergence}[{_RATE}])))",
+                "p50 {{candidate}} {{slice}}",
+            ),
+            (
+                f"histogram_quantile(0.9, sum by (le, {by}) (rate({divergence}[{_RATE}])))",
+                "p90 {{candidate}} {{slice}}",
+            ),
         )
     )
     d.with_panel(
         _timeseries(
             "Noise and churn floor per slice",
             "How often production disagrees with itself (noise replica) and with the reference model (same recipe, "
-            "another seed or version); divergence is judged against the churn floor when a reference runs.",
-            (f"max by (slice) (shadowd_noise_floor{{{_SLICE}}})", "noise {{slice}}"),
-            (f"max by (slice) (shadowd_churn_floor{{{_SLICE}}})", "churn {{slice}}"),
+            "another seed or version), as each selected candidate's comparison measured it; divergence is judged "
+            "against the churn floor when a reference runs.",
+            (f"max by ({by}) (shadowd_noise_floor{{{selected}}})", "noise {{candidate}} {{slice}}"),
+            (f"max by ({by}) (shadowd_churn_floor{{{selected}}})", "churn {{candidate}} {{slice}}"),
             unit="percentunit",
         )
     )

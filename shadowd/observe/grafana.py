@@ -138,8 +138,10 @@ def annotate_verdict_change(
     *,
     time_ms: int | None = None,
     dashboard_uid: str | None = None,
+    candidate: str | None = None,
 ) -> int | None:
-    """Write one annotation if the gate verdict changed from ``old`` to ``new``; return its id.
+    """Write one annotation if the gate verdict (of ``candidate``'s test, when named: tagged
+    ``candidate:<name>``) changed from ``old`` to ``new``; return its id.
 
     ``old`` None means "no verdict yet" (daemon start), which counts as a
     change. Verdicts may be strings or enums ("pass", "fail", "inconclusive").
@@ -149,24 +151,21 @@ def annotate_verdict_change(
     new_name = _verdict_name(new)
     if old_name == new_name:
         return None
-    headline = (
-        f"gate verdict: {new_name.upper()}"
-        if old_name is None
-        else (f"gate verdict: {old_name.upper()} -> {new_name.upper()}")
-    )
+    change = new_name.upper() if old_name is None else f"{old_name.upper()} -> {new_name.upper()}"
+    headline = f"gate verdict{f' of {candidate}' if candidate else ''}: {change}"
     answer = _call(
         "add a gate annotation",
         client.annotations.add_annotation,
         dashboard_uid=dashboard_uid,
         time_from=int(time.time() * 1000) if time_ms is None else time_ms,
-        tags=[*GATE_ANNOTATION_TAGS, new_name],
+        tags=[*GATE_ANNOTATION_TAGS, *([f"candidate:{candidate}"] if candidate else []), new_name],
         text=f"{headline}. {text}".strip(),
     )
     return answer.get("id") if isinstance(answer, dict) else None
 
 
 class VerdictAnnotator:
-    """Remembers the last gate verdict and annotates Grafana when it changes.
+    """Remembers the last gate verdict (of each candidate's test) and annotates Grafana when it changes.
 
     Built for the comparator hub: ``observe`` never raises (Grafana being down
     must not stop comparisons); a failed write is logged and retried on the
@@ -176,7 +175,7 @@ class VerdictAnnotator:
     def __init__(self, client: GrafanaApi, clock: Callable[[], float] = time.time):
         self._client = client
         self._clock = clock
-        self._last: str | None = None
+        self._last: dict[str | None, str] = {}  # by candidate
 
     @classmethod
     def from_settings(
@@ -189,19 +188,28 @@ class VerdictAnnotator:
 
     @property
     def last_verdict(self) -> str | None:
-        return self._last
+        return self._last.get(None)
 
-    def observe(self, verdict: object, text: str = "") -> int | None:
-        """Record the verdict of one gate evaluation; returns the annotation id when one was written."""
+    def last_of(self, candidate: str | None) -> str | None:
+        return self._last.get(candidate)
+
+    def observe(self, verdict: object, text: str = "", candidate: str | None = None) -> int | None:
+        """Record the verdict of one gate evaluation (of ``candidate``'s test); returns the annotation id when
+        one was written."""
         name = _verdict_name(verdict)
-        if name == self._last:
+        last = self._last.get(candidate)
+        if name == last:
             return None
         try:
             annotation_id = annotate_verdict_change(
-                self._client, self._last, name, text, time_ms=int(self._clock() * 1000)
+                self._client, last, name, text, time_ms=int(self._clock() * 1000), candidate=candidate
             )
         except GrafanaError as err:
             log.warning("gate verdict %s not annotated in Grafana (will retry): %s", name, err)
             return None
-        self._last = name
+        self._last[candidate] = name
         return annotation_id
+
+    def forget(self, keep: set[str | None]) -> None:
+        """Let go of the candidates no longer tested (a candidate added again starts afresh)."""
+        self._last = {c: v for c, v in self._last.items() if c in keep}

@@ -7,7 +7,10 @@ client's multiprocess mode into ``<data_dir>/metrics`` and the daemon's
 ``/metrics`` endpoint aggregates them (see ``serve_metrics``).
 
 Labels are bounded: role, outcome, reason, configured slice names, check
-names. Never request ids or feature values.
+names, model names (``model``: production's or a candidate's; ``candidate``:
+the candidate model a comparison, check or verdict belongs to). Never request
+ids or feature values. ``forget_candidate`` removes a candidate's gauges when
+it leaves the lineup.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,10 @@ __all__ = [
     "DIVERGENCE_BOUNDS",
     "MAX_REMOTE_ORIGINS",
     "MULTIPROC_ENV",
+    "PER_CANDIDATE_GAUGES",
     "ShadowdMetrics",
+    "forget_candidate",
+    "multiprocess_registry",
     "node_metrics_dir",
     "observe_counts",
     "own_metric_files",
@@ -56,9 +64,9 @@ class ShadowdMetrics:
         self.registry = reg
         self.requests = Counter(
             "shadowd_requests_total",
-            "Model calls by role (production, candidate, noise, reference) and outcome "
-            "(ok, error, timeout, nan, bad_shape).",
-            ["role", "outcome"],
+            "Model calls by role (production, candidate, noise, reference), outcome "
+            "(ok, error, timeout, nan, bad_shape) and model (the model's name).",
+            ["role", "outcome", "model"],
             registry=reg,
         )
         self.remote_failures = Counter(
@@ -84,8 +92,8 @@ class ShadowdMetrics:
         )
         self.latency = Histogram(
             "shadowd_model_latency_seconds",
-            "Model call latency per example, by role.",
-            ["role"],
+            "Model call latency per example, by role and model (the model's name).",
+            ["role", "model"],
             buckets=_LATENCY_BUCKETS_S,
             registry=reg,
         )
@@ -109,21 +117,28 @@ class ShadowdMetrics:
             registry=reg,
         )
         self.pairs_compared = Counter(
-            "shadowd_pairs_compared_total", "Pairs compared, by slice ('overall' for all).", ["slice"], registry=reg
+            "shadowd_pairs_compared_total",
+            "Pairs compared, by candidate model and slice ('overall' for all).",
+            ["candidate", "slice"],
+            registry=reg,
         )
         self.pairs_divergent = Counter(
-            "shadowd_pairs_divergent_total", "Pairs over the divergence threshold, by slice.", ["slice"], registry=reg
+            "shadowd_pairs_divergent_total",
+            "Pairs over the divergence threshold, by candidate model and slice.",
+            ["candidate", "slice"],
+            registry=reg,
         )
         self.label_flips = Counter(
             "shadowd_label_flips_total",
-            "Classification pairs whose top label differs, by slice.",
-            ["slice"],
+            "Classification pairs whose top label differs, by candidate model and slice.",
+            ["candidate", "slice"],
             registry=reg,
         )
         self.divergence = Histogram(
             "shadowd_pair_divergence",
-            "Divergence per pair (total variation distance, or relative difference for regression), by slice.",
-            ["slice"],
+            "Divergence per pair (total variation distance, or relative difference for regression), by candidate "
+            "model and slice.",
+            ["candidate", "slice"],
             buckets=_DIVERGENCE_BUCKETS,
             registry=reg,
         )
@@ -135,31 +150,34 @@ class ShadowdMetrics:
         )
         self.check_status = Gauge(
             "shadowd_check_status",
-            "Statistical check result at the last report, by check and slice: 0 pass, 1 fail, 2 inconclusive, "
-            "3 review.",
-            ["check", "slice"],
+            "Statistical check result at the candidate's last report, by candidate model, check and slice: 0 pass, "
+            "1 fail, 2 inconclusive, 3 review.",
+            ["candidate", "check", "slice"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )
         self.gate_verdict = Gauge(
             "shadowd_gate_verdict",
-            "Promotion gate verdict at the last report: 0 pass, 1 fail, 2 inconclusive, 3 review.",
+            "Promotion gate verdict of each candidate model at its last report: 0 pass, 1 fail, 2 inconclusive, "
+            "3 review.",
+            ["candidate"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )
         self.noise_floor = Gauge(
             "shadowd_noise_floor",
-            "How often production disagrees with itself (noise replica), by slice: flip rate for classification, "
-            "divergent-pair rate for regression.",
-            ["slice"],
+            "How often production disagrees with itself (noise replica), by candidate model (whose comparison "
+            "measured it) and slice: flip rate for classification, divergent-pair rate for regression.",
+            ["candidate", "slice"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )
         self.churn_floor = Gauge(
             "shadowd_churn_floor",
             "How often the reference model (same recipe, another seed or version) disagrees with production, by "
-            "slice: flip rate for classification, divergent-pair rate for regression.",
-            ["slice"],
+            "candidate model (whose comparison measured it) and slice: flip rate for classification, divergent-pair "
+            "rate for regression.",
+            ["candidate", "slice"],
             registry=reg,
             multiprocess_mode="mostrecent",
         )
@@ -263,6 +281,33 @@ class ShadowdMetrics:
         )
 
 
+# The gauges that say something about one candidate now (not cumulative counts): what forget_candidate removes.
+PER_CANDIDATE_GAUGES = ("shadowd_check_status", "shadowd_gate_verdict", "shadowd_noise_floor", "shadowd_churn_floor")
+
+
+def forget_candidate(metrics: ShadowdMetrics, name: str) -> int:
+    """Remove every series of candidate ``name`` from the per-candidate gauges (check status, gate verdict,
+    noise and churn floor), so a candidate that left the lineup leaves no verdict behind; returns how many.
+
+    Its counters and histogram stay: they stop growing, and rates over them fall to nothing. In
+    multiprocess mode prometheus-client cannot delete a value from a process's file (``remove`` only drops
+    the in-process child and warns), so each series is set to NaN first: ``mostrecent`` takes the newest
+    value across processes, and ``multiprocess_registry`` (the daemon's /metrics) leaves NaN samples of
+    these gauges out. Only series this process set are removed so (the hub sets them all). A candidate
+    added again under the same name gets its series back at its next report.
+    """
+    removed = 0
+    for gauge in (metrics.check_status, metrics.gate_verdict, metrics.noise_floor, metrics.churn_floor):
+        # prometheus-client has no public list of a family's children; remove() would warn in multiprocess mode.
+        at = gauge._labelnames.index("candidate")
+        with gauge._lock:
+            for key in [k for k in gauge._metrics if k[at] == name]:
+                child = cast(Gauge, gauge._metrics.pop(key))
+                child.set(math.nan)  # the tombstone a multiprocess file keeps; nothing reads it otherwise
+                removed += 1
+    return removed
+
+
 def observe_counts(histogram: Any, counts: Sequence[int], total: float) -> bool:
     """Add observations already counted by bucket to a labelled child of a ``Histogram``.
 
@@ -292,10 +337,29 @@ def prepare_multiprocess_dir(data_dir: Path) -> Path:
     return path
 
 
+class _WithoutForgotten(Collector):
+    """Every process's files aggregated, less the NaN that ``forget_candidate`` leaves in place of a series."""
+
+    def __init__(self, multiproc_dir: Path):
+        self._files = multiprocess.MultiProcessCollector(None, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._files.collect():  # type: ignore[no-untyped-call]
+            if family.name in PER_CANDIDATE_GAUGES:
+                family.samples = [s for s in family.samples if not math.isnan(s.value)]
+            yield family
+
+
+def multiprocess_registry(multiproc_dir: Path) -> CollectorRegistry:
+    """A registry holding the aggregate of every shadowd process's files in ``multiproc_dir``."""
+    registry = CollectorRegistry()
+    registry.register(_WithoutForgotten(multiproc_dir))
+    return registry
+
+
 def serve_metrics(port: int, host: str, multiproc_dir: Path) -> CollectorRegistry:
     """Serve the aggregate of every shadowd process's metrics on ``host:port/metrics``."""
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
+    registry = multiprocess_registry(multiproc_dir)
     start_http_server(port, addr=host, registry=registry)
     return registry
 

@@ -50,10 +50,10 @@ from shadowd.serving.auth import Scope, load_tokens
 from shadowd.serving.lineup import Lineup, LineupFollower, close_later
 from shadowd.serving.protocol import (
     PredictRequest,
+    parse_candidate_query,
     parse_feedback,
     parse_flagger,
     parse_predict,
-    parse_verdict_query,
     read_json,
     request_id_from,
 )
@@ -117,7 +117,7 @@ class ShadowIngress:
             max_in_flight_bytes=config.shadow.max_in_flight_bytes,
         )
         self._buffer = None
-        if worker is not None and config.shadow.sample_share > 0:
+        if worker is not None and config.shadow.enabled(config.models):
             self._buffer = ShadowBuffer(
                 send=lambda batch: worker.process.remote(MirroredBatch.of(batch)),
                 max_in_flight=config.shadow.max_in_flight,
@@ -264,7 +264,8 @@ class ShadowIngress:
         """A remote production model failed: 502 (refused, error status, bad answer) or 504 (timeout), with the
         reason; counted. The log gets an excerpt of the answer, the client never does."""
         role = self._role_of(model)
-        self._metrics.requests.labels(role, "timeout" if err.http_status == 504 else "error").inc()
+        outcome = "timeout" if err.http_status == 504 else "error"
+        self._metrics.requests.labels(role=role, outcome=outcome, model=model.name).inc()
         self._metrics.remote_failures.labels(role, err.reason).inc()
         log.warning(
             "production model %r failed on request %s: %s%s",
@@ -295,15 +296,15 @@ class ShadowIngress:
         except RemoteModelError as err:
             return self._remote_failure(err, request_id, model)
         except Exception:
-            self._metrics.requests.labels(self._role_of(model), "error").inc()
+            self._metrics.requests.labels(role=self._role_of(model), outcome="error", model=model.name).inc()
             log.exception("production model failed on request %s", request_id)
             return _internal_error(request_id, "the production model failed")
         latency_s = time.perf_counter() - t0
         values = np.asarray(out, dtype=np.float64).reshape(-1)
         outcome = check_rows(values[None], 1, None)[0][0]
         role = self._role_of(model)
-        self._metrics.requests.labels(role, outcome).inc()
-        self._metrics.latency.labels(role).observe(latency_s)
+        self._metrics.requests.labels(role=role, outcome=outcome, model=model.name).inc()
+        self._metrics.latency.labels(role=role, model=model.name).observe(latency_s)
         output_violations = self._expect.check_output("production", values)
         if output_violations:
             record_violations(self._metrics, output_violations)
@@ -332,8 +333,8 @@ class ShadowIngress:
         served: str,
     ) -> None:
         """O(1) appends to bounded buffers, nothing awaited: the shadow pair, and a violation item."""
-        shadowing = self._buffer is not None and self._models.shadowed is not None
-        if shadowing and is_sampled(req.request_id, self._cfg.shadow.sample_share):
+        shadowing = self._buffer is not None and bool(self._models.shadowed)
+        if shadowing and is_sampled(req.request_id, self._cfg.shadow.mirror_share(self._models)):
             assert self._buffer is not None
             self._metrics.pairs_sampled.inc()
             self._buffer.offer(
@@ -370,7 +371,10 @@ class ShadowIngress:
         return JSONResponse(body, status_code=status)
 
     async def _report(self, request: Request) -> Response:
-        return JSONResponse(await self._hub_call("report"))
+        params = request.query_params
+        candidate = parse_candidate_query(params, params.multi_items(), "/shadow/report")
+        status, body = await self._hub_call("report_response", candidate)
+        return JSONResponse(body, status_code=status)
 
     async def _candidate_verdict(self, candidate: str | None) -> dict[str, Any]:
         """The hub's verdict document, narrowed to ``candidate`` when one is named (404 if it is not shadowed)."""
@@ -387,7 +391,7 @@ class ShadowIngress:
         """Always 200 with the verdict in the body: Argo Rollouts' web metric reads it with jsonPath (a non-2xx
         answer would be a measurement error there, not a verdict)."""
         params = request.query_params
-        candidate = parse_verdict_query(params, params.multi_items())
+        candidate = parse_candidate_query(params, params.multi_items(), "/shadow/verdict")
         return JSONResponse(await self._candidate_verdict(candidate))
 
     async def _flagger(self, request: Request) -> Response:
@@ -447,6 +451,7 @@ class ShadowIngress:
                 "status": "ok",
                 "production": self._model.name,
                 "candidate": self._models.candidate.name if self._models.candidate else None,
+                "candidates": [c.name for c in self._models.candidates],
                 "live": self._models.live,
                 "shadow_outstanding": self._buffer.outstanding if self._buffer else 0,
             }

@@ -4,9 +4,11 @@ A lineup is a versioned ``ModelsConfig``. The config file gives the first
 one; ``shadowd candidates`` (``POST /shadow/candidates``, scope admin) moves
 it on without restarting anything:
 
-    set NAME      add or replace the candidate (a new test window for it)
-    remove        stop shadowing
-    promote NAME  the candidate answers clients; production stays in the shadow as the baseline
+    set NAME      add a candidate (up to shadow.max_candidates), or with ``replace`` take another's place:
+                  a new test window for it only; the others' windows go on
+    remove NAME   stop shadowing that candidate (its window's report kept)
+    promote NAME  the candidate (the only one shadowed) answers clients; production stays in the shadow as the
+                  baseline
                   (``models.live: candidate``): the checks go on asking "is the candidate worse?"
     rollback      production answers again; the candidate goes back to the shadow
     finish        keep the promoted model as production and stop shadowing its predecessor
@@ -34,7 +36,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 from urllib.parse import urlsplit
@@ -53,9 +55,11 @@ __all__ = [
     "LineupFollower",
     "LineupStore",
     "Schedule",
+    "Trial",
     "apply_change",
     "check_allowed",
     "close_later",
+    "epoch",
     "fingerprint",
     "lineup_config",
     "parse_change",
@@ -78,11 +82,17 @@ class Schedule(Strict):
 class SetCandidate(Strict):
     action: Literal["set"]
     candidate: ModelConfig = Field(description="The new candidate's model config (the keys of models.candidate).")
+    replace: str | None = Field(
+        None, min_length=1, description="The shadowed candidate it replaces (that one's window closes); none: added."
+    )
     schedule: Schedule | None = Field(None, description="Stop the test by itself; none: it runs until changed.")
 
 
 class RemoveCandidate(Strict):
     action: Literal["remove"]
+    candidate: str | None = Field(
+        None, min_length=1, description="Which candidate; may be left out when only one is shadowed."
+    )
 
 
 class Promote(Strict):
@@ -114,38 +124,60 @@ def parse_change(body: Any) -> LineupChange:
 
 def fingerprint(models: ModelsConfig) -> str:
     """A short hash of a models section as written (defaults left out, so an upgrade that adds a field does not
-    change it): tells whether the config changed since a lineup was saved."""
-    text = json.dumps(models.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+    change it): tells whether the config changed since a lineup was saved. One candidate hashes as
+    ``candidate: {...}``, as lineups were saved before several candidates."""
+    data = models.model_dump(mode="json", exclude_defaults=True)
+    cands = data.pop("candidates", [])
+    if len(cands) == 1:
+        data["candidate"] = cands[0]
+    elif cands:
+        data["candidates"] = cands
+    text = json.dumps(data, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate's test: when it was set (its window's start and its schedule's clock) and its schedule."""
+
+    set_at: float = 0.0
+    schedule: Schedule | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        schedule = self.schedule.model_dump(mode="json") if self.schedule is not None else None
+        return {"set_at": self.set_at, "schedule": schedule}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Trial:
+        schedule = Schedule.model_validate(data["schedule"]) if data.get("schedule") else None
+        return cls(float(data.get("set_at", 0.0)), schedule)
 
 
 @dataclass(frozen=True)
 class Lineup:
     version: int
     models: ModelsConfig
-    since: float = 0.0  # when it took effect: pairs of earlier requests belong to the window it closed
-    schedule: Schedule | None = None  # the candidate's, from its ``set``; kept across promote and rollback
-    set_at: float = 0.0  # when the candidate was set (its schedule's clock)
+    since: float = 0.0  # when the served side last changed: pairs of earlier requests belong to closed windows
+    trials: dict[str, Trial] = field(default_factory=dict)  # per candidate; kept across promote and rollback
     epoch: str = ""  # which history of changes: a new one whenever the lineup starts afresh from the config
 
     def to_json(self) -> dict[str, Any]:
-        schedule = self.schedule.model_dump(mode="json") if self.schedule is not None else None
-        models = self.models.model_dump(mode="json")
         return {
             "version": self.version,
-            "models": models,
+            "models": self.models.model_dump(mode="json"),
             "since": self.since,
-            "schedule": schedule,
-            "set_at": self.set_at,
+            "trials": {name: t.to_json() for name, t in self.trials.items()},
             "epoch": self.epoch,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Lineup:
-        schedule = Schedule.model_validate(data["schedule"]) if data.get("schedule") else None
         models = ModelsConfig.model_validate(data["models"])
-        since, set_at = float(data.get("since", 0.0)), float(data.get("set_at", 0.0))
-        return cls(int(data["version"]), models, since, schedule, set_at, str(data.get("epoch", "")))
+        trials = {str(n): Trial.from_json(t) for n, t in (data.get("trials") or {}).items()}
+        if "trials" not in data and models.candidate is not None:  # saved before several candidates
+            trials = {models.candidate.name: Trial.from_json(data)}
+        since = float(data.get("since", 0.0))
+        return cls(int(data["version"]), models, since, trials, str(data.get("epoch", "")))
 
     def supersedes(self, other: Lineup) -> bool:
         """Should a shard holding ``other`` take this one from the lead? Within one history (epoch) only a
@@ -153,74 +185,128 @@ class Lineup:
         afresh from the config) always."""
         return self.epoch != other.epoch or self.version > other.version
 
-    def due(self, verdict: str, now: float) -> str | None:
-        """Why the shadowed candidate's test stops now by its schedule, or None."""
-        s, m = self.schedule, self.models
-        if s is None or m.candidate is None or m.live != "production":
+    def trial(self, name: str) -> Trial:
+        return self.trials.get(name, Trial())
+
+    def started(self, name: str) -> float:
+        """When candidate ``name``'s window started: its set, or the served side's last change if later."""
+        return max(self.since, self.trial(name).set_at)
+
+    def window(self, name: str) -> tuple[ModelsConfig, float] | None:
+        """What a candidate's test window is: its lineup and start. A change that alters it closes the window
+        (and starts a new one); None: ``name`` is not a candidate here."""
+        if self.models.candidate_named(name) is None:
             return None
-        if s.max_duration_s is not None and now - self.set_at >= s.max_duration_s:
-            return f"its maximum duration of {s.max_duration_s:g} s is reached"
-        if s.stop_when_decided and verdict in ("PASS", "FAIL"):
-            return f"the gate decided {verdict}"
-        return None
+        return self.models.only(name), self.started(name)
+
+    def closed_by(self, after: Lineup) -> list[str]:
+        """The candidates whose window ``after`` closes (replaced, removed, or the served side changed)."""
+        return [c.name for c in self.models.candidates if self.window(c.name) != after.window(c.name)]
+
+    def due(self, verdicts: dict[str, str], now: float) -> dict[str, str]:
+        """The shadowed candidates whose test stops now by its schedule, with why; ``verdicts`` by name."""
+        if self.models.live != "production":
+            return {}
+        stops = {}
+        for cand in self.models.candidates:
+            t = self.trial(cand.name)
+            s = t.schedule
+            if s is None:
+                continue
+            if s.max_duration_s is not None and now - t.set_at >= s.max_duration_s:
+                stops[cand.name] = f"its maximum duration of {s.max_duration_s:g} s is reached"
+            elif s.stop_when_decided and verdicts.get(cand.name) in ("PASS", "FAIL"):
+                stops[cand.name] = f"the gate decided {verdicts[cand.name]}"
+        return stops
 
     def summary(self) -> dict[str, Any]:
         """Names and kinds only (no URLs, headers or paths): for the audit log and GET /shadow/candidates."""
         m = self.models
 
-        def one(model: ModelConfig | None) -> dict[str, str] | None:
+        def one(model: ModelConfig | None) -> dict[str, Any] | None:
             return None if model is None else {"name": model.name, "kind": model.kind}
+
+        def test(model: ModelConfig) -> dict[str, Any]:
+            t = self.trial(model.name)
+            schedule = t.schedule.model_dump(mode="json") if t.schedule is not None else None
+            return {**(one(model) or {}), "window_started_ts": self.started(model.name), "schedule": schedule}
 
         return {
             "version": self.version,
             "live": m.live,
             "served": m.served.name,
             "production": one(m.production),
+            "candidates": [test(c) for c in m.candidates],
             "candidate": one(m.candidate),
-            "shadowed": m.shadowed.name if m.shadowed is not None else None,
-            "schedule": self.schedule.model_dump(mode="json") if self.schedule is not None else None,
+            "shadowed": [x.name for x in m.shadowed],
         }
 
 
-def _epoch() -> str:
+def epoch() -> str:
+    """A new history of lineup changes (see ``Lineup.supersedes``)."""
     return uuid.uuid4().hex[:12]
 
 
-def apply_change(models: ModelsConfig, change: LineupChange) -> ModelsConfig:
+def apply_change(models: ModelsConfig, change: LineupChange, max_candidates: int = 16) -> ModelsConfig:
     """The models after ``change``; ``BadRequest`` 409 when the lineup does not allow it (with what does)."""
     promoted = models.live == "candidate"
-    cand = models.candidate
+    names = [c.name for c in models.candidates]
+    shadowed = ", ".join(names) or "none"
     if isinstance(change, SetCandidate):
+        new = change.candidate
         if promoted:
             raise BadRequest(
                 f"candidate {models.served.name!r} is promoted and answers clients: rollback or finish first", 409
             )
-        if change.candidate.name in (models.production.name, models.reference.name if models.reference else None):
-            raise BadRequest(f"candidate name {change.candidate.name!r} is taken by another model of the lineup", 409)
-        if cand is not None and change.candidate.name == cand.name:
+        if new.name in (models.production.name, models.reference.name if models.reference else None):
+            raise BadRequest(f"candidate name {new.name!r} is taken by another model of the lineup", 409)
+        if new.name in names:
             raise BadRequest(
-                f"candidate {cand.name!r} is already shadowed: give the new model a new name (a version), so "
+                f"candidate {new.name!r} is already shadowed: give the new model a new name (a version), so "
                 "its evidence never mixes with the old one's",
                 409,
             )
-        return models.model_copy(update={"candidate": change.candidate})
-    if cand is None:
+        if change.replace is not None:
+            if change.replace not in names:
+                raise BadRequest(f"no candidate {change.replace!r} to replace; shadowed: {shadowed}", 409)
+            return models.with_candidates([new if c.name == change.replace else c for c in models.candidates])
+        if len(names) >= max_candidates:
+            raise BadRequest(
+                f"{len(names)} candidates are shadowed ({shadowed}), the most shadow.max_candidates allows: "
+                "replace or remove one",
+                409,
+            )
+        return models.with_candidates([*models.candidates, new])
+    if not names:
         raise BadRequest(f"no candidate is shadowed: there is nothing to {change.action}", 409)
     if isinstance(change, RemoveCandidate):
         if promoted:
-            raise BadRequest(f"candidate {cand.name!r} is promoted and answers clients: rollback or finish first", 409)
-        return models.model_copy(update={"candidate": None})
+            raise BadRequest(f"candidate {names[0]!r} is promoted and answers clients: rollback or finish first", 409)
+        name = change.candidate
+        if name is None and len(names) > 1:
+            raise BadRequest(f"{len(names)} candidates are shadowed ({shadowed}): name the one to remove", 409)
+        if name is not None and name not in names:
+            raise BadRequest(f"no candidate {name!r} is shadowed; shadowed: {shadowed}", 409)
+        gone = name or names[0]
+        return models.with_candidates([c for c in models.candidates if c.name != gone])
     if isinstance(change, Promote):
-        if change.candidate != cand.name:
-            raise BadRequest(f"the candidate is {cand.name!r}, not {change.candidate!r}", 409)
+        if change.candidate not in names:
+            raise BadRequest(f"no candidate {change.candidate!r} is shadowed; shadowed: {shadowed}", 409)
         if promoted:
-            raise BadRequest(f"candidate {cand.name!r} is already promoted", 409)
+            raise BadRequest(f"candidate {change.candidate!r} is already promoted", 409)
+        if len(names) > 1:
+            others = ", ".join(n for n in names if n != change.candidate)
+            raise BadRequest(
+                f"other candidates are shadowed ({others}): remove them first; a promotion keeps only the "
+                "previous production in the shadow",
+                409,
+            )
         return models.model_copy(update={"live": "candidate"})
     if not promoted:
         raise BadRequest(f"nothing is promoted: production {models.production.name!r} answers clients", 409)
     if isinstance(change, Rollback):
         return models.model_copy(update={"live": "production"})
-    return models.model_copy(update={"production": cand, "candidate": None, "live": "production"})
+    return models.model_copy(update={"production": models.candidates[0], "candidates": [], "live": "production"})
 
 
 def retire_after(model: ModelBase) -> float:
@@ -261,7 +347,7 @@ def check_allowed(config: ShadowdConfig, base: ModelsConfig, model: ModelConfig)
     the config's own models in ``base`` use): the code it imports and its arguments, the files it reads, the
     servers it sends production's inputs to, and which credentials go to which server."""
     allowed = config.lineup
-    own = [m for m in (base.production, base.candidate, base.reference) if m is not None]
+    own = [m for m in (base.production, *base.candidates, base.reference) if m is not None]
 
     def refuse(what: str, key: str) -> NoReturn:
         raise BadRequest(f"{what} is not allowed at runtime: the config's models do not use it (add it to {key})", 403)
@@ -305,7 +391,8 @@ def check_allowed(config: ShadowdConfig, base: ModelsConfig, model: ModelConfig)
 def lineup_config(config: ShadowdConfig, models: ModelsConfig) -> ShadowdConfig:
     """``config`` with ``models``; ``BadRequest`` 422 when the models do not fit it (input shapes, output kind)."""
     prod = models.production
-    for role, model in (("candidate", models.candidate), ("reference", models.reference)):
+    others = [(f"candidate {c.name!r}", c) for c in models.candidates] + [("reference", models.reference)]
+    for role, model in others:
         if model is not None and model.input_shape != prod.input_shape:
             raise BadRequest(
                 f"{role}.input_shape {model.input_shape} differs from production's {prod.input_shape}", 422
@@ -345,11 +432,11 @@ class LineupStore:
             if not isinstance(saved, dict):
                 raise ValueError("not a JSON object")
         except FileNotFoundError:
-            return Lineup(0, base, epoch=_epoch()), False
+            return Lineup(0, base, epoch=epoch()), False
         except (OSError, ValueError) as err:  # unreadable: kept aside for a person, the config's lineup
             return self._unreadable(base, err), True
         if saved.get("base") != fingerprint(base):
-            return Lineup(int(saved.get("version", 0)) + 1, base, since=time.time(), epoch=_epoch()), True
+            return Lineup(int(saved.get("version", 0)) + 1, base, since=time.time(), epoch=epoch()), True
         try:
             return Lineup.from_json(saved), False
         except (KeyError, TypeError, ValueError) as err:
@@ -359,7 +446,7 @@ class LineupStore:
         aside = self.path.with_name(f"lineup.json.unreadable-{int(time.time())}")
         os.replace(self.path, aside)
         log.error("lineup %s unreadable (%s); moved to %s, following the config's models", self.path, err, aside)
-        return Lineup(1, base, since=time.time(), epoch=_epoch())
+        return Lineup(1, base, since=time.time(), epoch=epoch())
 
     def save(self, lineup: Lineup, base: ModelsConfig) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -388,12 +475,14 @@ class LineupStore:
                 continue
         return entries
 
-    def keep_report(self, lineup: Lineup, report: dict[str, Any]) -> str:
-        """Keep the report of the window a change closes; returns its file name (under ``reports/``)."""
+    def keep_report(self, version: int, report: dict[str, Any]) -> str:
+        """Keep the report of a window a change closes (one candidate's); returns its file name (under
+        ``reports/``)."""
         self.reports.mkdir(parents=True, exist_ok=True)
-        cand = lineup.models.candidate
-        judged = re.sub(r"[^A-Za-z0-9_.-]", "_", cand.name)[:60] if cand is not None else "none"
-        name = f"{lineup.version:06d}-{judged}-{int(time.time())}.json"
+        cand = report.get("models", {}).get("candidate")
+        tag = hashlib.sha256(cand.encode()).hexdigest()[:8] if cand else "0"  # names that read alike stay apart
+        judged = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', cand)[:60]}-{tag}" if cand else "none"
+        name = f"{version:06d}-{judged}-{int(time.time())}.json"
         _write_atomic(self.reports / name, json.dumps(report))
         return name
 

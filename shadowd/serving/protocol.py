@@ -28,10 +28,10 @@ __all__ = [
     "FlaggerPayload",
     "PredictRequest",
     "check_features",
+    "parse_candidate_query",
     "parse_feedback",
     "parse_flagger",
     "parse_predict",
-    "parse_verdict_query",
     "read_json",
     "request_id_from",
 ]
@@ -87,16 +87,16 @@ def parse_flagger(data: dict[str, Any]) -> FlaggerPayload:
     return FlaggerPayload(data["name"], data["namespace"], data["phase"], candidate)
 
 
-def parse_verdict_query(params: Mapping[str, str], multi: list[tuple[str, str]]) -> str | None:
-    """The ``candidate`` of ``GET /shadow/verdict?candidate=NAME`` (None: all); 400 for anything else."""
+def parse_candidate_query(params: Mapping[str, str], multi: list[tuple[str, str]], route: str) -> str | None:
+    """The ``candidate`` of ``GET <route>?candidate=NAME`` (None: all, or the first); 400 for anything else."""
     unknown = sorted({k for k, _ in multi} - {"candidate"})
     if unknown:
-        raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)}; /shadow/verdict takes only 'candidate'")
+        raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)}; {route} takes only 'candidate'")
     if sum(1 for k, _ in multi if k == "candidate") > 1:
-        raise BadRequest("'candidate' given more than once; ask for one candidate, or none for all")
+        raise BadRequest("'candidate' given more than once; ask for one candidate, or none")
     candidate = params.get("candidate")
     if candidate == "":
-        raise BadRequest("'candidate' is empty: name a candidate, or leave it out for all")
+        raise BadRequest("'candidate' is empty: name a candidate, or leave it out")
     return candidate
 
 

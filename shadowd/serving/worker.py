@@ -59,7 +59,7 @@ class _Runner:
         self, model: LoadedModel, timeout_s: float, on_remote_failure: Callable[[str], None] = lambda reason: None
     ):
         self.model = model
-        self._timeout_s = timeout_s
+        self.timeout_s = timeout_s
         self._on_remote_failure = on_remote_failure
         self._pool = (
             None
@@ -89,9 +89,9 @@ class _Runner:
             return await self._call_remote(x)
         loop = asyncio.get_running_loop()
         try:
-            out, elapsed_s = await asyncio.wait_for(loop.run_in_executor(self._pool, self._call, x), self._timeout_s)
+            out, elapsed_s = await asyncio.wait_for(loop.run_in_executor(self._pool, self._call, x), self.timeout_s)
         except TimeoutError:
-            return "timeout", self._timeout_s / len(x), f"no answer within {self._timeout_s} s"
+            return "timeout", self.timeout_s / len(x), f"no answer within {self.timeout_s} s"
         except Exception as err:  # the model's own failure, whatever it is
             return "error", 0.0, f"{type(err).__name__}: {err}"[:300]
         return out, elapsed_s / len(x), None
@@ -100,10 +100,10 @@ class _Runner:
         """A remote model's call, awaited here; cancelled at the timeout, which frees its slot."""
         t0 = time.perf_counter()
         try:
-            out = await asyncio.wait_for(self.model.apredict(x), self._timeout_s)
+            out = await asyncio.wait_for(self.model.apredict(x), self.timeout_s)
         except TimeoutError:
             self._on_remote_failure("timeout")
-            return "timeout", self._timeout_s / len(x), f"no answer within {self._timeout_s} s"
+            return "timeout", self.timeout_s / len(x), f"no answer within {self.timeout_s} s"
         except RemoteModelError as err:
             self._on_remote_failure(err.reason)
             outcome = _REMOTE_OUTCOMES.get(err.outcome, "error")
@@ -141,18 +141,28 @@ async def run_role(
 
 
 @dataclass(frozen=True)
+class _Shadow:
+    """One test: the shadowed model's runner, on its share of the requests."""
+
+    name: str  # the test's candidate (its pairs' candidate side; after a promotion, the promoted model)
+    share: float
+    runner: _Runner
+
+
+@dataclass(frozen=True)
 class _Runners:
     """What the worker runs for one lineup: swapped whole when the lineup changes."""
 
     models: ModelsConfig
-    shadow: _Runner | None
+    shadows: list[_Shadow]
     shadow_role: Role
     seconds: list[tuple[Role, float, _Runner]]
     # After a promotion: the served model again, timed here, so both sides' latency is measured alike.
     timing: _Runner | None = None
 
     def all(self) -> list[_Runner]:
-        return [r for r in (self.shadow, *(r for _, _, r in self.seconds), self.timing) if r is not None]
+        runners = [s.runner for s in self.shadows] + [r for _, _, r in self.seconds]
+        return runners + ([self.timing] if self.timing is not None else [])
 
 
 class ShadowWorker:
@@ -167,27 +177,31 @@ class ShadowWorker:
         self._runners = self._load(config.models, None)
         self._lineup = LineupFollower(hubs[0], self._follow, config.serving.hub_timeout_s)
 
-    def _runner(self, model: ModelConfig, role: Role, created: list[_Runner] | None = None) -> _Runner:
-        timeout_s = self._cfg.shadow.candidate_timeout_s
+    def _runner(self, model: ModelConfig, role: Role, timeout_s: float, created: list[_Runner] | None) -> _Runner:
         runner = _Runner(load_model(model, self._cfg.serving.torch_threads), timeout_s, self._failures(role))
         if created is not None:
             created.append(runner)
         return runner
 
     def _load(self, models: ModelsConfig, now: _Runners | None, created: list[_Runner] | None = None) -> _Runners:
-        """The runners for ``models``, reusing those of ``now`` whose model did not change. The shadowed model
-        runs as the candidate, or (a promotion) as production; the noise floor is production again (the
-        model of the pair's production side either way); the reference gives the churn floor."""
+        """The runners for ``models``, reusing those of ``now`` whose model did not change. Each candidate runs
+        in the shadow on its own share and timeout, or (a promotion) production runs there on the promoted
+        candidate's; the noise floor is production again (the model of the pair's production side either
+        way); the reference gives the churn floor."""
         shadow_role: Role = "candidate" if models.live == "production" else "production"
-        shadowed = models.shadowed
-        shadow = None
-        if shadowed is not None:
-            same = now is not None and now.shadow is not None and now.models.shadowed == shadowed
-            shadow = now.shadow if same and now is not None else self._runner(shadowed, shadow_role, created)
+        cfg = self._cfg.shadow
+        running = [s.runner for s in now.shadows] if now is not None else []
+        shadows = []
+        for cand in models.candidates:  # a test per candidate; after a promotion, the one promoted
+            shadowed = cand if shadow_role == "candidate" else models.production
+            timeout_s = cfg.timeout_of(cand)
+            alike = (r for r in running if r.model.cfg == shadowed and r.timeout_s == timeout_s)
+            runner = next(alike, None) or self._runner(shadowed, shadow_role, timeout_s, created)
+            shadows.append(_Shadow(cand.name, cfg.share_of(cand), runner))
         seconds: list[tuple[Role, float, _Runner]] = []
         shares: list[tuple[Role, float, ModelConfig | None]] = [
-            ("noise", self._cfg.shadow.noise_share, models.production),
-            ("reference", self._cfg.shadow.reference_share, models.reference),
+            ("noise", cfg.noise_share, models.production),
+            ("reference", cfg.reference_share, models.reference),
         ]
         before = {role: (share, runner) for role, share, runner in now.seconds} if now is not None else {}
         for role, share, model in shares:
@@ -195,12 +209,19 @@ class ShadowWorker:
                 continue
             kept = before.get(role)
             same = now is not None and kept is not None and getattr(now.models, _SECOND_OF[role]) == model
-            seconds.append((role, share, kept[1] if same and kept is not None else self._runner(model, role, created)))
+            runner = (
+                kept[1] if same and kept is not None else self._runner(model, role, cfg.candidate_timeout_s, created)
+            )
+            seconds.append((role, share, runner))
         timing = None
         if shadow_role == "production" and not isinstance(models.served, HttpModel):  # not twice the remote load
             same = now is not None and now.timing is not None and now.models.served == models.served
-            timing = now.timing if same and now is not None else self._runner(models.served, "candidate", created)
-        return _Runners(models, shadow, shadow_role, seconds, timing)
+            timing = (
+                now.timing
+                if same and now is not None
+                else self._runner(models.served, "candidate", cfg.candidate_timeout_s, created)
+            )
+        return _Runners(models, shadows, shadow_role, seconds, timing)
 
     async def _follow(self, lineup: Lineup) -> None:
         """A new lineup: new models load in a thread while the old ones keep working, then swap in."""
@@ -229,6 +250,13 @@ class ShadowWorker:
         record_violations(self._metrics, violations)
         return [asdict(v) for v in violations]
 
+    def _count(self, results: list[ModelOutput | None]) -> None:
+        for result in results:
+            if result is not None:
+                self._metrics.requests.labels(role=result.role, outcome=result.outcome, model=result.model).inc()
+                if result.outcome in ("ok", "nan"):
+                    self._metrics.latency.labels(role=result.role, model=result.model).observe(result.latency_s)
+
     @staticmethod
     async def _latency_of_served(runners: _Runners, x: np.ndarray, at_ingress: list[float]) -> list[float]:
         """The served model's latency per row as the pair records it: the ingress's timing, or, after a promotion
@@ -240,25 +268,30 @@ class ShadowWorker:
         return [t.latency_s if t.outcome in ("ok", "nan") else a for t, a in zip(timed, at_ingress, strict=True)]
 
     async def process(self, batch: MirroredBatch) -> int:
-        """Run the shadowed model (and noise, reference) on a batch, send the pairs to the hub; returns pairs
-        sent. Rows answered by a model the current lineup does not serve (in flight across a change) are
-        dropped and counted."""
+        """Run each test's shadowed model on its share of a batch (and noise, reference once), send each test's
+        pairs to the hub; returns pairs sent. Rows answered by a model the current lineup does not serve (in
+        flight across a change) are dropped and counted."""
         self._publisher.ensure_started()
         await self._lineup.ready()
         runners = self._runners
         served = runners.models.served.name
         keep = [i for i, name in enumerate(batch.served_models) if name == served]
-        if runners.shadow is None or len(keep) < len(batch.request_ids):
+        if not runners.shadows or len(keep) < len(batch.request_ids):
             self._metrics.pairs_dropped.labels("lineup").inc(len(batch.request_ids) - len(keep))
-            if runners.shadow is None or not keep:
+            if not runners.shadows or not keep:
                 return 0
             batch = batch.rows(keep)
+        tests = [
+            (s, [i for i, rid in enumerate(batch.request_ids) if is_sampled(rid, s.share)]) for s in runners.shadows
+        ]
+        tests = [(s, idx) for s, idx in tests if idx]
+        if not tests:
+            return 0
         x = batch.x
         width = next((len(v) for v in batch.production_values if v), None)
-        shadowed, found = await run_role(runners.shadow, runners.shadow_role, x, width, self._expect)
-        violations = [self._record(row) for row in found]
+        violations: list[list[dict[str, Any]]] = [[] for _ in batch.request_ids]
         seconds: dict[Role, list[ModelOutput | None]] = {}
-        for role, share, runner in runners.seconds:
+        for role, share, runner in runners.seconds:  # once per request, whichever tests it is in
             outputs: list[ModelOutput | None] = [None] * len(x)
             idx = [i for i, rid in enumerate(batch.request_ids) if is_sampled(rid, share, role)]
             if idx:
@@ -267,51 +300,72 @@ class ShadowWorker:
                     outputs[i] = out
                     violations[i] += self._record(vs)
             seconds[role] = outputs
-        none: list[ModelOutput | None] = [None] * len(x)
-        noise, reference = seconds.get("noise", none), seconds.get("reference", none)
-        for cand, nz, ref in zip(shadowed, noise, reference, strict=True):
-            for result in (cand, nz, ref):
-                if result is not None:
-                    self._metrics.requests.labels(result.role, result.outcome).inc()
-                    if result.outcome in ("ok", "nan"):
-                        self._metrics.latency.labels(result.role).observe(result.latency_s)
-        # The hub gets the pairs in columns (one stacked array per role, not a Pair per row). After a promotion
-        # the served model is the pair's candidate side and the shadowed production its production side.
-        answered = OutputColumns.of_lists(
-            "production" if runners.shadow_role == "candidate" else "candidate",
-            [served] * len(x),
-            batch.production_outcomes,
-            batch.production_values,
-            await self._latency_of_served(runners, x, batch.production_latency_s),
-            [None] * len(x),
+            self._count(outputs)
+        shadowed = await asyncio.gather(
+            *(run_role(s.runner, runners.shadow_role, x[idx], width, self._expect) for s, idx in tests)
         )
-        shadow_side = OutputColumns.of(runners.shadow_role, shadowed)
-        production, candidate = (
-            (answered, shadow_side) if runners.shadow_role == "candidate" else (shadow_side, answered)
-        )
-        pairs = PairBatch(
-            request_ids=batch.request_ids,
-            ts=batch.ts,
-            features=batch.features,
-            inputs=x if self._cfg.shadow.store_inputs else None,
-            violations=[before + after for before, after in zip(batch.violations, violations, strict=True)],
-            production=production,
-            candidate=candidate,
-            noise=OutputColumns.of("noise", noise) if "noise" in seconds else None,
-            reference=OutputColumns.of("reference", reference) if "reference" in seconds else None,
-        )
+        latency = await self._latency_of_served(runners, x, batch.production_latency_s)
+        answered_role: Role = "production" if runners.shadow_role == "candidate" else "candidate"
+        pairs = []
+        for (_, idx), (outs, found_here) in zip(tests, shadowed, strict=True):
+            self._count(list(outs))
+            found = [self._record(vs) for vs in found_here]
+            rows = batch.rows(idx) if len(idx) < len(x) else batch
+            # The hub gets the pairs in columns (one stacked array per role, not a Pair per row). After a
+            # promotion the served model is the pair's candidate side and the shadowed production its production
+            # side.
+            answered = OutputColumns.of_lists(
+                answered_role,
+                [served] * len(idx),
+                rows.production_outcomes,
+                rows.production_values,
+                [latency[i] for i in idx],
+                [None] * len(idx),
+            )
+            shadow_side = OutputColumns.of(runners.shadow_role, outs)
+            production, candidate = (
+                (answered, shadow_side) if runners.shadow_role == "candidate" else (shadow_side, answered)
+            )
+            noise, reference = seconds.get("noise"), seconds.get("reference")
+            pairs.append(
+                PairBatch(
+                    request_ids=rows.request_ids,
+                    ts=rows.ts,
+                    features=rows.features,
+                    inputs=x[idx] if self._cfg.shadow.store_inputs else None,
+                    violations=[rows.violations[k] + violations[i] + found[k] for k, i in enumerate(idx)],
+                    production=production,
+                    candidate=candidate,
+                    noise=OutputColumns.of("noise", [noise[i] for i in idx]) if noise is not None else None,
+                    reference=(
+                        OutputColumns.of("reference", [reference[i] for i in idx]) if reference is not None else None
+                    ),
+                )
+            )
+        sent = await asyncio.gather(*(self._send(p) for p in pairs), return_exceptions=True)
+        failed = [err for err in sent if isinstance(err, BaseException)]
+        if len(failed) == len(pairs):
+            raise failed[0]  # none arrived: the ingress counts the batch (reason worker), as with one test
+        for p, err in zip(pairs, sent, strict=True):  # the other tests have theirs: count only what was lost
+            if isinstance(err, BaseException):
+                log.warning("the hub did not take %d pairs: %s", len(p), type(err).__name__)
+                self._metrics.pairs_dropped.labels("hub").inc(len(p))
+        return sum(n for n in sent if isinstance(n, int))
+
+    async def _send(self, pairs: PairBatch) -> int:
+        """One test's pairs to the hub (split by shard: each shard gets the rows of the request ids it owns)."""
         if len(self._hubs) == 1:
             await self._hubs[0].add_batch.remote(pairs)
-        else:  # each shard gets the rows of the request ids it owns, all at once
-            shards = np.fromiter((shard_of(r, len(self._hubs)) for r in pairs.request_ids), np.int64, len(pairs))
-            parts = [(s, rows) for s in range(len(self._hubs)) if (rows := np.flatnonzero(shards == s)).size]
-            sent = await asyncio.gather(
-                *(self._hubs[s].add_batch.remote(pairs.take(rows)) for s, rows in parts), return_exceptions=True
-            )
-            failed = [(s, r.size, err) for (s, r), err in zip(parts, sent, strict=True) if isinstance(err, Exception)]
-            if len(failed) == len(parts):
-                raise failed[0][2]  # none arrived: the ingress counts the batch (reason worker), as with one hub
-            for s, n, err in failed:  # the other shards have theirs: count only what this shard lost
-                log.warning("hub shard %d did not take %d pairs: %s", s, n, type(err).__name__)
-                self._metrics.pairs_dropped.labels("hub").inc(n)
-        return len(pairs)
+            return len(pairs)
+        shards = np.fromiter((shard_of(r, len(self._hubs)) for r in pairs.request_ids), np.int64, len(pairs))
+        parts = [(s, rows) for s in range(len(self._hubs)) if (rows := np.flatnonzero(shards == s)).size]
+        sent = await asyncio.gather(
+            *(self._hubs[s].add_batch.remote(pairs.take(rows)) for s, rows in parts), return_exceptions=True
+        )
+        failed = [(s, r.size, err) for (s, r), err in zip(parts, sent, strict=True) if isinstance(err, Exception)]
+        if len(failed) == len(parts):
+            raise failed[0][2]
+        for s, n, err in failed:  # the other shards have theirs: count only what this shard lost
+            log.warning("hub shard %d did not take %d pairs: %s", s, n, type(err).__name__)
+            self._metrics.pairs_dropped.labels("hub").inc(n)
+        return len(pairs)  # sent: what a shard did not take is counted above

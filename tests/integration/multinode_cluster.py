@@ -104,7 +104,8 @@ def main(workdir: Path, bootstrap: str, serve_port: int, metrics_port: int) -> N
         daemon = start_daemon(parse_config(config(workdir, bootstrap, serve_port, metrics_port), "multinode"), 180)
         result = traffic(daemon)
         shards = [serve.get_deployment_handle(n, APP_NAME) for n in ("ShadowHub", "ShadowHub-1")]
-        result["pairs_per_shard"] = [h.shard_state.remote([]).result()["slices"]["overall"]["pairs"] for h in shards]
+        states = [h.shard_state.remote({}).result() for h in shards]
+        result["pairs_per_shard"] = [sum(t["slices"]["overall"]["pairs"] for t in s.values()) for s in states]
         result["placement"] = placement()
         result["node_folders"] = sorted(p.name for p in (workdir / "data" / "metrics").iterdir() if p.is_dir())
         (workdir / "ready.json").write_text(json.dumps(result))

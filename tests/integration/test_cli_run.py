@@ -61,8 +61,8 @@ def test_run_serves_until_sigterm_then_saves_state_and_queue(tmp_path):
         assert requests.get(f"{url}/shadow/report", timeout=10).status_code == 401
         assert report["overall"]["pairs"] == 40
         metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-        assert 'shadowd_requests_total{outcome="ok",role="production"} 40.0' in metrics
-        assert 'shadowd_pairs_compared_total{slice="overall"} 40.0' in metrics
+        assert 'shadowd_requests_total{model="prod",outcome="ok",role="production"} 40.0' in metrics
+        assert 'shadowd_pairs_compared_total{candidate="cand",slice="overall"} 40.0' in metrics
 
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
@@ -72,7 +72,7 @@ def test_run_serves_until_sigterm_then_saves_state_and_queue(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "shadowd: stopped" in out
     data = tmp_path / "data"
-    saved = state_path(data)
+    saved = state_path(data, "cand")  # the candidate's test's own window
     assert saved.exists()
     # every divergent pair's item, flushed at stop: the drawn ones in the evaluation lane's spool
     spooled = {r.key for lane in ("spool", "spool-evaluation") for r in read_spool(data / lane)}

@@ -522,7 +522,7 @@ def test_promotion_rollback_and_finish_are_values_changes(chart):
         before = base if name == "promote" else promoted
         assert cfg.models == apply_change(before, parse_change(change)), name
     docs = render(chart, {"config": {"models": {"candidate": None, "live": "candidate"}}})
-    with pytest.raises(ConfigError, match="live is 'candidate' but no models"):
+    with pytest.raises(ConfigError, match=r"live is 'candidate' \(a promotion\) but no candidate is configured"):
         parse_config(yaml.safe_load(_config_text(docs)), "configmap")
 
 

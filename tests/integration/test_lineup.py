@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from shadowd.cli import app
+from shadowd.sampling import is_sampled
 from shadowd.testing import ToyClassifier
 from tests.fixtures.ray_serve import toy_model
 
@@ -99,8 +100,8 @@ def test_swap_promote_and_rollback_under_load_never_fail_a_request(shadowd_app, 
         # Replace the candidate: a new window for it, the old one's report kept.
         model_file = tmp_path / "cand2.yaml"
         model_file.write_text(yaml.safe_dump(toy_model("cand2", seed=0, retrain=2)))
-        out = cli("set", str(model_file))
-        assert "shadowing candidate cand2" in out
+        out = cli("set", str(model_file), "--replace", "cand")
+        assert "shadowing candidate cand2" in out and "cand: closed window's report kept" in out
         new = report()
         assert new["models"]["candidate"] == "cand2" and new["overall"]["pairs"] < 50
         _until("pairs of the new candidate", lambda: report()["overall"]["pairs"] >= 50)
@@ -136,9 +137,73 @@ def test_swap_promote_and_rollback_under_load_never_fail_a_request(shadowd_app, 
     listing = requests.get(f"{url}/shadow/candidates", headers=headers, timeout=30).json()
     actions = [c["action"] for c in listing["changes"]]
     assert actions == ["set", "promote", "rollback"]
-    assert all(c["who"] == "generated" and c["evidence"]["pairs"] >= 50 for c in listing["changes"])
+    closed = [list(c["evidence"]) for c in listing["changes"]]  # each change closed one test's window
+    assert closed == [["cand"], ["cand2"], ["cand2"]]
+    assert all(
+        c["who"] == "generated" and c["evidence"][n]["pairs"] >= 50
+        for c, [n] in zip(listing["changes"], closed, strict=True)
+    )
     assert listing["changes"][0]["before"]["candidate"]["name"] == "cand"
     assert len(listing["kept_reports"]) == 3
-    assert listing["lineup"]["served"] == "prod" and listing["lineup"]["shadowed"] == "cand2"
+    assert listing["lineup"]["served"] == "prod" and listing["lineup"]["shadowed"] == ["cand2"]
     listed = cli("list")
     assert "promote  by generated" in listed and "rollback by generated" in listed
+
+
+def test_two_candidates_at_once_each_counted_labelled_and_gated_on_its_own(shadowd_app):
+    """Two candidates shadowed at once on real Ray Serve, production called once per request: one a retrain that
+    labels show worse (FAIL), one production's own recipe on half the requests (PASS), in the same window; the
+    counts per candidate exact, each reported and gated on its own."""
+    daemon = shadowd_app(
+        {
+            "task": "classification",
+            "models": {
+                "production": toy_model("prod", seed=0),
+                "candidates": [
+                    toy_model("retrain", seed=0, retrain=1),
+                    {**toy_model("twin", seed=0), "sample_share": 0.5},
+                ],
+            },
+            "shadow": {"sample_share": 1.0, "noise_share": 0.0, "candidate_timeout_s": 2.0},
+            # Labels decide here: the toy models' microsecond latencies would be scheduling noise.
+            "checks": [{"type": "flip_rate", "name": "flip_rate"}, {"type": "paired_accuracy", "name": "accuracy"}],
+        }
+    )
+    url, headers = daemon.url, daemon.headers
+    n = 600
+    x = np.random.default_rng(5).normal(size=(n, 8))
+    with requests.Session() as http:
+        for i in range(n):
+            r = http.post(
+                f"{url}/predict", json={"inputs": x[i].tolist()}, headers={"X-Request-ID": f"q{i}"}, timeout=30
+            )
+            assert r.status_code == 200 and r.json()["model"] == "prod"
+    in_half = sum(is_sampled(f"q{i}", 0.5) for i in range(n))
+
+    def report(name: str) -> dict[str, Any]:
+        return requests.get(f"{url}/shadow/report", params={"candidate": name}, headers=headers, timeout=30).json()
+
+    _until(
+        "every pair",
+        lambda: report("retrain")["overall"]["pairs"] == n and report("twin")["overall"]["pairs"] == in_half,
+    )
+    truth = MODELS["prod"].predict(x).argmax(axis=1)  # production is right: the retrain's disagreements are errors
+    with requests.Session() as http:
+        for i, y in enumerate(truth):
+            r = http.post(f"{url}/feedback", json={"request_id": f"q{i}", "label": int(y)}, headers=headers, timeout=30)
+            assert r.status_code == 200 and r.json()["used_for_quality"], r.text
+    assert report("retrain")["overall"]["labels"]["used"] == n
+    assert report("twin")["overall"]["labels"]["used"] == in_half  # a label reaches every candidate's pair
+
+    verdict = requests.get(f"{url}/shadow/verdict", headers=headers, timeout=30).json()
+    assert {name: c["verdict"] for name, c in verdict["candidates"].items()} == {"retrain": "FAIL", "twin": "PASS"}
+    assert verdict["candidates"]["twin"]["evidence"]["pairs"] == in_half and verdict["verdict"] == "FAIL"
+    assert report("twin")["candidates"] == {"retrain": "FAIL", "twin": "PASS"}
+
+    def gate(*args: str) -> int:
+        cmd = ["report", "--url", url, "--token", daemon.token, "--gate", "-f", "json", *args]
+        return CliRunner().invoke(app, cmd).exit_code
+
+    assert gate("--candidate", "retrain") == 1 and gate("--candidate", "twin") == 0
+    assert gate() == 2  # several candidates: a pipeline must name the one it promotes
+    assert gate("--candidate", "nobody") == 2

@@ -26,7 +26,7 @@ from tests.fixtures.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-VARIABLES = {"__rate_interval": "10s", "__range": "5m", "slice": ".*", "datasource": "prometheus"}
+VARIABLES = {"__rate_interval": "10s", "__range": "5m", "slice": ".*", "candidate": ".*", "datasource": "prometheus"}
 QUERIES = [q for d in build_dashboards().values() for q in panel_queries(d)]
 
 _DATA_WITHIN_S = 60.0
@@ -187,6 +187,11 @@ def test_real_run_numbers_are_consistent(prom):
     assert set(slices) <= {"overall", "high_x0", "new_users"} and "overall" in slices
     roles = {r["metric"]["role"] for r in prom.query("sum by (role) (shadowd_requests_total)")}
     assert {"production", "candidate", "noise"} <= roles
+    # The candidate's series carry its name: as candidate on the comparison and gate, as model on its calls.
+    assert prom.api("label/candidate/values", **{"match[]": "shadowd_gate_verdict"}) == ["cand"]
+    assert prom.api("label/candidate/values", **{"match[]": "shadowd_pairs_compared_total"}) == ["cand"]
+    models = {r["metric"]["model"] for r in prom.query('sum by (model) (shadowd_requests_total{role="candidate"})')}
+    assert models == {"cand"}
     # Every sampled pair is compared, dropped or still in flight: compared <= sampled.
     [[_, sampled]] = prom.values("sum(shadowd_pairs_sampled_total)").items()
     [[_, compared]] = prom.values('sum(shadowd_pairs_compared_total{slice="overall"})').items()

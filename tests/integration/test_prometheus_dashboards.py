@@ -19,12 +19,12 @@ import pytest
 import yaml
 
 from shadowd.observe.dashboards import build_dashboards, panel_queries, resolve_variables
-from tests.fixtures.prometheus import RULES_FILE, SLICES, TrafficShape
+from tests.fixtures.prometheus import CANDIDATE_MODEL, RULES_FILE, SLICES, TrafficShape
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 # What Grafana would substitute: $__rate_interval is max(4 x scrape interval, step) = 4 s at 1 s scrapes.
-VARIABLES = {"__rate_interval": "5s", "__range": "1m", "slice": ".*", "datasource": "prometheus"}
+VARIABLES = {"__rate_interval": "5s", "__range": "1m", "slice": ".*", "candidate": ".*", "datasource": "prometheus"}
 QUERIES = [q for d in build_dashboards().values() for q in panel_queries(d)]
 RAY_ONLY = [q for q in QUERIES if "ray_serve_" in q.expr]
 SHADOWD = [q for q in QUERIES if q not in RAY_ONLY]
@@ -72,8 +72,9 @@ def test_panels_show_the_numbers_the_traffic_implies(prom):
     assert share == pytest.approx(s.sampled / s.production_ok, rel=0.05)
 
     calls = s.candidate_ok + s.candidate_error + s.candidate_timeout
-    [[_, error]] = prom.values(_panel("Candidate errors and timeouts", "A")).items()
+    [[model, error]] = prom.values(_panel("Candidate errors and timeouts", "A")).items()
     [[_, timeout]] = prom.values(_panel("Candidate errors and timeouts", "B")).items()
+    assert dict(model) == {"model": CANDIDATE_MODEL}  # per candidate model, its name the model label
     assert error == pytest.approx(s.candidate_error / calls, rel=0.05)
     assert timeout == pytest.approx(s.candidate_timeout / calls, rel=0.05)
 
@@ -93,8 +94,8 @@ def test_panels_show_the_numbers_the_traffic_implies(prom):
     assert 0.0025 < p50["production"] <= 0.005
     assert 0.01 < p50["candidate"] <= 0.025
 
-    [[_, verdict]] = prom.values(_panel("Gate verdict")).items()
-    assert verdict == s.gate_verdict
+    [[candidate, verdict]] = prom.values(_panel("Gate verdict")).items()
+    assert verdict == s.gate_verdict and dict(candidate) == {"candidate": CANDIDATE_MODEL}
     checks = {(dict(k)["check"], dict(k)["slice"]): v for k, v in prom.values(_panel("Check status per slice")).items()}
     assert checks == {key: float(v) for key, v in s.check_status.items()}
 
@@ -108,6 +109,12 @@ def test_slice_variable_lists_the_slices(prom):
     assert sorted(values) == sorted(SLICES)
 
 
+def test_candidate_variable_lists_the_candidates(prom):
+    # label_values(shadowd_gate_verdict, candidate)
+    values = prom.api("label/candidate/values", **{"match[]": "shadowd_gate_verdict"})
+    assert values == [CANDIDATE_MODEL]
+
+
 def test_alert_rules_load_and_evaluate_on_the_server(prom):
     prom.wait_until('count(ALERTS{alertname="ShadowdGateFailed"}) > 0', timeout_s=10)
     rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
@@ -117,8 +124,8 @@ def test_alert_rules_load_and_evaluate_on_the_server(prom):
     assert not unhealthy, unhealthy
     # The synthetic traffic fails check divergence on slice overall: the rule sees it (pending, for: 10m).
     states = {
-        a["labels"]["slice"]: a["state"]
+        (a["labels"]["candidate"], a["labels"]["slice"]): a["state"]
         for a in prom.api("alerts")["alerts"]
         if a["labels"]["alertname"] == "ShadowdGateFailed"
     }
-    assert states == {"overall": "pending"}
+    assert states == {(CANDIDATE_MODEL, "overall"): "pending"}

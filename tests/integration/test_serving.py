@@ -152,7 +152,7 @@ def test_the_gate_gauge_has_a_value_without_any_traffic(shadowd_app):
     while not samples and time.monotonic() < deadline:
         time.sleep(0.5)
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        samples = re.findall(r"^shadowd_gate_verdict (\S+)$", text, re.M)
+        samples = re.findall(r'^shadowd_gate_verdict\{candidate="cand"\} (\S+)$', text, re.M)
     assert samples == ["2.0"]  # INCONCLUSIVE: no pairs yet
 
 

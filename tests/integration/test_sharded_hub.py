@@ -94,8 +94,8 @@ def _pairs_per_shard(shards: int) -> list[int]:
     from ray import serve
 
     names = ["ShadowHub", *(f"ShadowHub-{i}" for i in range(1, shards))]
-    states = [serve.get_deployment_handle(n, APP_NAME).shard_state.remote([]).result() for n in names]
-    return [s["slices"]["overall"]["pairs"] for s in states]
+    states = [serve.get_deployment_handle(n, APP_NAME).shard_state.remote({}).result() for n in names]
+    return [sum(t["slices"]["overall"]["pairs"] for t in s.values()) for s in states]  # every test's pairs
 
 
 def _counts(report: dict[str, Any]) -> dict[str, Any]:
@@ -149,12 +149,12 @@ def test_a_lineup_change_reaches_every_shard(shadowd_app, kafka_broker):
 
     send(stream[:60], "before")
     assert wait_for_pairs(daemon.url, 60, 90, daemon.token)["overall"]["pairs"] == 60
-    change = {"action": "set", "candidate": toy_model("cand2", seed=0, retrain=3)}
+    change = {"action": "set", "candidate": toy_model("cand2", seed=0, retrain=3), "replace": "cand"}
     resp = requests.post(f"{daemon.url}/shadow/candidates", json=change, headers=daemon.headers, timeout=120)
     assert resp.status_code == 200, resp.text
     lead, other = (serve.get_deployment_handle(n, APP_NAME) for n in ("ShadowHub", "ShadowHub-1"))
     for hub in (lead, other):  # the lead told its peer before it answered
-        state = hub.shard_state.remote([]).result()
+        (state,) = hub.shard_state.remote({}).result().values()  # one test: the new candidate's
         assert state["models"]["candidate"] == "cand2" and state["slices"]["overall"]["pairs"] == 0
     time.sleep(1.5)  # every replica follows within a second
     send(stream[60:180], "after")

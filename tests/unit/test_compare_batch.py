@@ -475,7 +475,8 @@ def test_metrics_follow_the_same_counts(tmp_path):
             assert value == pytest.approx(b[key], rel=1e-9)
         else:
             assert value == b[key], key
-    assert a[("shadowd_pairs_compared_total", (("slice", "overall"),))] == one.tally().candidate.compared
+    overall = (("candidate", one.candidate_name), ("slice", "overall"))
+    assert one.candidate_name and a[("shadowd_pairs_compared_total", overall)] == one.tally().candidate.compared
 
 
 def test_observe_counts_is_observe_on_each_value():
@@ -484,13 +485,15 @@ def test_observe_counts_is_observe_on_each_value():
     values = np.random.default_rng(16).random(500) ** 3
     values[:5] = [0.01, 0.05, 1.0, 0.0, 0.3]  # on the bounds
     for v in values:
-        a.divergence.labels(slice="x").observe(float(v))
+        a.divergence.labels(candidate="c", slice="x").observe(float(v))
     buckets = np.bincount(np.searchsorted(DIVERGENCE_BOUNDS, values, side="left"), minlength=len(DIVERGENCE_BOUNDS))
-    assert observe_counts(b.divergence.labels(slice="x"), buckets.tolist(), float(values.sum()))
+    assert observe_counts(b.divergence.labels(candidate="c", slice="x"), buckets.tolist(), float(values.sum()))
     for le in ["0.01", "0.05", "0.1", "0.3", "1.0", "+Inf"]:
-        name, labels = "shadowd_pair_divergence_bucket", {"slice": "x", "le": le}
+        name, labels = "shadowd_pair_divergence_bucket", {"candidate": "c", "slice": "x", "le": le}
         assert reg_a.get_sample_value(name, labels) == reg_b.get_sample_value(name, labels)
-    assert reg_b.get_sample_value("shadowd_pair_divergence_sum", {"slice": "x"}) == pytest.approx(values.sum())
+    assert reg_b.get_sample_value("shadowd_pair_divergence_sum", {"candidate": "c", "slice": "x"}) == pytest.approx(
+        values.sum()
+    )
     assert not observe_counts(object(), [1], 1.0)  # a client without those parts: the caller loops
 
 

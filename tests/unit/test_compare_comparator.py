@@ -219,9 +219,10 @@ def test_metrics_follow_the_counts(tmp_path):
     pairs = stream(300, seed=2)
     comp = Comparator(make_config(tmp_path), metrics=ShadowdMetrics(reg))
     comp.add_many(pairs)
+    assert comp.candidate_name == "cand-v2"  # models.candidate.name: the candidate label of its series
     for name, fn in SLICE_FNS.items():
         e = expected_counts(pairs, fn)
-        lab = {"slice": name}
+        lab = {"candidate": comp.candidate_name, "slice": name}
         assert reg.get_sample_value("shadowd_pairs_compared_total", lab) == e["compared"]
         assert reg.get_sample_value("shadowd_pairs_divergent_total", lab) == e["divergent"]
         assert reg.get_sample_value("shadowd_label_flips_total", lab) == e["flips"]

@@ -350,10 +350,11 @@ def test_gate_metrics(tmp_path):
     comp = Comparator(cfg)
     comp.load_state({**comp.state_dict(), "slices": {n: t.to_dict() for n, t in tallies.items()}})
     publish_gate(ShadowdMetrics(reg), comp.report())
-    assert reg.get_sample_value("shadowd_check_status", {"check": "flip_rate", "slice": "overall"}) == 0
-    assert reg.get_sample_value("shadowd_check_status", {"check": "flip_rate", "slice": "dark"}) == 3  # review
-    assert reg.get_sample_value("shadowd_gate_verdict") == 3  # REVIEW
-    assert reg.get_sample_value("shadowd_noise_floor", {"slice": "overall"}) == pytest.approx(0.005)
+    cand = {"candidate": comp.candidate_name}
+    assert reg.get_sample_value("shadowd_check_status", {**cand, "check": "flip_rate", "slice": "overall"}) == 0
+    assert reg.get_sample_value("shadowd_check_status", {**cand, "check": "flip_rate", "slice": "dark"}) == 3  # review
+    assert reg.get_sample_value("shadowd_gate_verdict", cand) == 3  # REVIEW
+    assert reg.get_sample_value("shadowd_noise_floor", {**cand, "slice": "overall"}) == pytest.approx(0.005)
 
 
 def test_report_is_json_with_checks_and_survives_a_restart(tmp_path):

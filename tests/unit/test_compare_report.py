@@ -113,7 +113,7 @@ def test_cli_gate_for_a_named_candidate_refuses_another_ones_verdict(tmp_path):
     assert CliRunner().invoke(app, [*args, "--candidate", mine]).exit_code == 0
     other = CliRunner().invoke(app, [*args, "--candidate", "digits-v3"])
     assert other.exit_code == 2 and other.stdout == ""  # a PASS about another model is no verdict for this one
-    assert f"the report is about candidate {mine}, not 'digits-v3'" in other.stderr
+    assert f"holds no test of candidate 'digits-v3'; it holds {mine}" in other.stderr
 
 
 def test_cli_runs_another_configs_checks(tmp_path):

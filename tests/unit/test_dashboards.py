@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = ROOT / "dashboards"
 DOCS = ROOT / "docs" / "observability.md"
 DASHBOARDS = build_dashboards()
-VARIABLES = {"__rate_interval": "1m", "__range": "1h", "slice": ".*", "datasource": "prometheus"}
+VARIABLES = {"__rate_interval": "1m", "__range": "1h", "slice": ".*", "candidate": ".*", "datasource": "prometheus"}
 
 
 @pytest.mark.parametrize("name", DASHBOARD_FILES)
@@ -62,6 +62,9 @@ def test_dashboard_is_well_formed_grafana_json(name):
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     assert variables["slice"]["query"]["query"] == "label_values(shadowd_pairs_compared_total, slice)"
     assert variables["slice"]["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    candidate = variables["candidate"]
+    assert candidate["query"]["query"] == candidate["definition"] == "label_values(shadowd_gate_verdict, candidate)"
+    assert candidate["multi"] is True and candidate["includeAll"] is True and candidate["allValue"] == ".*"
 
     panels = list(_panels(d))
     assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
@@ -120,6 +123,47 @@ def test_every_metric_a_panel_reads_is_declared():
             for name in _METRIC.findall(q.expr):
                 read.add(re.sub(r"_(bucket|count|sum)$", "", name) if name not in declared else name)
     assert read - declared == set(), "panels read metrics ShadowdMetrics does not declare"
+
+
+# Families labelled by candidate, and the families whose candidate role is told apart by the model label.
+_PER_CANDIDATE = (
+    "shadowd_pairs_compared_total",
+    "shadowd_pairs_divergent_total",
+    "shadowd_label_flips_total",
+    "shadowd_pair_divergence_bucket",
+    "shadowd_check_status",
+    "shadowd_gate_verdict",
+    "shadowd_noise_floor",
+    "shadowd_churn_floor",
+)
+_PER_MODEL = ("shadowd_requests_total", "shadowd_model_latency_seconds_bucket")
+_SELECTOR = re.compile(r"\b(shadowd_[a-z0-9_]+)(\{[^}]*\})?")
+
+
+def test_every_per_candidate_panel_follows_the_candidate_variable():
+    """Every selector of a per-candidate family filters on $candidate and the legend names the candidate;
+    the candidate role's calls and latency are selected by model; other roles' are not narrowed."""
+    checked = 0
+    for d in DASHBOARDS.values():
+        for panel in _panels(d):
+            for target in panel.get("targets", []):
+                expr, legend = target["expr"], target["legendFormat"]
+                for name, selector in _SELECTOR.findall(expr):
+                    where = f"{d['uid']}/{panel['title']}/{target['refId']}: {expr}"
+                    if name in _PER_CANDIDATE:
+                        assert 'candidate=~"$candidate"' in selector, where
+                        assert "{{candidate}}" in legend, where
+                        checked += 1
+                    elif name in _PER_MODEL:
+                        assert selector, where
+                        if 'role="candidate"' in selector:
+                            assert 'model=~"$candidate"' in selector and "{{model}}" in legend, where
+                        else:
+                            # another role (or every role but candidate): all its series, whatever the candidate
+                            assert re.search(r'role(!="candidate"|="(?!candidate")\w+")', selector), where
+                            assert "$candidate" not in selector, where
+                        checked += 1
+    assert checked >= 15
 
 
 def test_every_panel_is_documented():

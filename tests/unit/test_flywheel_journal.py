@@ -15,9 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shadowd.app import build_flywheel
-from shadowd.compare.comparator import Comparator
 from shadowd.config import parse_config
-from shadowd.flywheel.journal import LabelJournal
+from shadowd.flywheel.journal import Decision, JournalEntry, LabelJournal
 from shadowd.observe.metrics import ShadowdMetrics
 from shadowd.records import Label, ModelOutput, Pair
 from shadowd.serving.hub import HubParts, ShadowHub
@@ -39,7 +38,7 @@ def cfg(tmp_path, candidate="c"):
 
 def parts(config, shard=None):
     metrics = ShadowdMetrics(CollectorRegistry())
-    return HubParts(metrics=metrics, comparator=Comparator(config, metrics), flywheel=build_flywheel(config, metrics))
+    return HubParts(metrics=metrics, flywheel=build_flywheel(config, metrics))
 
 
 def pairs(n, ts=1_800_000_000.0):
@@ -172,3 +171,39 @@ def test_skips_are_journalled_and_replayed_as_exclusions(tmp_path, verdict):
     labels = asyncio.run(again.report())["overall"]["labels"]
     assert labels["used"] == 0 and sum(labels["excluded"].values()) == 1
     crash(again)
+
+
+def test_entries_carry_each_candidates_decision_and_old_entries_still_read(tmp_path):
+    """Several candidates: a label reaches every candidate's pair of its request, each with its own
+    decision; the first pair's is the entry's own, the others' are written only when there are any."""
+    j = LabelJournal(tmp_path / "journal.jsonl")
+    lab = Label(request_id="r1", label=1, source="annotator", ts=1.0)
+    others: dict[str, Decision] = {"b": (None, "priority queue (not a random sample)"), "c": ("evaluation", None)}
+    assert j.append("joined", "evaluation", None, lab, others, "a") == 1
+    assert j.append("joined", "feedback", None, lab) == 2  # one candidate: nothing more to say
+    old = '{"seq": 3, "status": "skipped", "channel": null, "excluded": "skipped by the annotator", "label": '
+    with open(j.path, "a") as f:
+        f.write(old + lab.model_dump_json() + "}\n")  # written before entries named candidates
+    lines = [json.loads(line) for line in j.path.read_text().splitlines()]
+    assert lines[0]["others"] == {"b": [None, "priority queue (not a random sample)"], "c": ["evaluation", None]}
+    assert lines[0]["candidate"] == "a" and "others" not in lines[1] and "candidate" not in lines[1]
+
+    again = LabelJournal(j.path)
+    first, second, third = again.entries()
+    assert (first.channel, first.excluded, first.candidate, dict(first.others)) == ("evaluation", None, "a", others)
+    assert (second.channel, second.others, second.candidate) == ("feedback", {}, None)
+    assert (third.seq, third.excluded, third.others, third.candidate) == (3, "skipped by the annotator", {}, None)
+    assert JournalEntry.from_json(first.to_json()) == first and JournalEntry.from_json(third.to_json()) == third
+    assert again.last_seq == 3 and not (tmp_path / "journal.dead-letter.jsonl").exists()
+
+
+def test_an_entry_with_malformed_others_goes_to_the_dead_letters(tmp_path):
+    j = LabelJournal(tmp_path / "journal.jsonl")
+    lab = Label(request_id="r1", label=1, ts=1.0).model_dump_json()
+    head = '{"seq": 1, "status": "joined", "channel": "feedback", "excluded": null'
+    with open(j.path, "a") as f:
+        for others in ('["b"]', '{"b": ["feedback"]}', '{"b": ["feedback", null]}'):
+            f.write(f'{head}, "others": {others}, "label": {lab}}}\n')
+    again = LabelJournal(j.path)
+    assert [dict(e.others) for e in again.entries()] == [{"b": ("feedback", None)}]
+    assert len((tmp_path / "journal.dead-letter.jsonl").read_text().splitlines()) == 2

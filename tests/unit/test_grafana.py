@@ -181,3 +181,21 @@ def test_cli_push_of_the_built_in_dashboards_without_the_sdk_says_what_to_do(gra
     assert out.exit_code == 2
     assert "pip install 'shadowd[grafana]'" in out.output and "--from-dir dashboards/" in out.output
     assert grafana.requests == []  # refused before any call to Grafana
+
+
+def test_each_candidates_verdict_is_annotated_on_its_own(grafana):
+    """Several candidates: a change of one test's verdict is annotated with its name and tag; another's steady
+    verdict writes nothing."""
+    annotator = VerdictAnnotator(connect(grafana.url, TOKEN))
+    assert annotator.observe("fail", "accuracy", candidate="a") == 101
+    assert annotator.observe("pass", "", candidate="b") == 102
+    assert annotator.observe("fail", "accuracy", candidate="a") is None  # a unchanged
+    assert annotator.observe("fail", "flip_rate", candidate="b") == 103  # b changed
+    assert [a["tags"] for a in grafana.annotations] == [
+        ["shadowd", "gate", "candidate:a", "fail"],
+        ["shadowd", "gate", "candidate:b", "pass"],
+        ["shadowd", "gate", "candidate:b", "fail"],
+    ]
+    assert grafana.annotations[-1]["text"] == "gate verdict of b: PASS -> FAIL. flip_rate"
+    annotator.forget({"a"})  # b removed: added again, its first verdict is annotated afresh
+    assert annotator.last_of("b") is None and annotator.observe("fail", candidate="b") == 104

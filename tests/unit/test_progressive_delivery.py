@@ -237,23 +237,69 @@ def test_the_argo_analysis_waits_through_review_and_stops_at_the_first_pass_or_f
     assert metric["inconclusiveLimit"] >= metric["count"], "an open verdict must not end the analysis early"
 
 
+def gauge_selector(query: str) -> dict[str, str]:
+    """The label matchers of the query's ``shadowd_gate_verdict{...}``: equality matchers only, or the test fails."""
+    (inside,) = re.findall(r"shadowd_gate_verdict\{([^}]*)\}", query)
+    matchers = [m.strip() for m in inside.split(",") if m.strip()]
+    pairs = [re.fullmatch(r'([a-z_]+)="([^"{}]*)"', m) for m in matchers]
+    assert all(pairs), f"matchers outside the subset this test evaluates: {inside}"
+    return {m.group(1): m.group(2) for m in pairs if m}
+
+
+def prometheus_template_args(template: dict[str, Any]) -> dict[str, str]:
+    """The Prometheus variant's defaults and the Rollout's analysis step's args (it takes the same ones)."""
+    args = {a["name"]: a["value"] for a in template["spec"]["args"] if "value" in a}
+    (step,) = [s["analysis"] for s in one(*RO)["spec"]["strategy"]["canary"]["steps"] if "analysis" in s]
+    args.update({a["name"]: a["value"] for a in step["args"]})
+    missing = {a["name"] for a in template["spec"]["args"]} - set(args)
+    assert not missing, f"arguments without a value: {missing}"
+    return args
+
+
+def flagger_query(metric: dict[str, Any]) -> str:
+    """The MetricTemplate's query with the Canary metric's templateVariables put in, as Flagger renders it."""
+    variables = metric.get("templateVariables", {})
+    out = re.sub(
+        r"\{\{\s*variables\.([A-Za-z0-9_]+)\s*\}\}", lambda m: variables[m.group(1)], one(*MT)["spec"]["query"]
+    )
+    assert "{{" not in out, out
+    return out
+
+
 @pytest.mark.parametrize("verdict", list(Verdict))
 def test_the_prometheus_variants_read_the_gate_gauge(tmp_path, verdict):
-    """The gauge the queries name is the one the hub sets, with the codes the conditions expect."""
+    """The gauge the queries name is the one the hub sets, with the codes the conditions expect, and each
+    query selects its own candidate's series: another candidate's opposite verdict does not leak in."""
     from prometheus_client import CollectorRegistry
 
-    registry = CollectorRegistry()
-    publish_gate(ShadowdMetrics(registry), report_for(tmp_path, verdict))
-    value = registry.get_sample_value("shadowd_gate_verdict")
-    assert value == verdict.gauge_value
     (argo,) = one(*PROM_AT)["spec"]["metrics"]
-    assert "shadowd_gate_verdict{" in argo["provider"]["prometheus"]["query"]
+    argo_selector = gauge_selector(
+        substitute(argo["provider"]["prometheus"]["query"], prometheus_template_args(one(*PROM_AT)))
+    )
+    (check,) = one(*CANARY)["spec"]["analysis"]["metrics"]
+    flagger_selector = gauge_selector(flagger_query(check))
+    _method, _url, _headers, body = webhook_request()
+    for selector in (argo_selector, flagger_selector):
+        assert set(selector) == {"job", "namespace", "candidate"} and selector["job"] == "shadowd", selector
+        # the candidate the Rollout's web metric and the Canary's webhook ask shadowd about
+        assert selector["candidate"] == body["metadata"]["candidate"] == rollout_args(one(*AT))["candidate"]
+    candidate = argo_selector["candidate"]
+
+    registry = CollectorRegistry()
+    metrics = ShadowdMetrics(registry)
+    other = Verdict.PASS if verdict is Verdict.FAIL else Verdict.FAIL
+    for name, gate in (("someone-else", other), (candidate, verdict)):
+        report = report_for(tmp_path / name, gate)
+        publish_gate(metrics, report.model_copy(update={"models": {**report.models, "candidate": name}}))
+    # job and namespace are the scrape's target labels; the candidate label is the hub's
+    value = registry.get_sample_value("shadowd_gate_verdict", {"candidate": candidate})
+    assert value == verdict.gauge_value
+    assert registry.get_sample_value("shadowd_gate_verdict", {"candidate": "someone-else"}) == other.gauge_value
     expected = {Verdict.PASS: "Successful", Verdict.FAIL: "Failed"}.get(verdict, "Inconclusive")
     assert phase(argo, [value]) == expected
     # Flagger: `max(shadowd_gate_verdict{...} == bool 1)` is 1 on FAIL only; thresholdRange max 0 fails then.
     query = one(*MT)["spec"]["query"]
     assert query.strip().startswith("max(shadowd_gate_verdict{") and query.strip().endswith("} == bool 1)"), query
-    (check,) = one(*CANARY)["spec"]["analysis"]["metrics"]
     assert check["templateRef"]["name"] == one(*MT)["metadata"]["name"]
     flagger_value = float(value == 1)
     assert (flagger_value > check["thresholdRange"]["max"]) == (verdict is Verdict.FAIL)

@@ -14,7 +14,6 @@ from dataclasses import asdict
 from prometheus_client import CollectorRegistry
 
 from shadowd.app import build_flywheel
-from shadowd.compare.comparator import Comparator
 from shadowd.config import parse_config
 from shadowd.expect import ExpectationSet
 from shadowd.observe.metrics import ShadowdMetrics
@@ -48,7 +47,7 @@ def cfg(tmp_path):
 
 def parts(config, shard=None):
     metrics = ShadowdMetrics(CollectorRegistry())
-    return HubParts(metrics=metrics, comparator=Comparator(config, metrics), flywheel=build_flywheel(config, metrics))
+    return HubParts(metrics=metrics, flywheel=build_flywheel(config, metrics))
 
 
 def test_no_raw_feature_value_rests_anywhere_and_labels_still_count_in_their_slice(tmp_path, monkeypatch):

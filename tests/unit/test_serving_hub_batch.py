@@ -57,9 +57,7 @@ def _config(data_dir, redaction=None, **shadow):
 
 def _parts(cfg, clock):
     metrics = ShadowdMetrics(CollectorRegistry())
-    return HubParts(
-        metrics=metrics, comparator=Comparator(cfg, metrics, clock=clock), flywheel=build_flywheel(cfg, metrics, clock)
-    )
+    return HubParts(metrics=metrics, flywheel=build_flywheel(cfg, metrics, clock), clock=clock)
 
 
 def _as_served(out: ModelOutput | None) -> ModelOutput | None:
@@ -104,10 +102,11 @@ def test_hub_counts_a_batch_as_the_per_pair_path_did(tmp_path, monkeypatch, reda
             assert await hub.add_pairs(pairs[:0]) == 0
 
         asyncio.run(feed())
+        ref_comparator = Comparator(ref_cfg, ref.metrics, clock=clock)
         for p in copy.deepcopy(pairs):  # the per-pair path the hub had
-            ref.flywheel.record(p, ref.comparator.add(p))
+            ref.flywheel.record(p, ref_comparator.add(p))
 
-        assert_same(hub._comparator.state_dict()["slices"], ref.comparator.state_dict()["slices"])
+        assert_same(hub.comparator().state_dict()["slices"], ref_comparator.state_dict()["slices"])
         kept = 0
         for p in pairs:
             got, want = hub._flywheel.pairs.get(p.request_id), ref.flywheel.pairs.get(p.request_id)
@@ -138,11 +137,11 @@ def test_hub_counts_a_batch_as_the_per_pair_path_did(tmp_path, monkeypatch, reda
         )
         status, body = asyncio.run(hub.feedback(Label(request_id=in_sample.request_id, label=1, ts=clock())))
         assert status == 200 and body["used_for_quality"]
-        assert hub._comparator.tally().quality.labels == 1
+        assert hub.comparator().tally().quality.labels == 1
         selection = hub._flywheel.pairs.get(in_sample.request_id).pair.selection
         assert selection is not None and selection.slices is not None and "de" in selection.slices
         for name in ["de", *selection.slices]:
-            assert hub._comparator.tally(name).quality.labels == 1, name
+            assert hub.comparator().tally(name).quality.labels == 1, name
     finally:
         hub.__del__()  # what Serve calls on shutdown: close the flywheel, save the state
         del hub.__dict__["_flywheel"]  # and not again when the object goes
@@ -237,13 +236,13 @@ def test_a_stuck_shard_makes_the_report_fail_and_the_gate_inconclusive_never_sta
     cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"hub_timeout_s": 0.2})})
     parts: list[HubParts] = []
     hub = ShadowHub(cfg, lambda c, _shard: parts.append(_parts(c, clock)) or parts[0], peers=[_StuckPeer()])
-    gauge = parts[0].metrics.gate_verdict
+    gauge = parts[0].metrics.gate_verdict.labels(candidate="cand")
     try:
         gauge.set(0)  # a PASS from before the shard got stuck
         with pytest.raises(ShardUnavailable, match="hub shard 1: shard_state"):
             asyncio.run(hub.report())
         asyncio.run(hub._persist_tick())  # the 5 s tick: no verdict from part of the evidence
-        assert parts[0].metrics.registry.get_sample_value("shadowd_gate_verdict") == 2  # INCONCLUSIVE
+        assert parts[0].metrics.registry.get_sample_value("shadowd_gate_verdict", {"candidate": "cand"}) == 2
     finally:
         hub._flywheel.close(timeout_s=5)
         del hub.__dict__["_flywheel"]

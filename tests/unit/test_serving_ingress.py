@@ -42,7 +42,7 @@ class _Method:
                 raise RuntimeError("hub replica died: ActorDiedError(secret internals)")
             return {
                 "feedback": (200, {"status": "joined"}),
-                "report": {"overall": {"pairs": 0}},
+                "report_response": (200, {"overall": {"pairs": 0}}),
                 "reset": {"status": "reset"},
             }.get(self._name)
 
@@ -53,7 +53,7 @@ class StandInHub:
     def __init__(self, broken: bool = False):
         self.calls: list[str] = []
         self.broken = broken
-        for name in ("feedback", "report", "reset", "add_items"):
+        for name in ("feedback", "report_response", "reset", "add_items"):
             setattr(self, name, _Method(self, name))
 
 
@@ -140,7 +140,7 @@ def test_feedback_reset_and_report_need_their_scope(tmp_path):
     assert call(app, "POST", "/feedback", FEEDBACK, token=LABELS_TOKEN)[:2] == (200, {"status": "joined"})
     assert call(app, "POST", "/shadow/reset", token=ADMIN_TOKEN)[:2] == (200, {"status": "reset"})
     assert call(app, "GET", "/shadow/report", token=ADMIN_TOKEN)[0] == 200
-    assert hub.calls == ["feedback", "reset", "report"]
+    assert hub.calls == ["feedback", "reset", "report_response"]
 
     registry = app._metrics.registry
     for scope, status_, n in (("labels", "401", 2), ("admin", "403", 1), ("read", "403", 1)):
@@ -250,7 +250,7 @@ def test_a_remote_production_failure_answers_502_or_504_with_a_reason(
     app = ingress(tmp_path, StandInHub(), production=remote(url, timeout_s=0.5))
     registry = app._metrics.registry  # one per process: count what this call adds
     failures = ("shadowd_remote_model_failures_total", {"role": "production", "reason": reason})
-    requests = ("shadowd_requests_total", {"role": "production", "outcome": outcome})
+    requests = ("shadowd_requests_total", {"role": "production", "outcome": outcome, "model": "remote-prod"})
     before = [registry.get_sample_value(*sample) or 0.0 for sample in (failures, requests)]
     with caplog.at_level(logging.WARNING, logger="shadowd"):
         got, body, _, _ = call(app, "POST", "/predict", {"inputs": X})

@@ -51,7 +51,7 @@ def _config(data_dir, candidate: dict[str, Any] | None = None, lineup: dict[str,
 
 def _parts(cfg, _shard=None) -> HubParts:
     metrics = ShadowdMetrics(CollectorRegistry())
-    return HubParts(metrics=metrics, comparator=Comparator(cfg, metrics), flywheel=build_flywheel(cfg, metrics))
+    return HubParts(metrics=metrics, flywheel=build_flywheel(cfg, metrics))
 
 
 def _close(hub: ShadowHub) -> None:
@@ -68,13 +68,17 @@ def _change(hub: ShadowHub, who: str = "release-ci", **body: Any) -> tuple[int, 
 
 def test_each_change_moves_the_lineup_as_documented_and_refuses_what_does_not_fit(tmp_path):
     models = _config(tmp_path).models
-    other = parse_change({"action": "set", "candidate": _model("cand2", 2)})
+    other = parse_change({"action": "set", "candidate": _model("cand2", 2), "replace": "cand"})
     replaced = apply_change(models, other)
-    assert replaced.candidate is not None and replaced.candidate.name == "cand2" and replaced.live == "production"
+    assert [c.name for c in replaced.candidates] == ["cand2"] and replaced.live == "production"
+    added = apply_change(models, parse_change({"action": "set", "candidate": _model("cand2", 2)}))
+    assert [c.name for c in added.candidates] == ["cand", "cand2"]  # set without replace: several at once
     assert apply_change(models, parse_change({"action": "remove"})).candidate is None
+    one_left = apply_change(added, parse_change({"action": "remove", "candidate": "cand"}))
+    assert [c.name for c in one_left.candidates] == ["cand2"]
 
     promoted = apply_change(models, parse_change({"action": "promote", "candidate": "cand"}))
-    assert promoted.served.name == "cand" and promoted.shadowed is not None and promoted.shadowed.name == "prod"
+    assert promoted.served.name == "cand" and [m.name for m in promoted.shadowed] == ["prod"]
     assert promoted.production.name == "prod"  # still the baseline of every comparison
     assert apply_change(promoted, parse_change({"action": "rollback"})) == models
     finished = apply_change(promoted, parse_change({"action": "finish"}))
@@ -84,7 +88,11 @@ def test_each_change_moves_the_lineup_as_documented_and_refuses_what_does_not_fi
         (promoted, {"action": "set", "candidate": _model("cand2", 2)}, "rollback or finish first"),
         (promoted, {"action": "remove"}, "rollback or finish first"),
         (promoted, {"action": "promote", "candidate": "cand"}, "already promoted"),
-        (models, {"action": "promote", "candidate": "cand2"}, "the candidate is 'cand', not 'cand2'"),
+        (models, {"action": "promote", "candidate": "cand2"}, "no candidate 'cand2' is shadowed; shadowed: cand"),
+        (added, {"action": "promote", "candidate": "cand"}, r"other candidates are shadowed \(cand2\)"),
+        (added, {"action": "remove"}, r"2 candidates are shadowed \(cand, cand2\): name the one"),
+        (added, {"action": "remove", "candidate": "c9"}, "no candidate 'c9' is shadowed"),
+        (models, {"action": "set", "candidate": _model("c9", 2), "replace": "c8"}, "no candidate 'c8' to replace"),
         (models, {"action": "rollback"}, "nothing is promoted"),
         (models, {"action": "finish"}, "nothing is promoted"),
         (finished, {"action": "remove"}, "nothing to remove"),
@@ -95,6 +103,8 @@ def test_each_change_moves_the_lineup_as_documented_and_refuses_what_does_not_fi
         with pytest.raises(BadRequest, match=reason) as err:
             apply_change(before, parse_change(body))
         assert err.value.http_status == 409
+    with pytest.raises(BadRequest, match=r"the most shadow\.max_candidates allows: replace or remove one"):
+        apply_change(added, parse_change({"action": "set", "candidate": _model("c3", 3)}), max_candidates=2)
 
 
 @pytest.mark.parametrize(
@@ -177,35 +187,36 @@ def test_a_new_candidate_starts_a_new_window_audited_with_the_evidence_of_the_cl
         # Refused changes change nothing; a refused model is on record (who tried what).
         [refused] = LineupStore(cfg.data_dir).history()
         assert refused["who"] == "release-ci" and "does not load" in refused["refused"] and "after" not in refused
-        assert hub._lineup.version == 0 and hub._comparator.report().overall.pairs == 50
+        assert hub._lineup.version == 0 and hub.comparator().report().overall.pairs == 50
 
-        status, body = _change(hub, action="set", candidate=_model("cand2", 2))
+        status, body = _change(hub, action="set", candidate=_model("cand2", 2), replace="cand")
         assert status == 200, body
         assert body["lineup"]["candidate"] == {"name": "cand2", "kind": "python"} and body["lineup"]["version"] == 1
         # The closed window's report is kept, and the audit line says who, what, and the evidence then.
         store = LineupStore(cfg.data_dir)
-        kept = json.loads((store.reports / body["kept_report"]).read_text())
+        kept = json.loads((store.reports / body["kept_reports"]["cand"]).read_text())
         assert kept["models"]["candidate"] == "cand" and kept["overall"]["pairs"] == 50
         entry = store.history()[-1]
         assert entry["who"] == "release-ci" and entry["action"] == "set"
         assert entry["before"]["candidate"]["name"] == "cand" and entry["after"]["candidate"]["name"] == "cand2"
-        assert entry["evidence"]["pairs"] == 50 and entry["evidence"]["verdict"] == kept["gate"]["verdict"]
+        evidence = entry["evidence"]["cand"]
+        assert evidence["pairs"] == 50 and evidence["verdict"] == kept["gate"]["verdict"]
         assert "target" not in json.dumps(entry)  # names and kinds only: no paths, URLs or headers
 
         # The new window starts empty; pairs still in flight from the old candidate, or from before the
         # change, never reach it (dropped and counted).
-        report = hub._comparator.report()
+        report = hub.comparator().report()
         assert report.overall.pairs == 0 and report.models["candidate"] == "cand2"
         now = time.time()
         assert asyncio.run(hub.add_batch(_batch("prod", "cand", 20, now, seed=1))) == 0
         assert asyncio.run(hub.add_batch(_batch("prod", "cand2", 20, now - 60, seed=2))) == 0
         assert asyncio.run(hub.add_batch(_batch("prod", "cand2", 30, now, seed=3))) == 30
         assert hub._metrics.pairs_dropped.labels("lineup")._value.get() == 40
-        assert hub._comparator.report().overall.pairs == 30
+        assert hub.comparator().report().overall.pairs == 30
 
         # A label for a pair of the closed window does not count in the new one.
         status, _ = asyncio.run(hub.feedback(Label(request_id="r0-1", label=1, ts=now)))
-        assert status == 200 and hub._comparator.tally().labels.labels == 0
+        assert status == 200 and hub.comparator().tally().labels.labels == 0
     finally:
         _close(hub)
 
@@ -213,7 +224,7 @@ def test_a_new_candidate_starts_a_new_window_audited_with_the_evidence_of_the_cl
     hub = ShadowHub(cfg, _parts)
     try:
         assert hub._lineup.version == 1 and hub._lineup.models.candidate.name == "cand2"
-        assert hub._comparator.report().overall.pairs == 30
+        assert hub.comparator().report().overall.pairs == 30
     finally:
         _close(hub)
     # A deploy with another models section: the config wins, and the audit log says so.
@@ -348,7 +359,7 @@ def test_after_a_promotion_the_promoted_model_is_judged_against_its_predecessor(
     hub = ShadowHub(cfg, _parts)
     try:
         status, body = _change(hub, action="promote", candidate="cand")
-        assert status == 200 and body["lineup"]["served"] == "cand" and body["lineup"]["shadowed"] == "prod"
+        assert status == 200 and body["lineup"]["served"] == "cand" and body["lineup"]["shadowed"] == ["prod"]
         worker = ShadowWorker(cfg, [_Handle(hub)])
         dropped = worker._metrics.pairs_dropped.labels("lineup")  # this process's registry: count the change
         dropped_before = dropped._value.get()
@@ -438,8 +449,8 @@ def test_a_scheduled_test_stops_by_itself_and_its_verdict_stays_readable(tmp_pat
     cfg = _config(tmp_path)
     hub = ShadowHub(cfg, _parts)
     try:
-        status, body = _change(hub, action="set", candidate=_model("cand2", 2), schedule=schedule)
-        assert status == 200 and body["lineup"]["schedule"]["stop_when_decided"] == bool(
+        status, body = _change(hub, action="set", candidate=_model("cand2", 2), schedule=schedule, replace="cand")
+        assert status == 200 and body["lineup"]["candidates"][0]["schedule"]["stop_when_decided"] == bool(
             schedule.get("stop_when_decided")
         )
         asyncio.run(hub._persist_tick())
@@ -453,8 +464,8 @@ def test_a_scheduled_test_stops_by_itself_and_its_verdict_stays_readable(tmp_pat
         asyncio.run(hub._persist_tick())
         assert hub._lineup.models.candidate is None  # shadowing stopped, as remove would
         last = LineupStore(cfg.data_dir).history()[-1]
-        assert last["action"] == "stop" and last["who"] == f"schedule: {reason}"
-        assert last["evidence"]["verdict"] == verdict
+        assert last["action"] == "stop" and last["who"] == f"schedule: cand2: {reason}"
+        assert last["evidence"]["cand2"]["verdict"] == verdict
         document = asyncio.run(hub.verdict("cand2"))
         entry = document["candidates"]["cand2"]
         assert entry["window"] == "closed" and entry["verdict"] == verdict
@@ -483,7 +494,8 @@ def test_candidates_set_sends_the_model_and_its_schedule(tmp_path, monkeypatch):
             lineup = {"version": 1, "live": "production", "served": "prod", "shadowed": "cand2"}
             candidate = {"name": "cand2", "kind": "python"}
             schedule = {"max_duration_s": 5400.0, "stop_when_decided": True}
-            return {"lineup": {**lineup, "candidate": candidate, "schedule": schedule}, "kept_report": "x.json"}
+            cand = {**candidate, "schedule": schedule}
+            return {"lineup": {**lineup, "candidate": candidate, "candidates": [cand]}, "kept_reports": {}}
 
     def post(url: str, json: dict[str, Any], headers: dict[str, str], timeout: float) -> Answer:
         sent.append({"url": url, "body": json, "headers": headers})
@@ -551,7 +563,7 @@ def test_a_shard_never_goes_back_to_an_older_lineup_and_a_new_history_keeps_an_u
         # The lead restarted afresh (a new epoch), same models since the same time: the window stays.
         assert asyncio.run(hub.adopt_lineup(Lineup(0, cfg.models, epoch="other").to_json()))
         assert hub._lineup.epoch == "other"
-        assert hub._comparator.report().overall.pairs == 30
+        assert hub.comparator().report().overall.pairs == 30
         promoted = apply_change(cfg.models, parse_change({"action": "promote", "candidate": "cand"}))
         newer = Lineup(first.version + 2, promoted, since=time.time(), epoch="e1")
         assert asyncio.run(hub.adopt_lineup(newer.to_json()))
@@ -565,25 +577,25 @@ def test_a_shard_never_goes_back_to_an_older_lineup_and_a_new_history_keeps_an_u
 def test_the_schedule_survives_promote_and_rollback(tmp_path):
     hub = ShadowHub(_config(tmp_path), _parts)
     try:
-        assert _change(hub, action="set", candidate=_model("cand2", 2), schedule={"max_duration_s": 3600})[0] == 200
-        set_at = hub._lineup.set_at
+        schedule = {"max_duration_s": 3600}
+        assert _change(hub, action="set", candidate=_model("cand2", 2), schedule=schedule, replace="cand")[0] == 200
+        set_at = hub._lineup.trial("cand2").set_at
         assert _change(hub, action="promote", candidate="cand2")[0] == 200
         assert _change(hub, action="rollback")[0] == 200
-        assert hub._lineup.schedule is not None and hub._lineup.set_at == set_at  # its clock runs from the set
-        assert hub._lineup.due("INCONCLUSIVE", set_at + 3601) is not None
-        assert _change(hub, action="remove")[0] == 200 and hub._lineup.schedule is None
+        trial = hub._lineup.trial("cand2")
+        assert trial.schedule is not None and trial.set_at == set_at  # its clock runs from the set
+        assert hub._lineup.due({}, set_at + 3601) == {"cand2": "its maximum duration of 3600 s is reached"}
+        assert _change(hub, action="remove")[0] == 200 and hub._lineup.trials == {}
     finally:
         _close(hub)
 
 
 def test_the_verdict_of_a_closed_window_is_its_newest_including_a_promoted_one(tmp_path):
     store = LineupStore(tmp_path)
-    cfg = _config(tmp_path)
-    from shadowd.serving.lineup import Lineup
 
     def keep(version: int, verdict: str, live: str) -> None:
         report = {"models": {"production": "prod", "candidate": "c2", "live": live}, "gate": {"verdict": verdict}}
-        store.keep_report(Lineup(version, cfg.models), report)
+        store.keep_report(version, report)
         time.sleep(0.01)
 
     keep(3, "PASS", "prod")  # the shadow window before the promotion
@@ -635,3 +647,41 @@ def test_the_ingress_keeps_the_previous_production_across_skipped_versions(tmp_p
 
     cand, served, standby = asyncio.run(walk())
     assert served.name == "d" and standby is cand  # kept for a rollback, not closed
+
+
+def test_candidates_list_reads_audit_lines_from_before_several_candidates(monkeypatch):
+    import requests
+    from typer.testing import CliRunner
+
+    from shadowd.cli import app
+
+    old = {  # one window's evidence, shadowed a name: as written before several candidates
+        "time": "2026-12-01T10:00:00+00:00",
+        "action": "set",
+        "who": "ci",
+        "before": {"candidate": {"name": "cand", "kind": "python"}},
+        "after": {"served": "prod", "shadowed": "cand2"},
+        "evidence": {"verdict": "PASS", "pairs": 120},
+    }
+    new = {
+        "time": "2026-12-03T10:00:00+00:00",
+        "action": "remove",
+        "who": "ci",
+        "after": {"served": "prod", "shadowed": ["b"]},
+        "evidence": {"a": {"verdict": "FAIL", "pairs": 900}},
+    }
+    lineup = {"version": 3, "live": "production", "served": "prod", "shadowed": ["b"], "candidates": []}
+
+    class Answer:
+        status_code = 200
+
+        @staticmethod
+        def json() -> dict[str, Any]:
+            return {"lineup": {**lineup, "candidates": [{"name": "b", "kind": "python"}]}, "changes": [old, new]}
+
+    monkeypatch.setattr(requests, "get", lambda *a, **k: Answer())
+    result = CliRunner().invoke(app, ["candidates", "list", "--url", "http://d:8000", "--token", "t"])
+    assert result.exit_code == 0, result.output
+    assert "set      by ci: now serving prod, shadowing cand2; closed: cand PASS on 120 pairs" in result.output
+    assert "remove   by ci: now serving prod, shadowing b; closed: a FAIL on 900 pairs" in result.output
+    assert "shadowing candidate b (python)" in result.output

@@ -37,7 +37,7 @@ def report_for(tmp_path, verdict: Verdict, candidate: str = "cand"):
     }[verdict]
     cfg = config(tmp_path / verdict.value, checks)
     cand = cfg.models.candidate.model_copy(update={"name": candidate})
-    comp = Comparator(cfg.model_copy(update={"models": cfg.models.model_copy(update={"candidate": cand})}))
+    comp = Comparator(cfg.model_copy(update={"models": cfg.models.with_candidates([cand])}))
     comp.load_state({**comp.state_dict(), "slices": {"overall": tally.to_dict()}})
     report = comp.report()
     assert report.gate.verdict is verdict, report.gate.reasons
@@ -256,7 +256,7 @@ def test_the_real_hub_answers_the_verdict_of_its_report_and_sets_the_gauge(tmp_p
         }
         assert entry["evidence"]["pairs"] == len(pairs)
         assert entry["window_started_ts"] == report.window_started_ts
-        gauge = parts[0].metrics.registry.get_sample_value("shadowd_gate_verdict")
+        gauge = parts[0].metrics.registry.get_sample_value("shadowd_gate_verdict", {"candidate": "cand"})
         assert gauge == report.gate.verdict.gauge_value
     finally:
         hub.__del__()  # what Serve calls on shutdown: close the flywheel, save the state
