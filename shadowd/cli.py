@@ -8,6 +8,8 @@ Exit codes: 0 ok, 1 failed (e.g. gate FAIL), 2 usage or config error,
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -589,6 +591,9 @@ def _print_lineup(lineup: object) -> None:
     for cand in cands if lineup["live"] == "production" else []:
         typer.echo(f"  shadowing candidate {cand['name']} ({cand['kind']})")
         schedule = cand.get("schedule") or {}
+        if (schedule.get("start_at") or 0) > time.time():
+            start = datetime.fromtimestamp(schedule["start_at"], UTC).isoformat(timespec="seconds")
+            typer.echo(f"    its test starts at {start}")
         if schedule.get("max_duration_s") or schedule.get("stop_when_decided"):
             stops = [f"after {schedule['max_duration_s']:g} s"] if schedule.get("max_duration_s") else []
             stops += ["once decided"] if schedule.get("stop_when_decided") else []
@@ -653,6 +658,12 @@ def candidates_set(
     stop_when_decided: bool = typer.Option(
         False, "--stop-when-decided", help="Stop the test by itself once the gate says PASS or FAIL."
     ),
+    start_in: str | None = typer.Option(
+        None, "--start-in", help="Start the test this long from now (90m, 6h): loaded now, called from then on."
+    ),
+    start_at: str | None = typer.Option(
+        None, "--start-at", help="Start the test at this time, ISO 8601 with a time zone (2026-12-04T02:00:00Z)."
+    ),
     replace: str | None = typer.Option(
         None, "--replace", help="The shadowed candidate this one replaces (its window closes); else it is added."
     ),
@@ -674,19 +685,34 @@ def candidates_set(
     body: dict[str, object] = {"action": "set", "candidate": model.model_dump(mode="json")}
     if replace is not None:
         body["replace"] = replace
-    if max_duration is not None or stop_when_decided:
+    if start_in is not None and start_at is not None:
+        _fail("give --start-in or --start-at, not both")
+    start = time.time() + _duration_s(start_in, "--start-in") if start_in is not None else None
+    if start_at is not None:
+        start = _time_s(start_at)
+    if max_duration is not None or stop_when_decided or start is not None:
         seconds = _duration_s(max_duration) if max_duration is not None else None
-        body["schedule"] = {"max_duration_s": seconds, "stop_when_decided": stop_when_decided}
+        body["schedule"] = {"start_at": start, "max_duration_s": seconds, "stop_when_decided": stop_when_decided}
     _change(body, url, config, token, token_file)
 
 
-def _duration_s(text: str) -> float:
+def _duration_s(text: str, option: str = "--max-duration") -> float:
     import re
 
     found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if found is None or float(found[1]) <= 0:
-        _fail(f"--max-duration {text!r}: give a positive number of seconds, or one with a unit: 90m, 6h, 2d")
+        _fail(f"{option} {text!r}: give a positive number of seconds, or one with a unit: 90m, 6h, 2d")
     return float(found[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[found[2]]
+
+
+def _time_s(text: str) -> float:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"--start-at {text!r}: give an ISO 8601 time with a time zone, e.g. 2026-12-04T02:00:00Z")
+    if when.tzinfo is None:
+        _fail(f"--start-at {text!r}: give the time zone (Z, +01:00): the daemon's clock may be in another one")
+    return when.timestamp()
 
 
 @candidates_app.command("remove")

@@ -121,9 +121,10 @@ class Comparator:
 
     # --- window ---
 
-    def reset(self) -> None:
-        """Start a new test window (e.g. a new candidate): every tally back to zero."""
-        self._window_started_ts = self._clock()
+    def reset(self, started_ts: float | None = None) -> None:
+        """Start a new test window (e.g. a new candidate): every tally back to zero; it starts now, or at
+        ``started_ts`` (a scheduled start)."""
+        self._window_started_ts = self._clock() if started_ts is None else started_ts
         self._tallies: dict[str, SliceTally] = {name: SliceTally() for name in [OVERALL, *self._matcher.names]}
         self._changed_all()
 

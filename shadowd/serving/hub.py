@@ -167,7 +167,10 @@ class ShadowHub:
         """A new window for the test of candidate ``name`` ("": shadowing off)."""
         models = self._lineup.models.only(name) if name else self._lineup.models
         cfg = self._cfg.model_copy(update={"models": models})
-        return Comparator(cfg, self._metrics, clock=self._clock)
+        comparator = Comparator(cfg, self._metrics, clock=self._clock)
+        if name and self._lineup.started(name) > comparator.window_started_ts:
+            comparator.reset(self._lineup.started(name))  # a scheduled start: its window begins then
+        return comparator
 
     def _state_path(self, name: str) -> Path:
         return state_path(self._cfg.data_dir, name or None)

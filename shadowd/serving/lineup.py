@@ -72,10 +72,17 @@ POLL_S = 1.0  # how often a replica asks the lead for the lineup's version
 
 
 class Schedule(Strict):
-    """When a candidate's test stops by itself: shadowing ends (as ``remove`` would, audited, the window's report
-    kept) and its verdict stays readable (``GET /shadow/verdict?candidate=NAME``)."""
+    """When a candidate's test starts, and when it stops by itself: shadowing ends (as ``remove`` would, audited,
+    the window's report kept) and its verdict stays readable (``GET /shadow/verdict?candidate=NAME``)."""
 
-    max_duration_s: float | None = Field(None, gt=0, description="Stop this long after the candidate was set.")
+    start_at: float | None = Field(
+        None,
+        gt=0,
+        description="Start the test at this time (seconds since the epoch): the candidate is loaded when set (so "
+        "a model that does not load is refused at once) but not called before; its window starts then. None, or "
+        "a time past: at once.",
+    )
+    max_duration_s: float | None = Field(None, gt=0, description="Stop this long after the test started.")
     stop_when_decided: bool = Field(False, description="Stop once the gate says PASS or FAIL.")
 
 
@@ -143,6 +150,12 @@ class Trial:
     set_at: float = 0.0
     schedule: Schedule | None = None
 
+    @property
+    def starts_at(self) -> float:
+        """When the test starts: its set, or its schedule's start if later."""
+        start = self.schedule.start_at if self.schedule is not None else None
+        return max(self.set_at, start or 0.0)
+
     def to_json(self) -> dict[str, Any]:
         schedule = self.schedule.model_dump(mode="json") if self.schedule is not None else None
         return {"set_at": self.set_at, "schedule": schedule}
@@ -189,8 +202,9 @@ class Lineup:
         return self.trials.get(name, Trial())
 
     def started(self, name: str) -> float:
-        """When candidate ``name``'s window started: its set, or the served side's last change if later."""
-        return max(self.since, self.trial(name).set_at)
+        """When candidate ``name``'s window starts: its set (or its schedule's start), or the served side's last
+        change if later. Requests before it are not shadowed to that candidate."""
+        return max(self.since, self.trial(name).starts_at)
 
     def window(self, name: str) -> tuple[ModelsConfig, float] | None:
         """What a candidate's test window is: its lineup and start. A change that alters it closes the window
@@ -213,7 +227,9 @@ class Lineup:
             s = t.schedule
             if s is None:
                 continue
-            if s.max_duration_s is not None and now - t.set_at >= s.max_duration_s:
+            if now < t.starts_at:
+                continue  # not started yet
+            if s.max_duration_s is not None and now - t.starts_at >= s.max_duration_s:
                 stops[cand.name] = f"its maximum duration of {s.max_duration_s:g} s is reached"
             elif s.stop_when_decided and verdicts.get(cand.name) in ("PASS", "FAIL"):
                 stops[cand.name] = f"the gate decided {verdicts[cand.name]}"

@@ -175,6 +175,7 @@ class ShadowWorker:
         self._publisher = MetricsPublisher(hubs[0])  # to the lead's /metrics, from another node
         self._expect = ExpectationSet(config.expectations, redaction=config.annotations.redaction)
         self._runners = self._load(config.models, None)
+        self._starts: dict[str, float] = {}  # each test's start (a scheduled one): requests before it are not its
         self._lineup = LineupFollower(hubs[0], self._follow, config.serving.hub_timeout_s)
 
     def _runner(self, model: ModelConfig, role: Role, timeout_s: float, created: list[_Runner] | None) -> _Runner:
@@ -226,6 +227,7 @@ class ShadowWorker:
     async def _follow(self, lineup: Lineup) -> None:
         """A new lineup: new models load in a thread while the old ones keep working, then swap in."""
         old = self._runners
+        self._starts = {c.name: lineup.started(c.name) for c in lineup.models.candidates}
         if lineup.models == old.models:
             return
         created: list[_Runner] = []
@@ -281,8 +283,10 @@ class ShadowWorker:
             if not runners.shadows or not keep:
                 return 0
             batch = batch.rows(keep)
+        requests = list(enumerate(zip(batch.request_ids, batch.ts, strict=True)))
         tests = [
-            (s, [i for i, rid in enumerate(batch.request_ids) if is_sampled(rid, s.share)]) for s in runners.shadows
+            (s, [i for i, (rid, ts) in requests if is_sampled(rid, s.share) and ts >= self._starts.get(s.name, 0.0)])
+            for s in runners.shadows
         ]
         tests = [(s, idx) for s, idx in tests if idx]
         if not tests:

@@ -147,3 +147,65 @@ def test_kept_reports_of_names_that_read_alike_stay_apart(tmp_path):
     a = store.keep_report(3, {"models": {"candidate": "m v1"}})
     b = store.keep_report(3, {"models": {"candidate": "m_v1"}})
     assert a != b and store.last_report_of("m v1") == {"models": {"candidate": "m v1"}}
+
+
+def test_a_scheduled_start_shadows_nothing_before_it_and_opens_the_window_then(tmp_path):
+    cfg = _config(tmp_path, candidates=[_model("retrain", 0, retrain=1)])
+    hub = ShadowHub(cfg, _parts)
+    try:
+        worker = ShadowWorker(cfg, [_Handle(hub)])
+        start = time.time() + 3600
+        schedule = {"start_at": start, "max_duration_s": 60}
+        status, body = _change(hub, action="set", candidate=_model("later", 0, retrain=2), schedule=schedule)
+        assert status == 200 and body["lineup"]["candidates"][1]["window_started_ts"] == start
+        x = np.random.default_rng(2).normal(size=(50, 8)).astype(np.float32)
+
+        async def feed(ts: float) -> int:
+            await worker._lineup.sync()  # the replica follows the lineup (every second in a daemon)
+            return await worker.process(_served("prod", x, ts))
+
+        assert asyncio.run(feed(time.time())) == 50  # the running test's rows only: "later" is not called yet
+        assert hub.comparator("later").report().overall.pairs == 0
+        assert hub.comparator("later").window_started_ts == start  # its window begins at its start
+        assert hub._lineup.due({"later": "FAIL"}, start - 1) == {}  # nothing stops a test before it starts
+        assert hub._lineup.due({}, start + 61) == {"later": "its maximum duration of 60 s is reached"}
+        assert asyncio.run(feed(start + 1)) == 100  # from its start on, both tests have the rows
+        assert hub.comparator("later").report().overall.pairs == 50
+    finally:
+        _close(hub)
+
+
+def test_candidates_set_sends_a_start_time(tmp_path, monkeypatch):
+    import requests
+    import yaml
+    from typer.testing import CliRunner
+
+    from shadowd.cli import app
+
+    sent: list[dict] = []
+
+    class Answer:
+        status_code = 200
+
+        @staticmethod
+        def json() -> dict:
+            cand = {"name": "c2", "kind": "python", "schedule": {"start_at": time.time() + 7200}}
+            lineup = {"version": 1, "live": "production", "served": "prod", "shadowed": ["c2"], "candidates": [cand]}
+            return {"lineup": lineup, "kept_reports": {}}
+
+    def post(url: str, json: dict, headers: dict, timeout: float) -> Answer:
+        sent.append(json)
+        return Answer()
+
+    monkeypatch.setattr(requests, "post", post)
+    model_file = tmp_path / "c2.yaml"
+    model_file.write_text(yaml.safe_dump(_model("c2", 2)))
+    args = ["candidates", "set", str(model_file), "--url", "http://d:8000", "--token", "t"]
+    before = time.time()
+    result = CliRunner().invoke(app, [*args, "--start-in", "2h"])
+    assert result.exit_code == 0 and "its test starts at " in result.output, result.output
+    assert before + 7200 <= sent[0]["schedule"]["start_at"] <= time.time() + 7200
+    result = CliRunner().invoke(app, [*args, "--start-at", "2026-12-04T02:00:00Z"])
+    assert result.exit_code == 0 and sent[1]["schedule"]["start_at"] == 1796349600.0
+    naive = CliRunner().invoke(app, [*args, "--start-at", "2026-12-04T02:00:00"])
+    assert naive.exit_code == 2 and "give the time zone" in naive.output and len(sent) == 2

@@ -511,7 +511,7 @@ def test_candidates_set_sends_the_model_and_its_schedule(tmp_path, monkeypatch):
     assert "stops by itself after 5400 s or once decided" in result.output
     [call] = sent
     assert call["url"] == "http://d:8000/shadow/candidates" and call["headers"] == {"Authorization": "Bearer t0k"}
-    assert call["body"]["schedule"] == {"max_duration_s": 5400.0, "stop_when_decided": True}
+    assert call["body"]["schedule"] == {"start_at": None, "max_duration_s": 5400.0, "stop_when_decided": True}
     assert parse_change(call["body"]).candidate.name == "cand2"  # what the daemon will parse
 
     bad = CliRunner().invoke(app, [*args, "--max-duration", "soon"])
