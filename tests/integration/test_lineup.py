@@ -170,7 +170,7 @@ def test_two_candidates_at_once_each_counted_labelled_and_gated_on_its_own(shado
         }
     )
     url, headers = daemon.url, daemon.headers
-    n = 600
+    n = 300
     x = np.random.default_rng(5).normal(size=(n, 8))
     with requests.Session() as http:
         for i in range(n):
