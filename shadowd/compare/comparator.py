@@ -58,6 +58,7 @@ from shadowd.records import (
 __all__ = [
     "STATE_SCHEMA_VERSION",
     "Comparator",
+    "candidate_states_dir",
     "report_from_data_dir",
     "state_path",
 ]
@@ -73,11 +74,15 @@ _STATE_KIND = "shadowd.comparator.state"
 def state_path(data_dir: Path, candidate: str | None = None) -> Path:
     """Where a comparator persists its window under the data dir: candidate ``candidate``'s test's, or (none)
     the one window of a hub before several candidates, or with shadowing off."""
-    folder = Path(data_dir) / "comparator"
     if candidate is None:
-        return folder / "state.json"
+        return Path(data_dir) / "comparator" / "state.json"
     tag = hashlib.sha256(candidate.encode()).hexdigest()[:8]  # names that read alike stay apart
-    return folder / "candidates" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', candidate)[:80]}-{tag}.json"
+    return candidate_states_dir(data_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', candidate)[:80]}-{tag}.json"
+
+
+def candidate_states_dir(data_dir: Path) -> Path:
+    """The folder of the candidates' tests' state files (one file each)."""
+    return Path(data_dir) / "comparator" / "candidates"
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -544,7 +549,7 @@ def report_from_data_dir(
         found: set[str | None] = set()
         # A test's own file first; the one-window file (shadowing off, or saved before several candidates)
         # only for a test that has none.
-        for path in [*sorted((folder / "comparator" / "candidates").glob("*.json")), state_path(folder)]:
+        for path in [*sorted(candidate_states_dir(folder).glob("*.json")), state_path(folder)]:
             if not path.exists():
                 continue
             state = _read_state(path)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shadowd.compare.comparator import Comparator, state_path
+from shadowd.compare.comparator import Comparator, candidate_states_dir, state_path
 from shadowd.compare.report import ShadowReport, Verdict, verdict_document
 from shadowd.config import ShadowdConfig, shard_config
 from shadowd.errors import BadRequest, ShadowdError
@@ -199,7 +199,7 @@ class ShadowHub:
     def _set_aside_other_states(self) -> None:
         """Move the state files of candidates no longer tested (dropped by a config change while the daemon was
         down) to ``comparator/closed/``: kept for a person, never resumed, never reported as current."""
-        folder = state_path(self._cfg.data_dir, "x").parent
+        folder = candidate_states_dir(self._cfg.data_dir)
         current = {self._state_path(name) for name in self._tests}
         for path in folder.glob("*.json") if folder.is_dir() else []:
             if path not in current:

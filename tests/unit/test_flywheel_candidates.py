@@ -7,32 +7,12 @@ import math
 import pytest
 
 from shadowd.app import build_flywheel
-from shadowd.config import parse_config
 from shadowd.flywheel.spool import read_spool
 from shadowd.records import AnnotationItem, Label, ModelOutput, Pair, Selection
+from tests.unit.test_flywheel_hub import Clock, config
 
 PRIORITY = "priority queue (not a random sample)"
 COUNTED = "a second label of a pair already counted"
-
-
-class Clock:
-    def __init__(self, t=1_800_000_000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-
-def config(tmp_path, **labels):
-    return parse_config(
-        {
-            "task": "classification",
-            "data_dir": str(tmp_path),
-            "models": {"production": {"name": "p", "kind": "python", "target": "m:f", "input_shape": [2]}},
-            "annotations": {"policy": {"rate_per_s": 1000, "burst_items": 1000}},
-            "labels": {"pair_retention_s": 3600, **labels},
-        }
-    )
 
 
 def cand_pair(rid, candidate, ts, values=(0.2, 0.8), in_sample=None):
